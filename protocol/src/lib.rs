@@ -1,0 +1,29 @@
+//! devd's wire protocol and sync model, free of I/O (no sockets, no
+//! filesystem, no runtime), in the spirit of quinn-proto.
+//!
+//! Map of the crate:
+//! - [`content_id`]: blake3 content ids and git object ids.
+//! - [`path`]: the path rules every path on the wire obeys ([`RelPath`]).
+//! - [`overlay`]: overlay entries, the overlay, its digest, diff and apply.
+//! - [`compress`]: zstd blob encoding, full and patch-against-a-reference.
+//! - [`message`]: the messages both sides exchange, and protocol limits.
+//! - [`codec`]: length-delimited postcard frames with a maximum size.
+
+pub mod codec;
+pub mod compress;
+pub mod content_id;
+pub mod message;
+pub mod overlay;
+pub mod path;
+
+pub use codec::{CodecError, FrameDecoder, encode_frame};
+pub use compress::{BlobRef, CompressError, Encoding};
+pub use content_id::{CommitId, ContentId, GitOid};
+pub use message::{ClientMsg, ErrorCode, ServerMsg};
+pub use overlay::{Change, Digest, Entry, Overlay};
+pub use path::{PathError, RelPath};
+
+/// Version carried in `Hello`; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// QUIC ALPN identifier.
+pub const ALPN: &[u8] = b"devd/1";

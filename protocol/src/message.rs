@@ -1,0 +1,117 @@
+//! The messages both sides exchange, and the limits they obey.
+//!
+//! One bidirectional QUIC stream per connection carries all messages.
+//! A sync of generation `g` is zero or more [`ClientMsg::Changes`] frames
+//! (the delta, with small blobs inline) closed by one [`ClientMsg::Commit`].
+//! The receiver answers [`ServerMsg::Need`] with the ids it still lacks
+//! (sent as [`ClientMsg::BlobChunk`]s), then [`ServerMsg::Applied`] or
+//! [`ServerMsg::Rejected`]. Enum variants are only ever appended: postcard
+//! encodes the variant index.
+
+use crate::compress::Encoding;
+use crate::content_id::{CommitId, ContentId};
+use crate::overlay::{Change, Digest};
+use serde::{Deserialize, Serialize};
+
+/// Largest frame either side accepts (16 MiB).
+pub const MAX_FRAME: usize = 16 << 20;
+/// Size of one [`ClientMsg::BlobChunk`] payload (1 MiB).
+pub const CHUNK: usize = 1 << 20;
+/// Blobs whose encoded size is at most this ride inline with the delta.
+pub const INLINE_BLOB_MAX: usize = 64 << 10;
+/// Inline blob bytes per sync, at most; the rest go through `Need`.
+pub const INLINE_TOTAL_MAX: usize = 4 << 20;
+/// Changes per `Changes` frame, at most.
+pub const CHANGES_PER_FRAME: usize = 16_384;
+
+/// What the overlay is relative to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Base {
+    /// A commit the receiver fetches from its git remote.
+    Commit(CommitId),
+    /// The empty tree: the receiver could not fetch the base, so the daemon
+    /// uploads every file itself, content-addressed.
+    Uploaded,
+}
+
+/// A blob with its content id and the length of its raw content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub id: ContentId,
+    pub encoding: Encoding,
+    pub raw_len: u64,
+    pub data: Vec<u8>,
+}
+
+/// A generation the receiver has applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub generation: u64,
+    pub digest: Digest,
+    pub base: Base,
+}
+
+/// Laptop → receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message: protocol version, workspace name, access token.
+    Hello { version: u32, workspace: String, token: String },
+    /// Part of the delta for `generation`, with small blobs inline.
+    Changes { generation: u64, changes: Vec<Change>, blobs: Vec<Blob> },
+    /// Closes the delta for `generation`. `parent` is the acknowledged
+    /// generation the delta applies to (`None`: the delta is a full overlay).
+    /// `digest` and `entries` describe the resulting overlay.
+    Commit { generation: u64, parent: Option<u64>, base: Base, digest: Digest, entries: u64 },
+    /// A slice of a blob the receiver asked for. `total` is the encoded
+    /// length; the blob is complete when `offset + data.len() == total`.
+    BlobChunk {
+        id: ContentId,
+        encoding: Encoding,
+        raw_len: u64,
+        total: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+}
+
+/// Why the receiver refused something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Protocol versions differ.
+    Version,
+    /// Wrong token.
+    Unauthorized,
+    /// No such workspace on this receiver.
+    UnknownWorkspace,
+    /// A path broke the path rules or would escape the worktree.
+    BadPath,
+    /// `parent` is not the receiver's acknowledged generation: resend in full.
+    OutOfSync,
+    /// The overlay digest after applying differs: resend in full.
+    DigestMismatch,
+    /// The receiver cannot fetch the base commit: upload the base instead.
+    BaseUnavailable,
+    /// A blob failed verification or decoding.
+    BadBlob,
+    /// A frame, blob or sync exceeded a limit.
+    TooLarge,
+    /// The receiver's disk is full or not writable.
+    Storage,
+    /// A frame could not be decoded, or arrived out of order.
+    Malformed,
+    /// Anything else.
+    Internal,
+}
+
+/// Receiver → laptop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Answer to a valid `Hello`: what the receiver has applied, and where.
+    Welcome { version: u32, receiver: String, acked: Option<Ack>, worktree: String },
+    /// Blobs of `generation` the receiver lacks.
+    Need { generation: u64, ids: Vec<ContentId> },
+    /// `generation` is applied, on disk, durable.
+    Applied { ack: Ack, files_written: u64, apply_ms: u64 },
+    /// Something was refused; nothing of `generation` was applied.
+    Rejected { generation: Option<u64>, code: ErrorCode, message: String },
+}
