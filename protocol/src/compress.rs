@@ -188,7 +188,17 @@ mod tests {
     fn decode_rejects_lies_and_limits() {
         let t = text(1000);
         let c = compress(&t);
-        assert!(matches!(decode(Encoding::Zstd, &c, 999, None, 1 << 20), Err(CompressError::Length { .. })));
+        // Announcing fewer bytes than the content has fails (buffer bound),
+        // announcing more fails the length check.
+        assert!(decode(Encoding::Zstd, &c, 999, None, 1 << 20).is_err());
+        assert!(matches!(
+            decode(Encoding::Zstd, &c, 1001, None, 1 << 20),
+            Err(CompressError::Length { got: 1000, want: 1001 })
+        ));
+        assert!(matches!(
+            decode(Encoding::Raw, &t, 1001, None, 1 << 20),
+            Err(CompressError::Length { .. })
+        ));
         assert!(matches!(decode(Encoding::Zstd, &c, 1000, None, 10), Err(CompressError::TooLarge(..))));
         assert!(decode(Encoding::Zstd, b"garbage", 7, None, 1 << 20).is_err());
         let r = BlobRef::Base(GitOid([0; 20]));

@@ -1,0 +1,620 @@
+//! Git object access shared by the receiver and the laptop daemon, and the
+//! receiver's bare store of base commits.
+//!
+//! [`read_tree`] and [`read_blob`] work on any `gix` repository. [`GitStore`]
+//! is a bare repository owned by the receiver into which base commits are
+//! fetched one at a time, shallowly (depth 1), from a fixed remote URL.
+
+use devd_protocol::{CommitId, GitOid, RelPath};
+use gix::bstr::ByteSlice;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+/// What a tree entry is in the worktree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file (mode 100644).
+    File,
+    /// An executable file (mode 100755).
+    Exec,
+    /// A symbolic link (mode 120000); the blob holds the target.
+    Symlink,
+}
+
+/// One file of a commit's tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// The blob holding the content (or the symlink target).
+    pub oid: GitOid,
+    /// File, executable or symlink.
+    pub kind: EntryKind,
+}
+
+/// Every file of a commit, by worktree-relative path. Submodules are absent.
+pub type BaseTree = BTreeMap<RelPath, TreeEntry>;
+
+/// Why a git operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error(
+        "cannot open or create the bare git store at {}: {detail}; check that the directory is writable, or remove it if it is not a bare git repository",
+        dir.display()
+    )]
+    Store { dir: PathBuf, detail: String },
+    #[error(
+        "invalid remote URL {url:?}: {detail}; configure a URL such as file:///path/to/origin.git or ssh://host/repo.git"
+    )]
+    InvalidUrl { url: String, detail: String },
+    #[error(
+        "remote {url} is unreachable or denied access while fetching commit {commit}: {detail}; check the remote URL, the network and the credentials of the receiver"
+    )]
+    RemoteUnreachable { url: String, commit: CommitId, detail: String },
+    #[error(
+        "commit {commit} was not found on the remote {url} ({detail}); push the branch that contains it, or fetch/rebase so that the base is a commit the remote has"
+    )]
+    CommitNotOnRemote { url: String, commit: CommitId, detail: String },
+    #[error("fetching commit {commit} from {url} failed: {detail}; retry, and check the store at {}", store.display())]
+    Fetch { url: String, commit: CommitId, store: PathBuf, detail: String },
+    #[error("commit {commit} is not in the repository at {}; fetch it first", repo.display())]
+    MissingCommit { commit: CommitId, repo: PathBuf },
+    #[error("{what} {oid} is not in the repository at {}; the base commit must be fetched first", repo.display())]
+    MissingObject { what: &'static str, oid: GitOid, repo: PathBuf },
+    #[error("object {oid} in the repository at {} is a {actual}, not a {expected}", repo.display())]
+    WrongKind { oid: GitOid, expected: &'static str, actual: String, repo: PathBuf },
+    #[error(
+        "cannot read {what} {oid} from the repository at {}: {detail}; the object database may be damaged, re-fetch the base or re-clone",
+        repo.display()
+    )]
+    Read { what: &'static str, oid: GitOid, repo: PathBuf, detail: String },
+}
+
+/// The full chain of a gix error on one line (gix's `Display` shows only the
+/// outermost message).
+fn describe(err: &gix::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in err.iter_errors() {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p == &s) {
+            parts.push(s);
+        }
+    }
+    if parts.is_empty() { err.to_string() } else { parts.join(": ") }
+}
+
+fn to_oid(oid: GitOid) -> gix::ObjectId {
+    gix::ObjectId::Sha1(oid.0)
+}
+
+fn from_oid(oid: &gix::oid) -> GitOid {
+    let mut out = [0u8; 20];
+    // SHA-1 only (the workspace enables the `sha1` feature alone).
+    out.copy_from_slice(&oid.as_bytes()[..20]);
+    GitOid(out)
+}
+
+/// Read the whole tree of `commit`, recursively. Submodules (gitlinks) are
+/// skipped; a path [`RelPath`] rejects (e.g. non-UTF-8, or inside `.git`)
+/// is skipped with a warning.
+pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, GitError> {
+    let repo_dir = repo.git_dir().to_path_buf();
+    let read_err = |what: &'static str, oid: GitOid, e: &gix::Error| GitError::Read {
+        what,
+        oid,
+        repo: repo_dir.clone(),
+        detail: describe(e),
+    };
+    let obj = match repo.try_find_object(to_oid(commit)) {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return Err(GitError::MissingCommit { commit, repo: repo_dir }),
+        Err(e) => return Err(read_err("commit", commit, &e)),
+    };
+    if obj.kind != gix::objs::Kind::Commit {
+        return Err(GitError::WrongKind {
+            oid: commit,
+            expected: "commit",
+            actual: obj.kind.to_string(),
+            repo: repo_dir,
+        });
+    }
+    let tree_id = obj.into_commit().tree_id().map_err(|e| read_err("commit", commit, &e))?.detach();
+    let tree_oid = from_oid(&tree_id);
+    let tree = match repo.try_find_object(tree_id) {
+        Ok(Some(obj)) if obj.kind == gix::objs::Kind::Tree => obj.into_tree(),
+        Ok(Some(obj)) => {
+            return Err(GitError::WrongKind {
+                oid: tree_oid,
+                expected: "tree",
+                actual: obj.kind.to_string(),
+                repo: repo_dir,
+            });
+        }
+        Ok(None) => return Err(GitError::MissingObject { what: "tree", oid: tree_oid, repo: repo_dir }),
+        Err(e) => return Err(read_err("tree", tree_oid, &e)),
+    };
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse().breadthfirst(&mut recorder).map_err(|e| read_err("tree", tree_oid, &e))?;
+
+    let mut out = BaseTree::new();
+    for entry in recorder.records {
+        use gix::objs::tree::EntryKind as K;
+        let kind = match entry.mode.kind() {
+            K::Tree => continue,
+            K::Commit => {
+                tracing::debug!(path = %entry.filepath, "skipping submodule (gitlink) in base tree");
+                continue;
+            }
+            K::Blob => EntryKind::File,
+            K::BlobExecutable => EntryKind::Exec,
+            K::Link => EntryKind::Symlink,
+        };
+        let path = match entry.filepath.to_str() {
+            Ok(p) => p.to_owned(),
+            Err(_) => {
+                tracing::warn!(path = %entry.filepath, %commit, "skipping non-UTF-8 path in base tree");
+                continue;
+            }
+        };
+        match RelPath::new(path) {
+            Ok(rel) => {
+                out.insert(rel, TreeEntry { oid: from_oid(&entry.oid), kind });
+            }
+            Err(e) => tracing::warn!(%commit, "skipping path in base tree: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Read the content of blob `oid`.
+pub fn read_blob(repo: &gix::Repository, oid: GitOid) -> Result<Vec<u8>, GitError> {
+    match repo.try_find_object(to_oid(oid)) {
+        Ok(Some(obj)) if obj.kind == gix::objs::Kind::Blob => Ok(obj.detach().data),
+        Ok(Some(obj)) => Err(GitError::WrongKind {
+            oid,
+            expected: "blob",
+            actual: obj.kind.to_string(),
+            repo: repo.git_dir().to_path_buf(),
+        }),
+        Ok(None) => Err(GitError::MissingObject { what: "blob", oid, repo: repo.git_dir().to_path_buf() }),
+        Err(e) => Err(GitError::Read {
+            what: "blob",
+            oid,
+            repo: repo.git_dir().to_path_buf(),
+            detail: describe(&e),
+        }),
+    }
+}
+
+/// Git's blob id of `data` (SHA-1 over `"blob <len>\0"` followed by `data`),
+/// as `git hash-object` computes it.
+pub fn git_blob_oid(data: &[u8]) -> GitOid {
+    let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, data)
+        .expect("SHA-1 of an in-memory buffer");
+    from_oid(&id)
+}
+
+/// A bare repository owned by the receiver, holding the base commits fetched
+/// from one remote. `Send + Sync`; every method is blocking (call it from
+/// `spawn_blocking`). Fetches are serialized.
+#[derive(Debug)]
+pub struct GitStore {
+    repo: gix::ThreadSafeRepository,
+    dir: PathBuf,
+    remote_url: String,
+    fetch_lock: Mutex<()>,
+}
+
+/// Server messages (and gix wording) meaning "the wanted object does not exist".
+const NOT_FOUND_MARKERS: &[&str] = &[
+    "not our ref",
+    "not found",
+    "no such",
+    "unadvertised object",
+    "did not send all necessary objects",
+    "not a valid object",
+    "bad object",
+];
+
+impl GitStore {
+    /// Open the bare repository at `dir`, creating it (and `dir`) if absent.
+    pub fn open_or_init(dir: &Path, remote_url: &str) -> Result<Self, GitError> {
+        gix::url::parse(remote_url.as_bytes().as_bstr()).map_err(|e| GitError::InvalidUrl {
+            url: remote_url.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let store_err = |detail: String| GitError::Store { dir: dir.to_path_buf(), detail };
+        let is_empty_or_absent = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(store_err(e.to_string())),
+        };
+        let repo = if is_empty_or_absent {
+            std::fs::create_dir_all(dir).map_err(|e| store_err(e.to_string()))?;
+            tracing::info!(dir = %dir.display(), "initializing bare git store");
+            gix::ThreadSafeRepository::init(dir, gix::create::Kind::Bare, gix::create::Options::default())
+                .map_err(|e| store_err(describe(&e)))?
+        } else {
+            gix::ThreadSafeRepository::open(dir).map_err(|e| store_err(describe(&e)))?
+        };
+        if repo.work_dir().is_some() {
+            return Err(store_err("it is a repository with a worktree, not a bare repository".into()));
+        }
+        Ok(Self {
+            repo,
+            dir: dir.to_path_buf(),
+            remote_url: remote_url.to_owned(),
+            fetch_lock: Mutex::new(()),
+        })
+    }
+
+    /// The URL base commits are fetched from.
+    pub fn remote_url(&self) -> &str {
+        &self.remote_url
+    }
+
+    /// True if the commit object and its root tree are in the store.
+    pub fn has_commit(&self, c: CommitId) -> bool {
+        let repo = self.repo();
+        match repo.try_find_object(to_oid(c)) {
+            Ok(Some(obj)) if obj.kind == gix::objs::Kind::Commit => {
+                obj.into_commit().tree_id().is_ok_and(|tree| repo.has_object(tree))
+            }
+            _ => false,
+        }
+    }
+
+    /// Blocking. Shallow fetch (depth 1) of exactly commit `c` from the remote
+    /// into `refs/devd/base/<c>`; no other refs, no tags. A commit already
+    /// present is not fetched again.
+    pub fn fetch_commit(&self, c: CommitId) -> Result<(), GitError> {
+        let _guard = self.fetch_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.has_commit(c) {
+            tracing::debug!(commit = %c, "base commit already in the store");
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let url = self.remote_url.clone();
+        let repo = self.repo();
+        let hex = c.to_hex();
+        let refspec = format!("+{hex}:refs/devd/base/{hex}");
+        let unreachable = |e: gix::Error| GitError::RemoteUnreachable {
+            url: url.clone(),
+            commit: c,
+            detail: describe(&e),
+        };
+        let remote = repo
+            .remote_at(url.as_str())
+            .and_then(|r| r.with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch))
+            .map_err(|e| GitError::InvalidUrl { url: url.clone(), detail: describe(&e) })?
+            .with_fetch_tags(gix::remote::fetch::Tags::None);
+        let connection = remote.connect(gix::remote::Direction::Fetch).map_err(unreachable)?;
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, gix::remote::ref_map::Options::default())
+            .map_err(unreachable)?;
+        let interrupt = AtomicBool::new(false);
+        let outcome = prepare
+            .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
+            .receive(gix::progress::Discard, &interrupt)
+            .map_err(|e| {
+                let detail = describe(&e);
+                let lower = detail.to_lowercase();
+                if NOT_FOUND_MARKERS.iter().any(|m| lower.contains(m)) {
+                    GitError::CommitNotOnRemote { url: url.clone(), commit: c, detail }
+                } else {
+                    GitError::Fetch { url: url.clone(), commit: c, store: self.dir.clone(), detail }
+                }
+            })?;
+        if !self.has_commit(c) {
+            return Err(GitError::CommitNotOnRemote {
+                url,
+                commit: c,
+                detail: "the remote sent no such commit".into(),
+            });
+        }
+        let received = match &outcome.status {
+            gix::remote::fetch::Status::Change { write_pack_bundle, .. } => write_pack_bundle.index.num_objects,
+            gix::remote::fetch::Status::NoPackReceived { .. } => 0,
+        };
+        tracing::info!(
+            commit = %c,
+            url = %self.remote_url,
+            objects = received,
+            ms = started.elapsed().as_millis() as u64,
+            "fetched base commit"
+        );
+        Ok(())
+    }
+
+    /// The whole tree of commit `c`, which must be in the store.
+    pub fn tree(&self, c: CommitId) -> Result<BaseTree, GitError> {
+        read_tree(&self.repo(), c)
+    }
+
+    /// The content of blob `oid`.
+    pub fn blob(&self, oid: GitOid) -> Result<Vec<u8>, GitError> {
+        read_blob(&self.repo(), oid)
+    }
+
+    /// A fresh handle for the calling thread.
+    pub fn repo(&self) -> gix::Repository {
+        self.repo.to_thread_local()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::process::Command;
+    use tempfile::TempDir;
+
+    /// Run git in `dir` with a fixed identity and no user/system config.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=Devd Test", "-c", "user.email=devd@example.invalid"])
+            .args(["-c", "init.defaultBranch=main", "-c", "core.autocrlf=false"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn write(dir: &Path, rel: &str, content: &[u8]) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn commit_id(s: &str) -> CommitId {
+        GitOid::from_hex(s.trim()).expect("40 hex digits")
+    }
+
+    struct Origin {
+        _tmp: TempDir,
+        root: PathBuf,
+        work: PathBuf,
+        url: String,
+        /// Three commits, oldest first: c0 (root), c1, c2.
+        commits: [CommitId; 3],
+    }
+
+    /// A bare origin with three commits: files, an executable, a symlink,
+    /// nested directories, and (in c2) a submodule gitlink.
+    fn origin() -> Origin {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let work = root.join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+
+        write(&work, "README.md", b"hello\n");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "c0"]);
+        let c0 = commit_id(&git(&work, &["rev-parse", "HEAD"]));
+
+        write(&work, "a.txt", b"alpha\n");
+        write(&work, "bin/run.sh", b"#!/bin/sh\necho run\n");
+        write(&work, "dir/sub/deep/x.rs", b"fn main() {}\n");
+        write(&work, "dir/y.txt", b"why\n");
+        std::os::unix::fs::symlink("a.txt", work.join("link")).unwrap();
+        std::os::unix::fs::symlink("../a.txt", work.join("dir/up")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["update-index", "--chmod=+x", "bin/run.sh"]);
+        git(&work, &["commit", "-q", "-m", "c1"]);
+        let c1 = commit_id(&git(&work, &["rev-parse", "HEAD"]));
+
+        write(&work, "a.txt", b"alpha two\n");
+        write(&work, "dir/sub/new.txt", b"new\n");
+        std::fs::remove_file(work.join("dir/y.txt")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["update-index", "--chmod=-x", "bin/run.sh"]);
+        git(
+            &work,
+            &["update-index", "--add", "--cacheinfo", &format!("160000,{},vendor/sub", c0.to_hex())],
+        );
+        git(&work, &["commit", "-q", "-m", "c2"]);
+        let c2 = commit_id(&git(&work, &["rev-parse", "HEAD"]));
+
+        git(&root, &["init", "-q", "--bare", "origin.git"]);
+        git(&work, &["push", "-q", "../origin.git", "main"]);
+        let url = format!("file://{}", root.join("origin.git").display());
+        Origin { _tmp: tmp, root, work, url, commits: [c0, c1, c2] }
+    }
+
+    /// `git ls-tree -r` of `c`, without gitlinks, as a BaseTree.
+    fn ls_tree(repo: &Path, c: CommitId) -> BaseTree {
+        let mut out = BTreeMap::new();
+        for line in git(repo, &["ls-tree", "-r", &c.to_hex()]).lines() {
+            let (meta, path) = line.split_once('\t').unwrap();
+            let mut parts = meta.split(' ');
+            let (mode, _ty, oid) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let kind = match mode {
+                "100644" => EntryKind::File,
+                "100755" => EntryKind::Exec,
+                "120000" => EntryKind::Symlink,
+                "160000" => continue,
+                m => panic!("unexpected mode {m}"),
+            };
+            out.insert(RelPath::new(path).unwrap(), TreeEntry { oid: GitOid::from_hex(oid).unwrap(), kind });
+        }
+        out
+    }
+
+    fn check_tree(store: &GitStore, o: &Origin, c: CommitId) {
+        let tree = store.tree(c).unwrap();
+        assert_eq!(tree, ls_tree(&o.work, c), "tree of {c}");
+        assert!(!tree.keys().any(|p| p.as_str().starts_with("vendor")), "gitlink skipped");
+        for (path, entry) in &tree {
+            let expected = git(&o.work, &["cat-file", "blob", &entry.oid.to_hex()]);
+            assert_eq!(store.blob(entry.oid).unwrap(), expected.as_bytes(), "{path}");
+        }
+    }
+
+    #[test]
+    fn git_store_fetches_two_commits_shallow_and_reads_them() {
+        let o = origin();
+        let [c0, c1, c2] = o.commits;
+        let dir = o.root.join("store.git");
+        let store = GitStore::open_or_init(&dir, &o.url).unwrap();
+        assert_eq!(store.remote_url(), o.url);
+        assert!(!store.has_commit(c1));
+        assert!(!store.has_commit(c2));
+
+        store.fetch_commit(c1).unwrap();
+        assert!(store.has_commit(c1));
+        assert!(!store.has_commit(c2));
+        assert!(!store.has_commit(c0), "depth 1: the parent is not fetched");
+        check_tree(&store, &o, c1);
+        let t1 = store.tree(c1).unwrap();
+        let kinds = |p: &str| t1[&RelPath::new(p).unwrap()].kind;
+        assert_eq!(kinds("bin/run.sh"), EntryKind::Exec);
+        assert_eq!(kinds("link"), EntryKind::Symlink);
+        assert_eq!(kinds("dir/up"), EntryKind::Symlink);
+        assert_eq!(kinds("dir/sub/deep/x.rs"), EntryKind::File);
+        assert_eq!(store.blob(t1[&RelPath::new("link").unwrap()].oid).unwrap(), b"a.txt");
+        assert_eq!(store.blob(t1[&RelPath::new("a.txt").unwrap()].oid).unwrap(), b"alpha\n");
+        assert_eq!(git(&dir, &["rev-parse", &format!("refs/devd/base/{}", c1.to_hex())]).trim(), c1.to_hex());
+        assert_eq!(git(&dir, &["rev-parse", "--is-shallow-repository"]).trim(), "true");
+
+        // Again: a no-op.
+        store.fetch_commit(c1).unwrap();
+
+        // A new base later, into the same store.
+        store.fetch_commit(c2).unwrap();
+        assert!(store.has_commit(c1) && store.has_commit(c2));
+        check_tree(&store, &o, c2);
+        let t2 = store.tree(c2).unwrap();
+        assert_eq!(t2[&RelPath::new("bin/run.sh").unwrap()].kind, EntryKind::File);
+        assert!(!t2.contains_key(&RelPath::new("dir/y.txt").unwrap()));
+        assert_eq!(store.blob(t2[&RelPath::new("a.txt").unwrap()].oid).unwrap(), b"alpha two\n");
+
+        // The shallow file lists both boundaries (c2 was fetched with depth 1
+        // too) and git sees a consistent repository.
+        let shallow = std::fs::read_to_string(dir.join("shallow")).unwrap();
+        let mut boundary: Vec<_> = shallow.lines().collect();
+        boundary.sort_unstable();
+        let mut want = vec![c1.to_hex(), c2.to_hex()];
+        want.sort_unstable();
+        assert_eq!(boundary, want, "shallow file");
+        assert_eq!(git(&dir, &["rev-list", &c2.to_hex()]).trim(), c2.to_hex());
+        git(&dir, &["fsck", "--no-dangling", "--connectivity-only"]);
+        assert!(git(&dir, &["for-each-ref", "--format=%(refname)"]).lines().all(|r| r.starts_with("refs/devd/base/")));
+        assert!(!git(&dir, &["tag"]).contains('v'));
+
+        // Reopening finds what was fetched.
+        drop(store);
+        let again = GitStore::open_or_init(&dir, &o.url).unwrap();
+        assert!(again.has_commit(c1) && again.has_commit(c2));
+    }
+
+    #[test]
+    fn git_store_fetches_a_parent_after_its_child() {
+        let o = origin();
+        let [_, c1, c2] = o.commits;
+        let dir = o.root.join("store.git");
+        let store = GitStore::open_or_init(&dir, &o.url).unwrap();
+        store.fetch_commit(c2).unwrap();
+        assert!(!store.has_commit(c1));
+        store.fetch_commit(c1).unwrap();
+        assert!(store.has_commit(c1));
+        check_tree(&store, &o, c1);
+        check_tree(&store, &o, c2);
+        git(&dir, &["fsck", "--no-dangling", "--connectivity-only"]);
+    }
+
+    #[test]
+    fn git_store_is_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<GitStore>();
+        let o = origin();
+        let [_, c1, c2] = o.commits;
+        let store = std::sync::Arc::new(GitStore::open_or_init(&o.root.join("s"), &o.url).unwrap());
+        let handles: Vec<_> = [c1, c2, c1, c2]
+            .into_iter()
+            .map(|c| {
+                let store = store.clone();
+                std::thread::spawn(move || store.fetch_commit(c).map(|()| store.tree(c).unwrap().len()))
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap().unwrap() > 0);
+        }
+        assert!(store.has_commit(c1) && store.has_commit(c2));
+    }
+
+    #[test]
+    fn git_store_missing_commit_is_reported_as_not_found() {
+        let o = origin();
+        let store = GitStore::open_or_init(&o.root.join("store.git"), &o.url).unwrap();
+        let bogus = GitOid([0xab; 20]);
+        let err = store.fetch_commit(bogus).unwrap_err();
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        assert!(matches!(err, GitError::CommitNotOnRemote { .. }), "{err:?}");
+        assert!(msg.contains("not found on the remote"), "{msg}");
+        assert!(msg.contains(&bogus.to_hex()) && msg.contains(&o.url), "{msg}");
+        assert!(!store.has_commit(bogus));
+        // The store still works afterwards.
+        store.fetch_commit(o.commits[1]).unwrap();
+        assert!(store.has_commit(o.commits[1]));
+    }
+
+    #[test]
+    fn git_store_bad_remote_is_reported_as_unreachable() {
+        let o = origin();
+        let url = format!("file://{}", o.root.join("no-such-origin.git").display());
+        let store = GitStore::open_or_init(&o.root.join("store.git"), &url).unwrap();
+        let err = store.fetch_commit(o.commits[1]).unwrap_err();
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        assert!(matches!(err, GitError::RemoteUnreachable { .. }), "{err:?}");
+        assert!(msg.contains("unreachable") && msg.contains(&url), "{msg}");
+
+        // A path that exists but is not a repository.
+        let url = format!("file://{}", o.root.display());
+        let store = GitStore::open_or_init(&o.root.join("store2.git"), &url).unwrap();
+        let err = store.fetch_commit(o.commits[1]).unwrap_err();
+        eprintln!("{err}");
+        assert!(matches!(err, GitError::RemoteUnreachable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn git_store_missing_objects_are_errors_naming_them() {
+        let o = origin();
+        let store = GitStore::open_or_init(&o.root.join("store.git"), &o.url).unwrap();
+        let err = store.tree(o.commits[2]).unwrap_err().to_string();
+        assert!(err.contains(&o.commits[2].to_hex()) && err.contains("fetch it first"), "{err}");
+        let err = store.blob(GitOid([1; 20])).unwrap_err().to_string();
+        assert!(err.contains(&GitOid([1; 20]).to_hex()), "{err}");
+        // A commit is not a blob.
+        store.fetch_commit(o.commits[1]).unwrap();
+        let err = store.blob(o.commits[1]).unwrap_err();
+        assert!(matches!(err, GitError::WrongKind { expected: "blob", .. }), "{err:?}");
+        // A non-empty directory that is not a repository is refused.
+        assert!(matches!(GitStore::open_or_init(&o.work.join("dir"), &o.url), Err(GitError::Store { .. })));
+    }
+
+    #[test]
+    fn git_store_blob_oid_matches_git_hash_object() {
+        let tmp = TempDir::new().unwrap();
+        for (i, data) in [&b""[..], b"hello\n", &[0u8, 255, 10, 13, 0][..], &vec![b'x'; 100_000][..]]
+            .into_iter()
+            .enumerate()
+        {
+            let p = tmp.path().join(format!("f{i}"));
+            std::fs::write(&p, data).unwrap();
+            let expected = git(tmp.path(), &["hash-object", "--no-filters", p.to_str().unwrap()]);
+            assert_eq!(git_blob_oid(data), commit_id(&expected), "case {i}");
+        }
+    }
+}
