@@ -51,24 +51,51 @@ pub enum GitError {
     #[error(
         "remote {url} is unreachable or denied access while fetching commit {commit}: {detail}; check the remote URL, the network and the credentials of the receiver"
     )]
-    RemoteUnreachable { url: String, commit: CommitId, detail: String },
+    RemoteUnreachable {
+        url: String,
+        commit: CommitId,
+        detail: String,
+    },
     #[error(
         "commit {commit} was not found on the remote {url} ({detail}); push the branch that contains it, or fetch/rebase so that the base is a commit the remote has"
     )]
-    CommitNotOnRemote { url: String, commit: CommitId, detail: String },
+    CommitNotOnRemote {
+        url: String,
+        commit: CommitId,
+        detail: String,
+    },
     #[error("fetching commit {commit} from {url} failed: {detail}; retry, and check the store at {}", store.display())]
-    Fetch { url: String, commit: CommitId, store: PathBuf, detail: String },
+    Fetch {
+        url: String,
+        commit: CommitId,
+        store: PathBuf,
+        detail: String,
+    },
     #[error("commit {commit} is not in the repository at {}; fetch it first", repo.display())]
     MissingCommit { commit: CommitId, repo: PathBuf },
     #[error("{what} {oid} is not in the repository at {}; the base commit must be fetched first", repo.display())]
-    MissingObject { what: &'static str, oid: GitOid, repo: PathBuf },
+    MissingObject {
+        what: &'static str,
+        oid: GitOid,
+        repo: PathBuf,
+    },
     #[error("object {oid} in the repository at {} is a {actual}, not a {expected}", repo.display())]
-    WrongKind { oid: GitOid, expected: &'static str, actual: String, repo: PathBuf },
+    WrongKind {
+        oid: GitOid,
+        expected: &'static str,
+        actual: String,
+        repo: PathBuf,
+    },
     #[error(
         "cannot read {what} {oid} from the repository at {}: {detail}; the object database may be damaged, re-fetch the base or re-clone",
         repo.display()
     )]
-    Read { what: &'static str, oid: GitOid, repo: PathBuf, detail: String },
+    Read {
+        what: &'static str,
+        oid: GitOid,
+        repo: PathBuf,
+        detail: String,
+    },
 }
 
 /// The full chain of a gix error on one line (gix's `Display` shows only the
@@ -81,7 +108,11 @@ fn describe(err: &gix::Error) -> String {
             parts.push(s);
         }
     }
-    if parts.is_empty() { err.to_string() } else { parts.join(": ") }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
+    }
 }
 
 fn to_oid(oid: GitOid) -> gix::ObjectId {
@@ -108,7 +139,12 @@ pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, G
     };
     let obj = match repo.try_find_object(to_oid(commit)) {
         Ok(Some(obj)) => obj,
-        Ok(None) => return Err(GitError::MissingCommit { commit, repo: repo_dir }),
+        Ok(None) => {
+            return Err(GitError::MissingCommit {
+                commit,
+                repo: repo_dir,
+            });
+        }
         Err(e) => return Err(read_err("commit", commit, &e)),
     };
     if obj.kind != gix::objs::Kind::Commit {
@@ -119,7 +155,11 @@ pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, G
             repo: repo_dir,
         });
     }
-    let tree_id = obj.into_commit().tree_id().map_err(|e| read_err("commit", commit, &e))?.detach();
+    let tree_id = obj
+        .into_commit()
+        .tree_id()
+        .map_err(|e| read_err("commit", commit, &e))?
+        .detach();
     let tree_oid = from_oid(&tree_id);
     let tree = match repo.try_find_object(tree_id) {
         Ok(Some(obj)) if obj.kind == gix::objs::Kind::Tree => obj.into_tree(),
@@ -131,11 +171,19 @@ pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, G
                 repo: repo_dir,
             });
         }
-        Ok(None) => return Err(GitError::MissingObject { what: "tree", oid: tree_oid, repo: repo_dir }),
+        Ok(None) => {
+            return Err(GitError::MissingObject {
+                what: "tree",
+                oid: tree_oid,
+                repo: repo_dir,
+            });
+        }
         Err(e) => return Err(read_err("tree", tree_oid, &e)),
     };
     let mut recorder = gix::traverse::tree::Recorder::default();
-    tree.traverse().breadthfirst(&mut recorder).map_err(|e| read_err("tree", tree_oid, &e))?;
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| read_err("tree", tree_oid, &e))?;
 
     let mut out = BaseTree::new();
     for entry in recorder.records {
@@ -159,7 +207,13 @@ pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, G
         };
         match RelPath::new(path) {
             Ok(rel) => {
-                out.insert(rel, TreeEntry { oid: from_oid(&entry.oid), kind });
+                out.insert(
+                    rel,
+                    TreeEntry {
+                        oid: from_oid(&entry.oid),
+                        kind,
+                    },
+                );
             }
             Err(e) => tracing::warn!(%commit, "skipping path in base tree: {e}"),
         }
@@ -177,7 +231,11 @@ pub fn read_blob(repo: &gix::Repository, oid: GitOid) -> Result<Vec<u8>, GitErro
             actual: obj.kind.to_string(),
             repo: repo.git_dir().to_path_buf(),
         }),
-        Ok(None) => Err(GitError::MissingObject { what: "blob", oid, repo: repo.git_dir().to_path_buf() }),
+        Ok(None) => Err(GitError::MissingObject {
+            what: "blob",
+            oid,
+            repo: repo.git_dir().to_path_buf(),
+        }),
         Err(e) => Err(GitError::Read {
             what: "blob",
             oid,
@@ -212,9 +270,7 @@ const NOT_FOUND_MARKERS: &[&str] = &[
     "not found",
     "no such",
     "unadvertised object",
-    "did not send all necessary objects",
     "not a valid object",
-    "bad object",
 ];
 
 impl GitStore {
@@ -224,7 +280,10 @@ impl GitStore {
             url: remote_url.to_owned(),
             detail: e.to_string(),
         })?;
-        let store_err = |detail: String| GitError::Store { dir: dir.to_path_buf(), detail };
+        let store_err = |detail: String| GitError::Store {
+            dir: dir.to_path_buf(),
+            detail,
+        };
         let is_empty_or_absent = match std::fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -233,13 +292,19 @@ impl GitStore {
         let repo = if is_empty_or_absent {
             std::fs::create_dir_all(dir).map_err(|e| store_err(e.to_string()))?;
             tracing::info!(dir = %dir.display(), "initializing bare git store");
-            gix::ThreadSafeRepository::init(dir, gix::create::Kind::Bare, gix::create::Options::default())
-                .map_err(|e| store_err(describe(&e)))?
+            gix::ThreadSafeRepository::init(
+                dir,
+                gix::create::Kind::Bare,
+                gix::create::Options::default(),
+            )
+            .map_err(|e| store_err(describe(&e)))?
         } else {
             gix::ThreadSafeRepository::open(dir).map_err(|e| store_err(describe(&e)))?
         };
         if repo.work_dir().is_some() {
-            return Err(store_err("it is a repository with a worktree, not a bare repository".into()));
+            return Err(store_err(
+                "it is a repository with a worktree, not a bare repository".into(),
+            ));
         }
         Ok(Self {
             repo,
@@ -258,9 +323,10 @@ impl GitStore {
     pub fn has_commit(&self, c: CommitId) -> bool {
         let repo = self.repo();
         match repo.try_find_object(to_oid(c)) {
-            Ok(Some(obj)) if obj.kind == gix::objs::Kind::Commit => {
-                obj.into_commit().tree_id().is_ok_and(|tree| repo.has_object(tree))
-            }
+            Ok(Some(obj)) if obj.kind == gix::objs::Kind::Commit => obj
+                .into_commit()
+                .tree_id()
+                .is_ok_and(|tree| repo.has_object(tree)),
             _ => false,
         }
     }
@@ -287,11 +353,19 @@ impl GitStore {
         let remote = repo
             .remote_at(url.as_str())
             .and_then(|r| r.with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch))
-            .map_err(|e| GitError::InvalidUrl { url: url.clone(), detail: describe(&e) })?
+            .map_err(|e| GitError::InvalidUrl {
+                url: url.clone(),
+                detail: describe(&e),
+            })?
             .with_fetch_tags(gix::remote::fetch::Tags::None);
-        let connection = remote.connect(gix::remote::Direction::Fetch).map_err(unreachable)?;
+        let connection = remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(unreachable)?;
         let prepare = connection
-            .prepare_fetch(gix::progress::Discard, gix::remote::ref_map::Options::default())
+            .prepare_fetch(
+                gix::progress::Discard,
+                gix::remote::ref_map::Options::default(),
+            )
             .map_err(unreachable)?;
         let interrupt = AtomicBool::new(false);
         let outcome = prepare
@@ -301,9 +375,18 @@ impl GitStore {
                 let detail = describe(&e);
                 let lower = detail.to_lowercase();
                 if NOT_FOUND_MARKERS.iter().any(|m| lower.contains(m)) {
-                    GitError::CommitNotOnRemote { url: url.clone(), commit: c, detail }
+                    GitError::CommitNotOnRemote {
+                        url: url.clone(),
+                        commit: c,
+                        detail,
+                    }
                 } else {
-                    GitError::Fetch { url: url.clone(), commit: c, store: self.dir.clone(), detail }
+                    GitError::Fetch {
+                        url: url.clone(),
+                        commit: c,
+                        store: self.dir.clone(),
+                        detail,
+                    }
                 }
             })?;
         if !self.has_commit(c) {
@@ -314,7 +397,9 @@ impl GitStore {
             });
         }
         let received = match &outcome.status {
-            gix::remote::fetch::Status::Change { write_pack_bundle, .. } => write_pack_bundle.index.num_objects,
+            gix::remote::fetch::Status::Change {
+                write_pack_bundle, ..
+            } => write_pack_bundle.index.num_objects,
             gix::remote::fetch::Status::NoPackReceived { .. } => 0,
         };
         tracing::info!(
@@ -353,7 +438,12 @@ mod tests {
     /// Run git in `dir` with a fixed identity and no user/system config.
     fn git(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
-            .args(["-c", "user.name=Devd Test", "-c", "user.email=devd@example.invalid"])
+            .args([
+                "-c",
+                "user.name=Devd Test",
+                "-c",
+                "user.email=devd@example.invalid",
+            ])
             .args(["-c", "init.defaultBranch=main", "-c", "core.autocrlf=false"])
             .args(args)
             .current_dir(dir)
@@ -420,7 +510,12 @@ mod tests {
         git(&work, &["update-index", "--chmod=-x", "bin/run.sh"]);
         git(
             &work,
-            &["update-index", "--add", "--cacheinfo", &format!("160000,{},vendor/sub", c0.to_hex())],
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{},vendor/sub", c0.to_hex()),
+            ],
         );
         git(&work, &["commit", "-q", "-m", "c2"]);
         let c2 = commit_id(&git(&work, &["rev-parse", "HEAD"]));
@@ -428,7 +523,13 @@ mod tests {
         git(&root, &["init", "-q", "--bare", "origin.git"]);
         git(&work, &["push", "-q", "../origin.git", "main"]);
         let url = format!("file://{}", root.join("origin.git").display());
-        Origin { _tmp: tmp, root, work, url, commits: [c0, c1, c2] }
+        Origin {
+            _tmp: tmp,
+            root,
+            work,
+            url,
+            commits: [c0, c1, c2],
+        }
     }
 
     /// `git ls-tree -r` of `c`, without gitlinks, as a BaseTree.
@@ -437,7 +538,11 @@ mod tests {
         for line in git(repo, &["ls-tree", "-r", &c.to_hex()]).lines() {
             let (meta, path) = line.split_once('\t').unwrap();
             let mut parts = meta.split(' ');
-            let (mode, _ty, oid) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let (mode, _ty, oid) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
             let kind = match mode {
                 "100644" => EntryKind::File,
                 "100755" => EntryKind::Exec,
@@ -445,7 +550,13 @@ mod tests {
                 "160000" => continue,
                 m => panic!("unexpected mode {m}"),
             };
-            out.insert(RelPath::new(path).unwrap(), TreeEntry { oid: GitOid::from_hex(oid).unwrap(), kind });
+            out.insert(
+                RelPath::new(path).unwrap(),
+                TreeEntry {
+                    oid: GitOid::from_hex(oid).unwrap(),
+                    kind,
+                },
+            );
         }
         out
     }
@@ -453,10 +564,17 @@ mod tests {
     fn check_tree(store: &GitStore, o: &Origin, c: CommitId) {
         let tree = store.tree(c).unwrap();
         assert_eq!(tree, ls_tree(&o.work, c), "tree of {c}");
-        assert!(!tree.keys().any(|p| p.as_str().starts_with("vendor")), "gitlink skipped");
+        assert!(
+            !tree.keys().any(|p| p.as_str().starts_with("vendor")),
+            "gitlink skipped"
+        );
         for (path, entry) in &tree {
             let expected = git(&o.work, &["cat-file", "blob", &entry.oid.to_hex()]);
-            assert_eq!(store.blob(entry.oid).unwrap(), expected.as_bytes(), "{path}");
+            assert_eq!(
+                store.blob(entry.oid).unwrap(),
+                expected.as_bytes(),
+                "{path}"
+            );
         }
     }
 
@@ -481,10 +599,26 @@ mod tests {
         assert_eq!(kinds("link"), EntryKind::Symlink);
         assert_eq!(kinds("dir/up"), EntryKind::Symlink);
         assert_eq!(kinds("dir/sub/deep/x.rs"), EntryKind::File);
-        assert_eq!(store.blob(t1[&RelPath::new("link").unwrap()].oid).unwrap(), b"a.txt");
-        assert_eq!(store.blob(t1[&RelPath::new("a.txt").unwrap()].oid).unwrap(), b"alpha\n");
-        assert_eq!(git(&dir, &["rev-parse", &format!("refs/devd/base/{}", c1.to_hex())]).trim(), c1.to_hex());
-        assert_eq!(git(&dir, &["rev-parse", "--is-shallow-repository"]).trim(), "true");
+        assert_eq!(
+            store.blob(t1[&RelPath::new("link").unwrap()].oid).unwrap(),
+            b"a.txt"
+        );
+        assert_eq!(
+            store.blob(t1[&RelPath::new("a.txt").unwrap()].oid).unwrap(),
+            b"alpha\n"
+        );
+        assert_eq!(
+            git(
+                &dir,
+                &["rev-parse", &format!("refs/devd/base/{}", c1.to_hex())]
+            )
+            .trim(),
+            c1.to_hex()
+        );
+        assert_eq!(
+            git(&dir, &["rev-parse", "--is-shallow-repository"]).trim(),
+            "true"
+        );
 
         // Again: a no-op.
         store.fetch_commit(c1).unwrap();
@@ -494,9 +628,15 @@ mod tests {
         assert!(store.has_commit(c1) && store.has_commit(c2));
         check_tree(&store, &o, c2);
         let t2 = store.tree(c2).unwrap();
-        assert_eq!(t2[&RelPath::new("bin/run.sh").unwrap()].kind, EntryKind::File);
+        assert_eq!(
+            t2[&RelPath::new("bin/run.sh").unwrap()].kind,
+            EntryKind::File
+        );
         assert!(!t2.contains_key(&RelPath::new("dir/y.txt").unwrap()));
-        assert_eq!(store.blob(t2[&RelPath::new("a.txt").unwrap()].oid).unwrap(), b"alpha two\n");
+        assert_eq!(
+            store.blob(t2[&RelPath::new("a.txt").unwrap()].oid).unwrap(),
+            b"alpha two\n"
+        );
 
         // The shallow file lists both boundaries (c2 was fetched with depth 1
         // too) and git sees a consistent repository.
@@ -508,7 +648,11 @@ mod tests {
         assert_eq!(boundary, want, "shallow file");
         assert_eq!(git(&dir, &["rev-list", &c2.to_hex()]).trim(), c2.to_hex());
         git(&dir, &["fsck", "--no-dangling", "--connectivity-only"]);
-        assert!(git(&dir, &["for-each-ref", "--format=%(refname)"]).lines().all(|r| r.starts_with("refs/devd/base/")));
+        assert!(
+            git(&dir, &["for-each-ref", "--format=%(refname)"])
+                .lines()
+                .all(|r| r.starts_with("refs/devd/base/"))
+        );
         assert!(!git(&dir, &["tag"]).contains('v'));
 
         // Reopening finds what was fetched.
@@ -543,7 +687,9 @@ mod tests {
             .into_iter()
             .map(|c| {
                 let store = store.clone();
-                std::thread::spawn(move || store.fetch_commit(c).map(|()| store.tree(c).unwrap().len()))
+                std::thread::spawn(move || {
+                    store.fetch_commit(c).map(|()| store.tree(c).unwrap().len())
+                })
             })
             .collect();
         for h in handles {
@@ -559,10 +705,12 @@ mod tests {
         let bogus = GitOid([0xab; 20]);
         let err = store.fetch_commit(bogus).unwrap_err();
         let msg = err.to_string();
-        eprintln!("{msg}");
         assert!(matches!(err, GitError::CommitNotOnRemote { .. }), "{err:?}");
         assert!(msg.contains("not found on the remote"), "{msg}");
-        assert!(msg.contains(&bogus.to_hex()) && msg.contains(&o.url), "{msg}");
+        assert!(
+            msg.contains(&bogus.to_hex()) && msg.contains(&o.url),
+            "{msg}"
+        );
         assert!(!store.has_commit(bogus));
         // The store still works afterwards.
         store.fetch_commit(o.commits[1]).unwrap();
@@ -576,7 +724,6 @@ mod tests {
         let store = GitStore::open_or_init(&o.root.join("store.git"), &url).unwrap();
         let err = store.fetch_commit(o.commits[1]).unwrap_err();
         let msg = err.to_string();
-        eprintln!("{msg}");
         assert!(matches!(err, GitError::RemoteUnreachable { .. }), "{err:?}");
         assert!(msg.contains("unreachable") && msg.contains(&url), "{msg}");
 
@@ -584,7 +731,6 @@ mod tests {
         let url = format!("file://{}", o.root.display());
         let store = GitStore::open_or_init(&o.root.join("store2.git"), &url).unwrap();
         let err = store.fetch_commit(o.commits[1]).unwrap_err();
-        eprintln!("{err}");
         assert!(matches!(err, GitError::RemoteUnreachable { .. }), "{err:?}");
     }
 
@@ -593,27 +739,50 @@ mod tests {
         let o = origin();
         let store = GitStore::open_or_init(&o.root.join("store.git"), &o.url).unwrap();
         let err = store.tree(o.commits[2]).unwrap_err().to_string();
-        assert!(err.contains(&o.commits[2].to_hex()) && err.contains("fetch it first"), "{err}");
+        assert!(
+            err.contains(&o.commits[2].to_hex()) && err.contains("fetch it first"),
+            "{err}"
+        );
         let err = store.blob(GitOid([1; 20])).unwrap_err().to_string();
         assert!(err.contains(&GitOid([1; 20]).to_hex()), "{err}");
         // A commit is not a blob.
         store.fetch_commit(o.commits[1]).unwrap();
         let err = store.blob(o.commits[1]).unwrap_err();
-        assert!(matches!(err, GitError::WrongKind { expected: "blob", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                GitError::WrongKind {
+                    expected: "blob",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         // A non-empty directory that is not a repository is refused.
-        assert!(matches!(GitStore::open_or_init(&o.work.join("dir"), &o.url), Err(GitError::Store { .. })));
+        assert!(matches!(
+            GitStore::open_or_init(&o.work.join("dir"), &o.url),
+            Err(GitError::Store { .. })
+        ));
     }
 
     #[test]
     fn git_store_blob_oid_matches_git_hash_object() {
         let tmp = TempDir::new().unwrap();
-        for (i, data) in [&b""[..], b"hello\n", &[0u8, 255, 10, 13, 0][..], &vec![b'x'; 100_000][..]]
-            .into_iter()
-            .enumerate()
+        for (i, data) in [
+            &b""[..],
+            b"hello\n",
+            &[0u8, 255, 10, 13, 0][..],
+            &vec![b'x'; 100_000][..],
+        ]
+        .into_iter()
+        .enumerate()
         {
             let p = tmp.path().join(format!("f{i}"));
             std::fs::write(&p, data).unwrap();
-            let expected = git(tmp.path(), &["hash-object", "--no-filters", p.to_str().unwrap()]);
+            let expected = git(
+                tmp.path(),
+                &["hash-object", "--no-filters", p.to_str().unwrap()],
+            );
             assert_eq!(git_blob_oid(data), commit_id(&expected), "case {i}");
         }
     }

@@ -1,2 +1,28 @@
-//! placeholder
+//! devd's receiver: accepts a laptop's overlays over QUIC and keeps a
+//! materialized copy of its worktree on a shallow clone.
+//!
+//! Map of the crate:
+//! - [`server`]: QUIC endpoint, connection limit, startup, drain.
+//! - [`session`]: one laptop connection: auth, generations, blob requests.
+//! - [`workspace`]: one workspace's stores and the apply steps.
+//! - [`state`]: the durable sync state and its journal (crash safety).
+//! - [`materialize`]: moves the worktree from one state to the next.
+//! - [`blob_store`]: content-addressed blobs on disk.
+//! - [`git_store`]: the shallow clone (gix): fetch a base commit, read trees.
+//! - [`framed`]: protocol frames over a QUIC stream (used by both ends).
+//! - [`tls`], [`pairing`]: the self-signed identity and the pairing file.
+//! - [`fsutil`]: atomic writes.
+
+pub mod blob_store;
+pub mod framed;
+pub mod fsutil;
 pub mod git_store;
+pub mod materialize;
+pub mod pairing;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod tls;
+pub mod workspace;
+
+pub use server::{Running, ServeOptions, WorkspaceSpec, start};

@@ -1,1 +1,21 @@
-fn main() {}
+//! `devd`: parse arguments, start tracing, run the command.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = devd::cli::Cli::parse();
+    match devd::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("devd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

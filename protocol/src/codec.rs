@@ -33,7 +33,10 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames over `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), max }
+        Self {
+            buf: Vec::new(),
+            max,
+        }
     }
 
     /// Append received bytes.
@@ -60,7 +63,9 @@ impl FrameDecoder {
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
-        let Some(len) = self.next_len()? else { return Ok(None) };
+        let Some(len) = self.next_len()? else {
+            return Ok(None);
+        };
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
@@ -81,7 +86,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn hello() -> ClientMsg {
-        ClientMsg::Hello { version: 1, workspace: "alice".into(), token: "t0k".into() }
+        ClientMsg::Hello {
+            version: 1,
+            workspace: "alice".into(),
+            token: "t0k".into(),
+        }
     }
 
     fn changes() -> ClientMsg {
@@ -90,15 +99,29 @@ mod tests {
             changes: vec![
                 Change {
                     path: RelPath::new("src/a.rs").unwrap(),
-                    entry: Some(Entry::File { id: ContentId([1; 32]), exec: true }),
+                    entry: Some(Entry::File {
+                        id: ContentId([1; 32]),
+                        exec: true,
+                    }),
                 },
-                Change { path: RelPath::new("l").unwrap(), entry: Some(Entry::Symlink { target: "a".into() }) },
-                Change { path: RelPath::new("gone").unwrap(), entry: Some(Entry::Deleted) },
-                Change { path: RelPath::new("back").unwrap(), entry: None },
+                Change {
+                    path: RelPath::new("l").unwrap(),
+                    entry: Some(Entry::Symlink { target: "a".into() }),
+                },
+                Change {
+                    path: RelPath::new("gone").unwrap(),
+                    entry: Some(Entry::Deleted),
+                },
+                Change {
+                    path: RelPath::new("back").unwrap(),
+                    entry: None,
+                },
             ],
             blobs: vec![Blob {
                 id: ContentId([1; 32]),
-                encoding: Encoding::ZstdPatch { reference: BlobRef::Base(GitOid([2; 20])) },
+                encoding: Encoding::ZstdPatch {
+                    reference: BlobRef::Base(GitOid([2; 20])),
+                },
                 raw_len: 3,
                 data: vec![9, 9],
             }],
@@ -123,7 +146,11 @@ mod tests {
             (
                 "applied",
                 encode_frame(&ServerMsg::Applied {
-                    ack: Ack { generation: 7, digest: Digest([4; 32]), base: Base::Uploaded },
+                    ack: Ack {
+                        generation: 7,
+                        digest: Digest([4; 32]),
+                        base: Base::Uploaded,
+                    },
                     files_written: 2,
                     apply_ms: 3,
                 }),
@@ -137,8 +164,10 @@ mod tests {
                 }),
             ),
         ];
-        let text: String =
-            frames.iter().map(|(name, f)| format!("{name}: {}\n", hex::encode(f))).collect();
+        let text: String = frames
+            .iter()
+            .map(|(name, f)| format!("{name}: {}\n", hex::encode(f)))
+            .collect();
         insta::assert_snapshot!("wire_frames", text);
     }
 
@@ -147,7 +176,10 @@ mod tests {
         let f = encode_frame(&changes());
         let mut d = FrameDecoder::new(1 << 20);
         for (i, b) in f.iter().enumerate() {
-            assert!(d.decode::<ClientMsg>().unwrap().is_none(), "decoded early at byte {i}");
+            assert!(
+                d.decode::<ClientMsg>().unwrap().is_none(),
+                "decoded early at byte {i}"
+            );
             d.push(&[*b]);
         }
         assert_eq!(d.decode::<ClientMsg>().unwrap(), Some(changes()));
@@ -158,14 +190,23 @@ mod tests {
     fn oversized_frame_refused_from_prefix() {
         let mut d = FrameDecoder::new(100);
         d.push(&1000u32.to_be_bytes());
-        assert!(matches!(d.decode::<ClientMsg>(), Err(CodecError::TooLarge { len: 1000, max: 100 })));
+        assert!(matches!(
+            d.decode::<ClientMsg>(),
+            Err(CodecError::TooLarge {
+                len: 1000,
+                max: 100
+            })
+        ));
     }
 
     #[test]
     fn garbage_is_invalid_not_need_more() {
         let mut d = FrameDecoder::new(100);
         d.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.decode::<ClientMsg>(), Err(CodecError::Invalid(_))));
+        assert!(matches!(
+            d.decode::<ClientMsg>(),
+            Err(CodecError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -173,7 +214,10 @@ mod tests {
         // Hand-build a Changes frame with "../x" as the path.
         let good = encode_frame(&ClientMsg::Changes {
             generation: 1,
-            changes: vec![Change { path: RelPath::new("abcd").unwrap(), entry: None }],
+            changes: vec![Change {
+                path: RelPath::new("abcd").unwrap(),
+                entry: None,
+            }],
             blobs: vec![],
         });
         let mut bad = good.clone();

@@ -68,10 +68,12 @@ pub fn compress_patch(data: &[u8], reference: &[u8]) -> Option<Vec<u8>> {
     }
     let mut cctx = CCtx::create();
     let wlog = window_log(total);
-    cctx.set_parameter(CParameter::CompressionLevel(LEVEL)).ok()?;
+    cctx.set_parameter(CParameter::CompressionLevel(LEVEL))
+        .ok()?;
     cctx.set_parameter(CParameter::WindowLog(wlog)).ok()?;
     if total > (1 << 20) {
-        cctx.set_parameter(CParameter::EnableLongDistanceMatching(true)).ok()?;
+        cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+            .ok()?;
     }
     cctx.ref_prefix(reference).ok()?;
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
@@ -117,7 +119,8 @@ pub fn decode(
         Encoding::Zstd => {
             let mut out = Vec::with_capacity(raw_len as usize);
             let mut dctx = DCtx::create();
-            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG)).map_err(zerr)?;
+            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(zerr)?;
             dctx.decompress(&mut out, data).map_err(zerr)?;
             out
         }
@@ -125,14 +128,18 @@ pub fn decode(
             let reference = reference.ok_or(CompressError::MissingReference)?;
             let mut out = Vec::with_capacity(raw_len as usize);
             let mut dctx = DCtx::create();
-            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG)).map_err(zerr)?;
+            dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(zerr)?;
             dctx.ref_prefix(reference).map_err(zerr)?;
             dctx.decompress(&mut out, data).map_err(zerr)?;
             out
         }
     };
     if out.len() as u64 != raw_len {
-        return Err(CompressError::Length { got: out.len() as u64, want: raw_len });
+        return Err(CompressError::Length {
+            got: out.len() as u64,
+            want: raw_len,
+        });
     }
     Ok(out)
 }
@@ -174,14 +181,22 @@ mod tests {
         let (enc, bytes) = encode(&t, None);
         assert_eq!(enc, Encoding::Zstd);
         assert!(bytes.len() < t.len());
-        assert_eq!(decode(enc, &bytes, t.len() as u64, None, 1 << 20).unwrap(), t);
+        assert_eq!(
+            decode(enc, &bytes, t.len() as u64, None, 1 << 20).unwrap(),
+            t
+        );
 
-        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let (enc, bytes) = encode(&random, None);
         if enc == Encoding::Raw {
             assert_eq!(bytes, random);
         }
-        assert_eq!(decode(enc, &bytes, random.len() as u64, None, 1 << 20).unwrap(), random);
+        assert_eq!(
+            decode(enc, &bytes, random.len() as u64, None, 1 << 20).unwrap(),
+            random
+        );
     }
 
     #[test]
@@ -193,17 +208,29 @@ mod tests {
         assert!(decode(Encoding::Zstd, &c, 999, None, 1 << 20).is_err());
         assert!(matches!(
             decode(Encoding::Zstd, &c, 1001, None, 1 << 20),
-            Err(CompressError::Length { got: 1000, want: 1001 })
+            Err(CompressError::Length {
+                got: 1000,
+                want: 1001
+            })
         ));
         assert!(matches!(
             decode(Encoding::Raw, &t, 1001, None, 1 << 20),
             Err(CompressError::Length { .. })
         ));
-        assert!(matches!(decode(Encoding::Zstd, &c, 1000, None, 10), Err(CompressError::TooLarge(..))));
+        assert!(matches!(
+            decode(Encoding::Zstd, &c, 1000, None, 10),
+            Err(CompressError::TooLarge(..))
+        ));
         assert!(decode(Encoding::Zstd, b"garbage", 7, None, 1 << 20).is_err());
         let r = BlobRef::Base(GitOid([0; 20]));
         assert!(matches!(
-            decode(Encoding::ZstdPatch { reference: r }, &c, 1000, None, 1 << 20),
+            decode(
+                Encoding::ZstdPatch { reference: r },
+                &c,
+                1000,
+                None,
+                1 << 20
+            ),
             Err(CompressError::MissingReference)
         ));
     }

@@ -55,13 +55,27 @@ pub struct Ack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// First message: protocol version, workspace name, access token.
-    Hello { version: u32, workspace: String, token: String },
+    Hello {
+        version: u32,
+        workspace: String,
+        token: String,
+    },
     /// Part of the delta for `generation`, with small blobs inline.
-    Changes { generation: u64, changes: Vec<Change>, blobs: Vec<Blob> },
+    Changes {
+        generation: u64,
+        changes: Vec<Change>,
+        blobs: Vec<Blob>,
+    },
     /// Closes the delta for `generation`. `parent` is the acknowledged
     /// generation the delta applies to (`None`: the delta is a full overlay).
     /// `digest` and `entries` describe the resulting overlay.
-    Commit { generation: u64, parent: Option<u64>, base: Base, digest: Digest, entries: u64 },
+    Commit {
+        generation: u64,
+        parent: Option<u64>,
+        base: Base,
+        digest: Digest,
+        entries: u64,
+    },
     /// A slice of a blob the receiver asked for. `total` is the encoded
     /// length; the blob is complete when `offset + data.len() == total`.
     BlobChunk {
@@ -107,11 +121,27 @@ pub enum ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Answer to a valid `Hello`: what the receiver has applied, and where.
-    Welcome { version: u32, receiver: String, acked: Option<Ack>, worktree: String },
+    Welcome {
+        version: u32,
+        receiver: String,
+        acked: Option<Ack>,
+        worktree: String,
+    },
     /// Blobs of `generation` the receiver lacks.
-    Need { generation: u64, ids: Vec<ContentId> },
+    Need {
+        generation: u64,
+        ids: Vec<ContentId>,
+    },
     /// `generation` is applied, on disk, durable.
-    Applied { ack: Ack, files_written: u64, apply_ms: u64 },
+    Applied {
+        ack: Ack,
+        files_written: u64,
+        apply_ms: u64,
+    },
     /// Something was refused; nothing of `generation` was applied.
-    Rejected { generation: Option<u64>, code: ErrorCode, message: String },
+    Rejected {
+        generation: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
 }

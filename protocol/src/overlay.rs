@@ -148,25 +148,40 @@ impl Overlay {
             match (a.peek(), b.peek()) {
                 (None, None) => break,
                 (Some((pa, _)), None) => {
-                    out.push(Change { path: (*pa).clone(), entry: None });
+                    out.push(Change {
+                        path: (*pa).clone(),
+                        entry: None,
+                    });
                     a.next();
                 }
                 (None, Some((pb, eb))) => {
-                    out.push(Change { path: (*pb).clone(), entry: Some((*eb).clone()) });
+                    out.push(Change {
+                        path: (*pb).clone(),
+                        entry: Some((*eb).clone()),
+                    });
                     b.next();
                 }
                 (Some((pa, ea)), Some((pb, eb))) => match pa.cmp(pb) {
                     std::cmp::Ordering::Less => {
-                        out.push(Change { path: (*pa).clone(), entry: None });
+                        out.push(Change {
+                            path: (*pa).clone(),
+                            entry: None,
+                        });
                         a.next();
                     }
                     std::cmp::Ordering::Greater => {
-                        out.push(Change { path: (*pb).clone(), entry: Some((*eb).clone()) });
+                        out.push(Change {
+                            path: (*pb).clone(),
+                            entry: Some((*eb).clone()),
+                        });
                         b.next();
                     }
                     std::cmp::Ordering::Equal => {
                         if ea != eb {
-                            out.push(Change { path: (*pb).clone(), entry: Some((*eb).clone()) });
+                            out.push(Change {
+                                path: (*pb).clone(),
+                                entry: Some((*eb).clone()),
+                            });
                         }
                         a.next();
                         b.next();
@@ -216,7 +231,9 @@ impl Overlay {
 
 impl FromIterator<(RelPath, Entry)> for Overlay {
     fn from_iter<T: IntoIterator<Item = (RelPath, Entry)>>(iter: T) -> Self {
-        Self { entries: iter.into_iter().collect() }
+        Self {
+            entries: iter.into_iter().collect(),
+        }
     }
 }
 
@@ -230,22 +247,39 @@ mod tests {
     }
 
     fn file(n: u8) -> Entry {
-        Entry::File { id: ContentId([n; 32]), exec: false }
+        Entry::File {
+            id: ContentId([n; 32]),
+            exec: false,
+        }
     }
 
     #[test]
     fn diff_and_apply_simple() {
-        let a: Overlay = [(p("a"), file(1)), (p("b"), Entry::Deleted)].into_iter().collect();
-        let b: Overlay = [(p("a"), file(2)), (p("c"), Entry::Symlink { target: "a".into() })]
+        let a: Overlay = [(p("a"), file(1)), (p("b"), Entry::Deleted)]
             .into_iter()
             .collect();
+        let b: Overlay = [
+            (p("a"), file(2)),
+            (p("c"), Entry::Symlink { target: "a".into() }),
+        ]
+        .into_iter()
+        .collect();
         let d = Overlay::diff(&a, &b);
         assert_eq!(
             d,
             vec![
-                Change { path: p("a"), entry: Some(file(2)) },
-                Change { path: p("b"), entry: None },
-                Change { path: p("c"), entry: Some(Entry::Symlink { target: "a".into() }) },
+                Change {
+                    path: p("a"),
+                    entry: Some(file(2))
+                },
+                Change {
+                    path: p("b"),
+                    entry: None
+                },
+                Change {
+                    path: p("c"),
+                    entry: Some(Entry::Symlink { target: "a".into() })
+                },
             ]
         );
         let mut x = a.clone();
@@ -257,7 +291,9 @@ mod tests {
 
     #[test]
     fn digest_is_pinned() {
-        let o: Overlay = [(p("src/a.rs"), file(1)), (p("gone"), Entry::Deleted)].into_iter().collect();
+        let o: Overlay = [(p("src/a.rs"), file(1)), (p("gone"), Entry::Deleted)]
+            .into_iter()
+            .collect();
         assert_eq!(
             o.digest().to_hex(),
             "933e2f39fe8c47b736f93fe663b3a985d10f2abbc81bef358a67de935b3061ba",
@@ -268,17 +304,29 @@ mod tests {
     #[test]
     fn exec_bit_changes_digest() {
         let a: Overlay = [(p("x"), file(1))].into_iter().collect();
-        let b: Overlay =
-            [(p("x"), Entry::File { id: ContentId([1; 32]), exec: true })].into_iter().collect();
+        let b: Overlay = [(
+            p("x"),
+            Entry::File {
+                id: ContentId([1; 32]),
+                exec: true,
+            },
+        )]
+        .into_iter()
+        .collect();
         assert_ne!(a.digest(), b.digest());
         assert_eq!(Overlay::diff(&a, &b).len(), 1);
     }
 
     #[test]
     fn prefix_iteration() {
-        let o: Overlay = [(p("a"), file(1)), (p("a/b"), file(2)), (p("a.txt"), file(3)), (p("ab"), file(4))]
-            .into_iter()
-            .collect();
+        let o: Overlay = [
+            (p("a"), file(1)),
+            (p("a/b"), file(2)),
+            (p("a.txt"), file(3)),
+            (p("ab"), file(4)),
+        ]
+        .into_iter()
+        .collect();
         let a = p("a");
         let got: Vec<_> = o.iter_prefix(&a).map(|(k, _)| k.as_str()).collect();
         assert_eq!(got, ["a", "a/b"]);
@@ -286,14 +334,25 @@ mod tests {
 
     #[test]
     fn detects_file_directory_conflict() {
-        let ok: Overlay = [(p("a"), Entry::Deleted), (p("a/b"), file(1))].into_iter().collect();
+        let ok: Overlay = [(p("a"), Entry::Deleted), (p("a/b"), file(1))]
+            .into_iter()
+            .collect();
         assert_eq!(ok.conflicting_path(), None);
-        let bad: Overlay = [(p("a"), file(1)), (p("a/b"), file(2))].into_iter().collect();
+        let bad: Overlay = [(p("a"), file(1)), (p("a/b"), file(2))]
+            .into_iter()
+            .collect();
         assert_eq!(bad.conflicting_path(), Some(&p("a/b")));
-        let bad2: Overlay =
-            [(p("l"), Entry::Symlink { target: "/etc".into() }), (p("l/passwd"), file(2))]
-                .into_iter()
-                .collect();
+        let bad2: Overlay = [
+            (
+                p("l"),
+                Entry::Symlink {
+                    target: "/etc".into(),
+                },
+            ),
+            (p("l/passwd"), file(2)),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(bad2.conflicting_path(), Some(&p("l/passwd")));
     }
 
@@ -303,8 +362,10 @@ mod tests {
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
         prop_oneof![
-            (any::<u8>(), any::<bool>())
-                .prop_map(|(n, exec)| Entry::File { id: ContentId([n; 32]), exec }),
+            (any::<u8>(), any::<bool>()).prop_map(|(n, exec)| Entry::File {
+                id: ContentId([n; 32]),
+                exec
+            }),
             "[a-z/]{0,8}".prop_map(|target| Entry::Symlink { target }),
             Just(Entry::Deleted),
         ]

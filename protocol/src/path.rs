@@ -107,7 +107,14 @@ mod tests {
 
     #[test]
     fn accepts_normal_paths() {
-        for p in ["a", "a/b", "src/main.rs", ".gitignore", "dir/.github/x", "a b/c"] {
+        for p in [
+            "a",
+            "a/b",
+            "src/main.rs",
+            ".gitignore",
+            "dir/.github/x",
+            "a b/c",
+        ] {
             assert_eq!(RelPath::new(p).unwrap().as_str(), p);
         }
     }
@@ -130,7 +137,10 @@ mod tests {
             let err = RelPath::new(p).unwrap_err().to_string();
             assert!(err.contains(why), "{p:?}: {err}");
             if !p.is_empty() {
-                assert!(err.contains(&format!("{p:?}")), "error names the path: {err}");
+                assert!(
+                    err.contains(&format!("{p:?}")),
+                    "error names the path: {err}"
+                );
             }
         }
     }
@@ -140,7 +150,10 @@ mod tests {
         let bytes = postcard::to_stdvec(&"../escape".to_string()).unwrap();
         assert!(postcard::from_bytes::<RelPath>(&bytes).is_err());
         let bytes = postcard::to_stdvec(&"ok/path".to_string()).unwrap();
-        assert_eq!(postcard::from_bytes::<RelPath>(&bytes).unwrap().as_str(), "ok/path");
+        assert_eq!(
+            postcard::from_bytes::<RelPath>(&bytes).unwrap().as_str(),
+            "ok/path"
+        );
     }
 
     #[test]
@@ -148,7 +161,11 @@ mod tests {
         let a = RelPath::new("a/b/c").unwrap();
         assert!(a.starts_with(&RelPath::new("a/b").unwrap()));
         assert!(!a.starts_with(&RelPath::new("a/bc").unwrap()));
-        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(
+            !RelPath::new("a/bc")
+                .unwrap()
+                .starts_with(&RelPath::new("a/b").unwrap())
+        );
         assert_eq!(a.parent().unwrap().as_str(), "a/b");
         assert!(RelPath::new("top").unwrap().parent().is_none());
     }

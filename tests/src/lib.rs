@@ -1,1 +1,37 @@
-//! placeholder
+//! End-to-end fixtures for devd: real binaries, real QUIC on loopback, real
+//! git repositories in temporary directories.
+//!
+//! Map of the crate:
+//! - [`bins`]: locating the `devd` and `devd-receiver` binaries.
+//! - [`process`]: running commands with output captured to files, timeouts.
+//! - [`wait`]: polling helpers for watcher-driven outcomes.
+//! - [`repo`]: the git fixture (bare origin + laptop clone) and file helpers.
+//! - [`daemon`]: driving the `devd` CLI (start, sync, status, stop).
+//! - [`receiver`]: a separate `devd-receiver serve` process.
+//! - [`worktree`]: snapshots of worktrees, their comparison, and the
+//!   expected overlay digest computed independently of devd.
+//! - [`content`]: deterministic bulk content (random bytes, text files).
+//!
+//! Every handle that starts a process stops it on drop, also when the test
+//! panics; a panicking test prints the captured logs. Set
+//! `DEVD_TESTS_KEEP=1` to keep the temporary directory of a failed test.
+
+pub mod bins;
+pub mod content;
+pub mod daemon;
+pub mod process;
+pub mod receiver;
+pub mod repo;
+pub mod wait;
+pub mod worktree;
+
+pub use bins::bin;
+pub use content::{random_bytes, text_lines};
+pub use daemon::{Devd, Status, SyncReport};
+pub use process::{Background, Run};
+pub use receiver::{Pairing, Receiver, ReceiverOpts};
+pub use repo::{FAST_SYNC, Fixture};
+pub use wait::{poll_until, wait_until};
+pub use worktree::{
+    Node, Snapshot, assert_worktrees_equal, expected_overlay_digest, wait_for_worktrees_equal,
+};

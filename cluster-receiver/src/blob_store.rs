@@ -1,0 +1,122 @@
+//! Content-addressed blob store on disk: `blobs/ab/abcdef…`, raw content.
+//! Every blob is verified (blake3 of its content) before it is stored.
+
+use devd_protocol::ContentId;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {id} failed verification: its content hashes to {actual}")]
+    Mismatch { id: ContentId, actual: ContentId },
+    #[error("blob store I/O on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A directory of blobs named by content id.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Open (creating) the store at `dir`.
+    pub fn open(dir: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(dir).map_err(|source| BlobError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Where blob `id` lives.
+    pub fn path(&self, id: &ContentId) -> PathBuf {
+        let hex = id.to_hex();
+        self.dir.join(&hex[..2]).join(&hex)
+    }
+
+    /// True if the store has `id`.
+    pub fn has(&self, id: &ContentId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Read a blob.
+    pub fn get(&self, id: &ContentId) -> Result<Vec<u8>, BlobError> {
+        let p = self.path(id);
+        std::fs::read(&p).map_err(|source| BlobError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    }
+
+    /// Verify and store `data` as `id` (durably: fsync + rename).
+    pub fn put(&self, id: &ContentId, data: &[u8]) -> Result<(), BlobError> {
+        let actual = ContentId::of(data);
+        if actual != *id {
+            return Err(BlobError::Mismatch { id: *id, actual });
+        }
+        let p = self.path(id);
+        if p.exists() {
+            return Ok(());
+        }
+        let io = |source| BlobError::Io {
+            path: p.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(p.parent().expect("fanout dir")).map_err(io)?;
+        crate::fsutil::write_atomic(&p, data, Some(0o644)).map_err(io)
+    }
+
+    /// Delete every blob not in `keep`. Returns how many were removed.
+    pub fn retain(&self, keep: &HashSet<ContentId>) -> Result<usize, BlobError> {
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| BlobError::Io { path, source }
+        };
+        let mut removed = 0;
+        for fan in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let fan = fan.map_err(io(&self.dir))?.path();
+            if !fan.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&fan).map_err(io(&fan))? {
+                let f = f.map_err(io(&fan))?.path();
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                match ContentId::from_hex(name) {
+                    Some(id) if keep.contains(&id) => {}
+                    _ => {
+                        std::fs::remove_file(&f).map_err(io(&f))?;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_verifies_and_retain_collects() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let a = ContentId::of(b"a");
+        let b = ContentId::of(b"b");
+        s.put(&a, b"a").unwrap();
+        s.put(&b, b"b").unwrap();
+        let err = s.put(&a, b"not a").unwrap_err().to_string();
+        assert!(err.contains("failed verification"), "{err}");
+        assert_eq!(s.get(&a).unwrap(), b"a");
+        assert_eq!(s.retain(&[a].into_iter().collect()).unwrap(), 1);
+        assert!(s.has(&a) && !s.has(&b));
+    }
+}

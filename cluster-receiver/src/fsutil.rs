@@ -1,0 +1,26 @@
+//! Small filesystem helpers shared by the stores: atomic writes.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Write `data` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. `mode` sets Unix
+/// permissions on the new file.
+pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    if let Some(m) = mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(m))?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// fsync a directory so that renames in it are durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

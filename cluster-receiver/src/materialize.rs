@@ -1,0 +1,572 @@
+//! The materializer: moves the worktree on disk from one state (base tree +
+//! overlay) to another, touching only the paths whose desired state
+//! differs. It never follows a symlink: every parent directory is checked
+//! with `lstat`, and anything that is not a real directory where one is
+//! needed is replaced, not traversed. Each file is written to a temporary
+//! file on the same filesystem and renamed into place, so every path is
+//! always either its old or its new version; replaying a transition is
+//! idempotent, which is what crash recovery relies on.
+
+use crate::blob_store::BlobStore;
+use crate::git_store::{BaseTree, EntryKind, GitStore};
+use devd_protocol::{ContentId, Entry, GitOid, Overlay, RelPath};
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Errors while validating or materializing.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    #[error("path {path} conflicts with {other}: {why}")]
+    Conflict {
+        path: RelPath,
+        other: RelPath,
+        why: &'static str,
+    },
+    #[error("symlink {path} has an invalid target (empty or containing NUL)")]
+    BadSymlink { path: RelPath },
+    #[error("writing {path} in the worktree: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("content for {path} is missing: {why}")]
+    Source { path: RelPath, why: String },
+}
+
+/// Where a file's content comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Blob(ContentId),
+    Git(GitOid),
+}
+
+/// The desired state of one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Desired<'a> {
+    Absent,
+    File { source: Source, exec: bool },
+    Symlink(SymlinkTarget<'a>),
+}
+
+/// A symlink's target, borrowed from an overlay or read from git.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SymlinkTarget<'a> {
+    Text(&'a str),
+    Git(GitOid),
+}
+
+/// A worktree state: the base tree with the overlay on top.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub tree: &'a BaseTree,
+    pub overlay: &'a Overlay,
+}
+
+impl<'a> View<'a> {
+    /// The desired state of `path`.
+    pub fn desired(&self, path: &RelPath) -> Desired<'a> {
+        match self.overlay.get(path) {
+            Some(Entry::File { id, exec }) => Desired::File {
+                source: Source::Blob(*id),
+                exec: *exec,
+            },
+            Some(Entry::Symlink { target }) => Desired::Symlink(SymlinkTarget::Text(target)),
+            Some(Entry::Deleted) => Desired::Absent,
+            None => match self.tree.get(path) {
+                None => Desired::Absent,
+                Some(t) => match t.kind {
+                    EntryKind::File => Desired::File {
+                        source: Source::Git(t.oid),
+                        exec: false,
+                    },
+                    EntryKind::Exec => Desired::File {
+                        source: Source::Git(t.oid),
+                        exec: true,
+                    },
+                    EntryKind::Symlink => Desired::Symlink(SymlinkTarget::Git(t.oid)),
+                },
+            },
+        }
+    }
+
+    /// Check that this state can exist on a filesystem: no file or symlink
+    /// is the parent of another present path. Run before anything is
+    /// written, so a hostile overlay (a symlink `l` plus a file `l/x`) is
+    /// refused without side effects.
+    pub fn validate(&self) -> Result<(), MaterializeError> {
+        for (path, entry) in self.overlay.iter() {
+            match entry {
+                Entry::Deleted => continue,
+                Entry::Symlink { target } if target.is_empty() || target.contains('\0') => {
+                    return Err(MaterializeError::BadSymlink { path: path.clone() });
+                }
+                _ => {}
+            }
+            let mut anc = path.parent();
+            while let Some(a) = anc {
+                if self.desired(&a) != Desired::Absent {
+                    return Err(MaterializeError::Conflict {
+                        path: path.clone(),
+                        other: a,
+                        why: "a parent directory is a file or symlink",
+                    });
+                }
+                anc = a.parent();
+            }
+            for (below, _) in self.tree.range(path.clone()..) {
+                if !below.as_str().starts_with(path.as_str()) {
+                    break;
+                }
+                if below != path
+                    && below.starts_with(path)
+                    && self.desired(below) != Desired::Absent
+                {
+                    return Err(MaterializeError::Conflict {
+                        path: below.clone(),
+                        other: path.clone(),
+                        why: "it lies below a file or symlink",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Paths whose desired state may differ between `old` and `new`.
+pub fn touched(old: &View<'_>, new: &View<'_>, same_base: bool) -> BTreeSet<RelPath> {
+    let mut out: BTreeSet<RelPath> = BTreeSet::new();
+    out.extend(old.overlay.iter().map(|(p, _)| p.clone()));
+    out.extend(new.overlay.iter().map(|(p, _)| p.clone()));
+    if !same_base {
+        let mut a = old.tree.iter().peekable();
+        let mut b = new.tree.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((pa, _)), None) => {
+                    out.insert((*pa).clone());
+                    a.next();
+                }
+                (None, Some((pb, _))) => {
+                    out.insert((*pb).clone());
+                    b.next();
+                }
+                (Some((pa, ea)), Some((pb, eb))) => match pa.cmp(pb) {
+                    std::cmp::Ordering::Less => {
+                        out.insert((*pa).clone());
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out.insert((*pb).clone());
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if ea != eb {
+                            out.insert((*pa).clone());
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+    out
+}
+
+/// Figures of one transition.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub written: u64,
+    pub removed: u64,
+}
+
+/// Content sources for the materializer.
+pub struct Sources<'a> {
+    pub blobs: &'a BlobStore,
+    pub git: Option<&'a GitStore>,
+}
+
+/// The worktree directory and a scratch directory on the same filesystem.
+pub struct Worktree {
+    pub root: PathBuf,
+    pub scratch: PathBuf,
+}
+
+/// Test hook: `DEVD_RECEIVER_CRASH_AFTER_WRITES=N` aborts the process (as
+/// kill -9 would) after N worktree writes, so crash recovery can be tested
+/// at a precise point. Unset in normal operation.
+fn failpoint_tick() {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("DEVD_RECEIVER_CRASH_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = limit
+        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 >= *limit
+    {
+        eprintln!("devd-receiver: DEVD_RECEIVER_CRASH_AFTER_WRITES={limit} reached, aborting");
+        std::process::abort();
+    }
+}
+
+impl Worktree {
+    fn io(&self, p: &Path) -> impl Fn(std::io::Error) -> MaterializeError {
+        let path = p.display().to_string();
+        move |source| MaterializeError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Make sure every ancestor of `path` is a real directory, replacing
+    /// whatever else stands there (never following a symlink).
+    fn ensure_parents(&self, path: &RelPath) -> Result<PathBuf, MaterializeError> {
+        let mut dir = self.root.clone();
+        let comps: Vec<&str> = path.components().collect();
+        for c in &comps[..comps.len() - 1] {
+            dir.push(c);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    std::fs::remove_file(&dir).map_err(self.io(&dir))?;
+                    std::fs::create_dir(&dir).map_err(self.io(&dir))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&dir).map_err(self.io(&dir))?;
+                }
+                Err(e) => return Err(self.io(&dir)(e)),
+            }
+        }
+        Ok(dir.join(comps[comps.len() - 1]))
+    }
+
+    /// The on-disk path of `path` if all its parents are real directories.
+    fn existing(&self, path: &RelPath) -> Option<PathBuf> {
+        let mut dir = self.root.clone();
+        let comps: Vec<&str> = path.components().collect();
+        for c in &comps[..comps.len() - 1] {
+            dir.push(c);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                _ => return None,
+            }
+        }
+        Some(dir.join(comps[comps.len() - 1]))
+    }
+
+    fn remove(&self, path: &RelPath) -> Result<bool, MaterializeError> {
+        let Some(full) = self.existing(path) else {
+            return Ok(false);
+        };
+        let removed = match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&full).map_err(self.io(&full))?;
+                true
+            }
+            Ok(_) => {
+                std::fs::remove_file(&full).map_err(self.io(&full))?;
+                true
+            }
+            Err(_) => false,
+        };
+        // Prune directories the removal left empty, as git does.
+        let mut dir = full.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.root || std::fs::remove_dir(&d).is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(removed)
+    }
+
+    fn write(
+        &self,
+        path: &RelPath,
+        desired: &Desired<'_>,
+        src: &Sources<'_>,
+    ) -> Result<(), MaterializeError> {
+        let full = self.ensure_parents(path)?;
+        if let Ok(m) = std::fs::symlink_metadata(&full)
+            && m.is_dir()
+        {
+            std::fs::remove_dir_all(&full).map_err(self.io(&full))?;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".devd-")
+            .tempfile_in(&self.scratch)
+            .map_err(self.io(&self.scratch))?
+            .into_temp_path();
+        let missing = |why: String| MaterializeError::Source {
+            path: path.clone(),
+            why,
+        };
+        match desired {
+            Desired::Absent => unreachable!("absent paths are removed, not written"),
+            Desired::File { source, exec } => {
+                match source {
+                    Source::Blob(id) => {
+                        std::fs::copy(src.blobs.path(id), &tmp)
+                            .map_err(|e| missing(format!("blob {id}: {e}")))?;
+                    }
+                    Source::Git(oid) => {
+                        let git = src
+                            .git
+                            .ok_or_else(|| missing("no base repository".into()))?;
+                        let data = git.blob(*oid).map_err(|e| missing(e.to_string()))?;
+                        std::fs::write(&tmp, data).map_err(self.io(&tmp))?;
+                    }
+                }
+                let mode = if *exec { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                    .map_err(self.io(&tmp))?;
+            }
+            Desired::Symlink(target) => {
+                let target = match target {
+                    SymlinkTarget::Text(t) => t.to_string(),
+                    SymlinkTarget::Git(oid) => {
+                        let git = src
+                            .git
+                            .ok_or_else(|| missing("no base repository".into()))?;
+                        let data = git.blob(*oid).map_err(|e| missing(e.to_string()))?;
+                        String::from_utf8_lossy(&data).into_owned()
+                    }
+                };
+                std::fs::remove_file(&tmp).map_err(self.io(&tmp))?;
+                std::os::unix::fs::symlink(&target, &tmp).map_err(self.io(&tmp))?;
+            }
+        }
+        tmp.persist(&full).map_err(|e| self.io(&full)(e.error))?;
+        failpoint_tick();
+        Ok(())
+    }
+
+    /// Move the worktree from `old` to `new`.
+    pub fn transition(
+        &self,
+        old: &View<'_>,
+        new: &View<'_>,
+        same_base: bool,
+        src: &Sources<'_>,
+    ) -> Result<Stats, MaterializeError> {
+        std::fs::create_dir_all(&self.root).map_err(self.io(&self.root))?;
+        std::fs::create_dir_all(&self.scratch).map_err(self.io(&self.scratch))?;
+        let mut removals = Vec::new();
+        let mut writes = Vec::new();
+        for p in touched(old, new, same_base) {
+            let want = new.desired(&p);
+            if want == old.desired(&p) {
+                continue;
+            }
+            if want == Desired::Absent {
+                removals.push(p);
+            } else {
+                writes.push((p, want));
+            }
+        }
+        let mut stats = Stats::default();
+        for p in removals.iter().rev() {
+            if self.remove(p)? {
+                stats.removed += 1;
+            }
+        }
+        for (p, want) in &writes {
+            self.write(p, want, src)?;
+            stats.written += 1;
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git_store::TreeEntry;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn writes_files_symlinks_modes_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let wt = Worktree {
+            root: dir.path().join("wt"),
+            scratch: dir.path().join("tmp"),
+        };
+        let a = ContentId::of(b"alpha");
+        blobs.put(&a, b"alpha").unwrap();
+        let tree = BaseTree::new();
+        let empty = Overlay::new();
+        let o1: Overlay = [
+            (p("d/e/f.sh"), Entry::File { id: a, exec: true }),
+            (
+                p("link"),
+                Entry::Symlink {
+                    target: "d/e/f.sh".into(),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let src = Sources {
+            blobs: &blobs,
+            git: None,
+        };
+        let v0 = View {
+            tree: &tree,
+            overlay: &empty,
+        };
+        let v1 = View {
+            tree: &tree,
+            overlay: &o1,
+        };
+        v1.validate().unwrap();
+        let s = wt.transition(&v0, &v1, true, &src).unwrap();
+        assert_eq!(s.written, 2);
+        let f = wt.root.join("d/e/f.sh");
+        assert_eq!(std::fs::read(&f).unwrap(), b"alpha");
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_link(wt.root.join("link")).unwrap(),
+            Path::new("d/e/f.sh")
+        );
+        // Replaying is idempotent.
+        wt.transition(&v0, &v1, true, &src).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"alpha");
+        // Back to empty: files gone, empty directories pruned.
+        let s = wt.transition(&v1, &v0, true, &src).unwrap();
+        assert_eq!(s.removed, 2);
+        assert_eq!(std::fs::read_dir(&wt.root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_writes_below_symlinks_before_touching_disk() {
+        let tree = BaseTree::new();
+        let o: Overlay = [
+            (
+                p("l"),
+                Entry::Symlink {
+                    target: "/tmp".into(),
+                },
+            ),
+            (
+                p("l/evil"),
+                Entry::File {
+                    id: ContentId([0; 32]),
+                    exec: false,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let err = View {
+            tree: &tree,
+            overlay: &o,
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("l/evil"), "{err}");
+
+        let mut tree = BaseTree::new();
+        tree.insert(
+            p("dir/x"),
+            TreeEntry {
+                oid: GitOid([1; 20]),
+                kind: EntryKind::File,
+            },
+        );
+        let o: Overlay = [(
+            p("dir"),
+            Entry::Symlink {
+                target: "/etc".into(),
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert!(
+            View {
+                tree: &tree,
+                overlay: &o
+            }
+            .validate()
+            .is_err()
+        );
+        let o: Overlay = [
+            (
+                p("dir"),
+                Entry::Symlink {
+                    target: "/etc".into(),
+                },
+            ),
+            (p("dir/x"), Entry::Deleted),
+        ]
+        .into_iter()
+        .collect();
+        View {
+            tree: &tree,
+            overlay: &o,
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn replaces_stray_symlink_parent_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let wt = Worktree {
+            root: dir.path().join("wt"),
+            scratch: dir.path().join("tmp"),
+        };
+        std::fs::create_dir_all(&wt.root).unwrap();
+        std::os::unix::fs::symlink(outside.path(), wt.root.join("sub")).unwrap();
+        let a = ContentId::of(b"x");
+        blobs.put(&a, b"x").unwrap();
+        let tree = BaseTree::new();
+        let empty = Overlay::new();
+        let o: Overlay = [(p("sub/f"), Entry::File { id: a, exec: false })]
+            .into_iter()
+            .collect();
+        wt.transition(
+            &View {
+                tree: &tree,
+                overlay: &empty,
+            },
+            &View {
+                tree: &tree,
+                overlay: &o,
+            },
+            true,
+            &Sources {
+                blobs: &blobs,
+                git: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing written outside"
+        );
+        assert!(
+            std::fs::symlink_metadata(wt.root.join("sub"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(std::fs::read(wt.root.join("sub/f")).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,328 @@
+//! One laptop connection: authenticate, then receive generations and apply
+//! them. Every refusal is a `Rejected` message naming what was wrong; a
+//! malformed or oversized frame ends the connection, and nothing of a
+//! refused generation reaches the worktree.
+
+use crate::framed::{Framed, FramedError};
+use crate::workspace::{CommitHeader, Incoming, Registry, Reject, Workspace};
+use devd_protocol::message::{Blob, ClientMsg, INLINE_TOTAL_MAX, MAX_FRAME, ServerMsg};
+use devd_protocol::{CodecError, ContentId, ErrorCode, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a peer may stay silent in the middle of a sync.
+const IDLE: Duration = Duration::from_secs(60);
+/// Changes accepted per generation (bounded memory per connection).
+const MAX_CHANGES: usize = 4_000_000;
+
+fn framed_reject(e: &FramedError) -> Reject {
+    match e {
+        FramedError::Codec(CodecError::TooLarge { .. }) => {
+            Reject::new(ErrorCode::TooLarge, e.to_string())
+        }
+        _ => Reject::new(ErrorCode::Malformed, e.to_string()),
+    }
+}
+
+async fn reject(io: &mut Framed, generation: Option<u64>, r: Reject) {
+    tracing::warn!(code = ?r.code, generation = ?generation, message = %r.message, "rejected");
+    let _ = io
+        .send(&ServerMsg::Rejected {
+            generation,
+            code: r.code,
+            message: r.message,
+        })
+        .await;
+}
+
+/// Serve one connection until the peer leaves or `cancel` fires.
+pub async fn serve_connection(
+    conn: quinn::Connection,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+) {
+    let remote = conn.remote_address();
+    let (send, recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "connection closed before opening a stream");
+            return;
+        }
+    };
+    let mut io = Framed::new(send, recv, MAX_FRAME);
+    let ws = match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
+        Ok(Ok(Some(ClientMsg::Hello {
+            version,
+            workspace,
+            token,
+        }))) => {
+            if version != PROTOCOL_VERSION {
+                let m = format!(
+                    "protocol version {version} is not supported; this receiver speaks {PROTOCOL_VERSION}: upgrade devd on both sides"
+                );
+                return reject(&mut io, None, Reject::new(ErrorCode::Version, m)).await;
+            }
+            let Some(ws) = registry.get(&workspace).cloned() else {
+                let m = format!(
+                    "no workspace named {workspace:?} on this receiver; check the pairing file"
+                );
+                return reject(&mut io, None, Reject::new(ErrorCode::UnknownWorkspace, m)).await;
+            };
+            if !ws.check_token(&token) {
+                let m = format!(
+                    "wrong token for workspace {workspace:?}; re-pair with the receiver's pairing file"
+                );
+                return reject(&mut io, None, Reject::new(ErrorCode::Unauthorized, m)).await;
+            }
+            ws
+        }
+        Ok(Ok(Some(_))) => {
+            let m = "the first message must be Hello";
+            return reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return reject(&mut io, None, framed_reject(&e)).await,
+        Err(_) => {
+            return reject(
+                &mut io,
+                None,
+                Reject::new(ErrorCode::Malformed, "no Hello within 10 s"),
+            )
+            .await;
+        }
+    };
+    tracing::info!(%remote, workspace = %ws.name, "laptop connected");
+    let welcome = ServerMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
+        acked: ws.acked().await,
+        worktree: ws.worktree_path().display().to_string(),
+    };
+    if io.send(&welcome).await.is_err() {
+        return;
+    }
+    let mut incoming: Option<Incoming> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = io.recv::<ClientMsg>() => m,
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(FramedError::Read(_)) => break,
+            Err(e) => return reject(&mut io, None, framed_reject(&e)).await,
+        };
+        match msg {
+            ClientMsg::Changes {
+                generation,
+                changes,
+                blobs,
+            } => {
+                let inc = incoming.get_or_insert_with(|| Incoming {
+                    generation,
+                    ..Default::default()
+                });
+                let size: usize = blobs.iter().map(|b| b.data.len()).sum();
+                if inc.generation != generation {
+                    let m = format!(
+                        "changes for generation {generation} while {} is open",
+                        inc.generation
+                    );
+                    return reject(
+                        &mut io,
+                        Some(generation),
+                        Reject::new(ErrorCode::Malformed, m),
+                    )
+                    .await;
+                }
+                if inc.changes.len() + changes.len() > MAX_CHANGES
+                    || inc.inline_bytes + size > 16 * INLINE_TOTAL_MAX
+                {
+                    let m = format!(
+                        "generation {generation} exceeds the limits of {MAX_CHANGES} changes or inline blob bytes"
+                    );
+                    return reject(
+                        &mut io,
+                        Some(generation),
+                        Reject::new(ErrorCode::TooLarge, m),
+                    )
+                    .await;
+                }
+                inc.inline_bytes += size;
+                inc.changes.extend(changes);
+                inc.blobs.extend(blobs);
+            }
+            ClientMsg::Commit {
+                generation,
+                parent,
+                base,
+                digest,
+                entries,
+            } => {
+                let inc = incoming.take().unwrap_or_else(|| Incoming {
+                    generation,
+                    ..Default::default()
+                });
+                if inc.generation != generation {
+                    let m = format!(
+                        "commit of generation {generation} while {} is open",
+                        inc.generation
+                    );
+                    return reject(
+                        &mut io,
+                        Some(generation),
+                        Reject::new(ErrorCode::Malformed, m),
+                    )
+                    .await;
+                }
+                let header = CommitHeader {
+                    generation,
+                    parent,
+                    base,
+                    digest,
+                    entries,
+                };
+                match sync(&ws, &mut io, header, inc).await {
+                    Ok(msg) => {
+                        if io.send(&msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(SyncFailure::Rejected(r)) => reject(&mut io, Some(generation), r).await,
+                    Err(SyncFailure::Fatal(r)) => {
+                        return reject(&mut io, Some(generation), r).await;
+                    }
+                }
+            }
+            ClientMsg::BlobChunk { .. } | ClientMsg::Hello { .. } => {
+                let m = "unexpected message outside of a blob request";
+                return reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
+            }
+        }
+    }
+    io.finish();
+}
+
+enum SyncFailure {
+    /// Refuse this generation; the connection stays usable.
+    Rejected(Reject),
+    /// Refuse and close: the stream is in an unknown state.
+    Fatal(Reject),
+}
+
+async fn sync(
+    ws: &Arc<Workspace>,
+    io: &mut Framed,
+    header: CommitHeader,
+    inc: Incoming,
+) -> Result<ServerMsg, SyncFailure> {
+    let mut inner = ws.lock().await;
+    let prepared = ws
+        .prepare(&mut inner, header, inc)
+        .await
+        .map_err(SyncFailure::Rejected)?;
+    if !prepared.missing.is_empty() {
+        let need = ServerMsg::Need {
+            generation: header.generation,
+            ids: prepared.missing.clone(),
+        };
+        io.send(&need)
+            .await
+            .map_err(|e| SyncFailure::Fatal(framed_reject(&e)))?;
+        receive_blobs(ws, io, &prepared.missing).await?;
+    }
+    let applied = ws
+        .finish(&mut inner, prepared)
+        .await
+        .map_err(SyncFailure::Rejected)?;
+    tracing::info!(workspace = %ws.name, generation = applied.ack.generation, files = applied.files_written, ms = applied.apply_ms, "applied");
+    Ok(ServerMsg::Applied {
+        ack: applied.ack,
+        files_written: applied.files_written,
+        apply_ms: applied.apply_ms,
+    })
+}
+
+/// Receive the chunks of every blob in `wanted`.
+async fn receive_blobs(
+    ws: &Arc<Workspace>,
+    io: &mut Framed,
+    wanted: &[ContentId],
+) -> Result<(), SyncFailure> {
+    let mut left: HashMap<ContentId, Option<Blob>> = wanted.iter().map(|id| (*id, None)).collect();
+    let mut done = 0;
+    while done < wanted.len() {
+        let msg = match tokio::time::timeout(IDLE, io.recv::<ClientMsg>()).await {
+            Err(_) => {
+                return Err(SyncFailure::Fatal(Reject::new(
+                    ErrorCode::Malformed,
+                    "blob transfer stalled",
+                )));
+            }
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                return Err(SyncFailure::Fatal(Reject::new(
+                    ErrorCode::Malformed,
+                    "stream ended",
+                )));
+            }
+            Ok(Err(e)) => return Err(SyncFailure::Fatal(framed_reject(&e))),
+        };
+        let ClientMsg::BlobChunk {
+            id,
+            encoding,
+            raw_len,
+            total,
+            offset,
+            data,
+        } = msg
+        else {
+            return Err(SyncFailure::Fatal(Reject::new(
+                ErrorCode::Malformed,
+                "expected blob chunks",
+            )));
+        };
+        let Some(slot) = left.get_mut(&id) else {
+            return Err(SyncFailure::Fatal(Reject::new(
+                ErrorCode::Malformed,
+                format!("blob {id} was not requested"),
+            )));
+        };
+        if total > 2 * crate::workspace::MAX_BLOB || raw_len > crate::workspace::MAX_BLOB {
+            return Err(SyncFailure::Fatal(Reject::new(
+                ErrorCode::TooLarge,
+                format!("blob {id} is too large"),
+            )));
+        }
+        let blob = slot.get_or_insert_with(|| Blob {
+            id,
+            encoding,
+            raw_len,
+            data: Vec::new(),
+        });
+        if offset != blob.data.len() as u64 || blob.encoding != encoding || blob.raw_len != raw_len
+        {
+            return Err(SyncFailure::Fatal(Reject::new(
+                ErrorCode::Malformed,
+                format!("blob {id}: chunk out of order"),
+            )));
+        }
+        blob.data.extend_from_slice(&data);
+        if blob.data.len() as u64 > total {
+            return Err(SyncFailure::Fatal(Reject::new(
+                ErrorCode::Malformed,
+                format!("blob {id}: more bytes than announced"),
+            )));
+        }
+        if blob.data.len() as u64 == total {
+            let blob = slot.take().expect("blob present");
+            left.remove(&id);
+            ws.store_blob(blob).await.map_err(SyncFailure::Fatal)?;
+            done += 1;
+        }
+    }
+    Ok(())
+}

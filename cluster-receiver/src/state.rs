@@ -1,0 +1,151 @@
+//! A workspace's durable sync state and its journal.
+//!
+//! `committed` holds the last applied generation (ack + overlay). Before a
+//! new generation touches the worktree, its target state is written to
+//! `pending` (every blob it needs is already stored). After the worktree is
+//! updated, `pending` replaces `committed` with one rename. A crash in
+//! between leaves `pending` behind; recovery replays the (idempotent)
+//! transition from `committed` to `pending` and commits it, so the worktree
+//! always ends at one generation or the other, never a mix.
+
+use devd_protocol::Overlay;
+use devd_protocol::message::Ack;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What is (or is about to be) materialized.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// `None` before the first generation (empty worktree).
+    pub ack: Option<Ack>,
+    pub overlay: Overlay,
+}
+
+/// Errors reading or writing state files.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt ({source}); remove the workspace directory to start over"
+    )]
+    Corrupt {
+        path: String,
+        source: postcard::Error,
+    },
+}
+
+/// The two state files of one workspace.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    committed: PathBuf,
+    pending: PathBuf,
+}
+
+impl Journal {
+    /// State files inside `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            committed: dir.join("state.committed"),
+            pending: dir.join("state.pending"),
+        }
+    }
+
+    fn read(path: &Path) -> Result<Option<SyncState>, StateError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Corrupt {
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn write(path: &Path, state: &SyncState) -> Result<(), StateError> {
+        let bytes = postcard::to_stdvec(state).expect("state serializes");
+        crate::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The committed state (default when none yet).
+    pub fn committed(&self) -> Result<SyncState, StateError> {
+        Ok(Self::read(&self.committed)?.unwrap_or_default())
+    }
+
+    /// A pending state left by an interrupted apply.
+    pub fn pending(&self) -> Result<Option<SyncState>, StateError> {
+        Self::read(&self.pending)
+    }
+
+    /// Record the target of an apply before touching the worktree.
+    pub fn begin(&self, target: &SyncState) -> Result<(), StateError> {
+        Self::write(&self.pending, target)
+    }
+
+    /// The worktree now matches the pending state: make it the committed one.
+    pub fn commit(&self) -> Result<(), StateError> {
+        let io = |source| StateError::Io {
+            path: self.committed.display().to_string(),
+            source,
+        };
+        std::fs::rename(&self.pending, &self.committed).map_err(io)?;
+        crate::fsutil::sync_dir(self.committed.parent().unwrap_or(Path::new("."))).map_err(io)
+    }
+
+    /// Forget a pending state that was never started.
+    pub fn abort(&self) -> Result<(), StateError> {
+        match std::fs::remove_file(&self.pending) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                path: self.pending.display().to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devd_protocol::message::Base;
+    use devd_protocol::{Digest, Entry, RelPath};
+
+    #[test]
+    fn begin_commit_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        assert_eq!(j.committed().unwrap(), SyncState::default());
+        let s = SyncState {
+            ack: Some(Ack {
+                generation: 3,
+                digest: Digest([1; 32]),
+                base: Base::Uploaded,
+            }),
+            overlay: [(RelPath::new("x").unwrap(), Entry::Deleted)]
+                .into_iter()
+                .collect(),
+        };
+        j.begin(&s).unwrap();
+        assert_eq!(j.pending().unwrap(), Some(s.clone()));
+        assert_eq!(j.committed().unwrap(), SyncState::default());
+        j.commit().unwrap();
+        assert_eq!(j.committed().unwrap(), s);
+        assert_eq!(j.pending().unwrap(), None);
+        std::fs::write(dir.path().join("state.committed"), b"\xff\xff").unwrap();
+        assert!(j.committed().unwrap_err().to_string().contains("corrupt"));
+    }
+}

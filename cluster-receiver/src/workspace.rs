@@ -1,0 +1,495 @@
+//! One workspace on the receiver: its token, git store, blob store, journal
+//! and worktree, and the steps of applying a generation (prepare → blobs →
+//! finish). Callers hold [`Workspace::lock`] across the steps, so syncs of
+//! one workspace never interleave.
+
+use crate::blob_store::{BlobError, BlobStore};
+use crate::git_store::{BaseTree, GitError, GitStore};
+use crate::materialize::{MaterializeError, Sources, View, Worktree};
+use crate::state::{Journal, StateError, SyncState};
+use devd_protocol::compress::{self, BlobRef, Encoding};
+use devd_protocol::message::{Ack, Base, Blob};
+use devd_protocol::{Change, ContentId, Digest, ErrorCode, Overlay};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest blob accepted (raw content), 1 GiB.
+pub const MAX_BLOB: u64 = 1 << 30;
+/// Largest overlay accepted, in entries.
+pub const MAX_ENTRIES: u64 = 4_000_000;
+
+/// Errors opening a workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("workspace {name}: {source}")]
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("recovering workspace {name}: {reason}")]
+    Recover { name: String, reason: String },
+}
+
+/// A refusal sent back to the laptop.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MaterializeError> for Reject {
+    fn from(e: MaterializeError) -> Self {
+        let code = match &e {
+            MaterializeError::Conflict { .. } | MaterializeError::BadSymlink { .. } => {
+                ErrorCode::BadPath
+            }
+            MaterializeError::Io { .. } => ErrorCode::Storage,
+            MaterializeError::Source { .. } => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<StateError> for Reject {
+    fn from(e: StateError) -> Self {
+        Self::new(ErrorCode::Storage, e.to_string())
+    }
+}
+
+/// A generation as received, before it is applied.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    pub generation: u64,
+    pub changes: Vec<Change>,
+    pub blobs: Vec<Blob>,
+    pub inline_bytes: usize,
+}
+
+/// The header closing a generation.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitHeader {
+    pub generation: u64,
+    pub parent: Option<u64>,
+    pub base: Base,
+    pub digest: Digest,
+    pub entries: u64,
+}
+
+/// A generation validated, with its base available and inline blobs stored.
+pub struct Prepared {
+    target: SyncState,
+    tree: Arc<BaseTree>,
+    /// Blobs the laptop must still send.
+    pub missing: Vec<ContentId>,
+}
+
+/// Mutable state of a workspace, behind its lock.
+pub struct Inner {
+    state: SyncState,
+    tree: Arc<BaseTree>,
+}
+
+/// Outcome of an applied generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub ack: Ack,
+    pub files_written: u64,
+    pub apply_ms: u64,
+}
+
+/// A workspace.
+pub struct Workspace {
+    pub name: String,
+    token: String,
+    git: Arc<GitStore>,
+    blobs: BlobStore,
+    journal: Journal,
+    worktree: Worktree,
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+fn random_token() -> std::io::Result<String> {
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// Compare secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Workspace {
+    /// Open (creating on first use) workspace `name` under `data_dir`, and
+    /// finish any apply a crash interrupted. Blocking.
+    pub fn open(data_dir: &Path, name: &str, git_remote: &str) -> Result<Self, WorkspaceError> {
+        let dir = data_dir.join("workspaces").join(name);
+        let io = |source| WorkspaceError::Io {
+            name: name.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let token_path = dir.join("token");
+        let token = match std::fs::read_to_string(&token_path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(_) => {
+                let t = random_token().map_err(io)?;
+                crate::fsutil::write_atomic(&token_path, t.as_bytes(), Some(0o600)).map_err(io)?;
+                t
+            }
+        };
+        let scratch = dir.join("tmp");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).map_err(io)?;
+        let mut ws = Self {
+            name: name.to_owned(),
+            token,
+            git: Arc::new(GitStore::open_or_init(&dir.join("repo.git"), git_remote)?),
+            blobs: BlobStore::open(&dir.join("blobs"))?,
+            journal: Journal::new(&dir),
+            worktree: Worktree {
+                root: dir.join("worktree"),
+                scratch,
+            },
+            inner: tokio::sync::Mutex::new(Inner {
+                state: SyncState::default(),
+                tree: Arc::default(),
+            }),
+        };
+        let state = ws.journal.committed()?;
+        let tree = ws
+            .tree_for(state.ack.map(|a| a.base))
+            .map_err(|r| WorkspaceError::Recover {
+                name: name.to_owned(),
+                reason: r.message,
+            })?;
+        let mut inner = Inner { state, tree };
+        ws.recover(&mut inner)
+            .map_err(|r| WorkspaceError::Recover {
+                name: name.to_owned(),
+                reason: r.message,
+            })?;
+        ws.inner = tokio::sync::Mutex::new(inner);
+        Ok(ws)
+    }
+
+    /// True if `token` is this workspace's token.
+    pub fn check_token(&self, token: &str) -> bool {
+        constant_time_eq(token.as_bytes(), self.token.as_bytes())
+    }
+
+    /// The access token (for the pairing file).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The materialized worktree.
+    pub fn worktree_path(&self) -> &Path {
+        &self.worktree.root
+    }
+
+    /// The workspace's directory on disk.
+    pub fn dir(&self) -> PathBuf {
+        self.worktree
+            .root
+            .parent()
+            .expect("worktree has a parent")
+            .to_owned()
+    }
+
+    /// Lock the workspace for a sync.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().await
+    }
+
+    /// The last applied generation.
+    pub async fn acked(&self) -> Option<Ack> {
+        self.inner.lock().await.state.ack
+    }
+
+    fn tree_for(&self, base: Option<Base>) -> Result<Arc<BaseTree>, Reject> {
+        match base {
+            None | Some(Base::Uploaded) => Ok(Arc::default()),
+            Some(Base::Commit(c)) => self
+                .git
+                .tree(c)
+                .map(Arc::new)
+                .map_err(|e| Reject::new(ErrorCode::BaseUnavailable, e.to_string())),
+        }
+    }
+
+    /// Roll a pending (interrupted or failed) apply forward. Blocking.
+    fn recover(&self, inner: &mut Inner) -> Result<(), Reject> {
+        let Some(target) = self.journal.pending()? else {
+            return Ok(());
+        };
+        tracing::warn!(workspace = %self.name, generation = ?target.ack.map(|a| a.generation), "finishing an interrupted apply");
+        let tree = self.tree_for(target.ack.map(|a| a.base))?;
+        let same = inner.state.ack.map(|a| a.base) == target.ack.map(|a| a.base);
+        let src = Sources {
+            blobs: &self.blobs,
+            git: Some(&self.git),
+        };
+        self.worktree.transition(
+            &View {
+                tree: &inner.tree,
+                overlay: &inner.state.overlay,
+            },
+            &View {
+                tree: &tree,
+                overlay: &target.overlay,
+            },
+            same,
+            &src,
+        )?;
+        self.journal.commit()?;
+        inner.state = target;
+        inner.tree = tree;
+        Ok(())
+    }
+
+    /// Validate a generation, make its base available and store its inline
+    /// blobs. Nothing in the worktree changes.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        header: CommitHeader,
+        incoming: Incoming,
+    ) -> Result<Prepared, Reject> {
+        if self.journal.pending()?.is_some() {
+            let this = self.clone();
+            let mut taken = Inner {
+                state: std::mem::take(&mut inner.state),
+                tree: inner.tree.clone(),
+            };
+            let (res, back) = tokio::task::spawn_blocking(move || {
+                let r = this.recover(&mut taken);
+                (r, taken)
+            })
+            .await
+            .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+            *inner = back;
+            res?;
+        }
+        let acked = inner.state.ack.map(|a| a.generation);
+        if header.parent.is_some() && header.parent != acked {
+            return Err(Reject::new(
+                ErrorCode::OutOfSync,
+                format!(
+                    "delta is relative to generation {:?} but the receiver has {:?}",
+                    header.parent, acked
+                ),
+            ));
+        }
+        if header.entries > MAX_ENTRIES {
+            return Err(Reject::new(
+                ErrorCode::TooLarge,
+                format!("{} entries exceed {MAX_ENTRIES}", header.entries),
+            ));
+        }
+        let mut overlay = if header.parent.is_some() {
+            inner.state.overlay.clone()
+        } else {
+            Overlay::new()
+        };
+        overlay.apply(&incoming.changes);
+        if overlay.len() as u64 != header.entries || overlay.digest() != header.digest {
+            return Err(Reject::new(
+                ErrorCode::DigestMismatch,
+                format!(
+                    "overlay after generation {} has {} entries and digest {}, the laptop expected {} and {}",
+                    header.generation,
+                    overlay.len(),
+                    overlay.digest(),
+                    header.entries,
+                    header.digest
+                ),
+            ));
+        }
+        // The base.
+        let same_base = inner.state.ack.map(|a| a.base) == Some(header.base);
+        let tree = if same_base {
+            inner.tree.clone()
+        } else {
+            let this = self.clone();
+            let base = header.base;
+            tokio::task::spawn_blocking(move || {
+                if let Base::Commit(c) = base
+                    && !this.git.has_commit(c)
+                {
+                    tracing::info!(workspace = %this.name, commit = %c, "fetching base commit");
+                    this.git
+                        .fetch_commit(c)
+                        .map_err(|e| Reject::new(ErrorCode::BaseUnavailable, e.to_string()))?;
+                }
+                this.tree_for(Some(base))
+            })
+            .await
+            .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))??
+        };
+        let view = View {
+            tree: &tree,
+            overlay: &overlay,
+        };
+        view.validate()?;
+        // Inline blobs, then what is still missing.
+        for blob in incoming.blobs {
+            self.store_blob(blob).await?;
+        }
+        let mut seen = HashSet::new();
+        let missing: Vec<ContentId> = overlay
+            .blob_ids()
+            .filter(|id| seen.insert(*id) && !self.blobs.has(id))
+            .collect();
+        let ack = Ack {
+            generation: header.generation,
+            digest: header.digest,
+            base: header.base,
+        };
+        Ok(Prepared {
+            target: SyncState {
+                ack: Some(ack),
+                overlay,
+            },
+            tree,
+            missing,
+        })
+    }
+
+    /// Decode, verify and store one blob. A patch's reference must be a blob
+    /// the receiver has (an overlay blob or a blob of a fetched base).
+    pub async fn store_blob(self: &Arc<Self>, blob: Blob) -> Result<(), Reject> {
+        if blob.raw_len > MAX_BLOB {
+            return Err(Reject::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "blob {} of {} bytes exceeds the {MAX_BLOB}-byte limit",
+                    blob.id, blob.raw_len
+                ),
+            ));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let bad = |m: String| Reject::new(ErrorCode::BadBlob, m);
+            let reference = match blob.encoding {
+                Encoding::ZstdPatch {
+                    reference: BlobRef::Overlay(id),
+                } => Some(
+                    this.blobs
+                        .get(&id)
+                        .map_err(|e| bad(format!("patch reference {id} unavailable: {e}")))?,
+                ),
+                Encoding::ZstdPatch {
+                    reference: BlobRef::Base(oid),
+                } => Some(
+                    this.git
+                        .blob(oid)
+                        .map_err(|e| bad(format!("patch reference {oid} unavailable: {e}")))?,
+                ),
+                _ => None,
+            };
+            let data = compress::decode(
+                blob.encoding,
+                &blob.data,
+                blob.raw_len,
+                reference.as_deref(),
+                MAX_BLOB,
+            )
+            .map_err(|e| bad(format!("blob {}: {e}", blob.id)))?;
+            this.blobs.put(&blob.id, &data).map_err(|e| match e {
+                BlobError::Mismatch { .. } => bad(e.to_string()),
+                BlobError::Io { .. } => Reject::new(ErrorCode::Storage, e.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?
+    }
+
+    /// Apply a prepared generation: journal, worktree, commit, blob GC.
+    pub async fn finish(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        prepared: Prepared,
+    ) -> Result<Applied, Reject> {
+        if let Some(id) = prepared.missing.iter().find(|id| !self.blobs.has(id)) {
+            return Err(Reject::new(
+                ErrorCode::BadBlob,
+                format!("blob {id} was never received"),
+            ));
+        }
+        let started = Instant::now();
+        let this = self.clone();
+        let old_state = std::mem::take(&mut inner.state);
+        let old_tree = inner.tree.clone();
+        let Prepared { target, tree, .. } = prepared;
+        let res = tokio::task::spawn_blocking(move || {
+            let same = old_state.ack.map(|a| a.base) == target.ack.map(|a| a.base);
+            let r = (|| {
+                this.journal.begin(&target)?;
+                let src = Sources {
+                    blobs: &this.blobs,
+                    git: Some(&this.git),
+                };
+                let stats = this.worktree.transition(
+                    &View {
+                        tree: &old_tree,
+                        overlay: &old_state.overlay,
+                    },
+                    &View {
+                        tree: &tree,
+                        overlay: &target.overlay,
+                    },
+                    same,
+                    &src,
+                )?;
+                this.journal.commit()?;
+                Ok::<_, Reject>(stats)
+            })();
+            match r {
+                Ok(stats) => {
+                    let keep: HashSet<ContentId> = target.overlay.blob_ids().collect();
+                    if let Err(e) = this.blobs.retain(&keep) {
+                        tracing::warn!(error = %e, "blob garbage collection failed");
+                    }
+                    (Ok(stats), target, tree)
+                }
+                // The pending state stays in the journal: the next sync (or
+                // a restart) rolls it forward.
+                Err(e) => (Err(e), old_state, old_tree),
+            }
+        })
+        .await
+        .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+        let (r, state, tree) = res;
+        inner.state = state;
+        inner.tree = tree;
+        let stats = r?;
+        let ack = inner.state.ack.expect("applied state has an ack");
+        Ok(Applied {
+            ack,
+            files_written: stats.written + stats.removed,
+            apply_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+/// The workspaces a receiver serves, by name.
+pub type Registry = HashMap<String, Arc<Workspace>>;

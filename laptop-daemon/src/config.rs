@@ -1,0 +1,190 @@
+//! `devd.toml` at the repository root, and where devd keeps its state
+//! (`DEVD_HOME`, default `$XDG_DATA_HOME/devd`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error(
+        "{path}: [receiver] mode = \"remote\" needs `pairing` (the receiver's pairing.toml) or `address`, `fingerprint`, `token`"
+    )]
+    RemoteIncomplete { path: String },
+    #[error("cannot determine devd's state directory: set DEVD_HOME")]
+    NoHome,
+}
+
+/// Where the receiver is.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverMode {
+    /// An embedded receiver on loopback (the default).
+    #[default]
+    Local,
+    /// A receiver elsewhere, reached with a pairing.
+    Remote,
+}
+
+/// `[receiver]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    #[serde(default)]
+    pub mode: ReceiverMode,
+    /// Pairing file written by the receiver (relative to the repo root).
+    pub pairing: Option<PathBuf>,
+    /// Overrides the pairing's address.
+    pub address: Option<String>,
+    pub fingerprint: Option<String>,
+    pub token: Option<String>,
+    pub workspace: Option<String>,
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Upstream when the branch has none and there is no origin/HEAD.
+    pub upstream: Option<String>,
+    /// Quiet time after a file event before scanning, in milliseconds.
+    #[serde(default = "default_debounce")]
+    pub debounce_ms: u64,
+    /// Files larger than this are not synced (a warning names them).
+    #[serde(default = "default_max_file")]
+    pub max_file_bytes: u64,
+}
+
+fn default_debounce() -> u64 {
+    20
+}
+
+fn default_max_file() -> u64 {
+    512 << 20
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            debounce_ms: default_debounce(),
+            max_file_bytes: default_max_file(),
+        }
+    }
+}
+
+/// The whole `devd.toml`. Sections later issues add (services, builds)
+/// are accepted here and read by their own modules.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub receiver: ReceiverConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+impl Config {
+    /// Load `devd.toml` from the repository root; defaults if absent.
+    pub fn load(workdir: &Path) -> Result<Self, ConfigError> {
+        let path = workdir.join("devd.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        let mut cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if cfg.receiver.mode == ReceiverMode::Remote {
+            let r = &cfg.receiver;
+            let complete = r.address.is_some() && r.fingerprint.is_some() && r.token.is_some();
+            if r.pairing.is_none() && !complete {
+                return Err(ConfigError::RemoteIncomplete {
+                    path: path.display().to_string(),
+                });
+            }
+        }
+        if let Some(p) = &cfg.receiver.pairing
+            && p.is_relative()
+        {
+            cfg.receiver.pairing = Some(workdir.join(p));
+        }
+        Ok(cfg)
+    }
+}
+
+/// devd's state directory.
+pub fn devd_home() -> Result<PathBuf, ConfigError> {
+    if let Some(h) = std::env::var_os("DEVD_HOME") {
+        return Ok(PathBuf::from(h));
+    }
+    dirs::data_dir()
+        .map(|d| d.join("devd"))
+        .ok_or(ConfigError::NoHome)
+}
+
+/// The state directory of one repository: `DEVD_HOME/repos/<name>-<hash>`.
+pub fn repo_state_dir(home: &Path, workdir: &Path) -> PathBuf {
+    let name = workdir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("repo");
+    let hash = blake3::hash(workdir.as_os_str().as_encoded_bytes()).to_hex();
+    home.join("repos").join(format!("{name}-{}", &hash[..12]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Config::load(d.path()).unwrap().receiver.mode,
+            ReceiverMode::Local
+        );
+        std::fs::write(
+            d.path().join("devd.toml"),
+            "[receiver]\nmode = \"remote\"\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(d.path())
+                .unwrap_err()
+                .to_string()
+                .contains("pairing")
+        );
+        std::fs::write(
+            d.path().join("devd.toml"),
+            "[receiver]\nmode = \"remote\"\npairing = \"p.toml\"\n[sync]\ndebounce_ms = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(d.path()).unwrap();
+        assert_eq!(c.receiver.pairing.unwrap(), d.path().join("p.toml"));
+        assert_eq!(c.sync.debounce_ms, 5);
+        std::fs::write(d.path().join("devd.toml"), "[sync]\ndebounce = 5\n").unwrap();
+        assert!(
+            Config::load(d.path())
+                .unwrap_err()
+                .to_string()
+                .contains("debounce")
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The control socket: a Unix socket in the repository's state directory
+//! over which `devd status`, `devd sync` and `devd stop` talk to the
+//! running daemon, one JSON line each way.
+
+use crate::daemon::Handle;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Sync,
+    Stop,
+}
+
+/// An answer: `ok` with data, or an error message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Path of the socket for a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Serve requests until the daemon is cancelled.
+pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = handle.cancel.cancelled() => break,
+            r = listener.accept() => r?,
+        };
+        let h = handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(h, stream).await {
+                tracing::debug!(error = %e, "control connection failed");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response {
+            ok: false,
+            data: serde_json::Value::Null,
+            error: Some(format!("bad request: {e}")),
+        },
+        Ok(Request::Status) => Response {
+            ok: true,
+            data: serde_json::to_value(h.status()).expect("status"),
+            error: None,
+        },
+        Ok(Request::Sync) => match h.sync(Duration::from_secs(10)).await {
+            Ok(r) => Response {
+                ok: true,
+                data: serde_json::to_value(r).expect("report"),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                data: serde_json::Value::Null,
+                error: Some(e),
+            },
+        },
+        Ok(Request::Stop) => {
+            h.cancel.cancel();
+            Response {
+                ok: true,
+                data: serde_json::Value::Null,
+                error: None,
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&resp).expect("response");
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+/// Send `req` to the daemon behind `path`. `Ok(None)`: no daemon there.
+pub async fn request(path: &Path, req: &Request) -> std::io::Result<Option<Response>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut out = serde_json::to_vec(req).expect("request");
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}

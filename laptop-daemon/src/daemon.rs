@@ -1,0 +1,549 @@
+//! The daemon: wires the watcher, the scanner (on its own thread), the
+//! uplink and, in local mode, an embedded receiver on loopback. The same
+//! core runs in the background (`devd start`/`devd run`) and one-shot
+//! (`devd sync` without a running daemon).
+
+use crate::config::{Config, ConfigError, ReceiverMode, repo_state_dir};
+use crate::repo::{Repo, RepoError};
+use crate::scanner::{ScanConfig, Scanner};
+use crate::status::{ReceiverStatus, ScanStatus, Status};
+use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
+use crate::watcher::{self, Trigger, WatchError};
+use backon::BackoffBuilder;
+use devd_protocol::message::{Ack, Base};
+use devd_receiver::pairing::Pairing;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pairing(#[from] devd_receiver::pairing::PairingError),
+    #[error("embedded receiver: {0}")]
+    Receiver(#[from] devd_receiver::server::ServeError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("state directory {path}: {source}")]
+    State {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the repository has no origin remote and no commits the receiver could fetch")]
+    NoRemote,
+}
+
+/// Messages to the scanner thread.
+#[derive(Debug)]
+enum ScanMsg {
+    Trigger(Trigger),
+    /// Full scan, then answer with the resulting snapshot.
+    SyncNow(oneshot::Sender<Snapshot>),
+    UploadMode,
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workdir: PathBuf,
+    pub home: PathBuf,
+    /// Watch the worktree (off for one-shot syncs).
+    pub watch: bool,
+}
+
+/// A running daemon core.
+pub struct Handle {
+    pub state_dir: PathBuf,
+    pub status: Arc<Mutex<Status>>,
+    scan_tx: mpsc::Sender<ScanMsg>,
+    acked_rx: watch::Receiver<Option<(Ack, Option<SyncReport>)>>,
+    pub cancel: CancellationToken,
+    tracker: TaskTracker,
+    receiver: Option<devd_receiver::Running>,
+    _watcher: Option<watcher::Watcher>,
+}
+
+fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
+    f(&mut status.lock().expect("status lock"));
+}
+
+fn base_str(b: Base) -> &'static str {
+    match b {
+        Base::Commit(_) => "fetched",
+        Base::Uploaded => "uploaded",
+    }
+}
+
+/// Resolve where the receiver is, starting the embedded one in local mode.
+async fn resolve_target(
+    cfg: &Config,
+    repo: &Repo,
+    state_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<(Target, Option<devd_receiver::Running>), DaemonError> {
+    let r = &cfg.receiver;
+    if r.mode == ReceiverMode::Remote {
+        let pairing = match &r.pairing {
+            Some(p) => Some(Pairing::load(p)?),
+            None => None,
+        };
+        let pick = |a: &Option<String>, b: Option<&String>| {
+            a.clone().or_else(|| b.cloned()).unwrap_or_default()
+        };
+        let target = Target {
+            address: pick(&r.address, pairing.as_ref().map(|p| &p.address)),
+            fingerprint: pick(&r.fingerprint, pairing.as_ref().map(|p| &p.fingerprint)),
+            token: pick(&r.token, pairing.as_ref().map(|p| &p.token)),
+            workspace: r
+                .workspace
+                .clone()
+                .or_else(|| pairing.as_ref().map(|p| p.workspace.clone()))
+                .unwrap_or_else(|| "default".into()),
+        };
+        return Ok((target, None));
+    }
+    let remote = match repo.origin_url() {
+        Some(u) => u,
+        None => format!("file://{}", repo.git_dir().display()),
+    };
+    let running = devd_receiver::start(
+        devd_receiver::ServeOptions {
+            data_dir: state_dir.join("receiver"),
+            listen: "127.0.0.1:0".parse().expect("loopback"),
+            advertise: None,
+            workspaces: vec![devd_receiver::WorkspaceSpec {
+                name: "local".into(),
+                git_remote: remote,
+            }],
+            max_connections: 8,
+        },
+        cancel.child_token(),
+    )
+    .await?;
+    let ws = running.registry.get("local").expect("local workspace");
+    let target = Target {
+        address: running.addr.to_string(),
+        fingerprint: running.fingerprint.clone(),
+        workspace: "local".into(),
+        token: ws.token().to_owned(),
+    };
+    Ok((target, Some(running)))
+}
+
+/// Start the daemon core.
+pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
+    let repo = Arc::new(Repo::discover(&opts.workdir)?);
+    let workdir = repo.workdir().to_owned();
+    let cfg = Config::load(&workdir)?;
+    let state_dir = repo_state_dir(&opts.home, &workdir);
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::State {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (target, receiver) = resolve_target(&cfg, &repo, &state_dir, &cancel).await?;
+    let status = Arc::new(Mutex::new(Status {
+        state: "starting".into(),
+        pid: std::process::id(),
+        workdir: workdir.display().to_string(),
+        base_mode: "fetched".into(),
+        receiver: ReceiverStatus {
+            address: target.address.clone(),
+            workspace: target.workspace.clone(),
+            embedded: receiver.is_some(),
+            worktree: receiver
+                .as_ref()
+                .and_then(|r| r.workspaces.first())
+                .map(|w| w.2.display().to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    let (scan_tx, scan_rx) = mpsc::channel::<ScanMsg>(1024);
+    let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
+    let (acked_tx, acked_rx) = watch::channel(None);
+
+    // Watcher → scanner.
+    let watcher = if opts.watch {
+        let (trig_tx, mut trig_rx) = mpsc::channel::<Trigger>(1024);
+        let w = watcher::watch(
+            &workdir,
+            repo.git_dir(),
+            Duration::from_millis(cfg.sync.debounce_ms),
+            trig_tx,
+        )?;
+        let scan_tx = scan_tx.clone();
+        let cancel2 = cancel.clone();
+        let status2 = status.clone();
+        tracker.spawn(async move {
+            while let Some(t) = trig_rx.recv().await {
+                if let Trigger::Fatal(msg) = &t {
+                    tracing::error!("{msg}");
+                    update(&status2, |s| {
+                        s.state = "error".into();
+                        s.last_error = Some(msg.clone());
+                    });
+                    cancel2.cancel();
+                    break;
+                }
+                if scan_tx.send(ScanMsg::Trigger(t)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Some(w)
+    } else {
+        None
+    };
+
+    // Scanner thread.
+    {
+        let scanner = Scanner::new(
+            repo.clone(),
+            ScanConfig {
+                upstream: cfg.sync.upstream.clone(),
+                max_file_bytes: cfg.sync.max_file_bytes,
+            },
+            &state_dir,
+        );
+        let status = status.clone();
+        let cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("devd-scanner".into())
+            .spawn(move || scanner_loop(scanner, scan_rx, snap_tx, status, cancel))
+            .map_err(|source| DaemonError::State {
+                path: "scanner thread".into(),
+                source,
+            })?;
+    }
+    let _ = scan_tx
+        .send(ScanMsg::Trigger(Trigger::Full(Instant::now())))
+        .await;
+
+    // Uplink task.
+    {
+        let uplink =
+            Uplink::new(target, repo.clone(), &state_dir).map_err(|source| DaemonError::State {
+                path: state_dir.display().to_string(),
+                source,
+            })?;
+        let status = status.clone();
+        let cancel = cancel.clone();
+        let scan_tx = scan_tx.clone();
+        tracker.spawn(uplink_loop(
+            uplink, snap_rx, acked_tx, scan_tx, status, cancel,
+        ));
+    }
+    Ok(Handle {
+        state_dir,
+        status,
+        scan_tx,
+        acked_rx,
+        cancel,
+        tracker,
+        receiver,
+        _watcher: watcher,
+    })
+}
+
+fn scanner_loop(
+    mut scanner: Scanner,
+    mut rx: mpsc::Receiver<ScanMsg>,
+    snap_tx: watch::Sender<Option<Snapshot>>,
+    status: Arc<Mutex<Status>>,
+    cancel: CancellationToken,
+) {
+    let mut published = false;
+    while let Some(first) = rx.blocking_recv() {
+        if cancel.is_cancelled() {
+            break;
+        }
+        // Coalesce everything already queued.
+        let mut msgs = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            msgs.push(m);
+        }
+        let mut full = false;
+        let mut paths = Vec::new();
+        let mut noticed: Option<Instant> = None;
+        let mut waiters = Vec::new();
+        let mut index = false;
+        for m in msgs {
+            match m {
+                ScanMsg::Trigger(Trigger::Paths(mut p, at)) => {
+                    paths.append(&mut p);
+                    noticed = Some(noticed.map_or(at, |n| n.min(at)));
+                }
+                ScanMsg::Trigger(Trigger::Full(at)) => {
+                    full = true;
+                    noticed = Some(noticed.map_or(at, |n| n.min(at)));
+                }
+                ScanMsg::Trigger(Trigger::Index) => index = true,
+                ScanMsg::Trigger(Trigger::Fatal(_)) => {}
+                ScanMsg::SyncNow(w) => {
+                    full = true;
+                    noticed = Some(noticed.unwrap_or_else(Instant::now));
+                    waiters.push(w);
+                }
+                ScanMsg::UploadMode => {
+                    scanner.set_upload_mode(true);
+                    full = true;
+                    noticed = Some(noticed.unwrap_or_else(Instant::now));
+                }
+            }
+        }
+        if index
+            && !full
+            && let Err(e) = scanner.refresh_index()
+        {
+            tracing::warn!(error = %e, "cannot read the index");
+        }
+        if !full && paths.is_empty() {
+            continue;
+        }
+        update(&status, |s| s.state = "scanning".into());
+        let res = if full {
+            scanner.full_scan()
+        } else {
+            scanner.rescan(&paths)
+        };
+        match res {
+            Ok(out) => {
+                tracing::debug!(
+                    full,
+                    ms = out.elapsed.as_millis() as u64,
+                    walked = out.files_walked,
+                    hashed = out.files_hashed,
+                    changed = out.changed,
+                    "scanned"
+                );
+                let base = scanner.base().clone();
+                update(&status, |s| {
+                    s.last_scan = Some(ScanStatus {
+                        full,
+                        ms: out.elapsed.as_millis() as u64,
+                        files_walked: out.files_walked,
+                        files_hashed: out.files_hashed,
+                    });
+                    s.base = base.info.as_ref().map(|i| i.commit.to_hex());
+                    s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
+                    s.base_mode = base_str(base.base).into();
+                    s.overlay_entries = scanner.overlay().len();
+                    s.skipped = scanner
+                        .skipped
+                        .iter()
+                        .map(|(p, why)| format!("{p}: {why}"))
+                        .collect();
+                    s.last_error = None;
+                });
+                update(&status, |s| {
+                    if s.state == "scanning" {
+                        s.state = if s.receiver.connected {
+                            "idle".into()
+                        } else {
+                            "disconnected".into()
+                        };
+                    }
+                });
+                if out.changed || !published || !waiters.is_empty() {
+                    let overlay = Arc::new(scanner.overlay().clone());
+                    let snap = Snapshot {
+                        base: base.base,
+                        tree: base.tree.clone(),
+                        digest: overlay.digest(),
+                        overlay,
+                        noticed: noticed.unwrap_or_else(Instant::now),
+                    };
+                    let unchanged = snap_tx
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|s| s.digest == snap.digest && s.base == snap.base);
+                    if !unchanged || !published {
+                        snap_tx.send_replace(Some(snap.clone()));
+                    }
+                    published = true;
+                    for w in waiters {
+                        let _ = w.send(snap.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scan failed; will retry on the next change");
+                update(&status, |s| s.last_error = Some(format!("scan: {e}")));
+            }
+        }
+    }
+    scanner.save_cache();
+}
+
+async fn uplink_loop(
+    mut uplink: Uplink,
+    mut snap_rx: watch::Receiver<Option<Snapshot>>,
+    acked_tx: watch::Sender<Option<(Ack, Option<SyncReport>)>>,
+    scan_tx: mpsc::Sender<ScanMsg>,
+    status: Arc<Mutex<Status>>,
+    cancel: CancellationToken,
+) {
+    let backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    let mut retry_in: Option<Duration> = None;
+    loop {
+        let pending = snap_rx.borrow().as_ref().is_some_and(|s| {
+            uplink
+                .acked()
+                .is_none_or(|a| a.digest != s.digest || a.base != s.base)
+        });
+        let wait = match (pending, retry_in.take()) {
+            (true, None) => None,
+            (true, Some(d)) => Some(d),
+            (false, _) => Some(Duration::from_secs(3600)),
+        };
+        if let Some(d) = wait {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(d) => {}
+                r = snap_rx.changed() => if r.is_err() { break },
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        let Some(snap) = snap_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        update(&status, |s| s.state = "syncing".into());
+        match uplink.sync(&snap).await {
+            Ok(report) => {
+                delays = backoff();
+                let ack = uplink.acked().expect("acked after a sync");
+                update(&status, |s| {
+                    s.state = "idle".into();
+                    s.generation = ack.generation;
+                    s.overlay_digest = Some(ack.digest.to_hex());
+                    s.receiver.connected = true;
+                    s.receiver.last_error = None;
+                    if let Some(w) = &uplink.receiver_worktree {
+                        s.receiver.worktree = Some(w.clone());
+                    }
+                    if let Some(r) = &report {
+                        s.last_sync = Some(r.clone());
+                    }
+                });
+                acked_tx.send_replace(Some((ack, report)));
+                if uplink.acked().is_some_and(|a| a.digest != snap.digest) {
+                    retry_in = Some(Duration::ZERO);
+                }
+            }
+            Err(SyncError::BaseUnavailable(msg)) => {
+                tracing::warn!(%msg, "receiver cannot fetch the base; uploading the base content from the laptop");
+                update(&status, |s| {
+                    s.base_mode = "uploaded".into();
+                    s.receiver.last_error =
+                        Some(format!("base unavailable on the receiver: {msg}"));
+                });
+                let _ = scan_tx.send(ScanMsg::UploadMode).await;
+            }
+            Err(SyncError::Changed(path)) => {
+                tracing::debug!(%path, "file changed during send; rescanning it");
+                let _ = scan_tx
+                    .send(ScanMsg::Trigger(Trigger::Paths(
+                        vec![uplink_path(&status, &path)],
+                        snap.noticed,
+                    )))
+                    .await;
+                retry_in = Some(Duration::from_millis(5));
+            }
+            Err(e) => {
+                let d = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_ms = d.as_millis() as u64, "sync failed");
+                update(&status, |s| {
+                    s.state = "disconnected".into();
+                    s.receiver.connected = uplink.connected();
+                    s.receiver.last_error = Some(e.to_string());
+                });
+                retry_in = Some(d);
+            }
+        }
+    }
+    uplink.disconnect();
+}
+
+fn uplink_path(status: &Arc<Mutex<Status>>, rel: &devd_protocol::RelPath) -> PathBuf {
+    Path::new(&status.lock().expect("status").workdir).join(rel.as_str())
+}
+
+impl Handle {
+    /// A copy of the status.
+    pub fn status(&self) -> Status {
+        self.status.lock().expect("status").clone()
+    }
+
+    /// Scan everything now and wait until the receiver has applied it.
+    /// Fails when the receiver stays unreachable for `unreachable_after`.
+    pub async fn sync(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.scan_tx
+            .send(ScanMsg::SyncNow(tx))
+            .await
+            .map_err(|_| "daemon is shutting down".to_string())?;
+        let snap = rx
+            .await
+            .map_err(|_| "scan failed; see the daemon log".to_string())?;
+        let mut acked = self.acked_rx.clone();
+        let started = Instant::now();
+        loop {
+            if let Some((ack, report)) = acked.borrow_and_update().clone()
+                && ack.digest == snap.digest
+                && ack.base == snap.base
+            {
+                let mut r = report.unwrap_or_default();
+                r.generation = ack.generation;
+                r.overlay_digest = ack.digest.to_hex();
+                return Ok(r);
+            }
+            let st = self.status();
+            if st.state == "error" {
+                return Err(st.last_error.unwrap_or_else(|| "daemon failed".into()));
+            }
+            if started.elapsed() > unreachable_after
+                && !st.receiver.connected
+                && let Some(e) = st.receiver.last_error
+            {
+                return Err(format!(
+                    "receiver at {} unreachable: {e}",
+                    st.receiver.address
+                ));
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err("daemon stopped".into()),
+                _ = acked.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Stop everything, draining the embedded receiver.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        if let Some(r) = self.receiver {
+            r.drain(Duration::from_secs(5)).await;
+        }
+    }
+}

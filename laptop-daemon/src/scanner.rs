@@ -1,0 +1,509 @@
+//! The scanner: computes the overlay (worktree vs base tree) for the whole
+//! worktree or for the paths a watcher event named. The only part of the
+//! daemon that reads the worktree.
+//!
+//! A file is unchanged when its index entry has the base's blob id and
+//! fresh stat data (git's own shortcut), or when its git blob id, from the
+//! hash cache or hashed now, equals the base's. `.gitignore` (and
+//! `.git/info/exclude`, the global excludes file) decide what is untracked
+//! but ignored; `.devdignore` at the root names files that never leave the
+//! laptop (the receiver keeps the base version of tracked ones).
+
+use crate::hash_cache::{HashCache, Stamp};
+use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
+use devd_protocol::message::Base;
+use devd_protocol::{Entry, Overlay, RelPath};
+use devd_receiver::git_store::{BaseTree, EntryKind};
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Errors while scanning.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The base the overlay is computed against.
+#[derive(Clone, Debug)]
+pub struct ScanBase {
+    pub base: Base,
+    pub info: Option<BaseInfo>,
+    pub tree: Arc<BaseTree>,
+}
+
+/// Figures of one scan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanOutcome {
+    /// The overlay or the base changed.
+    pub changed: bool,
+    pub base_changed: bool,
+    pub files_walked: usize,
+    pub files_hashed: usize,
+    pub elapsed: Duration,
+}
+
+/// Scanner settings.
+#[derive(Clone, Debug)]
+pub struct ScanConfig {
+    pub upstream: Option<String>,
+    pub max_file_bytes: u64,
+}
+
+/// Owns the current overlay of one worktree.
+pub struct Scanner {
+    repo: Arc<Repo>,
+    workdir: PathBuf,
+    cfg: ScanConfig,
+    devdignore: Option<ignore::gitignore::Gitignore>,
+    cache: HashCache,
+    cache_path: PathBuf,
+    index: IndexSnapshot,
+    base: ScanBase,
+    overlay: Overlay,
+    upload_mode: bool,
+    /// Files not synced, with the reason (e.g. too large).
+    pub skipped: HashMap<RelPath, String>,
+}
+
+/// Paths whose scan scope is this many or more get a full scan instead.
+pub const FULL_SCAN_THRESHOLD: usize = 256;
+
+fn is_dir_meta(m: &std::fs::Metadata) -> bool {
+    m.file_type().is_dir()
+}
+
+impl Scanner {
+    /// A scanner with an empty overlay; call [`Scanner::full_scan`] next.
+    pub fn new(repo: Arc<Repo>, cfg: ScanConfig, state_dir: &Path) -> Self {
+        let workdir = repo.workdir().to_owned();
+        let cache_path = state_dir.join("hash-cache");
+        Self {
+            repo,
+            cfg,
+            devdignore: None,
+            cache: HashCache::load(&cache_path),
+            cache_path,
+            index: IndexSnapshot::default(),
+            base: ScanBase {
+                base: Base::Uploaded,
+                info: None,
+                tree: Arc::default(),
+            },
+            overlay: Overlay::new(),
+            upload_mode: false,
+            skipped: HashMap::new(),
+            workdir,
+        }
+    }
+
+    /// The current overlay.
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// The current base.
+    pub fn base(&self) -> &ScanBase {
+        &self.base
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Arc<Repo> {
+        &self.repo
+    }
+
+    /// Whether the laptop uploads the base itself (receiver cannot fetch it).
+    pub fn upload_mode(&self) -> bool {
+        self.upload_mode
+    }
+
+    /// Switch to (or out of) uploading the base; takes effect at the next
+    /// full scan.
+    pub fn set_upload_mode(&mut self, on: bool) {
+        self.upload_mode = on;
+    }
+
+    /// Persist the hash cache.
+    pub fn save_cache(&mut self) {
+        if let Err(e) = self.cache.save(&self.cache_path) {
+            tracing::warn!(error = %e, path = %self.cache_path.display(), "cannot save the hash cache");
+        }
+    }
+
+    /// Re-read the index (after `.git/index` changed).
+    pub fn refresh_index(&mut self) -> Result<(), ScanError> {
+        self.index = self.repo.index()?;
+        Ok(())
+    }
+
+    fn refresh_base(&mut self) -> Result<bool, ScanError> {
+        let info = self.repo.base(self.cfg.upstream.as_deref())?;
+        let want = if self.upload_mode {
+            Base::Uploaded
+        } else {
+            Base::Commit(info.commit)
+        };
+        let changed = want != self.base.base;
+        if changed {
+            let tree = match want {
+                Base::Commit(c) => Arc::new(self.repo.tree(c)?),
+                Base::Uploaded => Arc::default(),
+            };
+            tracing::info!(base = %info.commit, upstream = ?info.upstream, upload = self.upload_mode, "sync base");
+            self.base = ScanBase {
+                base: want,
+                info: Some(info),
+                tree,
+            };
+        } else {
+            self.base.info = Some(info);
+        }
+        Ok(changed)
+    }
+
+    fn load_devdignore(&mut self) {
+        let path = self.workdir.join(".devdignore");
+        self.devdignore = if path.exists() {
+            let mut b = ignore::gitignore::GitignoreBuilder::new(&self.workdir);
+            if let Some(e) = b.add(&path) {
+                tracing::warn!(error = %e, "problem in .devdignore");
+            }
+            b.build()
+                .map_err(|e| tracing::warn!(error = %e, "ignoring .devdignore"))
+                .ok()
+        } else {
+            None
+        };
+    }
+
+    fn devd_ignored(&self, rel: &RelPath) -> bool {
+        self.devdignore.as_ref().is_some_and(|g| {
+            g.matched_path_or_any_parents(rel.as_str(), false)
+                .is_ignore()
+        })
+    }
+
+    /// Walk the worktree (honouring ignore files), limited to `scope`.
+    fn walk(&self, scope: Option<&[RelPath]>) -> Vec<(RelPath, std::fs::Metadata)> {
+        let root = self.workdir.clone();
+        let scope: Option<Arc<Vec<String>>> =
+            scope.map(|s| Arc::new(s.iter().map(|p| p.as_str().to_owned()).collect()));
+        let mut wb = ignore::WalkBuilder::new(&root);
+        wb.hidden(false)
+            .ignore(false)
+            .parents(false)
+            .git_ignore(true)
+            .git_exclude(true)
+            .git_global(true)
+            .require_git(false)
+            .follow_links(false)
+            .threads(2);
+        let root2 = root.clone();
+        wb.filter_entry(move |e| {
+            if e.file_name() == ".git" {
+                return false;
+            }
+            let Some(scope) = &scope else { return true };
+            let Ok(rel) = e.path().strip_prefix(&root2) else {
+                return true;
+            };
+            let Some(rel) = rel.to_str() else {
+                return false;
+            };
+            if rel.is_empty() {
+                return true;
+            }
+            scope.iter().any(|p| {
+                // `rel` is at or below a scope path, or one of its ancestors.
+                (p.starts_with(rel) && (p.len() == rel.len() || p.as_bytes()[rel.len()] == b'/'))
+                    || (rel.starts_with(p.as_str()) && rel.as_bytes().get(p.len()) == Some(&b'/'))
+            })
+        });
+        let out = Arc::new(Mutex::new(Vec::new()));
+        wb.build_parallel().run(|| {
+            let out = out.clone();
+            let root = root.clone();
+            Box::new(move |res| {
+                let Ok(entry) = res else { return ignore::WalkState::Continue };
+                let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
+                if ft.is_dir() {
+                    return ignore::WalkState::Continue;
+                }
+                let Ok(rel) = entry.path().strip_prefix(&root) else { return ignore::WalkState::Continue };
+                let Some(rel) = rel.to_str().and_then(|s| RelPath::new(s).ok()) else {
+                    tracing::warn!(path = %entry.path().display(), "skipping a path devd cannot sync (not UTF-8 or invalid)");
+                    return ignore::WalkState::Continue;
+                };
+                if let Ok(m) = entry.metadata() {
+                    out.lock().expect("walk results").push((rel, m));
+                }
+                ignore::WalkState::Continue
+            })
+        });
+        Arc::try_unwrap(out)
+            .map(|m| m.into_inner().expect("walk results"))
+            .unwrap_or_default()
+    }
+
+    fn index_fresh(&self, ix: &IndexStat, m: &std::fs::Metadata) -> bool {
+        let stat_ok = ix.size == m.size() as u32
+            && ix.mtime_secs == m.mtime() as u32
+            && ix.mtime_nsecs == m.mtime_nsec() as u32
+            && ix.ino == m.ino() as u32;
+        if !stat_ok {
+            return false;
+        }
+        // Racy: modified in the same tick as (or after) the index was written.
+        let Some(index_mtime) = self.index.mtime else {
+            return false;
+        };
+        let Ok(since) = index_mtime.duration_since(std::time::UNIX_EPOCH) else {
+            return false;
+        };
+        let entry_ns = ix.mtime_secs as i128 * 1_000_000_000 + ix.mtime_nsecs as i128;
+        since.as_nanos() as i128 - entry_ns >= crate::hash_cache::RACY_NS
+    }
+
+    /// The overlay entry of one path that exists in the worktree, `None`
+    /// when it equals the base.
+    fn evaluate(
+        &mut self,
+        rel: &RelPath,
+        m: &std::fs::Metadata,
+        hashed: &mut usize,
+    ) -> Result<Option<Entry>, ScanError> {
+        let full = self.workdir.join(rel.as_str());
+        let io = |source| ScanError::Io {
+            path: full.display().to_string(),
+            source,
+        };
+        let base = self.base.tree.get(rel).copied();
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(io)?;
+            let Some(target) = target.to_str().map(str::to_owned) else {
+                tracing::warn!(path = %rel, "symlink target is not UTF-8; not synced");
+                return Ok(None);
+            };
+            if let Some(b) = base
+                && b.kind == EntryKind::Symlink
+                && devd_receiver::git_store::git_blob_oid(target.as_bytes()) == b.oid
+            {
+                return Ok(None);
+            }
+            return Ok(Some(Entry::Symlink { target }));
+        }
+        if !ft.is_file() {
+            return Ok(None);
+        }
+        let exec = m.permissions().mode() & 0o100 != 0;
+        if m.len() > self.cfg.max_file_bytes {
+            let why = format!(
+                "{} bytes exceeds sync.max_file_bytes = {}",
+                m.len(),
+                self.cfg.max_file_bytes
+            );
+            if !self.skipped.contains_key(rel) {
+                tracing::warn!(path = %rel, "{why}; not synced");
+            }
+            self.skipped.insert(rel.clone(), why);
+            return Ok(None);
+        }
+        self.skipped.remove(rel);
+        let kind_matches = base.is_some_and(|b| match b.kind {
+            EntryKind::File => !exec,
+            EntryKind::Exec => exec,
+            EntryKind::Symlink => false,
+        });
+        if kind_matches
+            && let (Some(b), Some(ix)) = (base, self.index.entries.get(rel.as_str()))
+            && ix.oid == b.oid
+            && self.index_fresh(ix, m)
+        {
+            return Ok(None);
+        }
+        let stamp = Stamp::of(m);
+        let h = match self.cache.get(rel.as_str(), &stamp) {
+            Some(h) => h,
+            None => {
+                let data = std::fs::read(&full).map_err(io)?;
+                *hashed += 1;
+                // The file may change between stat and read; hash what was
+                // read and key it by the stat taken before (a later change
+                // gets a new event and a new stamp).
+                self.cache.hash(rel.as_str(), stamp, &data)
+            }
+        };
+        if kind_matches && base.is_some_and(|b| b.oid == h.git) {
+            return Ok(None);
+        }
+        Ok(Some(Entry::File { id: h.id, exec }))
+    }
+
+    fn scan_scope(
+        &mut self,
+        scope: Option<&[RelPath]>,
+    ) -> Result<(Vec<(RelPath, Entry)>, usize, usize), ScanError> {
+        let walked = self.walk(scope);
+        let n_walked = walked.len();
+        let mut hashed = 0;
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(walked.len());
+        for (rel, m) in &walked {
+            seen.insert(rel.clone());
+            if self.devd_ignored(rel) {
+                continue;
+            }
+            if let Some(e) = self.evaluate(rel, m, &mut hashed)? {
+                out.push((rel.clone(), e));
+            }
+        }
+        // Base paths the walk did not yield: deleted, or tracked but ignored.
+        let tree = self.base.tree.clone();
+        let mut check = |this: &mut Self,
+                         rel: &RelPath,
+                         out: &mut Vec<(RelPath, Entry)>|
+         -> Result<(), ScanError> {
+            if seen.contains(rel) || this.devd_ignored(rel) {
+                return Ok(());
+            }
+            match std::fs::symlink_metadata(this.workdir.join(rel.as_str())) {
+                Ok(m) if !is_dir_meta(&m) => {
+                    if let Some(e) = this.evaluate(rel, &m, &mut hashed)? {
+                        out.push((rel.clone(), e));
+                    }
+                }
+                _ => out.push((rel.clone(), Entry::Deleted)),
+            }
+            Ok(())
+        };
+        match scope {
+            None => {
+                for rel in tree.keys() {
+                    check(self, rel, &mut out)?;
+                }
+            }
+            Some(prefixes) => {
+                for p in prefixes {
+                    for (rel, _) in tree.range(p.clone()..) {
+                        if !rel.as_str().starts_with(p.as_str()) {
+                            break;
+                        }
+                        if rel.starts_with(p) {
+                            check(self, rel, &mut out)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((out, n_walked, hashed))
+    }
+
+    /// Rescan everything: base, index, ignore rules, the whole worktree.
+    pub fn full_scan(&mut self) -> Result<ScanOutcome, ScanError> {
+        let started = Instant::now();
+        let before = (self.base.base, self.overlay.digest());
+        let base_changed = self.refresh_base()?;
+        self.index = self.repo.index()?;
+        self.load_devdignore();
+        let (entries, walked, hashed) = self.scan_scope(None)?;
+        self.overlay = entries.into_iter().collect();
+        let live: std::collections::HashSet<String> =
+            self.walk_cache_keys_hint().into_iter().collect();
+        if !live.is_empty() {
+            self.cache.retain(|k| live.contains(k));
+        }
+        self.save_cache();
+        let changed = before != (self.base.base, self.overlay.digest());
+        Ok(ScanOutcome {
+            changed,
+            base_changed,
+            files_walked: walked,
+            files_hashed: hashed,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Cache keys worth keeping: paths in the overlay (other files are
+    /// answered by the index shortcut).
+    fn walk_cache_keys_hint(&self) -> Vec<String> {
+        self.overlay
+            .iter()
+            .map(|(p, _)| p.as_str().to_owned())
+            .collect()
+    }
+
+    /// Rescan the given worktree paths (absolute, from watcher events).
+    pub fn rescan(&mut self, paths: &[PathBuf]) -> Result<ScanOutcome, ScanError> {
+        let mut prefixes: Vec<RelPath> = Vec::new();
+        for p in paths {
+            let Ok(rel) = p.strip_prefix(&self.workdir) else {
+                continue;
+            };
+            let Some(s) = rel.to_str() else { continue };
+            if s.is_empty() {
+                return self.full_scan();
+            }
+            if s == ".devdignore" {
+                return self.full_scan();
+            }
+            if let Ok(r) = RelPath::new(s) {
+                prefixes.push(r);
+            }
+        }
+        if prefixes.is_empty() {
+            return Ok(ScanOutcome::default());
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        // Drop paths covered by another prefix.
+        let mut reduced: Vec<RelPath> = Vec::new();
+        for p in prefixes {
+            if !reduced.last().is_some_and(|q| p.starts_with(q)) {
+                reduced.push(p);
+            }
+        }
+        if reduced.len() >= FULL_SCAN_THRESHOLD {
+            return self.full_scan();
+        }
+        let started = Instant::now();
+        let before = self.overlay.digest();
+        let (entries, walked, hashed) = self.scan_scope(Some(&reduced))?;
+        for p in &reduced {
+            let old: Vec<RelPath> = self
+                .overlay
+                .iter_prefix(p)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in old {
+                self.overlay.remove(&k);
+            }
+        }
+        for (k, e) in entries {
+            self.overlay.insert(k, e);
+        }
+        let changed = before != self.overlay.digest();
+        Ok(ScanOutcome {
+            changed,
+            base_changed: false,
+            files_walked: walked,
+            files_hashed: hashed,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Read the content of an overlay file for sending; `None` if it changed
+    /// since the scan (a rescan follows).
+    pub fn read_blob(&self, rel: &RelPath, id: &devd_protocol::ContentId) -> Option<Vec<u8>> {
+        let data = std::fs::read(self.workdir.join(rel.as_str())).ok()?;
+        (devd_protocol::ContentId::of(&data) == *id).then_some(data)
+    }
+}

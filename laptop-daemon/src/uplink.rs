@@ -1,0 +1,469 @@
+//! The laptop's side of a sync: one connection to the receiver, the last
+//! acknowledged generation, and the exchange that turns the receiver's
+//! overlay into the laptop's (delta + inline blobs, `Need`, chunks,
+//! `Applied`). Resumes from what the receiver acknowledged after a
+//! reconnect; heals a divergence with a full resend (which still sends only
+//! blobs the receiver lacks).
+
+use crate::repo::Repo;
+use crate::transport;
+use devd_protocol::compress::{self, BlobRef};
+use devd_protocol::message::{
+    Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, INLINE_BLOB_MAX, INLINE_TOTAL_MAX,
+    MAX_FRAME, ServerMsg,
+};
+use devd_protocol::{ContentId, Digest, Entry, ErrorCode, Overlay, PROTOCOL_VERSION, RelPath};
+use devd_receiver::blob_store::BlobStore;
+use devd_receiver::framed::{Framed, FramedError};
+use devd_receiver::git_store::{BaseTree, EntryKind};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Blobs up to this size are kept on the laptop as patch references.
+const REFERENCE_MAX: usize = 16 << 20;
+
+/// Where and how to reach the receiver.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub address: String,
+    pub fingerprint: String,
+    pub workspace: String,
+    pub token: String,
+}
+
+/// A scanned state to send.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub base: Base,
+    pub tree: Arc<BaseTree>,
+    pub overlay: Arc<Overlay>,
+    pub digest: Digest,
+    /// When the change that led to this snapshot was noticed.
+    pub noticed: Instant,
+}
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("receiver refused ({code:?}): {message}")]
+    Rejected { code: ErrorCode, message: String },
+    #[error("receiver cannot fetch the base commit: {0}")]
+    BaseUnavailable(String),
+    #[error("connection to the receiver lost: {0}")]
+    Lost(String),
+    #[error("{0} changed while it was being sent; rescanning")]
+    Changed(RelPath),
+    #[error("unexpected answer from the receiver: {0}")]
+    Protocol(String),
+}
+
+impl From<FramedError> for SyncError {
+    fn from(e: FramedError) -> Self {
+        SyncError::Lost(e.to_string())
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SyncReport {
+    pub generation: u64,
+    pub overlay_digest: String,
+    pub files: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub latency_ms: u64,
+    pub blobs_inline: u64,
+    pub blobs_requested: u64,
+    pub full: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Known {
+    ack: Ack,
+    overlay: Arc<Overlay>,
+}
+
+struct Connected {
+    conn: quinn::Connection,
+    io: Framed,
+}
+
+/// The connection and the acknowledged state.
+pub struct Uplink {
+    target: Target,
+    repo: Arc<Repo>,
+    workdir: PathBuf,
+    refs: BlobStore,
+    conn: Option<Connected>,
+    acked: Option<Known>,
+    in_flight: Option<Known>,
+    /// The receiver's worktree path, from its Welcome.
+    pub receiver_worktree: Option<String>,
+}
+
+fn rejected(code: ErrorCode, message: String) -> SyncError {
+    if code == ErrorCode::BaseUnavailable {
+        SyncError::BaseUnavailable(message)
+    } else {
+        SyncError::Rejected { code, message }
+    }
+}
+
+impl Uplink {
+    /// An uplink; `state_dir` keeps the patch references.
+    pub fn new(
+        target: Target,
+        repo: Arc<Repo>,
+        state_dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let refs = BlobStore::open(&state_dir.join("sent-blobs")).map_err(std::io::Error::other)?;
+        let workdir = repo.workdir().to_owned();
+        Ok(Self {
+            target,
+            repo,
+            workdir,
+            refs,
+            conn: None,
+            acked: None,
+            in_flight: None,
+            receiver_worktree: None,
+        })
+    }
+
+    /// The receiver's address.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// True while connected.
+    pub fn connected(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.conn.close_reason().is_none())
+    }
+
+    /// The last acknowledged generation.
+    pub fn acked(&self) -> Option<Ack> {
+        self.acked.as_ref().map(|k| k.ack)
+    }
+
+    /// Drop the connection (it is re-established on the next sync).
+    pub fn disconnect(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.conn.close(0u32.into(), b"bye");
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), SyncError> {
+        if self.connected() {
+            return Ok(());
+        }
+        self.conn = None;
+        let addr = transport::resolve(&self.target.address)
+            .await
+            .map_err(|e| SyncError::Connect(e.to_string()))?;
+        let conn = transport::connect_quic(addr, &self.target.fingerprint)
+            .await
+            .map_err(|e| SyncError::Connect(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| SyncError::Connect(e.to_string()))?;
+        let mut io = Framed::new(send, recv, MAX_FRAME);
+        io.send(&ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            workspace: self.target.workspace.clone(),
+            token: self.target.token.clone(),
+        })
+        .await?;
+        match io.recv::<ServerMsg>().await? {
+            Some(ServerMsg::Welcome {
+                acked,
+                worktree,
+                receiver,
+                ..
+            }) => {
+                tracing::info!(address = %self.target.address, %receiver, acked = ?acked.map(|a| a.generation), "connected");
+                self.receiver_worktree = Some(worktree);
+                // Resume from whatever the receiver has, if we know it.
+                let matches =
+                    |k: &Option<Known>| k.as_ref().filter(|k| Some(k.ack) == acked).cloned();
+                self.acked = matches(&self.acked).or_else(|| matches(&self.in_flight));
+                self.in_flight = None;
+                if self.acked.is_none() && acked.is_some() {
+                    tracing::info!(
+                        "receiver state unknown to this daemon; next sync is a full overlay"
+                    );
+                }
+            }
+            Some(ServerMsg::Rejected { code, message, .. }) => {
+                return Err(SyncError::Connect(format!(
+                    "receiver at {} refused: {message} ({code:?})",
+                    self.target.address
+                )));
+            }
+            other => return Err(SyncError::Protocol(format!("{other:?}"))),
+        }
+        self.conn = Some(Connected { conn, io });
+        Ok(())
+    }
+
+    /// Bring the receiver to `snap`. Returns `None` if it already was there.
+    pub async fn sync(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
+        let res = self.sync_inner(snap).await;
+        if matches!(
+            res,
+            Err(SyncError::Lost(_) | SyncError::Protocol(_) | SyncError::Changed(_))
+        ) {
+            self.disconnect();
+        }
+        res
+    }
+
+    async fn sync_inner(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
+        self.connect().await?;
+        for attempt in 0..2 {
+            if let Some(k) = &self.acked
+                && k.ack.digest == snap.digest
+                && k.ack.base == snap.base
+            {
+                return Ok(None);
+            }
+            match self.send_generation(snap).await {
+                Err(SyncError::Rejected {
+                    code: ErrorCode::OutOfSync | ErrorCode::DigestMismatch,
+                    message,
+                }) if attempt == 0 => {
+                    tracing::warn!(%message, "receiver diverged; resending the full overlay");
+                    self.acked = None;
+                }
+                other => return other.map(Some),
+            }
+        }
+        unreachable!("second attempt returns")
+    }
+
+    /// The reference a patch of `rel` may use: the previous overlay version
+    /// (kept locally) or the base version.
+    fn reference(&self, rel: &RelPath, tree: &BaseTree, base: Base) -> Option<(BlobRef, Vec<u8>)> {
+        if let Some(k) = &self.acked
+            && let Some(Entry::File { id, .. }) = k.overlay.get(rel)
+            && let Ok(data) = self.refs.get(id)
+        {
+            return Some((BlobRef::Overlay(*id), data));
+        }
+        if let Base::Commit(_) = base
+            && let Some(t) = tree.get(rel)
+            && t.kind != EntryKind::Symlink
+            && let Ok(data) = self.repo.blob(t.oid)
+        {
+            return Some((BlobRef::Base(t.oid), data));
+        }
+        None
+    }
+
+    fn read(&self, rel: &RelPath, id: &ContentId) -> Result<Vec<u8>, SyncError> {
+        let data = std::fs::read(self.workdir.join(rel.as_str()))
+            .map_err(|_| SyncError::Changed(rel.clone()))?;
+        if ContentId::of(&data) != *id {
+            return Err(SyncError::Changed(rel.clone()));
+        }
+        Ok(data)
+    }
+
+    fn encode(&self, rel: &RelPath, id: &ContentId, snap: &Snapshot) -> Result<Blob, SyncError> {
+        let data = self.read(rel, id)?;
+        let reference = self.reference(rel, &snap.tree, snap.base);
+        let (encoding, bytes) =
+            compress::encode(&data, reference.as_ref().map(|(r, d)| (*r, d.as_slice())));
+        if data.len() <= REFERENCE_MAX
+            && let Err(e) = self.refs.put(id, &data)
+        {
+            tracing::debug!(error = %e, "cannot keep a patch reference");
+        }
+        Ok(Blob {
+            id: *id,
+            encoding,
+            raw_len: data.len() as u64,
+            data: bytes,
+        })
+    }
+
+    async fn send_generation(&mut self, snap: &Snapshot) -> Result<SyncReport, SyncError> {
+        let started = Instant::now();
+        let (parent, old) = match &self.acked {
+            Some(k) => (Some(k.ack.generation), k.overlay.clone()),
+            None => (None, Arc::new(Overlay::new())),
+        };
+        let generation = self.acked.as_ref().map_or(1, |k| k.ack.generation + 1);
+        let changes = Overlay::diff(&old, &snap.overlay);
+        // Blobs of changed files: small ones inline, the rest on request.
+        let mut by_id: HashMap<ContentId, RelPath> = HashMap::new();
+        let mut inline = Vec::new();
+        let mut inline_bytes = 0;
+        for c in &changes {
+            if let Some(Entry::File { id, .. }) = &c.entry {
+                if by_id.contains_key(id) {
+                    continue;
+                }
+                by_id.insert(*id, c.path.clone());
+                let len = std::fs::symlink_metadata(self.workdir.join(c.path.as_str()))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                if len as usize > 4 * INLINE_BLOB_MAX || inline_bytes >= INLINE_TOTAL_MAX {
+                    continue;
+                }
+                let blob = self.encode(&c.path, id, snap)?;
+                if blob.data.len() <= INLINE_BLOB_MAX
+                    && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
+                {
+                    inline_bytes += blob.data.len();
+                    inline.push(blob);
+                }
+            }
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| SyncError::Lost("not connected".into()))?;
+        let stats0 = conn.conn.stats();
+        let mut frames = Vec::new();
+        let mut chunks = changes.chunks(CHANGES_PER_FRAME).peekable();
+        if chunks.peek().is_none() {
+            frames.push(ClientMsg::Changes {
+                generation,
+                changes: vec![],
+                blobs: std::mem::take(&mut inline),
+            });
+        }
+        while let Some(chunk) = chunks.next() {
+            let blobs = if chunks.peek().is_none() {
+                std::mem::take(&mut inline)
+            } else {
+                vec![]
+            };
+            frames.push(ClientMsg::Changes {
+                generation,
+                changes: chunk.to_vec(),
+                blobs,
+            });
+        }
+        let n_inline = frames
+            .iter()
+            .map(|f| {
+                if let ClientMsg::Changes { blobs, .. } = f {
+                    blobs.len()
+                } else {
+                    0
+                }
+            })
+            .sum::<usize>();
+        frames.push(ClientMsg::Commit {
+            generation,
+            parent,
+            base: snap.base,
+            digest: snap.digest,
+            entries: snap.overlay.len() as u64,
+        });
+        let known = Known {
+            ack: Ack {
+                generation,
+                digest: snap.digest,
+                base: snap.base,
+            },
+            overlay: snap.overlay.clone(),
+        };
+        self.in_flight = Some(known.clone());
+        // One write per frame keeps memory flat for huge overlays.
+        for f in &frames {
+            self.conn.as_mut().expect("connected").io.send(f).await?;
+        }
+        let mut requested = 0;
+        loop {
+            let msg = tokio::time::timeout(
+                Duration::from_secs(600),
+                self.conn
+                    .as_mut()
+                    .expect("connected")
+                    .io
+                    .recv::<ServerMsg>(),
+            )
+            .await
+            .map_err(|_| SyncError::Lost("no answer from the receiver within 600 s".into()))??;
+            match msg {
+                None => return Err(SyncError::Lost("receiver closed the stream".into())),
+                Some(ServerMsg::Need { ids, .. }) => {
+                    requested += ids.len();
+                    for id in ids {
+                        let rel = by_id.get(&id).cloned().ok_or_else(|| {
+                            SyncError::Protocol(format!("receiver asked for unknown blob {id}"))
+                        })?;
+                        let blob = self.encode(&rel, &id, snap)?;
+                        let total = blob.data.len() as u64;
+                        let io = &mut self.conn.as_mut().expect("connected").io;
+                        let mut offset = 0usize;
+                        loop {
+                            let end = (offset + CHUNK).min(blob.data.len());
+                            io.send(&ClientMsg::BlobChunk {
+                                id,
+                                encoding: blob.encoding,
+                                raw_len: blob.raw_len,
+                                total,
+                                offset: offset as u64,
+                                data: blob.data[offset..end].to_vec(),
+                            })
+                            .await?;
+                            offset = end;
+                            if offset >= blob.data.len() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(ServerMsg::Applied {
+                    ack, files_written, ..
+                }) => {
+                    if ack != known.ack {
+                        return Err(SyncError::Protocol(format!(
+                            "applied {ack:?}, expected {:?}",
+                            known.ack
+                        )));
+                    }
+                    self.acked = Some(known);
+                    self.in_flight = None;
+                    let keep: HashSet<ContentId> = snap.overlay.blob_ids().collect();
+                    let _ = self.refs.retain(&keep);
+                    let stats1 = self.conn.as_ref().expect("connected").conn.stats();
+                    let report = SyncReport {
+                        generation,
+                        overlay_digest: snap.digest.to_hex(),
+                        files: files_written,
+                        bytes_sent: stats1.udp_tx.bytes - stats0.udp_tx.bytes,
+                        bytes_received: stats1.udp_rx.bytes - stats0.udp_rx.bytes,
+                        latency_ms: snap.noticed.elapsed().as_millis() as u64,
+                        blobs_inline: n_inline as u64,
+                        blobs_requested: requested as u64,
+                        full: parent.is_none(),
+                    };
+                    tracing::info!(
+                        generation,
+                        files = files_written,
+                        bytes_sent = report.bytes_sent,
+                        ms = started.elapsed().as_millis() as u64,
+                        "synced"
+                    );
+                    return Ok(report);
+                }
+                Some(ServerMsg::Rejected { code, message, .. }) => {
+                    self.in_flight = None;
+                    return Err(rejected(code, message));
+                }
+                Some(other) => return Err(SyncError::Protocol(format!("{other:?}"))),
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Driving the `devd` CLI with the fixture's `DEVD_HOME`.
+
+use crate::bins::bin;
+use crate::process::{self, Background, Run};
+use crate::repo::Fixture;
+use crate::worktree::assert_worktrees_equal;
+use serde_json::Value;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Default time limit of one devd command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The devd CLI for one repository. Stops the daemon on drop if this handle
+/// ever ran `devd start`.
+#[derive(Debug)]
+pub struct Devd<'a> {
+    fx: &'a Fixture,
+    repo: PathBuf,
+    started: Cell<bool>,
+}
+
+impl<'a> Devd<'a> {
+    pub(crate) fn new(fx: &'a Fixture, repo: PathBuf) -> Self {
+        Self {
+            fx,
+            repo,
+            started: Cell::new(false),
+        }
+    }
+
+    /// The repository this handle runs devd in.
+    pub fn repo(&self) -> &Path {
+        &self.repo
+    }
+
+    /// A `devd <args>` command in the repository, with `DEVD_HOME` set.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("devd"));
+        cmd.args(args)
+            .current_dir(&self.repo)
+            .env("DEVD_HOME", self.fx.home())
+            .env(
+                "RUST_LOG",
+                std::env::var("DEVD_TEST_LOG")
+                    .unwrap_or_else(|_| "debug,quinn_proto=info,rustls=info,gix=info".into()),
+            )
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Run `devd <args>` to completion (time limit [`COMMAND_TIMEOUT`]).
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_timeout(args, COMMAND_TIMEOUT)
+    }
+
+    /// Run `devd <args>`, killing it after `timeout`.
+    pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Run {
+        if args.first() == Some(&"start") {
+            self.started.set(true);
+        }
+        process::run(
+            &mut self.command(args),
+            self.fx.logs(),
+            &label(args),
+            timeout,
+        )
+    }
+
+    /// Start `devd <args>` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        process::spawn(&mut self.command(args), self.fx.logs(), &label(args))
+    }
+
+    /// `devd start`; panics unless it succeeds.
+    pub fn start(&self) -> Run {
+        let run = self.run(&["start"]);
+        run.assert_success();
+        run
+    }
+
+    /// `devd start --wait` (returns once the first sync is acknowledged);
+    /// panics unless it succeeds.
+    pub fn start_wait(&self) -> Run {
+        let run = self.run(&["start", "--wait"]);
+        run.assert_success();
+        run
+    }
+
+    /// `devd stop`.
+    pub fn stop(&self) -> Run {
+        self.run_timeout(&["stop"], Duration::from_secs(60))
+    }
+
+    /// `devd sync --json`; panics unless it succeeds and prints the report.
+    pub fn sync(&self) -> SyncReport {
+        self.sync_timeout(COMMAND_TIMEOUT)
+    }
+
+    /// `devd sync --json` with a time limit.
+    pub fn sync_timeout(&self, timeout: Duration) -> SyncReport {
+        let run = self.run_timeout(&["sync", "--json"], timeout);
+        run.assert_success();
+        SyncReport::parse(&run.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`devd sync --json` output is not the contracted JSON: {e}\n{}",
+                run.describe()
+            )
+        })
+    }
+
+    /// `devd sync --json`, then assert the receiver worktree equals the
+    /// laptop's.
+    #[track_caller]
+    pub fn sync_and_assert_equal(&self, receiver_worktree: &Path) -> SyncReport {
+        let report = self.sync();
+        assert_worktrees_equal(&self.repo, receiver_worktree);
+        report
+    }
+
+    /// `devd status --json`, parsed.
+    pub fn status(&self) -> Status {
+        let run = self.run_timeout(&["status", "--json"], Duration::from_secs(60));
+        run.assert_success();
+        Status::parse(&run.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`devd status --json` output is not the contracted JSON: {e}\n{}",
+                run.describe()
+            )
+        })
+    }
+}
+
+impl Drop for Devd<'_> {
+    fn drop(&mut self) {
+        if self.started.get() {
+            let run = self.stop();
+            if !run.success() {
+                eprintln!(
+                    "warning: `devd stop` failed; a daemon may be left running\n{}",
+                    run.describe()
+                );
+            }
+        }
+    }
+}
+
+fn label(args: &[&str]) -> String {
+    format!("devd-{}", args.first().copied().unwrap_or("none"))
+}
+
+/// The first JSON object in `text` (commands may log lines around it).
+pub fn first_json_object(text: &str) -> anyhow::Result<Value> {
+    let start = text
+        .find('{')
+        .ok_or_else(|| anyhow::anyhow!("no JSON object in output {text:?}"))?;
+    let mut it = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+    match it.next() {
+        Some(Ok(v @ Value::Object(_))) => Ok(v),
+        Some(Ok(other)) => anyhow::bail!("expected a JSON object, got {other}"),
+        Some(Err(e)) => anyhow::bail!("invalid JSON ({e}) in output {text:?}"),
+        None => anyhow::bail!("no JSON object in output {text:?}"),
+    }
+}
+
+fn u64_field(v: &Value, key: &str) -> anyhow::Result<u64> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow::anyhow!("field {key:?} missing or not an unsigned integer in {v}"))
+}
+
+fn str_field(v: &Value, key: &str) -> anyhow::Result<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("field {key:?} missing or not a string in {v}"))
+}
+
+fn hex_field(v: &Value, key: &str, len: usize) -> anyhow::Result<String> {
+    let s = str_field(v, key)?;
+    anyhow::ensure!(
+        s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()),
+        "field {key:?} = {s:?} is not {len} hex digits"
+    );
+    Ok(s.to_ascii_lowercase())
+}
+
+/// What `devd sync --json` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    pub generation: u64,
+    pub overlay_digest: String,
+    pub files: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub latency_ms: u64,
+}
+
+impl SyncReport {
+    /// Parse the contracted JSON object.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let v = first_json_object(text)?;
+        Ok(Self {
+            generation: u64_field(&v, "generation")?,
+            overlay_digest: hex_field(&v, "overlay_digest", 64)?,
+            files: u64_field(&v, "files")?,
+            bytes_sent: u64_field(&v, "bytes_sent")?,
+            bytes_received: u64_field(&v, "bytes_received")?,
+            latency_ms: u64_field(&v, "latency_ms")?,
+        })
+    }
+
+    /// UDP bytes on the wire for this sync, both directions.
+    pub fn wire_bytes(&self) -> u64 {
+        self.bytes_sent + self.bytes_received
+    }
+}
+
+/// What `devd status --json` reports.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub state: String,
+    /// 40-hex base commit.
+    pub base: String,
+    /// "fetched" or "uploaded".
+    pub base_mode: String,
+    pub generation: u64,
+    pub overlay_digest: String,
+    pub receiver_address: String,
+    /// The receiver's materialized worktree, when it is known (embedded).
+    pub receiver_worktree: Option<PathBuf>,
+    pub workspace: String,
+    /// `last_sync`, when there was one.
+    pub last_sync: Option<Value>,
+    pub raw: Value,
+}
+
+impl Status {
+    /// Parse the contracted JSON object.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let v = first_json_object(text)?;
+        let receiver = v
+            .get("receiver")
+            .ok_or_else(|| anyhow::anyhow!("field \"receiver\" missing in {v}"))?;
+        let worktree = match receiver.get("worktree") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(PathBuf::from(s)),
+            Some(other) => anyhow::bail!("receiver.worktree is neither a path nor null: {other}"),
+        };
+        let base_mode = str_field(&v, "base_mode")?;
+        anyhow::ensure!(
+            base_mode == "fetched" || base_mode == "uploaded",
+            "base_mode {base_mode:?} is neither \"fetched\" nor \"uploaded\""
+        );
+        Ok(Self {
+            state: str_field(&v, "state")?,
+            base: hex_field(&v, "base", 40)?,
+            base_mode,
+            generation: u64_field(&v, "generation")?,
+            overlay_digest: hex_field(&v, "overlay_digest", 64)?,
+            receiver_address: str_field(receiver, "address")?,
+            receiver_worktree: worktree,
+            workspace: str_field(receiver, "workspace")?,
+            last_sync: v.get("last_sync").filter(|s| !s.is_null()).cloned(),
+            raw: v,
+        })
+    }
+}

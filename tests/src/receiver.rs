@@ -1,0 +1,244 @@
+//! A separate `devd-receiver serve` process.
+
+use crate::bins::bin;
+use crate::process::{Logs, cmdline, tail};
+use crate::repo::Fixture;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to start a receiver.
+#[derive(Clone, Debug)]
+pub struct ReceiverOpts {
+    /// `--workspace`.
+    pub workspace: String,
+    /// `--listen`.
+    pub listen: String,
+    /// `--data`; default `<fixture root>/rx`.
+    pub data: Option<PathBuf>,
+    /// Extra environment (failpoints).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ReceiverOpts {
+    fn default() -> Self {
+        Self {
+            workspace: "default".into(),
+            listen: "127.0.0.1:0".into(),
+            data: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The pairing file a receiver writes for a workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pairing {
+    pub address: String,
+    pub fingerprint: String,
+    pub token: String,
+    pub workspace: String,
+}
+
+/// A running `devd-receiver serve`; killed on drop.
+#[derive(Debug)]
+pub struct Receiver<'a> {
+    fx: &'a Fixture,
+    child: Child,
+    exit: Option<ExitStatus>,
+    data: PathBuf,
+    workspace: String,
+    addr: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl<'a> Receiver<'a> {
+    /// Start the receiver and wait for its `listening on` line and its
+    /// pairing file.
+    pub fn start(fx: &'a Fixture, opts: ReceiverOpts) -> Self {
+        let data = opts.data.clone().unwrap_or_else(|| fx.root().join("rx"));
+        std::fs::create_dir_all(&data).expect("create receiver data dir");
+        let mut cmd = Command::new(bin("devd-receiver"));
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", &opts.listen])
+            .args(["--git-remote", &fx.origin_url()])
+            .args(["--workspace", &opts.workspace])
+            .env(
+                "RUST_LOG",
+                std::env::var("DEVD_TEST_LOG")
+                    .unwrap_or_else(|_| "debug,quinn_proto=info,rustls=info,gix=info".into()),
+            )
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let logs: &Logs = fx.logs();
+        let (stdout, stderr) = logs.next_pair("receiver");
+        let line = cmdline(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create receiver stdout log"))
+            .stderr(File::create(&stderr).expect("create receiver stderr log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {line}: {e}"));
+
+        let started = Instant::now();
+        let addr = loop {
+            let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if let Some(first) = out.lines().next().filter(|_| out.contains('\n')) {
+                let addr = first
+                    .strip_prefix("listening on ")
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                    .unwrap_or_else(|| {
+                        let _ = child.kill();
+                        panic!("receiver's first stdout line is {first:?}, expected `listening on 127.0.0.1:PORT`\ncommand: {line}")
+                    });
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "receiver exited ({status}) before printing `listening on`\ncommand: {line}\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+                    tail(&std::fs::read_to_string(&stderr).unwrap_or_default(), 100)
+                );
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("receiver printed no `listening on` line within 60 s\ncommand: {line}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rx = Self {
+            fx,
+            child,
+            exit: None,
+            data,
+            workspace: opts.workspace,
+            addr,
+            stderr,
+        };
+        let pairing = rx.pairing_path();
+        let found = crate::wait::poll_until(Duration::from_secs(30), || pairing.is_file());
+        assert!(
+            found.is_some(),
+            "receiver wrote no pairing file at {}",
+            pairing.display()
+        );
+        rx
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `--data`.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// The workspace name.
+    pub fn workspace(&self) -> &str {
+        &self.workspace
+    }
+
+    /// `DATA/workspaces/NAME`.
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.data.join("workspaces").join(&self.workspace)
+    }
+
+    /// The materialized worktree, `DATA/workspaces/NAME/worktree`.
+    pub fn worktree(&self) -> PathBuf {
+        self.workspace_dir().join("worktree")
+    }
+
+    /// `DATA/workspaces/NAME/pairing.toml`.
+    pub fn pairing_path(&self) -> PathBuf {
+        self.workspace_dir().join("pairing.toml")
+    }
+
+    /// The parsed pairing file.
+    pub fn pairing(&self) -> Pairing {
+        let path = self.pairing_path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let table: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{} is not TOML: {e}\n{text}", path.display()));
+        let get = |k: &str| {
+            table
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_else(|| panic!("{} lacks string key {k:?}:\n{text}", path.display()))
+                .to_owned()
+        };
+        Pairing {
+            address: get("address"),
+            fingerprint: get("fingerprint"),
+            token: get("token"),
+            workspace: get("workspace"),
+        }
+    }
+
+    /// The `[receiver]` section of a `devd.toml` pointing at this receiver.
+    pub fn config_toml(&self) -> String {
+        format!(
+            "[receiver]\nmode = \"remote\"\npairing = \"{}\"\n",
+            self.pairing_path().display()
+        )
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        self.poll_exit().is_none()
+    }
+
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait on receiver");
+        }
+        self.exit
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.poll_exit() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill the process (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        if self.poll_exit().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// The receiver's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The fixture this receiver belongs to.
+    pub fn fixture(&self) -> &'a Fixture {
+        self.fx
+    }
+}
+
+impl Drop for Receiver<'_> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

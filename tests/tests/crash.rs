@@ -1,0 +1,141 @@
+//! Receiver crash in the middle of applying a generation, and recovery.
+
+use devd_tests::{Fixture, Receiver, ReceiverOpts, assert_worktrees_equal, random_bytes};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+const FAILPOINT: &str = "DEVD_RECEIVER_CRASH_AFTER_WRITES";
+/// Size of the content acknowledged before the crash; resending it would
+/// show in `bytes_sent`.
+const ACKED_LEN: usize = 4 << 20;
+
+fn crashing_receiver(fx: &Fixture) -> Receiver<'_> {
+    fx.receiver_with(ReceiverOpts {
+        env: vec![(FAILPOINT.into(), "50".into())],
+        ..ReceiverOpts::default()
+    })
+}
+
+/// Restart the receiver on the same data and address, without failpoint;
+/// the pairing (fingerprint, token) must survive the restart.
+fn restart<'a>(fx: &'a Fixture, crashed: &Receiver<'a>) -> Receiver<'a> {
+    let before = crashed.pairing();
+    let rx = fx.receiver_with(ReceiverOpts {
+        data: Some(crashed.data().to_path_buf()),
+        listen: crashed.addr().to_string(),
+        ..ReceiverOpts::default()
+    });
+    let after = rx.pairing();
+    assert_eq!(
+        after.fingerprint, before.fingerprint,
+        "the certificate changed across a restart on the same --data"
+    );
+    assert_eq!(
+        after.token, before.token,
+        "the token changed across a restart on the same --data"
+    );
+    rx
+}
+
+fn write_thousand(fx: &Fixture) {
+    for i in 0..1000 {
+        fx.write(
+            &format!("bulk/d{:02}/f{i:04}.txt", i % 20),
+            format!("crash test file {i}\n"),
+        );
+    }
+}
+
+#[track_caller]
+fn assert_crashed(rx: &mut Receiver<'_>) {
+    let status = rx.wait_exit(Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!("the receiver with {FAILPOINT}=50 did not die while applying 1,000 files")
+    });
+    println!("receiver died: {status} (signal {:?})", status.signal());
+    assert!(
+        !status.success(),
+        "the receiver exited cleanly ({status}); the failpoint should abort it"
+    );
+}
+
+/// With a running daemon: the receiver aborts after 50 of 1,000 file
+/// writes; restarted on the same data, the daemon reconnects and
+/// `devd sync` converges; the 4 MiB blob acknowledged before the crash is
+/// not sent again.
+#[test]
+fn daemon_converges_after_the_receiver_crashes_mid_apply() {
+    let fx = Fixture::new();
+    let mut rx = crashing_receiver(&fx);
+    fx.write_config(&format!("{}[sync]\ndebounce_ms = 20\n", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+
+    fx.write("assets/acked.bin", random_bytes("acked", ACKED_LEN));
+    devd.sync_and_assert_equal(&rx.worktree());
+
+    write_thousand(&fx);
+    let trigger = devd.spawn(&["sync", "--json"]);
+    assert_crashed(&mut rx);
+
+    let rx2 = restart(&fx, &rx);
+    let triggered = trigger.wait(Duration::from_secs(180));
+    println!(
+        "`devd sync` running across the crash: {}",
+        triggered.describe()
+    );
+
+    let report = devd.sync();
+    println!("sync after restart: {report:?}");
+    assert_worktrees_equal(fx.laptop(), &rx2.worktree());
+    for r in [
+        Some(report),
+        devd_tests::SyncReport::parse(&triggered.stdout).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(
+            r.bytes_sent < ACKED_LEN as u64,
+            "a sync after the restart sent {} bytes: the acknowledged {ACKED_LEN}-byte blob was resent ({r:?})",
+            r.bytes_sent
+        );
+    }
+}
+
+/// Without a daemon (one-shot syncs): the sync during which the receiver
+/// aborts fails; after a restart on the same data, the next one-shot sync
+/// converges without resending the 4 MiB acknowledged before the crash.
+#[test]
+fn one_shot_sync_recovers_without_resending_acknowledged_content() {
+    let fx = Fixture::new();
+    let mut rx = crashing_receiver(&fx);
+    fx.write_config(&rx.config_toml());
+    let devd = fx.devd();
+    devd.sync_and_assert_equal(&rx.worktree());
+    fx.write("assets/acked.bin", random_bytes("acked", ACKED_LEN));
+    let acked = devd.sync_and_assert_equal(&rx.worktree());
+    assert!(
+        acked.bytes_sent >= ACKED_LEN as u64,
+        "the random 4 MiB blob cannot cost less than 4 MiB: {acked:?}"
+    );
+
+    write_thousand(&fx);
+    let crashed = devd.run_timeout(&["sync"], Duration::from_secs(180));
+    assert_crashed(&mut rx);
+    assert!(
+        !crashed.success(),
+        "`devd sync` succeeded although the receiver died applying it:\n{}",
+        crashed.describe()
+    );
+
+    let rx2 = restart(&fx, &rx);
+    let report = devd.sync();
+    println!("sync after restart: {report:?}");
+    assert_worktrees_equal(fx.laptop(), &rx2.worktree());
+    assert!(
+        report.bytes_sent < ACKED_LEN as u64,
+        "the sync after the restart sent {} bytes: the acknowledged {ACKED_LEN}-byte blob was resent ({report:?})",
+        report.bytes_sent
+    );
+}
