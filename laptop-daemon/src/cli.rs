@@ -305,7 +305,7 @@ async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
     if let Some(sk) = v["skipped"].as_array().filter(|a| !a.is_empty()) {
         println!(
             "not synced  {}",
-            sk.iter().map(|x| s(x)).collect::<Vec<_>>().join("; ")
+            sk.iter().map(s).collect::<Vec<_>>().join("; ")
         );
     }
     Ok(())

@@ -74,6 +74,13 @@ pub struct Scanner {
     pub skipped: HashMap<RelPath, String>,
 }
 
+/// Result of scanning part of the worktree.
+struct ScopeScan {
+    entries: Vec<(RelPath, Entry)>,
+    walked: usize,
+    hashed: usize,
+}
+
 /// Paths whose scan scope is this many or more get a full scan instead.
 pub const FULL_SCAN_THRESHOLD: usize = 256;
 
@@ -348,10 +355,7 @@ impl Scanner {
         Ok(Some(Entry::File { id: h.id, exec }))
     }
 
-    fn scan_scope(
-        &mut self,
-        scope: Option<&[RelPath]>,
-    ) -> Result<(Vec<(RelPath, Entry)>, usize, usize), ScanError> {
+    fn scan_scope(&mut self, scope: Option<&[RelPath]>) -> Result<ScopeScan, ScanError> {
         let walked = self.walk(scope);
         let n_walked = walked.len();
         let mut hashed = 0;
@@ -404,7 +408,11 @@ impl Scanner {
                 }
             }
         }
-        Ok((out, n_walked, hashed))
+        Ok(ScopeScan {
+            entries: out,
+            walked: n_walked,
+            hashed,
+        })
     }
 
     /// Rescan everything: base, index, ignore rules, the whole worktree.
@@ -414,7 +422,11 @@ impl Scanner {
         let base_changed = self.refresh_base()?;
         self.index = self.repo.index()?;
         self.load_devdignore();
-        let (entries, walked, hashed) = self.scan_scope(None)?;
+        let ScopeScan {
+            entries,
+            walked,
+            hashed,
+        } = self.scan_scope(None)?;
         self.overlay = entries.into_iter().collect();
         let live: std::collections::HashSet<String> =
             self.walk_cache_keys_hint().into_iter().collect();
@@ -476,7 +488,11 @@ impl Scanner {
         }
         let started = Instant::now();
         let before = self.overlay.digest();
-        let (entries, walked, hashed) = self.scan_scope(Some(&reduced))?;
+        let ScopeScan {
+            entries,
+            walked,
+            hashed,
+        } = self.scan_scope(Some(&reduced))?;
         for p in &reduced {
             let old: Vec<RelPath> = self
                 .overlay
