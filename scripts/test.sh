@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, end-to-end tests with
+# real binaries over loopback QUIC and real git repositories, and the quick
+# benchmark smoke run. Installs what it needs first.
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+say "Checking tools (git, rsync, zstd, a C compiler for zstd/ring)"
+need_packages git rsync zstd gcc libc6-dev pkg-config
+need_rust
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "Building the binaries the end-to-end tests run"
+cargo build --workspace --bins
+
+say "cargo test (unit, property, snapshot and end-to-end tests)"
+cargo test --workspace -- --test-threads=2
+
+say "Benchmark smoke run (quick mode: every scenario must produce a number)"
+cargo build --release -p devd -p devd-receiver -p devd-benches --bins
+cargo run --release -p devd-benches -- all --quick --out target/bench-quick
+
+say "All tests passed"
