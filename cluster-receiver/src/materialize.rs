@@ -8,9 +8,10 @@
 //! idempotent, which is what crash recovery relies on.
 
 use crate::blob_store::BlobStore;
-use crate::git_store::{BaseTree, EntryKind, GitStore};
+use crate::git_store::{BaseTree, EntryKind, GitStore, read_blob};
 use devd_protocol::{ContentId, Entry, GitOid, Overlay, RelPath};
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -178,6 +179,17 @@ pub fn touched(old: &View<'_>, new: &View<'_>, same_base: bool) -> BTreeSet<RelP
     out
 }
 
+/// Threads writing files during a large transition.
+const WRITE_THREADS: usize = 4;
+
+/// `mkdir` that accepts a directory another writer created meanwhile.
+fn mkdir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        r => r,
+    }
+}
+
 /// Figures of one transition.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -227,24 +239,35 @@ impl Worktree {
 
     /// Make sure every ancestor of `path` is a real directory, replacing
     /// whatever else stands there (never following a symlink).
-    fn ensure_parents(&self, path: &RelPath) -> Result<PathBuf, MaterializeError> {
-        let mut dir = self.root.clone();
+    fn ensure_parents(
+        &self,
+        path: &RelPath,
+        known: &mut Option<RelPath>,
+    ) -> Result<PathBuf, MaterializeError> {
         let comps: Vec<&str> = path.components().collect();
+        let leaf = comps[comps.len() - 1];
+        let parent = path.parent();
+        // Files come sorted: most share the parent just checked.
+        if parent.is_some() && *known == parent {
+            return Ok(self.root.join(path.as_str()));
+        }
+        let mut dir = self.root.clone();
         for c in &comps[..comps.len() - 1] {
             dir.push(c);
             match std::fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
                     std::fs::remove_file(&dir).map_err(self.io(&dir))?;
-                    std::fs::create_dir(&dir).map_err(self.io(&dir))?;
+                    mkdir(&dir).map_err(self.io(&dir))?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&dir).map_err(self.io(&dir))?;
+                    mkdir(&dir).map_err(self.io(&dir))?;
                 }
                 Err(e) => return Err(self.io(&dir)(e)),
             }
         }
-        Ok(dir.join(comps[comps.len() - 1]))
+        *known = parent;
+        Ok(dir.join(leaf))
     }
 
     /// The on-disk path of `path` if all its parents are real directories.
@@ -292,57 +315,66 @@ impl Worktree {
         path: &RelPath,
         desired: &Desired<'_>,
         src: &Sources<'_>,
+        repo: Option<&gix::Repository>,
+        known: &mut Option<RelPath>,
     ) -> Result<(), MaterializeError> {
-        let full = self.ensure_parents(path)?;
+        let full = self.ensure_parents(path, known)?;
         if let Ok(m) = std::fs::symlink_metadata(&full)
             && m.is_dir()
         {
             std::fs::remove_dir_all(&full).map_err(self.io(&full))?;
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(".devd-")
-            .tempfile_in(&self.scratch)
-            .map_err(self.io(&self.scratch))?
-            .into_temp_path();
         let missing = |why: String| MaterializeError::Source {
             path: path.clone(),
             why,
         };
-        match desired {
+        let git_blob = |oid: &GitOid| {
+            let repo = repo.ok_or_else(|| missing("no base repository".into()))?;
+            read_blob(repo, *oid).map_err(|e| missing(e.to_string()))
+        };
+        let tmp = match desired {
             Desired::Absent => unreachable!("absent paths are removed, not written"),
             Desired::File { source, exec } => {
+                let mut f = tempfile::Builder::new()
+                    .prefix(".devd-")
+                    .tempfile_in(&self.scratch)
+                    .map_err(self.io(&self.scratch))?;
                 match source {
                     Source::Blob(id) => {
-                        std::fs::copy(src.blobs.path(id), &tmp)
+                        let mut blob = std::fs::File::open(src.blobs.path(id))
                             .map_err(|e| missing(format!("blob {id}: {e}")))?;
+                        std::io::copy(&mut blob, f.as_file_mut()).map_err(self.io(f.path()))?;
                     }
                     Source::Git(oid) => {
-                        let git = src
-                            .git
-                            .ok_or_else(|| missing("no base repository".into()))?;
-                        let data = git.blob(*oid).map_err(|e| missing(e.to_string()))?;
-                        std::fs::write(&tmp, data).map_err(self.io(&tmp))?;
+                        let data = git_blob(oid)?;
+                        f.as_file_mut()
+                            .write_all(&data)
+                            .map_err(self.io(f.path()))?;
                     }
                 }
                 let mode = if *exec { 0o755 } else { 0o644 };
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                    .map_err(self.io(&tmp))?;
+                f.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(self.io(f.path()))?;
+                f.into_temp_path()
             }
             Desired::Symlink(target) => {
                 let target = match target {
                     SymlinkTarget::Text(t) => t.to_string(),
                     SymlinkTarget::Git(oid) => {
-                        let git = src
-                            .git
-                            .ok_or_else(|| missing("no base repository".into()))?;
-                        let data = git.blob(*oid).map_err(|e| missing(e.to_string()))?;
-                        String::from_utf8_lossy(&data).into_owned()
+                        String::from_utf8_lossy(&git_blob(oid)?).into_owned()
                     }
                 };
+                let tmp = tempfile::Builder::new()
+                    .prefix(".devd-")
+                    .tempfile_in(&self.scratch)
+                    .map_err(self.io(&self.scratch))?
+                    .into_temp_path();
                 std::fs::remove_file(&tmp).map_err(self.io(&tmp))?;
                 std::os::unix::fs::symlink(&target, &tmp).map_err(self.io(&tmp))?;
+                tmp
             }
-        }
+        };
         tmp.persist(&full).map_err(|e| self.io(&full)(e.error))?;
         failpoint_tick();
         Ok(())
@@ -377,10 +409,30 @@ impl Worktree {
                 stats.removed += 1;
             }
         }
-        for (p, want) in &writes {
-            self.write(p, want, src)?;
-            stats.written += 1;
-        }
+        // Writes are independent (their parents exist or are created
+        // idempotently): spread them over a few threads, in sorted chunks
+        // so each thread mostly stays within its directories.
+        let threads = if writes.len() < 64 { 1 } else { WRITE_THREADS };
+        let chunk = writes.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = writes
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let repo = src.git.map(|g| g.repo());
+                        let mut known = None;
+                        for (p, want) in part {
+                            self.write(p, want, src, repo.as_ref(), &mut known)?;
+                        }
+                        Ok::<u64, MaterializeError>(part.len() as u64)
+                    })
+                })
+                .collect();
+            for h in handles {
+                stats.written += h.join().expect("writer thread")?;
+            }
+            Ok::<(), MaterializeError>(())
+        })?;
         Ok(stats)
     }
 }

@@ -66,7 +66,7 @@ pub struct SyncConfig {
 }
 
 fn default_debounce() -> u64 {
-    20
+    10
 }
 
 fn default_max_file() -> u64 {

@@ -278,6 +278,7 @@ fn scanner_loop(
         let mut waiters = Vec::new();
         let mut index = false;
         for m in msgs {
+            tracing::trace!(msg = ?m, "scan request");
             match m {
                 ScanMsg::Trigger(Trigger::Paths(mut p, at)) => {
                     paths.append(&mut p);

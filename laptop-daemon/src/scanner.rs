@@ -356,7 +356,13 @@ impl Scanner {
     }
 
     fn scan_scope(&mut self, scope: Option<&[RelPath]>) -> Result<ScopeScan, ScanError> {
+        let t0 = Instant::now();
         let walked = self.walk(scope);
+        tracing::trace!(
+            ms = t0.elapsed().as_millis() as u64,
+            files = walked.len(),
+            "walked"
+        );
         let n_walked = walked.len();
         let mut hashed = 0;
         let mut out = Vec::new();
@@ -420,13 +426,21 @@ impl Scanner {
         let started = Instant::now();
         let before = (self.base.base, self.overlay.digest());
         let base_changed = self.refresh_base()?;
+        let t_base = started.elapsed();
         self.index = self.repo.index()?;
+        let t_index = started.elapsed();
         self.load_devdignore();
         let ScopeScan {
             entries,
             walked,
             hashed,
         } = self.scan_scope(None)?;
+        tracing::debug!(
+            base_ms = t_base.as_millis() as u64,
+            index_ms = (t_index - t_base).as_millis() as u64,
+            walk_and_compare_ms = (started.elapsed() - t_index).as_millis() as u64,
+            "full scan phases"
+        );
         self.overlay = entries.into_iter().collect();
         let live: std::collections::HashSet<String> =
             self.walk_cache_keys_hint().into_iter().collect();

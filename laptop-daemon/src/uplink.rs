@@ -101,6 +101,8 @@ pub struct Uplink {
     conn: Option<Connected>,
     acked: Option<Known>,
     in_flight: Option<Known>,
+    /// What the receiver reported as applied when we connected.
+    remote_ack: Option<Ack>,
     /// The receiver's worktree path, from its Welcome.
     pub receiver_worktree: Option<String>,
 }
@@ -130,6 +132,7 @@ impl Uplink {
             conn: None,
             acked: None,
             in_flight: None,
+            remote_ack: None,
             receiver_worktree: None,
         })
     }
@@ -189,6 +192,7 @@ impl Uplink {
             }) => {
                 tracing::info!(address = %self.target.address, %receiver, acked = ?acked.map(|a| a.generation), "connected");
                 self.receiver_worktree = Some(worktree);
+                self.remote_ack = acked;
                 // Resume from whatever the receiver has, if we know it.
                 let matches =
                     |k: &Option<Known>| k.as_ref().filter(|k| Some(k.ack) == acked).cloned();
@@ -226,6 +230,22 @@ impl Uplink {
 
     async fn sync_inner(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
         self.connect().await?;
+        // After a daemon restart the receiver may already have exactly this
+        // state: adopt it instead of resending anything.
+        if self.acked.is_none()
+            && let Some(r) = self.remote_ack
+            && r.digest == snap.digest
+            && r.base == snap.base
+        {
+            tracing::info!(
+                generation = r.generation,
+                "receiver already has the current state"
+            );
+            self.acked = Some(Known {
+                ack: r,
+                overlay: snap.overlay.clone(),
+            });
+        }
         for attempt in 0..2 {
             if let Some(k) = &self.acked
                 && k.ack.digest == snap.digest
@@ -299,7 +319,13 @@ impl Uplink {
             Some(k) => (Some(k.ack.generation), k.overlay.clone()),
             None => (None, Arc::new(Overlay::new())),
         };
-        let generation = self.acked.as_ref().map_or(1, |k| k.ack.generation + 1);
+        // Generations only grow, also across daemon restarts.
+        let last = self
+            .acked
+            .as_ref()
+            .map(|k| k.ack.generation)
+            .max(self.remote_ack.map(|a| a.generation));
+        let generation = last.unwrap_or(0) + 1;
         let changes = Overlay::diff(&old, &snap.overlay);
         // Blobs of changed files: small ones inline, the rest on request.
         let mut by_id: HashMap<ContentId, RelPath> = HashMap::new();
@@ -434,6 +460,7 @@ impl Uplink {
                         )));
                     }
                     self.acked = Some(known);
+                    self.remote_ack = Some(ack);
                     self.in_flight = None;
                     let keep: HashSet<ContentId> = snap.overlay.blob_ids().collect();
                     let _ = self.refs.retain(&keep);
