@@ -52,6 +52,19 @@ pub async fn serve_connection(
         }
     };
     let mut io = Framed::new(send, recv, MAX_FRAME);
+    converse(&mut io, remote, registry, cancel).await;
+    // Let the last message (often a Rejected) reach the peer before the
+    // connection goes away: finish the stream and give the peer a moment.
+    io.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+}
+
+async fn converse(
+    io: &mut Framed,
+    remote: std::net::SocketAddr,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+) {
     let ws = match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
         Ok(Ok(Some(ClientMsg::Hello {
             version,
@@ -62,31 +75,31 @@ pub async fn serve_connection(
                 let m = format!(
                     "protocol version {version} is not supported; this receiver speaks {PROTOCOL_VERSION}: upgrade devd on both sides"
                 );
-                return reject(&mut io, None, Reject::new(ErrorCode::Version, m)).await;
+                return reject(io, None, Reject::new(ErrorCode::Version, m)).await;
             }
             let Some(ws) = registry.get(&workspace).cloned() else {
                 let m = format!(
                     "no workspace named {workspace:?} on this receiver; check the pairing file"
                 );
-                return reject(&mut io, None, Reject::new(ErrorCode::UnknownWorkspace, m)).await;
+                return reject(io, None, Reject::new(ErrorCode::UnknownWorkspace, m)).await;
             };
             if !ws.check_token(&token) {
                 let m = format!(
                     "wrong token for workspace {workspace:?}; re-pair with the receiver's pairing file"
                 );
-                return reject(&mut io, None, Reject::new(ErrorCode::Unauthorized, m)).await;
+                return reject(io, None, Reject::new(ErrorCode::Unauthorized, m)).await;
             }
             ws
         }
         Ok(Ok(Some(_))) => {
             let m = "the first message must be Hello";
-            return reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
+            return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
         }
         Ok(Ok(None)) => return,
-        Ok(Err(e)) => return reject(&mut io, None, framed_reject(&e)).await,
+        Ok(Err(e)) => return reject(io, None, framed_reject(&e)).await,
         Err(_) => {
             return reject(
-                &mut io,
+                io,
                 None,
                 Reject::new(ErrorCode::Malformed, "no Hello within 10 s"),
             )
@@ -113,7 +126,7 @@ pub async fn serve_connection(
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(FramedError::Read(_)) => break,
-            Err(e) => return reject(&mut io, None, framed_reject(&e)).await,
+            Err(e) => return reject(io, None, framed_reject(&e)).await,
         };
         match msg {
             ClientMsg::Changes {
@@ -131,12 +144,8 @@ pub async fn serve_connection(
                         "changes for generation {generation} while {} is open",
                         inc.generation
                     );
-                    return reject(
-                        &mut io,
-                        Some(generation),
-                        Reject::new(ErrorCode::Malformed, m),
-                    )
-                    .await;
+                    return reject(io, Some(generation), Reject::new(ErrorCode::Malformed, m))
+                        .await;
                 }
                 if inc.changes.len() + changes.len() > MAX_CHANGES
                     || inc.inline_bytes + size > 16 * INLINE_TOTAL_MAX
@@ -144,12 +153,7 @@ pub async fn serve_connection(
                     let m = format!(
                         "generation {generation} exceeds the limits of {MAX_CHANGES} changes or inline blob bytes"
                     );
-                    return reject(
-                        &mut io,
-                        Some(generation),
-                        Reject::new(ErrorCode::TooLarge, m),
-                    )
-                    .await;
+                    return reject(io, Some(generation), Reject::new(ErrorCode::TooLarge, m)).await;
                 }
                 inc.inline_bytes += size;
                 inc.changes.extend(changes);
@@ -171,12 +175,8 @@ pub async fn serve_connection(
                         "commit of generation {generation} while {} is open",
                         inc.generation
                     );
-                    return reject(
-                        &mut io,
-                        Some(generation),
-                        Reject::new(ErrorCode::Malformed, m),
-                    )
-                    .await;
+                    return reject(io, Some(generation), Reject::new(ErrorCode::Malformed, m))
+                        .await;
                 }
                 let header = CommitHeader {
                     generation,
@@ -185,25 +185,24 @@ pub async fn serve_connection(
                     digest,
                     entries,
                 };
-                match sync(&ws, &mut io, header, inc).await {
+                match sync(&ws, io, header, inc).await {
                     Ok(msg) => {
                         if io.send(&msg).await.is_err() {
                             break;
                         }
                     }
-                    Err(SyncFailure::Rejected(r)) => reject(&mut io, Some(generation), r).await,
+                    Err(SyncFailure::Rejected(r)) => reject(io, Some(generation), r).await,
                     Err(SyncFailure::Fatal(r)) => {
-                        return reject(&mut io, Some(generation), r).await;
+                        return reject(io, Some(generation), r).await;
                     }
                 }
             }
             ClientMsg::BlobChunk { .. } | ClientMsg::Hello { .. } => {
                 let m = "unexpected message outside of a blob request";
-                return reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
+                return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
             }
         }
     }
-    io.finish();
 }
 
 enum SyncFailure {
