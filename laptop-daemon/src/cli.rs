@@ -268,6 +268,9 @@ async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
         s(&v["base_mode"]),
         s(&v["upstream"])
     );
+    if let Some(why) = v["base_mode_reason"].as_str() {
+        println!("            {why}");
+    }
     println!(
         "generation  {}  overlay {} ({} entries)",
         v["generation"],

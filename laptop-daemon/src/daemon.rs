@@ -338,6 +338,9 @@ fn scanner_loop(
                     s.base = base.info.as_ref().map(|i| i.commit.to_hex());
                     s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
                     s.base_mode = base_str(base.base).into();
+                    if base.base != Base::Uploaded {
+                        s.base_mode_reason = None;
+                    }
                     s.overlay_entries = scanner.overlay().len();
                     s.skipped = scanner
                         .skipped
@@ -454,10 +457,11 @@ async fn uplink_loop(
                 tracing::warn!(%msg, "receiver cannot fetch the base; uploading the base content from the laptop");
                 update(&status, |s| {
                     s.base_mode = "uploaded".into();
-                    s.receiver.last_error =
-                        Some(format!("base unavailable on the receiver: {msg}"));
+                    s.base_mode_reason = Some(format!("base unavailable on the receiver: {msg}"));
                 });
                 let _ = scan_tx.send(ScanMsg::UploadMode).await;
+                // Wait for the scanner's uploaded-base snapshot.
+                retry_in = Some(Duration::from_secs(3600));
             }
             Err(SyncError::Changed(path)) => {
                 tracing::debug!(%path, "file changed during send; rescanning it");

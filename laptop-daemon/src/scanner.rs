@@ -153,6 +153,14 @@ impl Scanner {
 
     fn refresh_base(&mut self) -> Result<bool, ScanError> {
         let info = self.repo.base(self.cfg.upstream.as_deref())?;
+        // A new base commit may be one the receiver can fetch: try again.
+        if self.upload_mode
+            && let Some(old) = &self.base.info
+            && old.commit != info.commit
+        {
+            tracing::info!(base = %info.commit, "base moved; asking the receiver to fetch it again");
+            self.upload_mode = false;
+        }
         let want = if self.upload_mode {
             Base::Uploaded
         } else {

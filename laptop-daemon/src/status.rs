@@ -36,6 +36,8 @@ pub struct Status {
     /// "fetched": the receiver fetches the base from git; "uploaded": it
     /// could not, so the laptop uploads the base content itself.
     pub base_mode: String,
+    /// Why the base is uploaded (the receiver's fetch error).
+    pub base_mode_reason: Option<String>,
     pub upstream: Option<String>,
     /// Last generation the receiver acknowledged, and its overlay digest.
     pub generation: u64,

@@ -20,6 +20,8 @@ pub struct ReceiverOpts {
     pub data: Option<PathBuf>,
     /// Extra environment (failpoints).
     pub env: Vec<(String, String)>,
+    /// `--git-remote`; default the fixture's origin.
+    pub git_remote: Option<String>,
 }
 
 impl Default for ReceiverOpts {
@@ -29,6 +31,7 @@ impl Default for ReceiverOpts {
             listen: "127.0.0.1:0".into(),
             data: None,
             env: Vec::new(),
+            git_remote: None,
         }
     }
 }
@@ -65,7 +68,10 @@ impl<'a> Receiver<'a> {
             .arg("--data")
             .arg(&data)
             .args(["--listen", &opts.listen])
-            .args(["--git-remote", &fx.origin_url()])
+            .args([
+                "--git-remote",
+                &opts.git_remote.clone().unwrap_or_else(|| fx.origin_url()),
+            ])
             .args(["--workspace", &opts.workspace])
             .env(
                 "RUST_LOG",

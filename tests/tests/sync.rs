@@ -495,8 +495,8 @@ fn thousand_files_at_once() {
     assert_overlay_digest(&fx, &e.devd);
 }
 
-/// A 50 MB binary file of random bytes arrives intact at a separate
-/// receiver, and at least its size crossed the wire.
+/// A 50 MB binary file of random bytes arrives intact, byte for byte, at a
+/// separate receiver.
 #[test]
 fn fifty_megabyte_binary_file() {
     let fx = Fixture::new();
@@ -596,6 +596,7 @@ fn daemon_sync_fails_clearly_when_the_receiver_is_down() {
 
 #[track_caller]
 fn assert_fails_naming_receiver(run: &devd_tests::Run, rx: &Receiver<'_>) {
+    println!("`devd sync` with the receiver down:\n{}", run.describe());
     assert!(
         !run.timed_out(),
         "`devd sync` hung with the receiver down:\n{}",
