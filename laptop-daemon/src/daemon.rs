@@ -499,7 +499,8 @@ impl Handle {
     }
 
     /// Scan everything now and wait until the receiver has applied it.
-    /// Fails when the receiver stays unreachable for `unreachable_after`.
+    /// Fails when syncing keeps failing (receiver unreachable, or refusing)
+    /// for `unreachable_after`.
     pub async fn sync(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
         let (tx, rx) = oneshot::channel();
         self.scan_tx
@@ -526,13 +527,9 @@ impl Handle {
                 return Err(st.last_error.unwrap_or_else(|| "daemon failed".into()));
             }
             if started.elapsed() > unreachable_after
-                && !st.receiver.connected
                 && let Some(e) = st.receiver.last_error
             {
-                return Err(format!(
-                    "receiver at {} unreachable: {e}",
-                    st.receiver.address
-                ));
+                return Err(format!("receiver at {}: {e}", st.receiver.address));
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("daemon stopped".into()),
