@@ -13,7 +13,7 @@ use crate::hash_cache::{HashCache, Stamp};
 use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
 use devd_protocol::message::Base;
 use devd_protocol::{Entry, Overlay, RelPath};
-use devd_receiver::git_store::{BaseTree, EntryKind};
+use devd_receiver::git_store::{BaseTree, EntryKind, TreeEntry};
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -72,6 +72,21 @@ pub struct Scanner {
     upload_mode: bool,
     /// Files not synced, with the reason (e.g. too large).
     pub skipped: HashMap<RelPath, String>,
+}
+
+/// A walker thread's results, handed over in one lock when it finishes.
+struct WalkBuffer {
+    local: Vec<(RelPath, std::fs::Metadata)>,
+    shared: Arc<Mutex<Vec<(RelPath, std::fs::Metadata)>>>,
+}
+
+impl Drop for WalkBuffer {
+    fn drop(&mut self) {
+        self.shared
+            .lock()
+            .expect("walk results")
+            .append(&mut self.local);
+    }
 }
 
 /// Result of scanning part of the worktree.
@@ -244,7 +259,7 @@ impl Scanner {
         });
         let out = Arc::new(Mutex::new(Vec::new()));
         wb.build_parallel().run(|| {
-            let out = out.clone();
+            let mut buf = WalkBuffer { local: Vec::with_capacity(4096), shared: out.clone() };
             let root = root.clone();
             Box::new(move |res| {
                 let Ok(entry) = res else { return ignore::WalkState::Continue };
@@ -258,14 +273,16 @@ impl Scanner {
                     return ignore::WalkState::Continue;
                 };
                 if let Ok(m) = entry.metadata() {
-                    out.lock().expect("walk results").push((rel, m));
+                    buf.local.push((rel, m));
                 }
                 ignore::WalkState::Continue
             })
         });
-        Arc::try_unwrap(out)
+        let mut all = Arc::try_unwrap(out)
             .map(|m| m.into_inner().expect("walk results"))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     fn index_fresh(&self, ix: &IndexStat, m: &std::fs::Metadata) -> bool {
@@ -293,17 +310,17 @@ impl Scanner {
         &mut self,
         rel: &RelPath,
         m: &std::fs::Metadata,
+        base: Option<TreeEntry>,
         hashed: &mut usize,
     ) -> Result<Option<Entry>, ScanError> {
-        let full = self.workdir.join(rel.as_str());
+        let full = || self.workdir.join(rel.as_str());
         let io = |source| ScanError::Io {
-            path: full.display().to_string(),
+            path: full().display().to_string(),
             source,
         };
-        let base = self.base.tree.get(rel).copied();
         let ft = m.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(&full).map_err(io)?;
+            let target = std::fs::read_link(full()).map_err(io)?;
             let Some(target) = target.to_str().map(str::to_owned) else {
                 tracing::warn!(path = %rel, "symlink target is not UTF-8; not synced");
                 return Ok(None);
@@ -349,7 +366,7 @@ impl Scanner {
         let h = match self.cache.get(rel.as_str(), &stamp) {
             Some(h) => h,
             None => {
-                let data = std::fs::read(&full).map_err(io)?;
+                let data = std::fs::read(full()).map_err(io)?;
                 *hashed += 1;
                 // The file may change between stat and read; hash what was
                 // read and key it by the stat taken before (a later change
@@ -371,60 +388,71 @@ impl Scanner {
             files = walked.len(),
             "walked"
         );
-        let n_walked = walked.len();
+        let tree = self.base.tree.clone();
+        // Base entries in scope, in path order (scope prefixes are sorted and
+        // disjoint, so their ranges concatenate in order).
+        let in_scope: Vec<(&RelPath, TreeEntry)> = match scope {
+            None => tree.iter().map(|(p, e)| (p, *e)).collect(),
+            Some(prefixes) => prefixes
+                .iter()
+                .flat_map(|p| {
+                    tree.range(p.clone()..)
+                        .take_while(move |(rel, _)| rel.as_str().starts_with(p.as_str()))
+                        .filter(move |(rel, _)| rel.starts_with(p))
+                        .map(|(r, e)| (r, *e))
+                })
+                .collect(),
+        };
+        // Merge-join the (sorted) walk with the base entries.
         let mut hashed = 0;
         let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::with_capacity(walked.len());
-        for (rel, m) in &walked {
-            seen.insert(rel.clone());
-            if self.devd_ignored(rel) {
-                continue;
-            }
-            if let Some(e) = self.evaluate(rel, m, &mut hashed)? {
-                out.push((rel.clone(), e));
-            }
-        }
-        // Base paths the walk did not yield: deleted, or tracked but ignored.
-        let tree = self.base.tree.clone();
-        let mut check = |this: &mut Self,
-                         rel: &RelPath,
-                         out: &mut Vec<(RelPath, Entry)>|
-         -> Result<(), ScanError> {
-            if seen.contains(rel) || this.devd_ignored(rel) {
-                return Ok(());
-            }
-            match std::fs::symlink_metadata(this.workdir.join(rel.as_str())) {
-                Ok(m) if !is_dir_meta(&m) => {
-                    if let Some(e) = this.evaluate(rel, &m, &mut hashed)? {
+        let mut w = walked.iter().peekable();
+        let mut t = in_scope.into_iter().peekable();
+        loop {
+            let order = match (w.peek(), t.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((wp, _)), Some((tp, _))) => wp.cmp(tp),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (rel, m) = w.next().expect("peeked");
+                    if !self.devd_ignored(rel)
+                        && let Some(e) = self.evaluate(rel, m, None, &mut hashed)?
+                    {
                         out.push((rel.clone(), e));
                     }
                 }
-                _ => out.push((rel.clone(), Entry::Deleted)),
-            }
-            Ok(())
-        };
-        match scope {
-            None => {
-                for rel in tree.keys() {
-                    check(self, rel, &mut out)?;
+                std::cmp::Ordering::Equal => {
+                    let (rel, m) = w.next().expect("peeked");
+                    let (_, base) = t.next().expect("peeked");
+                    if !self.devd_ignored(rel)
+                        && let Some(e) = self.evaluate(rel, m, Some(base), &mut hashed)?
+                    {
+                        out.push((rel.clone(), e));
+                    }
                 }
-            }
-            Some(prefixes) => {
-                for p in prefixes {
-                    for (rel, _) in tree.range(p.clone()..) {
-                        if !rel.as_str().starts_with(p.as_str()) {
-                            break;
+                std::cmp::Ordering::Greater => {
+                    // In the base but not walked: deleted, or tracked but ignored.
+                    let (rel, base) = t.next().expect("peeked");
+                    if self.devd_ignored(rel) {
+                        continue;
+                    }
+                    match std::fs::symlink_metadata(self.workdir.join(rel.as_str())) {
+                        Ok(m) if !is_dir_meta(&m) => {
+                            if let Some(e) = self.evaluate(rel, &m, Some(base), &mut hashed)? {
+                                out.push((rel.clone(), e));
+                            }
                         }
-                        if rel.starts_with(p) {
-                            check(self, rel, &mut out)?;
-                        }
+                        _ => out.push((rel.clone(), Entry::Deleted)),
                     }
                 }
             }
         }
         Ok(ScopeScan {
             entries: out,
-            walked: n_walked,
+            walked: walked.len(),
             hashed,
         })
     }
