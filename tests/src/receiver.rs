@@ -224,6 +224,16 @@ impl<'a> Receiver<'a> {
         }
     }
 
+    /// Send a signal (e.g. "TERM") with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.child.id());
+    }
+
     /// Kill the process (SIGKILL) and reap it.
     pub fn kill(&mut self) {
         if self.poll_exit().is_none() {

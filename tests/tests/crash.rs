@@ -139,3 +139,45 @@ fn one_shot_sync_recovers_without_resending_acknowledged_content() {
         report.bytes_sent
     );
 }
+
+/// SIGTERM drains: the receiver finishes, exits 0 and says it drained; its
+/// state survives, so a restarted receiver serves the same generation and
+/// the daemon converges without a full resend of content.
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let fx = devd_tests::Fixture::new();
+    let mut rx = fx.receiver();
+    fx.write_config(&format!("{}{}", rx.config_toml(), devd_tests::FAST_SYNC));
+    let devd = fx.devd();
+    devd.start_wait();
+    fx.write("drain.txt", "before the signal\n");
+    devd.sync_and_assert_equal(&rx.worktree());
+    let generation = devd.status().generation;
+    rx.signal("TERM");
+    let status = rx
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("receiver exits after SIGTERM");
+    assert!(
+        status.success(),
+        "receiver exit status after SIGTERM: {status}"
+    );
+    assert!(
+        rx.stderr().contains("draining"),
+        "receiver logs the drain:\n{}",
+        rx.stderr()
+    );
+    let data = rx.data().to_owned();
+    let addr = rx.addr().to_string();
+    drop(rx);
+    let rx2 = fx.receiver_with(devd_tests::ReceiverOpts {
+        data: Some(data),
+        listen: addr,
+        ..Default::default()
+    });
+    fx.write("drain.txt", "after the restart\n");
+    let report = devd.sync_and_assert_equal(&rx2.worktree());
+    assert!(
+        report.generation > generation,
+        "generations keep growing: {report:?}"
+    );
+}
