@@ -236,6 +236,37 @@ impl Workspace {
         }
     }
 
+    /// Move the worktree from `from` to the journaled `target` and commit
+    /// the journal. Idempotent, so an interrupted move can be replayed.
+    /// Blocking.
+    fn move_to(
+        &self,
+        from: &SyncState,
+        from_tree: &BaseTree,
+        target: &SyncState,
+        tree: &BaseTree,
+    ) -> Result<crate::materialize::Stats, Reject> {
+        let same = from.ack.map(|a| a.base) == target.ack.map(|a| a.base);
+        let src = Sources {
+            blobs: &self.blobs,
+            git: Some(&self.git),
+        };
+        let stats = self.worktree.transition(
+            &View {
+                tree: from_tree,
+                overlay: &from.overlay,
+            },
+            &View {
+                tree,
+                overlay: &target.overlay,
+            },
+            same,
+            &src,
+        )?;
+        self.journal.commit()?;
+        Ok(stats)
+    }
+
     /// Roll a pending (interrupted or failed) apply forward. Blocking.
     fn recover(&self, inner: &mut Inner) -> Result<(), Reject> {
         let Some(target) = self.journal.pending()? else {
@@ -243,24 +274,7 @@ impl Workspace {
         };
         tracing::warn!(workspace = %self.name, generation = ?target.ack.map(|a| a.generation), "finishing an interrupted apply");
         let tree = self.tree_for(target.ack.map(|a| a.base))?;
-        let same = inner.state.ack.map(|a| a.base) == target.ack.map(|a| a.base);
-        let src = Sources {
-            blobs: &self.blobs,
-            git: Some(&self.git),
-        };
-        self.worktree.transition(
-            &View {
-                tree: &inner.tree,
-                overlay: &inner.state.overlay,
-            },
-            &View {
-                tree: &tree,
-                overlay: &target.overlay,
-            },
-            same,
-            &src,
-        )?;
-        self.journal.commit()?;
+        self.move_to(&inner.state, &inner.tree, &target, &tree)?;
         inner.state = target;
         inner.tree = tree;
         Ok(())
@@ -441,28 +455,11 @@ impl Workspace {
         let old_tree = inner.tree.clone();
         let Prepared { target, tree, .. } = prepared;
         let res = tokio::task::spawn_blocking(move || {
-            let same = old_state.ack.map(|a| a.base) == target.ack.map(|a| a.base);
-            let r = (|| {
-                this.journal.begin(&target)?;
-                let src = Sources {
-                    blobs: &this.blobs,
-                    git: Some(&this.git),
-                };
-                let stats = this.worktree.transition(
-                    &View {
-                        tree: &old_tree,
-                        overlay: &old_state.overlay,
-                    },
-                    &View {
-                        tree: &tree,
-                        overlay: &target.overlay,
-                    },
-                    same,
-                    &src,
-                )?;
-                this.journal.commit()?;
-                Ok::<_, Reject>(stats)
-            })();
+            let r = this
+                .journal
+                .begin(&target)
+                .map_err(Reject::from)
+                .and_then(|()| this.move_to(&old_state, &old_tree, &target, &tree));
             match r {
                 Ok(stats) => {
                     let keep: HashSet<ContentId> = target.overlay.blob_ids().collect();

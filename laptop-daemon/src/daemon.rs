@@ -467,7 +467,7 @@ async fn uplink_loop(
                 tracing::debug!(%path, "file changed during send; rescanning it");
                 let _ = scan_tx
                     .send(ScanMsg::Trigger(Trigger::Paths(
-                        vec![uplink_path(&status, &path)],
+                        vec![uplink.workdir().join(path.as_str())],
                         snap.noticed,
                     )))
                     .await;
@@ -486,10 +486,6 @@ async fn uplink_loop(
         }
     }
     uplink.disconnect();
-}
-
-fn uplink_path(status: &Arc<Mutex<Status>>, rel: &devd_protocol::RelPath) -> PathBuf {
-    Path::new(&status.lock().expect("status").workdir).join(rel.as_str())
 }
 
 impl Handle {

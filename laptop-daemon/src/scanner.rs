@@ -92,6 +92,8 @@ impl Drop for WalkBuffer {
 /// Result of scanning part of the worktree.
 struct ScopeScan {
     entries: Vec<(RelPath, Entry)>,
+    /// Every path the walk yielded, sorted.
+    walked_paths: Vec<RelPath>,
     walked: usize,
     hashed: usize,
 }
@@ -450,9 +452,11 @@ impl Scanner {
                 }
             }
         }
+        let n_walked = walked.len();
         Ok(ScopeScan {
             entries: out,
-            walked: walked.len(),
+            walked_paths: walked.into_iter().map(|(p, _)| p).collect(),
+            walked: n_walked,
             hashed,
         })
     }
@@ -468,6 +472,7 @@ impl Scanner {
         self.load_devdignore();
         let ScopeScan {
             entries,
+            walked_paths,
             walked,
             hashed,
         } = self.scan_scope(None)?;
@@ -478,11 +483,9 @@ impl Scanner {
             "full scan phases"
         );
         self.overlay = entries.into_iter().collect();
-        let live: std::collections::HashSet<String> =
-            self.walk_cache_keys_hint().into_iter().collect();
-        if !live.is_empty() {
-            self.cache.retain(|k| live.contains(k));
-        }
+        // Forget hashes of files that no longer exist (the walk is sorted).
+        self.cache
+            .retain(|k| walked_paths.binary_search_by(|p| p.as_str().cmp(k)).is_ok());
         self.save_cache();
         let changed = before != (self.base.base, self.overlay.digest());
         Ok(ScanOutcome {
@@ -492,15 +495,6 @@ impl Scanner {
             files_hashed: hashed,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Cache keys worth keeping: paths in the overlay (other files are
-    /// answered by the index shortcut).
-    fn walk_cache_keys_hint(&self) -> Vec<String> {
-        self.overlay
-            .iter()
-            .map(|(p, _)| p.as_str().to_owned())
-            .collect()
     }
 
     /// Rescan the given worktree paths (absolute, from watcher events).
@@ -542,6 +536,7 @@ impl Scanner {
             entries,
             walked,
             hashed,
+            ..
         } = self.scan_scope(Some(&reduced))?;
         for p in &reduced {
             let old: Vec<RelPath> = self
@@ -571,5 +566,130 @@ impl Scanner {
     pub fn read_blob(&self, rel: &RelPath, id: &devd_protocol::ContentId) -> Option<Vec<u8>> {
         let data = std::fs::read(self.workdir.join(rel.as_str())).ok()?;
         (devd_protocol::ContentId::of(&data) == *id).then_some(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let st = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    fn write(dir: &Path, rel: &str, data: &str) {
+        let f = dir.join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, data).unwrap();
+    }
+
+    /// The overlay names exactly the paths that differ from the base, with
+    /// the right kind of entry, for full scans and path-limited rescans.
+    #[test]
+    fn overlay_has_exactly_the_differences() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = tmp.path().join("repo");
+        std::fs::create_dir_all(&wd).unwrap();
+        git(&wd, &["init", "-q"]);
+        write(&wd, "keep.txt", "same\n");
+        write(&wd, "edit.txt", "old\n");
+        write(&wd, "gone.txt", "bye\n");
+        write(&wd, "run.sh", "#!/bin/sh\n");
+        write(&wd, "tracked.log", "tracked although ignored\n");
+        write(&wd, ".gitignore", "*.log\n");
+        std::os::unix::fs::symlink("keep.txt", wd.join("link")).unwrap();
+        git(&wd, &["add", "-A", "-f"]);
+        git(&wd, &["commit", "-qm", "base"]);
+
+        let repo = Arc::new(Repo::discover(&wd).unwrap());
+        let cfg = ScanConfig {
+            upstream: None,
+            max_file_bytes: 1 << 20,
+        };
+        let mut s = Scanner::new(repo, cfg, tmp.path());
+        s.full_scan().unwrap();
+        assert!(s.overlay().is_empty(), "clean worktree: {:?}", s.overlay());
+
+        write(&wd, "edit.txt", "new\n");
+        std::fs::remove_file(wd.join("gone.txt")).unwrap();
+        std::fs::set_permissions(wd.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        write(&wd, "new/deep/file.rs", "fn main() {}\n");
+        write(&wd, "noise.log", "ignored\n");
+        write(&wd, "tracked.log", "changed\n");
+        write(&wd, "secret.env", "TOKEN=1\n");
+        write(&wd, ".devdignore", "secret.env\n");
+        std::fs::remove_file(wd.join("link")).unwrap();
+        std::os::unix::fs::symlink("edit.txt", wd.join("link")).unwrap();
+        let out = s.full_scan().unwrap();
+        assert!(out.changed);
+        let got: Vec<(String, &'static str)> = s
+            .overlay()
+            .iter()
+            .map(|(k, e)| {
+                let kind = match e {
+                    Entry::File { exec: true, .. } => "exec",
+                    Entry::File { .. } => "file",
+                    Entry::Symlink { .. } => "symlink",
+                    Entry::Deleted => "deleted",
+                };
+                (k.as_str().to_owned(), kind)
+            })
+            .collect();
+        let want: Vec<(String, &str)> = [
+            (".devdignore", "file"),
+            ("edit.txt", "file"),
+            ("gone.txt", "deleted"),
+            ("link", "symlink"),
+            ("new/deep/file.rs", "file"),
+            ("run.sh", "exec"),
+            ("tracked.log", "file"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), *b))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            s.overlay().get(&p("edit.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"new\n"),
+                exec: false
+            })
+        );
+
+        // A path-limited rescan sees a revert and a new file, and agrees
+        // with a full scan.
+        write(&wd, "edit.txt", "old\n");
+        write(&wd, "new/deep/second.rs", "// 2\n");
+        s.rescan(&[wd.join("edit.txt"), wd.join("new")]).unwrap();
+        assert_eq!(
+            s.overlay().get(&p("edit.txt")),
+            None,
+            "reverted file leaves the overlay"
+        );
+        assert!(s.overlay().get(&p("new/deep/second.rs")).is_some());
+        let partial = s.overlay().clone();
+        s.full_scan().unwrap();
+        assert_eq!(s.overlay(), &partial);
     }
 }

@@ -137,6 +137,11 @@ impl Uplink {
         })
     }
 
+    /// The worktree being synced.
+    pub fn workdir(&self) -> &std::path::Path {
+        &self.workdir
+    }
+
     /// The receiver's address.
     pub fn target(&self) -> &Target {
         &self.target
