@@ -55,7 +55,8 @@ impl BlobStore {
         })
     }
 
-    /// Verify and store `data` as `id` (durably: fsync + rename).
+    /// Verify and store `data` as `id` (temporary file + rename; the
+    /// journal flushes the filesystem before a generation refers to it).
     pub fn put(&self, id: &ContentId, data: &[u8]) -> Result<(), BlobError> {
         let actual = ContentId::of(data);
         if actual != *id {
@@ -70,7 +71,7 @@ impl BlobStore {
             source,
         };
         std::fs::create_dir_all(p.parent().expect("fanout dir")).map_err(io)?;
-        crate::fsutil::write_atomic(&p, data, Some(0o644)).map_err(io)
+        crate::fsutil::write_atomic_unsynced(&p, data, Some(0o644)).map_err(io)
     }
 
     /// Delete every blob not in `keep`. Returns how many were removed.

@@ -1,4 +1,5 @@
-//! Small filesystem helpers shared by the stores: atomic writes.
+//! Small filesystem helpers shared by the stores: atomic writes and
+//! filesystem-wide flushes.
 
 use std::io::Write;
 use std::path::Path;
@@ -23,4 +24,26 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Res
 /// fsync a directory so that renames in it are durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Write `data` to `path` atomically (temporary file + rename) without
+/// flushing: for data a later [`sync_fs`] makes durable in one go.
+pub fn write_atomic_unsynced(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    if let Some(m) = mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(m))?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Flush everything written to the filesystem holding `dir` (syncfs(2)):
+/// one call instead of an fsync per file.
+pub fn sync_fs(dir: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&f).map_err(std::io::Error::from)
 }

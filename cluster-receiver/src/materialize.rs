@@ -314,11 +314,54 @@ impl Worktree {
         &self,
         path: &RelPath,
         desired: &Desired<'_>,
+        fresh: bool,
         src: &Sources<'_>,
         repo: Option<&gix::Repository>,
         known: &mut Option<RelPath>,
     ) -> Result<(), MaterializeError> {
         let full = self.ensure_parents(path, known)?;
+        // A path that did not exist before is written in place: there is no
+        // old version to protect, and if a crash leaves it half-written the
+        // replay finds it present and replaces it by rename.
+        if fresh
+            && let Desired::File { source, exec } = desired
+            && let Err(e) = std::fs::symlink_metadata(&full)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            let mode = if *exec { 0o755 } else { 0o644 };
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&full)
+                .map_err(self.io(&full))?;
+            match source {
+                Source::Blob(id) => {
+                    let mut blob = std::fs::File::open(src.blobs.path(id)).map_err(|e| {
+                        MaterializeError::Source {
+                            path: path.clone(),
+                            why: format!("blob {id}: {e}"),
+                        }
+                    })?;
+                    std::io::copy(&mut blob, &mut f).map_err(self.io(&full))?;
+                }
+                Source::Git(oid) => {
+                    let repo = repo.ok_or_else(|| MaterializeError::Source {
+                        path: path.clone(),
+                        why: "no base repository".into(),
+                    })?;
+                    let data = read_blob(repo, *oid).map_err(|e| MaterializeError::Source {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    })?;
+                    f.write_all(&data).map_err(self.io(&full))?;
+                }
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(self.io(&full))?;
+            failpoint_tick();
+            return Ok(());
+        }
         if let Ok(m) = std::fs::symlink_metadata(&full)
             && m.is_dir()
         {
@@ -400,7 +443,8 @@ impl Worktree {
             if want == Desired::Absent {
                 removals.push(p);
             } else {
-                writes.push((p, want));
+                let fresh = old.desired(&p) == Desired::Absent;
+                writes.push((p, want, fresh));
             }
         }
         let mut stats = Stats::default();
@@ -421,8 +465,8 @@ impl Worktree {
                     scope.spawn(move || {
                         let repo = src.git.map(|g| g.repo());
                         let mut known = None;
-                        for (p, want) in part {
-                            self.write(p, want, src, repo.as_ref(), &mut known)?;
+                        for (p, want, fresh) in part {
+                            self.write(p, want, *fresh, src, repo.as_ref(), &mut known)?;
                         }
                         Ok::<u64, MaterializeError>(part.len() as u64)
                     })

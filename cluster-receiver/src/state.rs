@@ -90,13 +90,26 @@ impl Journal {
         Self::read(&self.pending)
     }
 
-    /// Record the target of an apply before touching the worktree.
+    /// Record the target of an apply before touching the worktree. The
+    /// blobs it refers to are flushed first (one syncfs), so a replay after
+    /// a power loss finds them.
     pub fn begin(&self, target: &SyncState) -> Result<(), StateError> {
+        self.flush()?;
         Self::write(&self.pending, target)
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        let dir = self.committed.parent().unwrap_or(Path::new("."));
+        crate::fsutil::sync_fs(dir).map_err(|source| StateError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
     }
 
     /// The worktree now matches the pending state: make it the committed one.
     pub fn commit(&self) -> Result<(), StateError> {
+        // The worktree files first, then the state that says they are there.
+        self.flush()?;
         let io = |source| StateError::Io {
             path: self.committed.display().to_string(),
             source,

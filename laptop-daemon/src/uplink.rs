@@ -107,6 +107,99 @@ pub struct Uplink {
     pub receiver_worktree: Option<String>,
 }
 
+/// Reads and encodes blobs; shareable across threads.
+struct Encoder<'a> {
+    refs: &'a BlobStore,
+    repo: &'a Repo,
+    workdir: &'a std::path::Path,
+    acked: Option<&'a Overlay>,
+}
+
+impl Encoder<'_> {
+    /// The reference a patch of `rel` may use: the previous overlay version
+    /// (kept locally) or the base version.
+    fn reference(&self, rel: &RelPath, tree: &BaseTree, base: Base) -> Option<(BlobRef, Vec<u8>)> {
+        if let Some(o) = self.acked
+            && let Some(Entry::File { id, .. }) = o.get(rel)
+            && let Ok(data) = self.refs.get(id)
+        {
+            return Some((BlobRef::Overlay(*id), data));
+        }
+        if let Base::Commit(_) = base
+            && let Some(t) = tree.get(rel)
+            && t.kind != EntryKind::Symlink
+            && let Ok(data) = self.repo.blob(t.oid)
+        {
+            return Some((BlobRef::Base(t.oid), data));
+        }
+        None
+    }
+
+    fn read(&self, rel: &RelPath, id: &ContentId) -> Result<Vec<u8>, SyncError> {
+        let data = std::fs::read(self.workdir.join(rel.as_str()))
+            .map_err(|_| SyncError::Changed(rel.clone()))?;
+        if ContentId::of(&data) != *id {
+            return Err(SyncError::Changed(rel.clone()));
+        }
+        Ok(data)
+    }
+
+    fn encode(&self, rel: &RelPath, id: &ContentId, snap: &Snapshot) -> Result<Blob, SyncError> {
+        let data = self.read(rel, id)?;
+        let reference = self.reference(rel, &snap.tree, snap.base);
+        let (encoding, bytes) =
+            compress::encode(&data, reference.as_ref().map(|(r, d)| (*r, d.as_slice())));
+        if data.len() <= REFERENCE_MAX
+            && let Err(e) = self.refs.put(id, &data)
+        {
+            tracing::debug!(error = %e, "cannot keep a patch reference");
+        }
+        Ok(Blob {
+            id: *id,
+            encoding,
+            raw_len: data.len() as u64,
+            data: bytes,
+        })
+    }
+
+    /// Encode several blobs on a few threads (compression dominates), in
+    /// the order given.
+    fn encode_many(
+        &self,
+        items: &[(RelPath, ContentId)],
+        snap: &Snapshot,
+    ) -> Vec<Result<Blob, SyncError>> {
+        if items.len() < 4 {
+            return items
+                .iter()
+                .map(|(rel, id)| self.encode(rel, id, snap))
+                .collect();
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8);
+        let chunk = items.len().div_ceil(threads);
+        tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = items
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|(rel, id)| self.encode(rel, id, snap))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("encoder thread"))
+                    .collect()
+            })
+        })
+    }
+}
+
 fn rejected(code: ErrorCode, message: String) -> SyncError {
     if code == ErrorCode::BaseUnavailable {
         SyncError::BaseUnavailable(message)
@@ -272,50 +365,39 @@ impl Uplink {
         unreachable!("second attempt returns")
     }
 
-    /// The reference a patch of `rel` may use: the previous overlay version
-    /// (kept locally) or the base version.
-    fn reference(&self, rel: &RelPath, tree: &BaseTree, base: Base) -> Option<(BlobRef, Vec<u8>)> {
-        if let Some(k) = &self.acked
-            && let Some(Entry::File { id, .. }) = k.overlay.get(rel)
-            && let Ok(data) = self.refs.get(id)
-        {
-            return Some((BlobRef::Overlay(*id), data));
+    async fn send_chunks(&mut self, blob: &Blob) -> Result<(), SyncError> {
+        let io = &mut self
+            .conn
+            .as_mut()
+            .ok_or_else(|| SyncError::Lost("not connected".into()))?
+            .io;
+        let total = blob.data.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + CHUNK).min(blob.data.len());
+            io.send(&ClientMsg::BlobChunk {
+                id: blob.id,
+                encoding: blob.encoding,
+                raw_len: blob.raw_len,
+                total,
+                offset: offset as u64,
+                data: blob.data[offset..end].to_vec(),
+            })
+            .await?;
+            offset = end;
+            if offset >= blob.data.len() {
+                return Ok(());
+            }
         }
-        if let Base::Commit(_) = base
-            && let Some(t) = tree.get(rel)
-            && t.kind != EntryKind::Symlink
-            && let Ok(data) = self.repo.blob(t.oid)
-        {
-            return Some((BlobRef::Base(t.oid), data));
-        }
-        None
     }
 
-    fn read(&self, rel: &RelPath, id: &ContentId) -> Result<Vec<u8>, SyncError> {
-        let data = std::fs::read(self.workdir.join(rel.as_str()))
-            .map_err(|_| SyncError::Changed(rel.clone()))?;
-        if ContentId::of(&data) != *id {
-            return Err(SyncError::Changed(rel.clone()));
+    fn encoder(&self) -> Encoder<'_> {
+        Encoder {
+            refs: &self.refs,
+            repo: &self.repo,
+            workdir: &self.workdir,
+            acked: self.acked.as_ref().map(|k| &*k.overlay),
         }
-        Ok(data)
-    }
-
-    fn encode(&self, rel: &RelPath, id: &ContentId, snap: &Snapshot) -> Result<Blob, SyncError> {
-        let data = self.read(rel, id)?;
-        let reference = self.reference(rel, &snap.tree, snap.base);
-        let (encoding, bytes) =
-            compress::encode(&data, reference.as_ref().map(|(r, d)| (*r, d.as_slice())));
-        if data.len() <= REFERENCE_MAX
-            && let Err(e) = self.refs.put(id, &data)
-        {
-            tracing::debug!(error = %e, "cannot keep a patch reference");
-        }
-        Ok(Blob {
-            id: *id,
-            encoding,
-            raw_len: data.len() as u64,
-            data: bytes,
-        })
     }
 
     async fn send_generation(&mut self, snap: &Snapshot) -> Result<SyncReport, SyncError> {
@@ -333,28 +415,39 @@ impl Uplink {
         let generation = last.unwrap_or(0) + 1;
         let changes = Overlay::diff(&old, &snap.overlay);
         // Blobs of changed files: small ones inline, the rest on request.
+        // Candidates are encoded in parallel; those that do not fit inline
+        // are kept for the receiver's request.
         let mut by_id: HashMap<ContentId, RelPath> = HashMap::new();
-        let mut inline = Vec::new();
-        let mut inline_bytes = 0;
+        let mut candidates = Vec::new();
+        let mut candidate_bytes = 0u64;
         for c in &changes {
             if let Some(Entry::File { id, .. }) = &c.entry {
-                if by_id.contains_key(id) {
+                if by_id.insert(*id, c.path.clone()).is_some() {
                     continue;
                 }
-                by_id.insert(*id, c.path.clone());
                 let len = std::fs::symlink_metadata(self.workdir.join(c.path.as_str()))
                     .map(|m| m.len())
                     .unwrap_or(0);
-                if len as usize > 4 * INLINE_BLOB_MAX || inline_bytes >= INLINE_TOTAL_MAX {
-                    continue;
-                }
-                let blob = self.encode(&c.path, id, snap)?;
-                if blob.data.len() <= INLINE_BLOB_MAX
-                    && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
+                if len <= 4 * INLINE_BLOB_MAX as u64
+                    && candidate_bytes < 4 * INLINE_TOTAL_MAX as u64
                 {
-                    inline_bytes += blob.data.len();
-                    inline.push(blob);
+                    candidate_bytes += len;
+                    candidates.push((c.path.clone(), *id));
                 }
+            }
+        }
+        let mut inline = Vec::new();
+        let mut inline_bytes = 0;
+        let mut stash: HashMap<ContentId, Blob> = HashMap::new();
+        for blob in self.encoder().encode_many(&candidates, snap) {
+            let blob = blob?;
+            if blob.data.len() <= INLINE_BLOB_MAX
+                && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
+            {
+                inline_bytes += blob.data.len();
+                inline.push(blob);
+            } else {
+                stash.insert(blob.id, blob);
             }
         }
         let conn = self
@@ -429,29 +522,27 @@ impl Uplink {
                 None => return Err(SyncError::Lost("receiver closed the stream".into())),
                 Some(ServerMsg::Need { ids, .. }) => {
                     requested += ids.len();
-                    for id in ids {
-                        let rel = by_id.get(&id).cloned().ok_or_else(|| {
-                            SyncError::Protocol(format!("receiver asked for unknown blob {id}"))
-                        })?;
-                        let blob = self.encode(&rel, &id, snap)?;
-                        let total = blob.data.len() as u64;
-                        let io = &mut self.conn.as_mut().expect("connected").io;
-                        let mut offset = 0usize;
-                        loop {
-                            let end = (offset + CHUNK).min(blob.data.len());
-                            io.send(&ClientMsg::BlobChunk {
-                                id,
-                                encoding: blob.encoding,
-                                raw_len: blob.raw_len,
-                                total,
-                                offset: offset as u64,
-                                data: blob.data[offset..end].to_vec(),
-                            })
-                            .await?;
-                            offset = end;
-                            if offset >= blob.data.len() {
-                                break;
+                    for batch in ids.chunks(16) {
+                        let mut todo = Vec::new();
+                        for id in batch {
+                            if !stash.contains_key(id) {
+                                let rel = by_id.get(id).cloned().ok_or_else(|| {
+                                    SyncError::Protocol(format!(
+                                        "receiver asked for unknown blob {id}"
+                                    ))
+                                })?;
+                                todo.push((rel, *id));
                             }
+                        }
+                        for blob in self.encoder().encode_many(&todo, snap) {
+                            let blob = blob?;
+                            stash.insert(blob.id, blob);
+                        }
+                        for id in batch {
+                            let blob = stash.remove(id).ok_or_else(|| {
+                                SyncError::Protocol(format!("receiver asked twice for blob {id}"))
+                            })?;
+                            self.send_chunks(&blob).await?;
                         }
                     }
                 }
