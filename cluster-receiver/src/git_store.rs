@@ -297,7 +297,16 @@ impl GitStore {
                 gix::create::Kind::Bare,
                 gix::create::Options::default(),
             )
-            .map_err(|e| store_err(describe(&e)))?
+            .map_err(|e| store_err(describe(&e)))?;
+            // Checkouts read every blob of a base: cache delta bases, or
+            // each blob re-inflates its whole delta chain.
+            let mut cfg = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("config"))
+                .map_err(|e| store_err(e.to_string()))?;
+            std::io::Write::write_all(&mut cfg, b"[core]\n\tdeltaBaseCacheLimit = 96m\n")
+                .map_err(|e| store_err(e.to_string()))?;
+            gix::ThreadSafeRepository::open(dir).map_err(|e| store_err(describe(&e)))?
         } else {
             gix::ThreadSafeRepository::open(dir).map_err(|e| store_err(describe(&e)))?
         };
