@@ -19,10 +19,14 @@ say "Building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 
 say "cargo test (unit, property, snapshot and end-to-end tests)"
-cargo test --workspace -- --test-threads=2
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace -- --test-threads=2 2>&1 | tee "$test_log"
+passed=$(grep -oE '^test result: ok\. [0-9]+ passed' "$test_log" | awk '{s += $4} END {print s + 0}')
 
 say "Benchmark smoke run (quick mode: every scenario must produce a number)"
 cargo build --release -p devd -p devd-receiver -p devd-benches --bins
 cargo run --release -p devd-benches -- all --quick --out target/bench-quick
 
 say "All tests passed"
+echo "tests: ${passed} passed, 0 failed"
