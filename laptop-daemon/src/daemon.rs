@@ -445,6 +445,10 @@ async fn uplink_loop(
                         s.receiver.worktree = Some(w.clone());
                     }
                     if let Some(r) = &report {
+                        s.totals.syncs += 1;
+                        s.totals.files += r.files;
+                        s.totals.bytes_sent += r.bytes_sent;
+                        s.totals.bytes_received += r.bytes_received;
                         s.last_sync = Some(r.clone());
                     }
                 });

@@ -322,7 +322,14 @@ impl Scanner {
         };
         let ft = m.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(full()).map_err(io)?;
+            let target = match std::fs::read_link(full()) {
+                Ok(t) => t,
+                // Gone since the walk (an editor's temporary file): absent.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(base.map(|_| Entry::Deleted));
+                }
+                Err(e) => return Err(io(e)),
+            };
             let Some(target) = target.to_str().map(str::to_owned) else {
                 tracing::warn!(path = %rel, "symlink target is not UTF-8; not synced");
                 return Ok(None);
@@ -368,7 +375,13 @@ impl Scanner {
         let h = match self.cache.get(rel.as_str(), &stamp) {
             Some(h) => h,
             None => {
-                let data = std::fs::read(full()).map_err(io)?;
+                let data = match std::fs::read(full()) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(base.map(|_| Entry::Deleted));
+                    }
+                    Err(e) => return Err(io(e)),
+                };
                 *hashed += 1;
                 // The file may change between stat and read; hash what was
                 // read and key it by the stat taken before (a later change

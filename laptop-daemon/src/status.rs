@@ -24,6 +24,15 @@ pub struct ScanStatus {
     pub files_hashed: usize,
 }
 
+/// Running totals since the daemon started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub syncs: u64,
+    pub files: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
 /// The daemon's state, as `devd status --json` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
@@ -46,6 +55,8 @@ pub struct Status {
     pub overlay_entries: usize,
     pub receiver: ReceiverStatus,
     pub last_sync: Option<SyncReport>,
+    /// Sums over every sync since the daemon started.
+    pub totals: Totals,
     pub last_scan: Option<ScanStatus>,
     /// Files not synced, with the reason.
     pub skipped: Vec<String>,

@@ -36,4 +36,14 @@ fn base_is_uploaded_when_the_receiver_cannot_fetch_it() {
     let report = devd.sync_and_assert_equal(&rx.worktree());
     assert!(report.files >= 2, "the edit was applied: {report:?}");
     assert_worktrees_equal(fx.laptop(), &rx.worktree());
+
+    // Running totals cover every sync, including the full upload.
+    let totals = devd.status().raw["totals"].clone();
+    let syncs = totals["syncs"].as_u64().unwrap_or(0);
+    let sent = totals["bytes_sent"].as_u64().unwrap_or(0);
+    assert!(syncs >= 2, "at least the upload and the edit: {totals}");
+    assert!(
+        sent > report.bytes_sent,
+        "totals include the upload: {totals} vs {report:?}"
+    );
 }
