@@ -84,9 +84,11 @@ pub fn install_crypto() {
 
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A dead peer (UDP: no reset) is noticed after the idle timeout; the
+    // keep-alives keep a live but busy peer (a long apply) from timing out.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
     t.max_idle_timeout(Some(
-        Duration::from_secs(30)
+        Duration::from_secs(10)
             .try_into()
             .expect("valid idle timeout"),
     ));

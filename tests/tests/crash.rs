@@ -181,3 +181,37 @@ fn sigterm_drains_and_exits_cleanly() {
         "generations keep growing: {report:?}"
     );
 }
+
+/// Edits made while the receiver is down reach it on its own once it is
+/// back: the daemon keeps retrying with backoff and resumes from the
+/// acknowledged generation, with no `devd sync` from the user.
+#[test]
+fn edits_made_while_the_receiver_is_down_arrive_on_reconnect() {
+    let fx = Fixture::new();
+    let mut rx = fx.receiver();
+    fx.write_config(&format!("{}{}", rx.config_toml(), devd_tests::FAST_SYNC));
+    let devd = fx.devd();
+    devd.start_wait();
+    rx.kill();
+    fx.write("offline.txt", "written while the receiver was down\n");
+    fx.append("README.md", "\nand this edit too\n");
+    // QUIC notices a dead peer by its idle timeout (10 s): the daemon then
+    // reports the error and keeps retrying with backoff.
+    devd_tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "the daemon notices the receiver is gone",
+        || devd.status().raw["receiver"]["last_error"].is_string(),
+    );
+    let rx2 = restart(&fx, &rx);
+    devd_tests::wait_for_worktrees_equal(
+        fx.laptop(),
+        &rx2.worktree(),
+        std::time::Duration::from_secs(40),
+    );
+    let status = devd.status();
+    assert!(
+        status.generation >= 2,
+        "a new generation was applied after the restart: {}",
+        status.raw
+    );
+}
