@@ -8,27 +8,21 @@ use std::path::Path;
 /// directory, fsync, rename, fsync of the directory. `mode` sets Unix
 /// permissions on the new file.
 pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
-    if let Some(m) = mode {
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(m))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-/// fsync a directory so that renames in it are durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    write_via_temp(path, data, mode, true)
 }
 
 /// Write `data` to `path` atomically (temporary file + rename) without
 /// flushing: for data a later [`sync_fs`] makes durable in one go.
 pub fn write_atomic_unsynced(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_via_temp(path, data, mode, false)
+}
+
+fn write_via_temp(
+    path: &Path,
+    data: &[u8],
+    mode: Option<u32>,
+    durable: bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -37,8 +31,19 @@ pub fn write_atomic_unsynced(path: &Path, data: &[u8], mode: Option<u32>) -> std
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(m))?;
     }
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
+    if durable {
+        sync_dir(dir)?;
+    }
     Ok(())
+}
+
+/// fsync a directory so that renames in it are durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Flush everything written to the filesystem holding `dir` (syncfs(2)):
