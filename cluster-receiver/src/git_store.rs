@@ -271,6 +271,10 @@ const NOT_FOUND_MARKERS: &[&str] = &[
     "no such",
     "unadvertised object",
     "not a valid object",
+    // upload-pack rejects an unknown want by hanging up; depending on
+    // timing gix sees that as a broken pipe while still sending the wants
+    // (the handshake before it succeeded, so the remote is reachable).
+    "broken pipe",
 ];
 
 impl GitStore {
