@@ -11,12 +11,15 @@
 //! - [`worktree`]: snapshots of worktrees, their comparison, and the
 //!   expected overlay digest computed independently of devd.
 //! - [`content`]: deterministic bulk content (random bytes, text files).
+//! - [`containers`]: private buildah/podman storage per test, a local
+//!   `docker-registry`, a tiny HTTP client for what containers serve.
 //!
 //! Every handle that starts a process stops it on drop, also when the test
 //! panics; a panicking test prints the captured logs. Set
 //! `DEVD_TESTS_KEEP=1` to keep the temporary directory of a failed test.
 
 pub mod bins;
+pub mod containers;
 pub mod content;
 pub mod daemon;
 pub mod process;
@@ -26,6 +29,10 @@ pub mod wait;
 pub mod worktree;
 
 pub use bins::bin;
+pub use containers::{
+    BUSYBOX_IMAGE, ContainerEnv, ContainerInfo, PortMapping, Registry, http_get,
+    require_container_tools,
+};
 pub use content::{random_bytes, text_lines};
 pub use daemon::{Devd, Status, SyncReport};
 pub use process::{Background, Run};

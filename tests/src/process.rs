@@ -157,6 +157,11 @@ pub fn run(cmd: &mut Command, logs: &Logs, label: &str, timeout: Duration) -> Ru
 }
 
 impl Background {
+    /// The files capturing stdout and stderr.
+    pub fn log_paths(&self) -> (&Path, &Path) {
+        (&self.stdout, &self.stderr)
+    }
+
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         self.child
