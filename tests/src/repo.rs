@@ -15,6 +15,9 @@
 //! ```
 //! `devd.toml` is git-ignored: it is configuration of this laptop, never
 //! synced, and so never part of the compared worktrees.
+//!
+//! [`Fixture::from_example`] makes the same layout with one of the example
+//! repositories under `examples/` as the initial commit instead.
 
 use crate::daemon::Devd;
 use crate::process::{Logs, tail};
@@ -53,6 +56,56 @@ impl Default for Fixture {
 impl Fixture {
     /// Create origin and laptop clone with the initial commit pushed.
     pub fn new() -> Self {
+        let fx = Self::empty_clone();
+        fx.write(".gitignore", "*.log\ntarget/\ndevd.toml\n");
+        fx.write(
+            "README.md",
+            "# demo\n\nA small service used by the devd end-to-end tests.\n",
+        );
+        fx.write("src/main.rs", "fn main() {\n    println!(\"hello\");\n}\n");
+        fx.write(
+            "src/lib/util.rs",
+            "pub fn add(a: u32, b: u32) -> u32 {\n    a + b\n}\n",
+        );
+        fx.write("src/lib/deep/nested/mod.rs", "pub const DEPTH: u32 = 3;\n");
+        fx.write("docs/guide/intro.md", "# Intro\n\nStart here.\n");
+        fx.write("docs/guide/usage.md", "# Usage\n\nRun it.\n");
+        fx.write("scripts/build.sh", "#!/bin/sh\nset -e\necho building\n");
+        fx.set_exec("scripts/build.sh", true);
+        fx.symlink("latest.md", "docs/guide/intro.md");
+        fx.push_initial_commit();
+        fx
+    }
+
+    /// Like [`Fixture::new`], but the initial commit is the content of
+    /// `examples/<name>/` of this source tree (e.g. `"demo"`), with
+    /// `devd.local.toml` git-ignored.
+    pub fn from_example(name: &str) -> Self {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        assert!(
+            src.is_dir(),
+            "no example repository {name:?} at {}",
+            src.display()
+        );
+        let fx = Self::empty_clone();
+        copy_tree(&src, &fx.laptop);
+        let ignore = std::fs::read_to_string(fx.path(".gitignore")).unwrap_or_default();
+        if !ignore.lines().any(|l| l.trim() == "devd.local.toml") {
+            let sep = if ignore.is_empty() || ignore.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            fx.write(".gitignore", format!("{ignore}{sep}devd.local.toml\n"));
+        }
+        fx.push_initial_commit();
+        fx
+    }
+
+    /// The temporary directory with an empty bare origin and its clone.
+    fn empty_clone() -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("devd-e2e-")
             .tempdir()
@@ -81,28 +134,16 @@ impl Fixture {
             ],
         );
         configure_clone(&fx.laptop);
-
-        fx.write(".gitignore", "*.log\ntarget/\ndevd.toml\n");
-        fx.write(
-            "README.md",
-            "# demo\n\nA small service used by the devd end-to-end tests.\n",
-        );
-        fx.write("src/main.rs", "fn main() {\n    println!(\"hello\");\n}\n");
-        fx.write(
-            "src/lib/util.rs",
-            "pub fn add(a: u32, b: u32) -> u32 {\n    a + b\n}\n",
-        );
-        fx.write("src/lib/deep/nested/mod.rs", "pub const DEPTH: u32 = 3;\n");
-        fx.write("docs/guide/intro.md", "# Intro\n\nStart here.\n");
-        fx.write("docs/guide/usage.md", "# Usage\n\nRun it.\n");
-        fx.write("scripts/build.sh", "#!/bin/sh\nset -e\necho building\n");
-        fx.set_exec("scripts/build.sh", true);
-        fx.symlink("latest.md", "docs/guide/intro.md");
-        fx.git(&["add", "-A"]);
-        fx.git(&["commit", "-q", "-m", "initial"]);
-        fx.git(&["push", "-q", "-u", "origin", "main"]);
-        fx.git(&["remote", "set-head", "origin", "main"]);
         fx
+    }
+
+    /// Commit the whole worktree as "initial", push it and set
+    /// `origin/HEAD`.
+    fn push_initial_commit(&self) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", "initial"]);
+        self.git(&["push", "-q", "-u", "origin", "main"]);
+        self.git(&["remote", "set-head", "origin", "main"]);
     }
 
     /// The temporary root directory.
@@ -323,6 +364,34 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
             Ok(m) if m.is_dir() => collect_files(&p, out),
             Ok(m) if m.is_file() => out.push(p),
             _ => {}
+        }
+    }
+}
+
+/// Copy the tree `src` into `dst` (files with their permissions, symlinks
+/// as symlinks), leaving out `.git`.
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
+    let rd = std::fs::read_dir(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    for entry in rd {
+        let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let meta = from
+            .symlink_metadata()
+            .unwrap_or_else(|e| panic!("stat {}: {e}", from.display()));
+        if meta.is_dir() {
+            copy_tree(&from, &to);
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&from)
+                .unwrap_or_else(|e| panic!("readlink {}: {e}", from.display()));
+            std::os::unix::fs::symlink(&target, &to)
+                .unwrap_or_else(|e| panic!("symlink {}: {e}", to.display()));
+        } else {
+            std::fs::copy(&from, &to)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
         }
     }
 }
