@@ -4,7 +4,13 @@ set -euo pipefail
 say() { printf '\n==> %s\n' "$*"; }
 
 # Install Debian packages that are missing (needs root or sudo).
+# `need_packages --no-recommends pkg…` installs only their hard dependencies.
 need_packages() {
+  local apt_opts=()
+  if [ "${1:-}" = "--no-recommends" ]; then
+    apt_opts+=(--no-install-recommends)
+    shift
+  fi
   local missing=()
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,7 +20,7 @@ need_packages() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_opts[@]}" "${missing[@]}" >/dev/null
 }
 
 need_rust() {

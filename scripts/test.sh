@@ -9,6 +9,9 @@ say "Checking tools (git, rsync, zstd, a C compiler for zstd/ring)"
 need_packages git rsync zstd gcc libc6-dev pkg-config
 need_rust
 
+say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image)"
+need_packages --no-recommends runc buildah podman docker-registry busybox-static
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
