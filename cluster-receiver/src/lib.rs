@@ -12,17 +12,28 @@
 //! - [`framed`]: protocol frames over a QUIC stream (used by both ends).
 //! - [`tls`], [`pairing`]: the self-signed identity and the pairing file.
 //! - [`fsutil`]: atomic writes.
+//! - [`config`]: the receiver's configuration file (builds, backends).
+//! - [`catalog`]: the services declared in `devd.toml`.
+//! - [`dockerignore`], [`context`]: build contexts, their snapshot and digest.
+//! - [`pipeline`]: affected services, the build queue, build events.
+//! - [`builder`]: the build and deploy backends (local, Kubernetes).
 
 pub mod blob_store;
+pub mod builder;
+pub mod catalog;
+pub mod config;
+pub mod context;
+pub mod dockerignore;
 pub mod framed;
 pub mod fsutil;
 pub mod git_store;
 pub mod materialize;
 pub mod pairing;
+pub mod pipeline;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod tls;
 pub mod workspace;
 
-pub use server::{Running, ServeOptions, WorkspaceSpec, start};
+pub use server::{Builds, Running, ServeOptions, WorkspaceSpec, start};

@@ -48,6 +48,10 @@ enum Cmd {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Configuration file (TOML): build backend, registry, concurrency.
+        /// Without it: the local backend (buildah + podman), no registry.
+        #[arg(long, env = "DEVD_RECEIVER_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             also,
             max_connections,
             json_logs,
+            config,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -95,6 +100,14 @@ async fn main() -> anyhow::Result<()> {
                 !workspaces.is_empty(),
                 "no workspace: pass --git-remote URL (and optionally --workspace NAME)"
             );
+            let cfg = match &config {
+                Some(p) => devd_receiver::config::ReceiverConfig::load(p)?,
+                None => Default::default(),
+            };
+            let builds = cfg.backend(&data)?.map(|backend| devd_receiver::Builds {
+                backend,
+                concurrency: cfg.build.concurrency,
+            });
             let cancel = CancellationToken::new();
             let running = devd_receiver::start(
                 ServeOptions {
@@ -103,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
                     advertise,
                     workspaces,
                     max_connections,
+                    builds,
                 },
                 cancel.clone(),
             )

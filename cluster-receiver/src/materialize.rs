@@ -191,10 +191,12 @@ fn mkdir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Figures of one transition.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     pub written: u64,
     pub removed: u64,
+    /// Every path whose state changed (written, replaced or removed).
+    pub changed: Vec<RelPath>,
 }
 
 /// Content sources for the materializer.
@@ -477,6 +479,9 @@ impl Worktree {
             }
             Ok::<(), MaterializeError>(())
         })?;
+        stats.changed = removals;
+        stats.changed.extend(writes.into_iter().map(|(p, _, _)| p));
+        stats.changed.sort();
         Ok(stats)
     }
 }

@@ -28,6 +28,24 @@ pub struct ServeOptions {
     pub advertise: Option<String>,
     pub workspaces: Vec<WorkspaceSpec>,
     pub max_connections: usize,
+    /// Builds and deploys (`None`: sync only).
+    pub builds: Option<Builds>,
+}
+
+/// The build backend and its concurrency.
+#[derive(Clone)]
+pub struct Builds {
+    pub backend: Arc<dyn crate::builder::Backend>,
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for Builds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builds")
+            .field("backend", &self.backend.name())
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
 }
 
 /// Errors starting the receiver.
@@ -137,7 +155,12 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
     for w in &opts.workspaces {
         let (d, name, remote) = (data.clone(), w.name.clone(), w.git_remote.clone());
         let ws = tokio::task::spawn_blocking(move || Workspace::open(&d, &name, &remote)).await??;
-        registry.insert(w.name.clone(), Arc::new(ws));
+        let ws = Arc::new(ws);
+        if let Some(b) = &opts.builds {
+            let p = crate::pipeline::Pipeline::start(&ws, b.backend.clone(), b.concurrency).await;
+            ws.set_pipeline(p);
+        }
+        registry.insert(w.name.clone(), ws);
     }
     let registry = Arc::new(registry);
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(

@@ -52,7 +52,7 @@ pub async fn serve_connection(
         }
     };
     let mut io = Framed::new(send, recv, MAX_FRAME);
-    converse(&mut io, remote, registry, cancel).await;
+    converse(&mut io, &conn, remote, registry, cancel).await;
     // Let the last message (often a Rejected) reach the peer before the
     // connection goes away: finish the stream and give the peer a moment.
     io.finish();
@@ -61,6 +61,7 @@ pub async fn serve_connection(
 
 async fn converse(
     io: &mut Framed,
+    conn: &quinn::Connection,
     remote: std::net::SocketAddr,
     registry: Arc<Registry>,
     cancel: CancellationToken,
@@ -116,6 +117,9 @@ async fn converse(
     if io.send(&welcome).await.is_err() {
         return;
     }
+    // Further streams of this (now authenticated) connection carry events.
+    let side = tokio::spawn(side_streams(conn.clone(), ws.clone(), cancel.clone()));
+    let _abort_side = AbortOnDrop(side);
     let mut incoming: Option<Incoming> = None;
     loop {
         let msg = tokio::select! {
@@ -197,10 +201,78 @@ async fn converse(
                     }
                 }
             }
-            ClientMsg::BlobChunk { .. } | ClientMsg::Hello { .. } => {
+            ClientMsg::BlobChunk { .. } | ClientMsg::Hello { .. } | ClientMsg::Subscribe => {
                 let m = "unexpected message outside of a blob request";
                 return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serve the connection's further streams: each starts with `Subscribe`.
+async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let ws = ws.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let mut io = Framed::new(send, recv, MAX_FRAME);
+            match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
+                Ok(Ok(Some(ClientMsg::Subscribe))) => stream_events(&mut io, &ws, cancel).await,
+                Ok(Ok(None)) => {}
+                _ => {
+                    let m = "a further stream must start with Subscribe";
+                    reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
+                }
+            }
+            io.finish();
+        });
+    }
+    tasks.abort_all();
+}
+
+/// The state of every service, then each build event as it happens.
+async fn stream_events(io: &mut Framed, ws: &Arc<Workspace>, cancel: CancellationToken) {
+    let Some(p) = ws.pipeline() else {
+        let _ = io
+            .send(&ServerMsg::Services {
+                services: Vec::new(),
+                catalog_error: None,
+            })
+            .await;
+        // Builds are off on this receiver: nothing more will come.
+        cancel.cancelled().await;
+        return;
+    };
+    let mut rx = p.subscribe();
+    if io.send(&p.snapshot()).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = rx.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => p.snapshot(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if io.send(&msg).await.is_err() {
+            return;
         }
     }
 }
@@ -237,6 +309,10 @@ async fn sync(
         .finish(&mut inner, prepared)
         .await
         .map_err(SyncFailure::Rejected)?;
+    if let Some(p) = ws.pipeline() {
+        // Still under the workspace lock: the worktree is at this generation.
+        p.on_applied(applied.ack.generation, &applied.changed);
+    }
     tracing::info!(workspace = %ws.name, generation = applied.ack.generation, files = applied.files_written, ms = applied.apply_ms, "applied");
     Ok(ServerMsg::Applied {
         ack: applied.ack,

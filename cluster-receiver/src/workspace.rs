@@ -107,12 +107,21 @@ pub struct Inner {
     tree: Arc<BaseTree>,
 }
 
+impl Inner {
+    /// The generation the worktree is at.
+    pub fn generation(&self) -> Option<u64> {
+        self.state.ack.map(|a| a.generation)
+    }
+}
+
 /// Outcome of an applied generation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Applied {
     pub ack: Ack,
     pub files_written: u64,
     pub apply_ms: u64,
+    /// Paths whose state changed, sorted.
+    pub changed: Vec<devd_protocol::RelPath>,
 }
 
 /// A workspace.
@@ -124,6 +133,7 @@ pub struct Workspace {
     journal: Journal,
     worktree: Worktree,
     inner: tokio::sync::Mutex<Inner>,
+    pipeline: std::sync::OnceLock<Arc<crate::pipeline::Pipeline>>,
 }
 
 fn random_token() -> std::io::Result<String> {
@@ -173,6 +183,7 @@ impl Workspace {
                 state: SyncState::default(),
                 tree: Arc::default(),
             }),
+            pipeline: std::sync::OnceLock::new(),
         };
         let state = ws.journal.committed()?;
         let tree = ws
@@ -213,6 +224,16 @@ impl Workspace {
             .parent()
             .expect("worktree has a parent")
             .to_owned()
+    }
+
+    /// The build pipeline, if builds are enabled.
+    pub fn pipeline(&self) -> Option<&Arc<crate::pipeline::Pipeline>> {
+        self.pipeline.get()
+    }
+
+    /// Attach the build pipeline (once).
+    pub fn set_pipeline(&self, p: Arc<crate::pipeline::Pipeline>) {
+        let _ = self.pipeline.set(p);
     }
 
     /// Lock the workspace for a sync.
@@ -484,6 +505,7 @@ impl Workspace {
             ack,
             files_written: stats.written + stats.removed,
             apply_ms: started.elapsed().as_millis() as u64,
+            changed: stats.changed,
         })
     }
 }

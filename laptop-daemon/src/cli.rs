@@ -311,6 +311,35 @@ async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
             sk.iter().map(s).collect::<Vec<_>>().join("; ")
         );
     }
+    if let Some(e) = v["catalog_error"].as_str() {
+        println!("catalog     {e}");
+    }
+    for svc in v["services"].as_array().into_iter().flatten() {
+        let digest = svc["digest"]
+            .as_str()
+            .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect())
+            .unwrap_or_else(|| "-".to_owned());
+        let build = match (svc["reused"].as_bool(), svc["last_build_ms"].as_u64()) {
+            (Some(true), _) => "reused".to_owned(),
+            (_, Some(ms)) => format!("built in {:.1}s", ms as f64 / 1000.0),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "service     {:<16} {:<10} {:<12} {:<16} {}",
+            s(&svc["name"]),
+            s(&svc["state"]),
+            digest,
+            build,
+            s(&svc["url"])
+        );
+        if let Some(e) = svc["error"].as_str() {
+            println!("            {e}");
+            let lines = svc["log_tail"].as_array().cloned().unwrap_or_default();
+            for l in &lines[lines.len().saturating_sub(5)..] {
+                println!("            | {}", s(l));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -93,24 +93,58 @@ pub struct Config {
     pub sync: SyncConfig,
 }
 
-impl Config {
-    /// Load `devd.toml` from the repository root; defaults if absent.
-    pub fn load(workdir: &Path) -> Result<Self, ConfigError> {
-        let path = workdir.join("devd.toml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        };
-        let mut cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+/// The per-developer file beside `devd.toml` (git-ignore it): where this
+/// laptop's receiver is. Its `[receiver]` and `[sync]` override devd.toml's.
+pub const LOCAL_FILE: &str = "devd.local.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalFile {
+    receiver: Option<ReceiverConfig>,
+    sync: Option<SyncConfig>,
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        }),
+    }
+}
+
+impl Config {
+    /// Load `devd.toml` (the team's, committed) and `devd.local.toml` (this
+    /// laptop's) from the repository root; defaults if absent.
+    pub fn load(workdir: &Path) -> Result<Self, ConfigError> {
+        let path = workdir.join("devd.toml");
+        let mut cfg: Config = match read_optional(&path)? {
+            None => Self::default(),
+            Some(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?,
+        };
+        let local_path = workdir.join(LOCAL_FILE);
+        if let Some(text) = read_optional(&local_path)? {
+            let local: LocalFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: local_path.display().to_string(),
+                source,
+            })?;
+            if let Some(r) = local.receiver {
+                cfg.receiver = r;
+            }
+            if let Some(s) = local.sync {
+                cfg.sync = s;
+            }
+        }
+        let path = if local_path.exists() {
+            local_path
+        } else {
+            path
+        };
         if cfg.receiver.mode == ReceiverMode::Remote {
             let r = &cfg.receiver;
             let complete = r.address.is_some() && r.fingerprint.is_some() && r.token.is_some();

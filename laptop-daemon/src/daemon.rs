@@ -124,6 +124,17 @@ async fn resolve_target(
                 git_remote: remote,
             }],
             max_connections: 8,
+            builds: Some(devd_receiver::Builds {
+                backend: Arc::new(devd_receiver::builder::local::LocalBackend::new(
+                    devd_receiver::builder::local::LocalConfig {
+                        registry: None,
+                        insecure_registry: false,
+                        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+                        state_dir: state_dir.join("receiver").join("local-backend"),
+                    },
+                )),
+                concurrency: 2,
+            }),
         },
         cancel.child_token(),
     )
@@ -229,18 +240,24 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         .send(ScanMsg::Trigger(Trigger::Full(Instant::now())))
         .await;
 
+    // Build events → status; a lost event stream asks for a reconnect.
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let lost = Arc::new(tokio::sync::Notify::new());
+    tracker.spawn(events_loop(events_rx, status.clone(), lost.clone()));
+
     // Uplink task.
     {
-        let uplink =
-            Uplink::new(target, repo.clone(), &state_dir).map_err(|source| DaemonError::State {
+        let uplink = Uplink::new(target, repo.clone(), &state_dir)
+            .map_err(|source| DaemonError::State {
                 path: state_dir.display().to_string(),
                 source,
-            })?;
+            })?
+            .with_events(events_tx);
         let status = status.clone();
         let cancel = cancel.clone();
         let scan_tx = scan_tx.clone();
         tracker.spawn(uplink_loop(
-            uplink, snap_rx, acked_tx, scan_tx, status, cancel,
+            uplink, snap_rx, acked_tx, scan_tx, status, cancel, lost,
         ));
     }
     Ok(Handle {
@@ -389,6 +406,54 @@ fn scanner_loop(
     scanner.save_cache();
 }
 
+/// Fold the receiver's build events into the status.
+async fn events_loop(
+    mut rx: mpsc::UnboundedReceiver<Option<devd_protocol::message::ServerMsg>>,
+    status: Arc<Mutex<Status>>,
+    lost: Arc<tokio::sync::Notify>,
+) {
+    use devd_protocol::ServiceStatus;
+    use devd_protocol::message::ServerMsg;
+    let mut services: Vec<ServiceStatus> = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        let mut catalog_error = None;
+        match msg {
+            None => {
+                lost.notify_one();
+                continue;
+            }
+            Some(ServerMsg::Services {
+                services: s,
+                catalog_error: e,
+            }) => {
+                services = s;
+                catalog_error = Some(e);
+            }
+            Some(ServerMsg::Event(e)) => {
+                match services.iter_mut().find(|s| s.name == e.service) {
+                    Some(s) => s.apply(&e),
+                    None => {
+                        let mut s = ServiceStatus::new(&e.service);
+                        s.apply(&e);
+                        services.push(s);
+                        services.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                }
+                if let devd_protocol::EventKind::Failed { error, .. } = &e.kind {
+                    tracing::warn!(service = %e.service, %error, "build failed");
+                }
+            }
+            Some(_) => continue,
+        }
+        update(&status, |s| {
+            s.services = services.iter().map(Into::into).collect();
+            if let Some(e) = catalog_error {
+                s.catalog_error = e;
+            }
+        });
+    }
+}
+
 async fn uplink_loop(
     mut uplink: Uplink,
     mut snap_rx: watch::Receiver<Option<Snapshot>>,
@@ -396,6 +461,7 @@ async fn uplink_loop(
     scan_tx: mpsc::Sender<ScanMsg>,
     status: Arc<Mutex<Status>>,
     cancel: CancellationToken,
+    lost: Arc<tokio::sync::Notify>,
 ) {
     let backoff = || {
         backon::ExponentialBuilder::default()
@@ -406,6 +472,9 @@ async fn uplink_loop(
     };
     let mut delays = backoff();
     let mut retry_in: Option<Duration> = None;
+    // The event stream ended: reconnect even without anything to sync, so
+    // build events keep arriving.
+    let mut reconnect = false;
     loop {
         let pending = snap_rx.borrow().as_ref().is_some_and(|s| {
             uplink
@@ -422,10 +491,32 @@ async fn uplink_loop(
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(d) => {}
                 r = snap_rx.changed() => if r.is_err() { break },
+                _ = lost.notified() => reconnect = true,
             }
         }
         if cancel.is_cancelled() {
             break;
+        }
+        if reconnect && !pending {
+            match uplink.ensure_connected().await {
+                Ok(()) => {
+                    reconnect = false;
+                    delays = backoff();
+                    update(&status, |s| {
+                        s.receiver.connected = true;
+                        s.receiver.last_error = None;
+                    });
+                }
+                Err(e) => {
+                    let d = delays.next().unwrap_or(Duration::from_secs(5));
+                    update(&status, |s| {
+                        s.receiver.connected = false;
+                        s.receiver.last_error = Some(e.to_string());
+                    });
+                    retry_in = Some(d);
+                }
+            }
+            continue;
         }
         let Some(snap) = snap_rx.borrow_and_update().clone() else {
             continue;

@@ -105,6 +105,8 @@ pub struct Uplink {
     remote_ack: Option<Ack>,
     /// The receiver's worktree path, from its Welcome.
     pub receiver_worktree: Option<String>,
+    /// Where build events go (`None` message: the event stream ended).
+    events: Option<tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>>,
 }
 
 /// Reads and encodes blobs; shareable across threads.
@@ -227,7 +229,49 @@ impl Uplink {
             in_flight: None,
             remote_ack: None,
             receiver_worktree: None,
+            events: None,
         })
+    }
+
+    /// Subscribe to build events on every connection; they are forwarded
+    /// to `tx`, followed by `None` when the connection's stream ends.
+    pub fn with_events(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>,
+    ) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Connect (and subscribe) unless connected.
+    pub async fn ensure_connected(&mut self) -> Result<(), SyncError> {
+        self.connect().await
+    }
+
+    /// Open the event stream on a fresh connection.
+    async fn subscribe(&self, conn: &quinn::Connection) {
+        let Some(tx) = self.events.clone() else {
+            return;
+        };
+        let mut io = match conn.open_bi().await {
+            Ok((send, recv)) => Framed::new(send, recv, MAX_FRAME),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the build event stream");
+                return;
+            }
+        };
+        if let Err(e) = io.send(&ClientMsg::Subscribe).await {
+            tracing::warn!(error = %e, "cannot subscribe to build events");
+            return;
+        }
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = io.recv::<ServerMsg>().await {
+                if tx.send(Some(m)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(None);
+        });
     }
 
     /// The worktree being synced.
@@ -310,6 +354,7 @@ impl Uplink {
             }
             other => return Err(SyncError::Protocol(format!("{other:?}"))),
         }
+        self.subscribe(&conn).await;
         self.conn = Some(Connected { conn, io });
         Ok(())
     }

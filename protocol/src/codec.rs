@@ -163,6 +163,20 @@ mod tests {
                     message: "x".into(),
                 }),
             ),
+            ("subscribe", encode_frame(&ClientMsg::Subscribe)),
+            (
+                "event",
+                encode_frame(&ServerMsg::Event(crate::event::BuildEvent {
+                    service: "web".into(),
+                    generation: 7,
+                    at_ms: 1,
+                    kind: crate::event::EventKind::Deployed {
+                        image: "r@sha256:ab".into(),
+                        url: Some("http://h".into()),
+                        total_ms: 5,
+                    },
+                })),
+            ),
         ];
         let text: String = frames
             .iter()

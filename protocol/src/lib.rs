@@ -7,11 +7,13 @@
 //! - [`overlay`]: overlay entries, the overlay, its digest, diff and apply.
 //! - [`compress`]: zstd blob encoding, full and patch-against-a-reference.
 //! - [`message`]: the messages both sides exchange, and protocol limits.
+//! - [`event`]: build and deploy events, per-service state.
 //! - [`codec`]: length-delimited postcard frames with a maximum size.
 
 pub mod codec;
 pub mod compress;
 pub mod content_id;
+pub mod event;
 pub mod message;
 pub mod overlay;
 pub mod path;
@@ -19,6 +21,7 @@ pub mod path;
 pub use codec::{CodecError, FrameDecoder, encode_frame};
 pub use compress::{BlobRef, CompressError, Encoding};
 pub use content_id::{CommitId, ContentId, GitOid};
+pub use event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 pub use message::{ClientMsg, ErrorCode, ServerMsg};
 pub use overlay::{Change, Digest, Entry, Overlay};
 pub use path::{PathError, RelPath};

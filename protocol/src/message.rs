@@ -10,6 +10,7 @@
 
 use crate::compress::Encoding;
 use crate::content_id::{CommitId, ContentId};
+use crate::event::{BuildEvent, ServiceStatus};
 use crate::overlay::{Change, Digest};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,9 @@ pub enum ClientMsg {
         offset: u64,
         data: Vec<u8>,
     },
+    /// First and only message on a second stream: send build events on
+    /// this stream (see [`crate::event`]).
+    Subscribe,
 }
 
 /// Why the receiver refused something.
@@ -144,4 +148,13 @@ pub enum ServerMsg {
         code: ErrorCode,
         message: String,
     },
+    /// Every declared service's state, sent when a subscription starts and
+    /// whenever the catalog changes. `catalog_error` says why `devd.toml`'s
+    /// services could not be read (the previous catalog stays in force).
+    Services {
+        services: Vec<ServiceStatus>,
+        catalog_error: Option<String>,
+    },
+    /// One step of a service's build and deploy.
+    Event(BuildEvent),
 }

@@ -1,0 +1,149 @@
+//! Build and deploy backends behind one interface, chosen by the receiver's
+//! configuration:
+//! - [`local`]: buildah builds, podman runs, on this machine (the embedded
+//!   default, no cluster);
+//! - [`kubernetes`]: a Kaniko Job per build, a server-side-apply patch of
+//!   the Deployment per deploy.
+//!
+//! The pipeline ([`crate::pipeline`]) decides what to build; a backend only
+//! knows how.
+
+pub mod local;
+pub mod registry;
+
+use crate::catalog::Service;
+use crate::context::ContextSnapshot;
+use std::path::PathBuf;
+
+/// A failed build or deploy: what went wrong and the end of the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct Failure {
+    pub error: String,
+    pub log_tail: Vec<String>,
+}
+
+impl Failure {
+    /// A failure without a log.
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            log_tail: Vec::new(),
+        }
+    }
+
+    /// A failure with the last lines of `log`.
+    pub fn with_log(error: impl Into<String>, log: &str) -> Self {
+        Self {
+            error: error.into(),
+            log_tail: tail(log, devd_protocol::event::LOG_TAIL_LINES),
+        }
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+pub fn tail(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// One build to run.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub workspace: String,
+    pub service: Service,
+    pub generation: u64,
+    /// The snapshot of the context, owned by the pipeline until the build ends.
+    pub context: ContextSnapshot,
+    /// Full image repository, e.g. `127.0.0.1:5000/demo/web`.
+    pub repository: String,
+    /// Tag derived from the context digest.
+    pub tag: String,
+    /// File the backend writes the build log to.
+    pub log: PathBuf,
+}
+
+/// What a deploy produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub url: Option<String>,
+}
+
+/// A build and deploy backend.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// `"local"` or `"kubernetes"`.
+    fn name(&self) -> &'static str;
+
+    /// The full image repository for a service's `image`.
+    fn repository(&self, image: &str) -> String;
+
+    /// An image already built for `repository:tag`, as `repo@sha256:…`
+    /// (the "build only once" lookup). `Ok(None)`: build it.
+    async fn lookup(&self, repository: &str, tag: &str) -> Result<Option<String>, Failure>;
+
+    /// Build the image and store it (push it, with a registry); returns
+    /// `repo@sha256:…`. Writes the build log to `req.log`.
+    async fn build(&self, req: &BuildRequest) -> Result<String, Failure>;
+
+    /// Run `image` for `service`, replacing what ran before only once the
+    /// new version is up; on failure the previous version keeps running.
+    async fn deploy(
+        &self,
+        workspace: &str,
+        service: &Service,
+        image: &str,
+    ) -> Result<Deployment, Failure>;
+
+    /// What runs for `service` right now (after a receiver restart), as
+    /// `(image, url)`.
+    async fn running(
+        &self,
+        workspace: &str,
+        service: &Service,
+    ) -> Result<Option<(String, Option<String>)>, Failure>;
+}
+
+/// The name of an image reference's repository part if it names a
+/// registry host (`host.domain/…`, `host:port/…`, `localhost/…`).
+pub fn has_registry_host(image: &str) -> bool {
+    image.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    })
+}
+
+/// `repository` for `image` given an optional default registry: an image
+/// that names its registry is kept; otherwise it goes under `registry`
+/// (or under `localhost/` when there is none: local storage only).
+pub fn qualify(image: &str, registry: Option<&str>) -> String {
+    if has_registry_host(image) {
+        image.to_owned()
+    } else {
+        match registry {
+            Some(r) => format!("{}/{image}", r.trim_end_matches('/')),
+            None => format!("localhost/{image}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualifies_repositories() {
+        assert_eq!(
+            qualify("demo/web", Some("127.0.0.1:5000")),
+            "127.0.0.1:5000/demo/web"
+        );
+        assert_eq!(qualify("demo/web", None), "localhost/demo/web");
+        assert_eq!(
+            qualify("r.example.com/x", Some("other:1")),
+            "r.example.com/x"
+        );
+        assert_eq!(tail("a\n\nb\nc\n", 2), ["b", "c"]);
+    }
+}

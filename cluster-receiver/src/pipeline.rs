@@ -1,0 +1,517 @@
+//! After each applied generation: which services' inputs changed, their
+//! build queue, and the events that tell the laptop.
+//!
+//! - Affected services: a changed path under the service's context or one
+//!   of its inputs, a new or edited catalog entry, or (once, after start)
+//!   a service with nothing deployed.
+//! - Queue: builds share `concurrency` slots; each service has at most one
+//!   build in flight and at most one queued behind it. Edits during a build
+//!   replace the queued one (superseded builds never run).
+//! - A build starts by copying the service's context out of the worktree
+//!   under the workspace lock, so later applies cannot change its input;
+//!   the copy's digest names the image tag. An existing tag is reused, an
+//!   unchanged digest does nothing.
+//! - What is deployed is remembered (`builds/deployed.json`), so a
+//!   restarted receiver neither rebuilds nor redeploys.
+
+use crate::builder::{Backend, BuildRequest, Failure};
+use crate::catalog::{Catalog, Service};
+use crate::context::{self, tag_for};
+use crate::workspace::Workspace;
+use devd_protocol::RelPath;
+use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
+use devd_protocol::message::ServerMsg;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+use tokio::sync::{Semaphore, broadcast};
+
+/// Events buffered per subscriber before it gets a fresh snapshot instead.
+const EVENT_BUFFER: usize = 1024;
+
+/// What a build was queued for.
+#[derive(Debug, Clone, Copy)]
+struct Trigger {
+    generation: u64,
+    /// When the triggering apply finished (save-to-deploy clock).
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Svc {
+    status: ServiceStatus,
+    /// A runner task owns this service's builds.
+    running: bool,
+    pending: Option<Trigger>,
+    /// Context digest of what is deployed.
+    deployed_context: Option<String>,
+    /// Something was attempted since start.
+    attempted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    catalog: Catalog,
+    catalog_error: Option<String>,
+    services: BTreeMap<String, Svc>,
+}
+
+/// Persisted record of one deployed service.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DeployedRecord {
+    context: String,
+    image: String,
+    url: Option<String>,
+}
+
+/// One workspace's build pipeline.
+pub struct Pipeline {
+    workspace: String,
+    ws: Weak<Workspace>,
+    worktree: PathBuf,
+    dir: PathBuf,
+    backend: Arc<dyn Backend>,
+    slots: Arc<Semaphore>,
+    events: broadcast::Sender<ServerMsg>,
+    state: Mutex<State>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Pipeline {
+    /// A pipeline for `ws` with `concurrency` build slots. Reads what was
+    /// deployed before and asks the backend whether it still runs.
+    pub async fn start(
+        ws: &Arc<Workspace>,
+        backend: Arc<dyn Backend>,
+        concurrency: usize,
+    ) -> Arc<Self> {
+        let dir = ws.dir().join("builds");
+        let _ = std::fs::create_dir_all(&dir);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let p = Arc::new(Self {
+            workspace: ws.name.clone(),
+            ws: Arc::downgrade(ws),
+            worktree: ws.worktree_path().to_owned(),
+            dir,
+            backend,
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            events,
+            state: Mutex::new(State::default()),
+            seq: Default::default(),
+        });
+        {
+            let _guard = ws.lock().await;
+            p.reload_catalog();
+        }
+        p.adopt().await;
+        p
+    }
+
+    fn records_path(&self) -> PathBuf {
+        self.dir.join("deployed.json")
+    }
+
+    fn load_records(&self) -> BTreeMap<String, DeployedRecord> {
+        std::fs::read_to_string(self.records_path())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_record(&self, service: &str, rec: DeployedRecord) {
+        let mut all = self.load_records();
+        all.insert(service.to_owned(), rec);
+        if let Err(e) = crate::fsutil::write_atomic(
+            &self.records_path(),
+            serde_json::to_string_pretty(&all)
+                .unwrap_or_default()
+                .as_bytes(),
+            None,
+        ) {
+            tracing::warn!(error = %e, "cannot record the deployed services");
+        }
+    }
+
+    /// After a restart: take over what still runs.
+    async fn adopt(&self) {
+        let records = self.load_records();
+        let services = self
+            .state
+            .lock()
+            .expect("pipeline state")
+            .catalog
+            .services
+            .clone();
+        for s in services {
+            let Some(rec) = records.get(&s.name) else {
+                continue;
+            };
+            match self.backend.running(&self.workspace, &s).await {
+                Ok(Some((image, url))) if image == rec.image => {
+                    tracing::info!(service = %s.name, %image, "adopted the running deployment");
+                    let mut st = self.state.lock().expect("pipeline state");
+                    if let Some(svc) = st.services.get_mut(&s.name) {
+                        svc.deployed_context = Some(rec.context.clone());
+                        svc.status.state = ServiceState::Deployed;
+                        svc.status.image = Some(image);
+                        svc.status.url = url;
+                        svc.status.context = Some(rec.context.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(service = %s.name, error = %e, "cannot query the running deployment")
+                }
+            }
+        }
+    }
+
+    /// Re-read `devd.toml` from the worktree (caller holds the workspace
+    /// lock). Returns the names of services that are new or changed.
+    fn reload_catalog(&self) -> Vec<String> {
+        let mut st = self.state.lock().expect("pipeline state");
+        match Catalog::load(&self.worktree) {
+            Ok(c) => {
+                let mut changed = Vec::new();
+                for s in &c.services {
+                    if st.catalog.get(&s.name) != Some(s) {
+                        changed.push(s.name.clone());
+                    }
+                    st.services.entry(s.name.clone()).or_insert_with(|| Svc {
+                        status: ServiceStatus::new(&s.name),
+                        ..Default::default()
+                    });
+                }
+                let removed: Vec<String> = st
+                    .services
+                    .keys()
+                    .filter(|n| c.get(n).is_none())
+                    .cloned()
+                    .collect();
+                for n in &removed {
+                    st.services.remove(n);
+                }
+                let error_cleared = st.catalog_error.take().is_some();
+                let differs = st.catalog != c;
+                st.catalog = c;
+                if differs || error_cleared {
+                    let _ = self.events.send(snapshot_msg(&st));
+                }
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %self.workspace, error = %e, "service catalog not updated");
+                st.catalog_error = Some(e.to_string());
+                let _ = self.events.send(snapshot_msg(&st));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Generation `generation` was applied, changing `changed`. The caller
+    /// holds the workspace lock (the worktree is at that generation).
+    pub fn on_applied(self: &Arc<Self>, generation: u64, changed: &[RelPath]) {
+        let since = Instant::now();
+        let catalog_touched = changed.iter().any(|p| p.as_str() == crate::catalog::FILE);
+        let redefined = if catalog_touched {
+            self.reload_catalog()
+        } else {
+            Vec::new()
+        };
+        let mut st = self.state.lock().expect("pipeline state");
+        let affected: Vec<String> = st
+            .catalog
+            .services
+            .iter()
+            .filter(|s| {
+                let svc = st.services.get(&s.name);
+                redefined.contains(&s.name)
+                    || changed.iter().any(|p| s.depends_on(p))
+                    || svc.is_some_and(|v| !v.attempted && v.deployed_context.is_none())
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        for name in affected {
+            let Some(svc) = st.services.get_mut(&name) else {
+                continue;
+            };
+            svc.attempted = true;
+            let was_pending = svc.pending.is_some();
+            svc.pending = Some(Trigger { generation, since });
+            if !was_pending {
+                self.emit_locked(svc, &name, generation, EventKind::Queued);
+            }
+            if !svc.running {
+                svc.running = true;
+                let this = self.clone();
+                tokio::spawn(async move { this.run_service(name).await });
+            }
+        }
+    }
+
+    fn emit_locked(&self, svc: &mut Svc, name: &str, generation: u64, kind: EventKind) {
+        let e = BuildEvent {
+            service: name.to_owned(),
+            generation,
+            at_ms: now_ms(),
+            kind,
+        };
+        svc.status.apply(&e);
+        tracing::info!(workspace = %self.workspace, service = %name, generation, event = ?e.kind, "build event");
+        let _ = self.events.send(ServerMsg::Event(e));
+    }
+
+    fn emit(&self, name: &str, generation: u64, kind: EventKind) {
+        let mut st = self.state.lock().expect("pipeline state");
+        if let Some(svc) = st.services.get_mut(name) {
+            self.emit_locked(svc, name, generation, kind);
+        }
+    }
+
+    /// Build and deploy `name` until nothing is pending for it.
+    async fn run_service(self: Arc<Self>, name: String) {
+        loop {
+            let Some(trigger) = ({
+                let mut st = self.state.lock().expect("pipeline state");
+                match st.services.get_mut(&name) {
+                    None => None,
+                    Some(svc) => {
+                        let t = svc.pending.take();
+                        if t.is_none() {
+                            svc.running = false;
+                        }
+                        t
+                    }
+                }
+            }) else {
+                return;
+            };
+            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            self.build_once(&name, trigger).await;
+        }
+    }
+
+    async fn build_once(&self, name: &str, trigger: Trigger) {
+        let Some(ws) = self.ws.upgrade() else { return };
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snap_dir = self.dir.join(name).join(format!("context-{n}"));
+        let _ = std::fs::remove_dir_all(&snap_dir);
+        // Snapshot the context while no apply can run.
+        let (service, snap, generation) = {
+            let guard = ws.lock().await;
+            let generation = guard.generation().unwrap_or(trigger.generation);
+            let service = self
+                .state
+                .lock()
+                .expect("pipeline state")
+                .catalog
+                .get(name)
+                .cloned();
+            let Some(service) = service else { return };
+            let (root, s2, dir) = (self.worktree.clone(), service.clone(), snap_dir.clone());
+            let snap =
+                tokio::task::spawn_blocking(move || context::snapshot(&root, &s2, &dir, b"")).await;
+            drop(guard);
+            // Anything queued up to this generation is covered by this snapshot.
+            if let Some(svc) = self
+                .state
+                .lock()
+                .expect("pipeline state")
+                .services
+                .get_mut(name)
+                && svc.pending.is_some_and(|p| p.generation <= generation)
+            {
+                svc.pending = None;
+            }
+            (service, snap, generation)
+        };
+        let snap = match snap {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.emit(
+                    name,
+                    generation,
+                    EventKind::Failed {
+                        error: e.to_string(),
+                        log_tail: Vec::new(),
+                    },
+                );
+                let _ = std::fs::remove_dir_all(&snap_dir);
+                return;
+            }
+            Err(e) => {
+                self.emit(
+                    name,
+                    generation,
+                    EventKind::Failed {
+                        error: format!("snapshot task failed: {e}"),
+                        log_tail: Vec::new(),
+                    },
+                );
+                return;
+            }
+        };
+        let outcome = self
+            .build_and_deploy(&service, &snap, generation, trigger)
+            .await;
+        let _ = std::fs::remove_dir_all(&snap_dir);
+        if let Err(f) = outcome {
+            self.emit(
+                name,
+                generation,
+                EventKind::Failed {
+                    error: f.error,
+                    log_tail: f.log_tail,
+                },
+            );
+        }
+    }
+
+    async fn build_and_deploy(
+        &self,
+        service: &Service,
+        snap: &context::ContextSnapshot,
+        generation: u64,
+        trigger: Trigger,
+    ) -> Result<(), Failure> {
+        let name = &service.name;
+        let unchanged = {
+            let st = self.state.lock().expect("pipeline state");
+            st.services.get(name).is_some_and(|s| {
+                s.deployed_context.as_deref() == Some(&snap.digest)
+                    && s.status.state != ServiceState::Failed
+            })
+        };
+        if unchanged {
+            self.emit(
+                name,
+                generation,
+                EventKind::Unchanged {
+                    context: snap.digest.clone(),
+                },
+            );
+            return Ok(());
+        }
+        let repository = self.backend.repository(&service.image);
+        let tag = tag_for(&snap.digest);
+        self.emit(
+            name,
+            generation,
+            EventKind::Started {
+                context: snap.digest.clone(),
+                tag: tag.clone(),
+            },
+        );
+        let existing = match self.backend.lookup(&repository, &tag).await {
+            Ok(x) => x,
+            Err(f) => {
+                tracing::warn!(service = %name, error = %f, "image lookup failed; building");
+                None
+            }
+        };
+        let image = match existing {
+            Some(image) => {
+                self.emit(
+                    name,
+                    generation,
+                    EventKind::Reused {
+                        context: snap.digest.clone(),
+                        image: image.clone(),
+                    },
+                );
+                image
+            }
+            None => {
+                let log = self.dir.join(name).join("build.log");
+                let _ = std::fs::write(&log, b"");
+                let started = Instant::now();
+                let req = BuildRequest {
+                    workspace: self.workspace.clone(),
+                    service: service.clone(),
+                    generation,
+                    context: snap.clone(),
+                    repository: repository.clone(),
+                    tag,
+                    log,
+                };
+                let image = self.backend.build(&req).await?;
+                self.emit(
+                    name,
+                    generation,
+                    EventKind::Built {
+                        image: image.clone(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    },
+                );
+                image
+            }
+        };
+        let deployed = self
+            .backend
+            .deploy(&self.workspace, service, &image)
+            .await
+            .map_err(|f| Failure {
+                error: format!("deploy of {name} failed: {}", f.error),
+                log_tail: f.log_tail,
+            })?;
+        self.save_record(
+            name,
+            DeployedRecord {
+                context: snap.digest.clone(),
+                image: image.clone(),
+                url: deployed.url.clone(),
+            },
+        );
+        {
+            let mut st = self.state.lock().expect("pipeline state");
+            if let Some(svc) = st.services.get_mut(name) {
+                svc.deployed_context = Some(snap.digest.clone());
+                self.emit_locked(
+                    svc,
+                    name,
+                    generation,
+                    EventKind::Deployed {
+                        image,
+                        url: deployed.url,
+                        total_ms: trigger.since.elapsed().as_millis() as u64,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every service's state (and the catalog error), as sent to a new
+    /// subscriber.
+    pub fn snapshot(&self) -> ServerMsg {
+        snapshot_msg(&self.state.lock().expect("pipeline state"))
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerMsg> {
+        self.events.subscribe()
+    }
+
+    /// The last build log of `service`, if any.
+    pub fn build_log(&self, service: &str) -> Option<PathBuf> {
+        let p = self.dir.join(service).join("build.log");
+        p.exists().then_some(p)
+    }
+}
+
+fn snapshot_msg(st: &State) -> ServerMsg {
+    ServerMsg::Services {
+        services: st.services.values().map(|s| s.status.clone()).collect(),
+        catalog_error: st.catalog_error.clone(),
+    }
+}
