@@ -48,6 +48,8 @@ struct Svc {
     deployed_context: Option<String>,
     /// Something was attempted since start.
     attempted: bool,
+    /// The last build or deploy failed (what runs is older than the worktree).
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -265,6 +267,11 @@ impl Pipeline {
             kind,
         };
         svc.status.apply(&e);
+        match &e.kind {
+            EventKind::Failed { .. } => svc.failed = true,
+            EventKind::Deployed { .. } => svc.failed = false,
+            _ => {}
+        }
         tracing::info!(workspace = %self.workspace, service = %name, generation, event = ?e.kind, "build event");
         let _ = self.events.send(ServerMsg::Event(e));
     }
@@ -387,10 +394,9 @@ impl Pipeline {
         let name = &service.name;
         let unchanged = {
             let st = self.state.lock().expect("pipeline state");
-            st.services.get(name).is_some_and(|s| {
-                s.deployed_context.as_deref() == Some(&snap.digest)
-                    && s.status.state != ServiceState::Failed
-            })
+            st.services
+                .get(name)
+                .is_some_and(|s| s.deployed_context.as_deref() == Some(&snap.digest) && !s.failed)
         };
         if unchanged {
             self.emit(

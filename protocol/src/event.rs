@@ -119,7 +119,13 @@ impl ServiceStatus {
     pub fn apply(&mut self, e: &BuildEvent) {
         self.generation = e.generation;
         match &e.kind {
-            EventKind::Queued => self.state = ServiceState::Queued,
+            // A build or deploy in flight stays the state; the queued
+            // follow-up shows once it starts.
+            EventKind::Queued => {
+                if !matches!(self.state, ServiceState::Building | ServiceState::Deploying) {
+                    self.state = ServiceState::Queued;
+                }
+            }
             EventKind::Started { context, .. } => {
                 self.state = ServiceState::Building;
                 self.context = Some(context.clone());
@@ -197,6 +203,8 @@ mod tests {
             tag: "t".into(),
         }));
         assert_eq!(s.state, ServiceState::Building);
+        s.apply(&ev(EventKind::Queued));
+        assert_eq!(s.state, ServiceState::Building, "a follow-up queues behind");
         s.apply(&ev(EventKind::Built {
             image: "r@sha256:aa".into(),
             duration_ms: 900,

@@ -20,6 +20,7 @@ pub struct Devd<'a> {
     fx: &'a Fixture,
     repo: PathBuf,
     started: Cell<bool>,
+    env: Vec<(String, String)>,
 }
 
 impl<'a> Devd<'a> {
@@ -28,7 +29,20 @@ impl<'a> Devd<'a> {
             fx,
             repo,
             started: Cell::new(false),
+            env: Vec::new(),
         }
+    }
+
+    /// Run every devd command (and so the daemon it starts) with `env`
+    /// added, e.g. the container tools' configuration.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// The fixture this handle belongs to.
+    pub fn fixture(&self) -> &'a Fixture {
+        self.fx
     }
 
     /// The repository this handle runs devd in.
@@ -49,6 +63,9 @@ impl<'a> Devd<'a> {
             )
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -267,5 +284,63 @@ impl Status {
             last_sync: v.get("last_sync").filter(|s| !s.is_null()).cloned(),
             raw: v,
         })
+    }
+
+    /// `services[]`: every declared service as the receiver reported it.
+    pub fn services(&self) -> Vec<Service> {
+        self.raw
+            .get("services")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(Service::from_json).collect())
+            .unwrap_or_default()
+    }
+
+    /// The service named `name`, if the status lists it.
+    pub fn service(&self, name: &str) -> Option<Service> {
+        self.services().into_iter().find(|s| s.name == name)
+    }
+}
+
+/// One entry of `devd status --json`'s `services[]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub state: String,
+    /// `sha256:…` of the deployed image.
+    pub digest: Option<String>,
+    /// `repo@sha256:…`.
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub last_build_ms: Option<u64>,
+    pub reused: bool,
+    pub error: Option<String>,
+    pub log_tail: Vec<String>,
+    /// Generation of the service's latest event.
+    pub generation: u64,
+}
+
+impl Service {
+    fn from_json(v: &Value) -> Self {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Self {
+            name: s("name").expect("service without a name"),
+            state: s("state").expect("service without a state"),
+            digest: s("digest"),
+            image: s("image"),
+            url: s("url"),
+            last_build_ms: v.get("last_build_ms").and_then(Value::as_u64),
+            reused: v.get("reused").and_then(Value::as_bool).unwrap_or(false),
+            error: s("error"),
+            log_tail: v
+                .get("log_tail")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            generation: v.get("generation").and_then(Value::as_u64).unwrap_or(0),
+        }
     }
 }

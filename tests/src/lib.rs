@@ -34,7 +34,7 @@ pub use containers::{
     require_container_tools,
 };
 pub use content::{random_bytes, text_lines};
-pub use daemon::{Devd, Status, SyncReport};
+pub use daemon::{Devd, Service, Status, SyncReport};
 pub use process::{Background, Run};
 pub use receiver::{Pairing, Receiver, ReceiverOpts};
 pub use repo::{FAST_SYNC, Fixture};

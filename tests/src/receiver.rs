@@ -22,6 +22,10 @@ pub struct ReceiverOpts {
     pub env: Vec<(String, String)>,
     /// `--git-remote`; default the fixture's origin.
     pub git_remote: Option<String>,
+    /// `--config FILE`: the receiver's configuration (builds, backends).
+    pub config: Option<PathBuf>,
+    /// More arguments for `serve`.
+    pub args: Vec<String>,
 }
 
 impl Default for ReceiverOpts {
@@ -32,6 +36,8 @@ impl Default for ReceiverOpts {
             data: None,
             env: Vec::new(),
             git_remote: None,
+            config: None,
+            args: Vec::new(),
         }
     }
 }
@@ -73,6 +79,7 @@ impl<'a> Receiver<'a> {
                 &opts.git_remote.clone().unwrap_or_else(|| fx.origin_url()),
             ])
             .args(["--workspace", &opts.workspace])
+            .args(&opts.args)
             .env(
                 "RUST_LOG",
                 std::env::var("DEVD_TEST_LOG")
@@ -80,6 +87,9 @@ impl<'a> Receiver<'a> {
             )
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1");
+        if let Some(c) = &opts.config {
+            cmd.arg("--config").arg(c);
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }

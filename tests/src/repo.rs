@@ -292,6 +292,12 @@ impl Fixture {
         self.write("devd.toml", toml);
     }
 
+    /// Write `devd.local.toml` (this laptop's settings: `[receiver]`,
+    /// `[sync]`) at the laptop repository root.
+    pub fn write_local_config(&self, toml: &str) {
+        self.write("devd.local.toml", toml);
+    }
+
     /// A handle on the devd CLI for the laptop repository.
     pub fn devd(&self) -> Devd<'_> {
         Devd::new(self, self.laptop.clone())
