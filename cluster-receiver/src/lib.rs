@@ -17,16 +17,22 @@
 //! - [`dockerignore`], [`context`]: build contexts, their snapshot and digest.
 //! - [`pipeline`]: affected services, the build queue, build events.
 //! - [`builder`]: the build and deploy backends (local, Kubernetes).
+//! - [`http`]: the receiver's HTTP server (build contexts for build pods).
+//! - [`archive`], [`fetch`]: build contexts packed for a build pod, and
+//!   `devd-receiver fetch-context`, which unpacks them there.
 
+pub mod archive;
 pub mod blob_store;
 pub mod builder;
 pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod dockerignore;
+pub mod fetch;
 pub mod framed;
 pub mod fsutil;
 pub mod git_store;
+pub mod http;
 pub mod materialize;
 pub mod pairing;
 pub mod pipeline;

@@ -52,13 +52,57 @@ enum Cmd {
         /// Without it: the local backend (buildah + podman), no registry.
         #[arg(long, env = "DEVD_RECEIVER_CONFIG")]
         config: Option<PathBuf>,
+        /// TCP address of the HTTP server (build contexts for Kubernetes
+        /// build pods). Needed by the kubernetes backend.
+        #[arg(long, env = "DEVD_RECEIVER_HTTP_LISTEN")]
+        http_listen: Option<SocketAddr>,
     },
+    /// Download a build context offered by a receiver, verify it and unpack
+    /// it (the init container of a Kubernetes build pod).
+    ///
+    /// Example: devd-receiver fetch-context --url http://devd-receiver.ns.svc:8080/contexts/TOKEN.tar.zst --blake3 HEX --dest /workspace
+    FetchContext {
+        /// URL of the context archive.
+        #[arg(long)]
+        url: String,
+        /// blake3 digest (hex) the archive must have.
+        #[arg(long)]
+        blake3: String,
+        /// Directory to unpack into (created).
+        #[arg(long)]
+        dest: PathBuf,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::FetchContext { url, blake3, dest } => {
+            init_tracing(false);
+            devd_receiver::server::install_crypto();
+            let f = devd_receiver::fetch::fetch_context(&url, &dest, &blake3).await?;
+            println!(
+                "fetched {} bytes, {} entries into {}",
+                f.bytes,
+                f.entries,
+                dest.display()
+            );
+            Ok(())
+        }
         Cmd::Serve {
             data,
             listen,
@@ -69,17 +113,9 @@ async fn main() -> anyhow::Result<()> {
             max_connections,
             json_logs,
             config,
+            http_listen,
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let fmt = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr);
-            if json_logs {
-                fmt.json().init();
-            } else {
-                fmt.init();
-            }
+            init_tracing(json_logs);
             let mut workspaces = Vec::new();
             if let Some(remote) = git_remote {
                 workspaces.push(WorkspaceSpec {
@@ -104,11 +140,34 @@ async fn main() -> anyhow::Result<()> {
                 Some(p) => devd_receiver::config::ReceiverConfig::load(p)?,
                 None => Default::default(),
             };
-            let builds = cfg.backend(&data)?.map(|backend| devd_receiver::Builds {
-                backend,
-                concurrency: cfg.build.concurrency,
-            });
             let cancel = CancellationToken::new();
+            let http = match http_listen {
+                Some(addr) => {
+                    let shelf =
+                        devd_receiver::http::ContextShelf::new(&data.join("http-contexts"))?;
+                    let server = devd_receiver::http::serve(
+                        addr,
+                        devd_receiver::http::HttpState {
+                            contexts: shelf.clone(),
+                        },
+                        cancel.clone(),
+                    )
+                    .await?;
+                    Some((shelf, server.addr))
+                }
+                None => None,
+            };
+            let env = devd_receiver::config::BackendEnv {
+                state_dir: data.clone(),
+                http: http.clone(),
+            };
+            let builds = cfg
+                .backend(&env)
+                .await?
+                .map(|backend| devd_receiver::Builds {
+                    backend,
+                    concurrency: cfg.build.concurrency,
+                });
             let running = devd_receiver::start(
                 ServeOptions {
                     data_dir: data,
@@ -122,6 +181,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("listening on {}", running.addr);
+            if let Some((_, addr)) = &http {
+                println!("http on {addr}");
+            }
             for (name, pairing, worktree) in &running.workspaces {
                 println!(
                     "workspace {name}: pairing {} worktree {}",

@@ -8,6 +8,7 @@
 //! The pipeline ([`crate::pipeline`]) decides what to build; a backend only
 //! knows how.
 
+pub mod kubernetes;
 pub mod local;
 pub mod registry;
 

@@ -1,0 +1,289 @@
+//! The receiver's HTTP server (`devd-receiver serve --http-listen ADDR`).
+//!
+//! Routes:
+//! - `GET /contexts/{token}.tar.zst`: the build context of one running
+//!   Kubernetes build, for its `fetch-context` init container. The receiver's
+//!   volume is ReadWriteOnce, so a build pod on another node cannot mount it;
+//!   the context travels over the cluster network instead. Each build gets
+//!   a fresh random token (128 bits) that names its archive only while the
+//!   build runs ([`ContextOffer`] withdraws it when dropped); any other path
+//!   is 404. The archive's blake3 digest is passed to the fetcher beside the
+//!   URL, and the fetcher verifies it.
+//!
+//! Health, readiness and metrics routes belong here too: add a handler to
+//! [`router`] and what it needs to [`HttpState`].
+
+use crate::archive::{self, Packed};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the HTTP side.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the context directory {dir}: {source}")]
+    Dir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error("cannot draw a random token: {0}")]
+    Random(std::io::Error),
+    #[error("packing task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Build contexts offered for download, by token.
+#[derive(Debug)]
+pub struct ContextShelf {
+    dir: PathBuf,
+    offers: Mutex<HashMap<String, PathBuf>>,
+}
+
+/// One offered context; withdrawn (and its archive deleted) on drop.
+#[derive(Debug)]
+pub struct ContextOffer {
+    shelf: Arc<ContextShelf>,
+    token: String,
+    file: PathBuf,
+    /// URL path, e.g. `/contexts/3f…9a.tar.zst`.
+    pub path: String,
+    pub packed: Packed,
+}
+
+impl Drop for ContextOffer {
+    fn drop(&mut self) {
+        self.shelf
+            .offers
+            .lock()
+            .expect("context shelf")
+            .remove(&self.token);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+impl ContextShelf {
+    /// A shelf keeping its archives in `dir` (created; leftovers of an
+    /// earlier run are removed).
+    pub fn new(dir: &Path) -> Result<Arc<Self>, HttpError> {
+        let err = |source| HttpError::Dir {
+            dir: dir.display().to_string(),
+            source,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(err)?;
+        }
+        std::fs::create_dir_all(dir).map_err(err)?;
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            offers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Pack `context_dir` and offer it under a fresh token until the
+    /// returned offer is dropped.
+    pub async fn offer(self: &Arc<Self>, context_dir: &Path) -> Result<ContextOffer, HttpError> {
+        let token = random_token().map_err(HttpError::Random)?;
+        let file = self.dir.join(format!("{token}.tar.zst"));
+        let (src, out) = (context_dir.to_owned(), file.clone());
+        let packed = match tokio::task::spawn_blocking(move || archive::pack(&src, &out)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&file);
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&file);
+                return Err(e.into());
+            }
+        };
+        self.offers
+            .lock()
+            .expect("context shelf")
+            .insert(token.clone(), file.clone());
+        Ok(ContextOffer {
+            shelf: self.clone(),
+            path: format!("/contexts/{token}.tar.zst"),
+            token,
+            file,
+            packed,
+        })
+    }
+
+    fn lookup(&self, token: &str) -> Option<PathBuf> {
+        self.offers
+            .lock()
+            .expect("context shelf")
+            .get(token)
+            .cloned()
+    }
+
+    /// How many contexts are offered right now.
+    pub fn len(&self) -> usize {
+        self.offers.lock().expect("context shelf").len()
+    }
+
+    /// True if nothing is offered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub contexts: Arc<ContextShelf>,
+}
+
+/// Every route of the receiver's HTTP server.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/contexts/{file}", get(get_context))
+        .with_state(state)
+}
+
+async fn get_context(State(st): State<HttpState>, UrlPath(file): UrlPath<String>) -> Response {
+    let Some(token) = file.strip_suffix(".tar.zst") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(path) = st.contexts.lookup(token) else {
+        tracing::info!("request for an unknown or withdrawn build context");
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open an offered build context");
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    };
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    tracing::info!(bytes = len, "serving a build context");
+    (
+        [
+            (header::CONTENT_TYPE, "application/zstd".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+    )
+        .into_response()
+}
+
+/// A running HTTP server.
+#[derive(Debug)]
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Listen on `addr` and serve [`router`] until `cancel` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    state: HttpState,
+    cancel: CancellationToken,
+) -> Result<HttpServer, HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(HttpServer { addr: bound, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&out[..end]).into_owned();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, out[end + 4..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn serves_an_offer_only_while_it_lasts() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        let shelf = ContextShelf::new(&d.path().join("shelf")).unwrap();
+        let cancel = CancellationToken::new();
+        let srv = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            HttpState {
+                contexts: shelf.clone(),
+            },
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let offer = shelf.offer(&ctx).await.unwrap();
+        assert!(offer.path.starts_with("/contexts/") && offer.path.len() > 40);
+        let (code, body) = get(srv.addr, &offer.path).await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            blake3::hash(&body).to_hex().to_string(),
+            offer.packed.blake3
+        );
+        let out = d.path().join("out");
+        archive::unpack(&body[..], &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("Dockerfile")).unwrap(),
+            "FROM scratch\n"
+        );
+        assert_eq!(get(srv.addr, "/contexts/nope.tar.zst").await.0, 404);
+        let path = offer.path.clone();
+        drop(offer);
+        assert!(shelf.is_empty());
+        assert_eq!(
+            get(srv.addr, &path).await.0,
+            404,
+            "withdrawn after the build"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path().join("shelf")).unwrap().count(),
+            0,
+            "archive deleted"
+        );
+        cancel.cancel();
+        srv.task.await.unwrap();
+    }
+}
