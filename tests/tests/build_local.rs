@@ -235,14 +235,17 @@ fn embedded_default_builds_into_local_storage_and_serves_the_new_content() {
         s.state == "deployed" && s.image.as_deref() != Some(image.as_str())
     });
     assert!(get(&url, "/").contains("web v3"));
-    // One container per service: the old one was retired.
-    let ours: Vec<_> = cenv
-        .podman_ps()
-        .into_iter()
-        .filter(|c| c.labels.get("dev.devd.service").map(String::as_str) == Some("web"))
-        .collect();
-    assert_eq!(ours.len(), 1, "{ours:#?}");
-    assert_eq!(ours[0].state, "running");
+    // One container per service: the old one is retired (in the background).
+    let web_containers = || -> Vec<_> {
+        cenv.podman_ps()
+            .into_iter()
+            .filter(|c| c.labels.get("dev.devd.service").map(String::as_str) == Some("web"))
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "the old web container is removed", || {
+        web_containers().len() == 1
+    });
+    assert_eq!(web_containers()[0].state, "running");
 }
 
 #[test]

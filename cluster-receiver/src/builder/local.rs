@@ -487,9 +487,18 @@ impl Backend for LocalBackend {
             Some(a) => Some(self.url(self.route(&k, a).await?)),
             None => None,
         };
-        // The new one serves: retire the old ones.
-        self.remove(old.into_iter().map(|(n, _, _)| n).collect())
-            .await;
+        // The new one serves: retire the old ones in the background (they
+        // get a second to finish requests in flight).
+        let stale: Vec<String> = old.into_iter().map(|(n, _, _)| n).collect();
+        if !stale.is_empty() {
+            tokio::spawn(async move {
+                let mut cmd = Command::new("podman");
+                cmd.args(["rm", "-f", "-t", "1"]).args(&stale);
+                if let Err(e) = run(cmd, "podman", None).await {
+                    tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
+                }
+            });
+        }
         Ok(Deployment { url })
     }
 
