@@ -12,6 +12,16 @@ need_rust
 say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image)"
 need_packages --no-recommends runc buildah podman docker-registry busybox-static
 
+say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes backend's emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves)"
+if ! .venv/bin/python -c 'import kmock' 2>/dev/null; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    need_packages python3 python3-venv
+    /usr/bin/python3 -m venv .venv
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check kmock==0.8
+fi
+export DEVD_TEST_PYTHON="$PWD/.venv/bin/python"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

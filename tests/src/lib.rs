@@ -11,6 +11,7 @@
 //! - [`worktree`]: snapshots of worktrees, their comparison, and the
 //!   expected overlay digest computed independently of devd.
 //! - [`content`]: deterministic bulk content (random bytes, text files).
+//! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
 //! - [`containers`]: private buildah/podman storage per test, a local
 //!   `docker-registry`, a tiny HTTP client for what containers serve.
 //!
@@ -22,6 +23,7 @@ pub mod bins;
 pub mod containers;
 pub mod content;
 pub mod daemon;
+pub mod kmock;
 pub mod process;
 pub mod receiver;
 pub mod repo;
