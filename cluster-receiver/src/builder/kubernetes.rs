@@ -2257,6 +2257,36 @@ mod request_shape_tests {
         assert_eq!(r.await.unwrap().unwrap(), None);
     }
 
+    #[tokio::test]
+    async fn urls_follow_exposure_and_the_template() {
+        let (st, _api) = setup(|s| s.domain = Some("dev.example.com".into()));
+        let b = &st.backend;
+        let web = service("[services.web]\ncontext = \"w\"\nport = 8080\nexpose = \"external\"\n");
+        let api = service("[services.api]\ncontext = \"a\"\nport = 9000\n");
+        let worker = service("[services.worker]\ncontext = \"k\"\nexpose = \"none\"\n");
+        assert_eq!(
+            b.url("alice", &web).as_deref(),
+            Some("http://web.dev.dev.example.com")
+        );
+        assert_eq!(
+            b.url("alice", &api).as_deref(),
+            Some("http://api.dev.svc.cluster.local:9000")
+        );
+        assert_eq!(b.url("alice", &worker), None);
+        assert_eq!(
+            b.url("alice", &legacy()).as_deref(),
+            Some("http://legacy-app.dev.svc.cluster.local:80")
+        );
+        let (st, _api) = setup(|s| {
+            s.domain = Some("dev.example.com".into());
+            s.url_template = Some("https://{service}-{workspace}.{domain}:{port}".into());
+        });
+        assert_eq!(
+            st.backend.url("alice", &api).as_deref(),
+            Some("https://api-alice.dev.example.com:9000")
+        );
+    }
+
     /// Every field devd sends exists in the Kubernetes schema: a misspelled
     /// one would be dropped by the typed round trip.
     #[tokio::test]
