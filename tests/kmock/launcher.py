@@ -42,13 +42,8 @@ from kmock._internal import enums
 _versions = itertools.count(1)
 
 
-def _key(request, obj=None):
-    namespace = request.namespace
-    name = request.name
-    if obj is not None:
-        namespace = namespace or obj.get("metadata", {}).get("namespace")
-        name = name or obj.get("metadata", {}).get("name")
-    return (request.resource, namespace, name)
+def _key(request):
+    return (request.resource, request.namespace, request.name)
 
 
 class Emulator(kmock.KubernetesEmulator):
