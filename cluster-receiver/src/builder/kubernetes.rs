@@ -82,6 +82,8 @@ pub const DEFAULT_KANIKO_IMAGE: &str = "ghcr.io/osscontainertools/kaniko:v1.28.4
 /// Extra time past `activeDeadlineSeconds` before the backend gives up on
 /// a Job whose controller never marked it failed.
 const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+/// How long API errors are retried while waiting for a Job.
+const API_ERROR_PATIENCE: Duration = Duration::from_secs(120);
 /// Container states that will not get better by waiting.
 const FATAL_WAITING: &[&str] = &[
     "ImagePullBackOff",
@@ -733,11 +735,12 @@ impl KubernetesBackend {
         let limit = Duration::from_secs(self.s.active_deadline_seconds as u64) + DEADLINE_GRACE;
         let start = Instant::now();
         let mut delay = Duration::from_millis(100).min(self.s.poll_interval);
-        let mut errors = 0;
+        // API errors are tolerated this long (an API server restart).
+        let mut failing_since: Option<Instant> = None;
         loop {
             match jobs.get(name).await {
                 Ok(job) => {
-                    errors = 0;
+                    failing_since = None;
                     let state = job_state(&job);
                     if state != JobState::Running {
                         return Ok((state, self.job_pod(name).await?));
@@ -749,20 +752,26 @@ impl KubernetesBackend {
                     )));
                 }
                 Err(e) => {
-                    errors += 1;
-                    if errors >= 10 {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > API_ERROR_PATIENCE {
                         return Err(api_failure(&format!("read Job {name}"), e));
                     }
                     tracing::warn!(job = %name, error = %e, "cannot read the Job; retrying");
                 }
             }
-            if let Some(pod) = self.job_pod(name).await?
-                && let Some((container, reason, message)) = fatal_waiting(&pod)
-            {
-                self.delete_job(name).await;
-                return Err(Failure::new(format!(
-                    "build pod of Job {name} cannot start: container {container}: {reason}: {message}"
-                )));
+            match self.job_pod(name).await {
+                Ok(Some(pod)) => {
+                    if let Some((container, reason, message)) = fatal_waiting(&pod) {
+                        self.delete_job(name).await;
+                        return Err(Failure::new(format!(
+                            "build pod of Job {name} cannot start: container {container}: {reason}: {message}"
+                        )));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "cannot list the build pod; retrying")
+                }
             }
             if start.elapsed() > limit {
                 self.delete_job(name).await;
