@@ -107,6 +107,8 @@ pub struct Uplink {
     pub receiver_worktree: Option<String>,
     /// Where build events go (`None` message: the event stream ended).
     events: Option<tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>>,
+    /// False once the current connection's event stream ended.
+    events_alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Reads and encodes blobs; shareable across threads.
@@ -230,6 +232,7 @@ impl Uplink {
             remote_ack: None,
             receiver_worktree: None,
             events: None,
+            events_alive: Arc::default(),
         })
     }
 
@@ -243,13 +246,20 @@ impl Uplink {
         self
     }
 
-    /// Connect (and subscribe) unless connected.
+    /// Connect (and subscribe) unless connected with a live event stream.
     pub async fn ensure_connected(&mut self) -> Result<(), SyncError> {
+        use std::sync::atomic::Ordering;
+        if self.connected() && (self.events.is_none() || self.events_alive.load(Ordering::SeqCst))
+        {
+            return Ok(());
+        }
+        // The event stream ended: the receiver is going away (or went).
+        self.disconnect();
         self.connect().await
     }
 
     /// Open the event stream on a fresh connection.
-    async fn subscribe(&self, conn: &quinn::Connection) {
+    async fn subscribe(&mut self, conn: &quinn::Connection) {
         let Some(tx) = self.events.clone() else {
             return;
         };
@@ -264,12 +274,15 @@ impl Uplink {
             tracing::warn!(error = %e, "cannot subscribe to build events");
             return;
         }
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        self.events_alive = alive.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = io.recv::<ServerMsg>().await {
                 if tx.send(Some(m)).is_err() {
                     return;
                 }
             }
+            alive.store(false, std::sync::atomic::Ordering::SeqCst);
             let _ = tx.send(None);
         });
     }

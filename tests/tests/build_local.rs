@@ -242,9 +242,11 @@ fn embedded_default_builds_into_local_storage_and_serves_the_new_content() {
             .filter(|c| c.labels.get("dev.devd.service").map(String::as_str) == Some("web"))
             .collect()
     };
-    wait_until(Duration::from_secs(30), "the old web container is removed", || {
-        web_containers().len() == 1
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the old web container is removed",
+        || web_containers().len() == 1,
+    );
     assert_eq!(web_containers()[0].state, "running");
 }
 
@@ -351,4 +353,61 @@ fn edits_during_a_build_queue_exactly_one_follow_up_build_with_the_latest_state(
         "deployed",
         "nothing else queued"
     );
+}
+
+#[test]
+fn a_restarted_receiver_adopts_the_running_services_without_rebuilding() {
+    require_container_tools();
+    let fx = Fixture::from_example("demo");
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let mut rx = fx.receiver_with(ReceiverOpts {
+        env: cenv.env(),
+        ..Default::default()
+    });
+    let addr = rx.addr().to_string();
+    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let devd = fx.devd().with_env(cenv.env());
+    devd.start_wait();
+    let mut before = Vec::new();
+    for name in ["api", "greeter", "web"] {
+        before.push(wait_service(&devd, name, "deployed", |s| {
+            s.state == "deployed"
+        }));
+    }
+    let containers: Vec<String> = cenv.podman_ps().iter().map(|c| c.id.clone()).collect();
+
+    rx.signal("TERM");
+    assert!(
+        rx.wait_exit(Duration::from_secs(30)).is_some(),
+        "receiver drains and exits"
+    );
+    drop(rx);
+    let _rx = fx.receiver_with(ReceiverOpts {
+        env: cenv.env(),
+        listen: addr,
+        ..Default::default()
+    });
+    // The daemon reconnects by itself and gets the adopted state: the same
+    // images at the same URLs, nothing built, the same containers serving.
+    for b in &before {
+        let s = wait_service(&devd, &b.name, "adopted", |s| {
+            s.state == "deployed" && s.image == b.image && s.last_build_ms.is_none()
+        });
+        assert_eq!(
+            s.url, b.url,
+            "{}: the URL survives a receiver restart",
+            b.name
+        );
+    }
+    assert!(get(before[2].url.as_deref().unwrap(), "/").contains("web v1"));
+    let after: Vec<String> = cenv.podman_ps().iter().map(|c| c.id.clone()).collect();
+    assert_eq!(after, containers, "no container was replaced");
+
+    // And builds go on from there.
+    fx.write("services/api/www/index.html", "api v2\n");
+    let api = wait_service(&devd, "api", "rebuilt", |s| {
+        s.state == "deployed" && s.image != before[0].image
+    });
+    assert!(get(api.url.as_deref().unwrap(), "/").contains("api v2"));
 }
