@@ -491,7 +491,7 @@ async fn uplink_loop(
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(d) => {}
                 r = snap_rx.changed() => if r.is_err() { break },
-                _ = lost.notified() => reconnect = true,
+                _ = lost.notified(), if !pending => reconnect = true,
             }
         }
         if cancel.is_cancelled() {

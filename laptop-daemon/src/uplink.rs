@@ -375,10 +375,26 @@ impl Uplink {
     /// Bring the receiver to `snap`. Returns `None` if it already was there.
     pub async fn sync(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
         let res = self.sync_inner(snap).await;
-        if matches!(
-            res,
-            Err(SyncError::Lost(_) | SyncError::Protocol(_) | SyncError::Changed(_))
-        ) {
+        // After these refusals the receiver may close the connection (it
+        // does when a blob could not be stored): start afresh next time, so
+        // the next attempt reports the refusal again, not a closed stream.
+        let closing_refusal = matches!(
+            &res,
+            Err(SyncError::Rejected {
+                code: ErrorCode::Storage
+                    | ErrorCode::BadBlob
+                    | ErrorCode::TooLarge
+                    | ErrorCode::Malformed
+                    | ErrorCode::Internal,
+                ..
+            })
+        );
+        if closing_refusal
+            || matches!(
+                res,
+                Err(SyncError::Lost(_) | SyncError::Protocol(_) | SyncError::Changed(_))
+            )
+        {
             self.disconnect();
         }
         res
