@@ -38,18 +38,27 @@ pub enum Scenario {
     Idle,
     Bulk,
     Churn,
+    /// Save → deployed with real builds ([`crate::deploy`]).
+    Deploy,
 }
 
 impl Scenario {
     /// All, in the order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Latency,
         Scenario::Bytes,
         Scenario::ColdStart,
         Scenario::Idle,
         Scenario::Bulk,
         Scenario::Churn,
+        Scenario::Deploy,
     ];
+
+    /// Does it run on the generated repository (with rsync baselines)?
+    /// Scenario 7 runs on `examples/demo` instead.
+    pub fn uses_generated_repo(self) -> bool {
+        self != Scenario::Deploy
+    }
 
     /// Key in `results.json` and the table.
     pub fn key(self) -> &'static str {
@@ -60,6 +69,7 @@ impl Scenario {
             Scenario::Idle => "4 idle cost",
             Scenario::Bulk => "5 bulk change",
             Scenario::Churn => "6 churn (git checkout)",
+            Scenario::Deploy => "7 save → deployed",
         }
     }
 }
@@ -83,6 +93,11 @@ pub struct Config {
     pub idle: Duration,
     pub idle_poll_runs: usize,
     pub poll_interval: Duration,
+    /// Scenario 7: measured edits per variant, reuse hits, and whether the
+    /// docker-registry variant runs too.
+    pub deploy_edits: usize,
+    pub deploy_reverts: usize,
+    pub deploy_registry: bool,
     pub work: PathBuf,
     pub devd_bin: PathBuf,
     pub command: String,
@@ -108,6 +123,9 @@ impl Config {
                 idle: Duration::from_secs(5),
                 idle_poll_runs: 10,
                 poll_interval: Duration::from_micros(500),
+                deploy_edits: 5,
+                deploy_reverts: 2,
+                deploy_registry: false,
                 work,
                 devd_bin,
                 command,
@@ -129,6 +147,9 @@ impl Config {
                 idle: Duration::from_secs(60),
                 idle_poll_runs: 3,
                 poll_interval: Duration::from_micros(500),
+                deploy_edits: 15,
+                deploy_reverts: 5,
+                deploy_registry: true,
                 work,
                 devd_bin,
                 command,
@@ -194,13 +215,14 @@ pub struct Bench {
     results: Results,
 }
 
-/// Check the tools the baselines need; the error says what to install.
-pub fn check_tools(cfg: &Config) -> anyhow::Result<()> {
+/// Check the tools the baselines need (rsync only for the scenarios on the
+/// generated repository); the error says what to install.
+pub fn check_tools(cfg: &Config, rsync: bool) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if which("git").is_none() {
         missing.push("git (apt-get install -y git)");
     }
-    if which("rsync").is_none() {
+    if rsync && which("rsync").is_none() {
         missing.push("rsync 3.2+ for the baseline (apt-get install -y rsync)");
     }
     if !missing.is_empty() {
@@ -279,6 +301,7 @@ pub fn machine(work: &Path) -> Machine {
         rotational,
         git: first_line(&output(Command::new("git").arg("--version")).unwrap_or_default()),
         rsync: first_line(&output(Command::new("rsync").arg("--version")).unwrap_or_default()),
+        container_tools: String::new(),
         loadavg_start: read("/proc/loadavg").trim().to_owned(),
         loadavg_end: String::new(),
         devd_commit: git(manifest, &["describe", "--always", "--dirty"])
@@ -286,6 +309,24 @@ pub fn machine(work: &Path) -> Machine {
             .unwrap_or_else(|_| "unknown".into()),
         devd_binary: String::new(),
     }
+}
+
+/// The results of a run before any scenario: mode, command, machine.
+pub fn new_results(cfg: &Config) -> Results {
+    let mut results = Results {
+        mode: if cfg.quick { "quick" } else { "full" }.into(),
+        command: cfg.command.clone(),
+        machine: machine(&cfg.work),
+        ..Default::default()
+    };
+    let age = std::fs::metadata(&cfg.devd_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or("?".into(), |d| format!("{:.0} s", d.as_secs_f64()));
+    results.machine.devd_binary =
+        format!("{} (built {age} before the run)", cfg.devd_bin.display());
+    results
 }
 
 fn ms(d: Duration) -> f64 {
@@ -314,19 +355,7 @@ impl Bench {
             human_bytes(repo.bytes as f64)
         );
         let rsync = RsyncDaemon::start(&cfg.work.join("rsync"))?;
-        let mut results = Results {
-            mode: if cfg.quick { "quick" } else { "full" }.into(),
-            command: cfg.command.clone(),
-            machine: machine(&cfg.work),
-            ..Default::default()
-        };
-        let age = std::fs::metadata(&cfg.devd_bin)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .map_or("?".into(), |d| format!("{:.0} s", d.as_secs_f64()));
-        results.machine.devd_binary =
-            format!("{} (built {age} before the run)", cfg.devd_bin.display());
+        let mut results = new_results(&cfg);
         results
             .repo
             .insert("files".into(), json!(spec.files + BIG_FILES + 2));

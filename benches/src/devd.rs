@@ -1,6 +1,7 @@
 //! Driving the real `devd` binary: `start`, `status --json`, `sync --json`,
 //! `stop`, with a private `DEVD_HOME`. The daemon runs in the background
-//! exactly as a developer runs it, with its embedded receiver on loopback.
+//! exactly as a developer runs it, with its embedded receiver on loopback;
+//! and, for scenario 7, a separate `devd-receiver serve` ([`Receiver`]).
 
 use crate::util::output;
 use anyhow::{Context, bail};
@@ -15,6 +16,7 @@ pub struct Devd {
     bin: PathBuf,
     home: PathBuf,
     repo: PathBuf,
+    env: Vec<(String, PathBuf)>,
     running: bool,
 }
 
@@ -25,8 +27,16 @@ impl Devd {
             bin: bin.to_owned(),
             home: home.to_owned(),
             repo: repo.to_owned(),
+            env: Vec::new(),
             running: false,
         }
+    }
+
+    /// More environment for every `devd` command (and so for the daemon
+    /// and its embedded receiver): e.g. the private container storage.
+    pub fn with_env(mut self, env: Vec<(String, PathBuf)>) -> Self {
+        self.env = env;
+        self
     }
 
     /// `DEVD_HOME`.
@@ -40,7 +50,8 @@ impl Devd {
             .arg(&self.repo)
             .env("DEVD_HOME", &self.home)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -142,5 +153,92 @@ impl Drop for Devd {
                 let _ = Command::new("kill").arg(pid.to_string()).status();
             }
         }
+    }
+}
+
+/// A separate `devd-receiver serve` (scenario 7's registry variant), with
+/// its output in `data/receiver.{out,err}`; stopped (SIGTERM, then SIGKILL)
+/// on drop.
+#[derive(Debug)]
+pub struct Receiver {
+    child: std::process::Child,
+    pairing: PathBuf,
+}
+
+impl Receiver {
+    /// Start `devd-receiver serve` for one workspace on an ephemeral
+    /// loopback port; returns once it listens and wrote the pairing file.
+    pub fn start(
+        bin: &Path,
+        data: &Path,
+        git_remote: &str,
+        workspace: &str,
+        config: &Path,
+        env: &[(String, PathBuf)],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let (out, err) = (data.join("receiver.out"), data.join("receiver.err"));
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--git-remote", git_remote])
+            .args(["--workspace", workspace])
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut rx = Self {
+            child,
+            pairing: data.join("workspaces").join(workspace).join("pairing.toml"),
+        };
+        let t = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.starts_with("listening on ") && rx.pairing.is_file() {
+                return Ok(rx);
+            }
+            if let Ok(Some(st)) = rx.child.try_wait() {
+                bail!(
+                    "devd-receiver exited ({st}): {}",
+                    std::fs::read_to_string(&err).unwrap_or_default().trim()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("devd-receiver did not listen and pair within 60 s: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `devd.local.toml` pointing the daemon at this receiver.
+    pub fn local_config(&self) -> String {
+        format!(
+            "[receiver]\nmode = \"remote\"\npairing = {}\n",
+            serde_json::to_string(&self.pairing.display().to_string()).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

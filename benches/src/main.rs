@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use devd_benches::bench::{self, Bench, Config, Scenario};
-use devd_benches::report;
+use devd_benches::{deploy, report};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,8 @@ enum Which {
     Bulk,
     /// 6: git checkout between two branches.
     Churn,
+    /// 7: save → deployed (examples/demo, real buildah/podman builds).
+    Deploy,
 }
 
 /// devd end-to-end benchmarks, each with its baseline measured in the same run.
@@ -31,6 +33,8 @@ enum Which {
 #[command(
     about,
     after_help = "Build the binaries first: cargo build --release --bins\n\
+                  Scenario 7 (deploy) also needs buildah, podman, runc, busybox-static and, for its\n\
+                  registry variant, docker-registry and devd-receiver.\n\
                   Example: cargo run --release -p devd-benches -- all --quick --out target/bench-quick"
 )]
 struct Args {
@@ -61,6 +65,13 @@ struct Args {
     /// Override the idle window of scenario 4, in seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// Override the number of measured edits per variant in scenario 7.
+    #[arg(long)]
+    deploy_edits: Option<usize>,
+    /// Run scenario 7's second variant (devd-receiver pushing to a local
+    /// docker-registry) too; default: in full runs only.
+    #[arg(long, value_name = "BOOL")]
+    deploy_registry: Option<bool>,
 }
 
 fn main() -> ExitCode {
@@ -83,7 +94,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Idle => [Scenario::Idle].into(),
         Which::Bulk => [Scenario::Bulk].into(),
         Which::Churn => [Scenario::Churn].into(),
+        Which::Deploy => [Scenario::Deploy].into(),
     };
+    let started = std::time::Instant::now();
     let devd_bin = match args.devd_bin {
         Some(b) => b,
         None => std::env::current_exe()?
@@ -120,11 +133,39 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = args.idle_secs {
         cfg.idle = std::time::Duration::from_secs(s);
     }
-    bench::check_tools(&cfg)?;
-    let results = Bench::new(cfg, which.clone())?.run();
+    if let Some(n) = args.deploy_edits {
+        cfg.deploy_edits = n.max(1);
+    }
+    if let Some(r) = args.deploy_registry {
+        cfg.deploy_registry = r;
+    }
+    let on_repo: BTreeSet<Scenario> = which
+        .iter()
+        .copied()
+        .filter(|s| s.uses_generated_repo())
+        .collect();
+    bench::check_tools(&cfg, !on_repo.is_empty())?;
+    if which.contains(&Scenario::Deploy) {
+        deploy::check_tools(&cfg)?;
+    }
+    let mut results = if on_repo.is_empty() {
+        bench::new_results(&cfg)
+    } else {
+        Bench::new(cfg.clone(), on_repo)?.run()
+    };
+    if which.contains(&Scenario::Deploy) {
+        deploy::run(&cfg, &mut results);
+    }
+    results.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    results.duration_s = started.elapsed().as_secs_f64();
 
     println!("\n{}", report::table(&results));
-    println!("{}", report::targets(&results));
+    if !results.targets.is_empty() {
+        println!("{}", report::targets(&results));
+    }
     report::write_all(&results, &args.out)?;
     println!(
         "wrote {}/results.json, RESULTS.md, latency.svg ({:.0} s)",

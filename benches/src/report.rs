@@ -52,29 +52,49 @@ pub fn targets(r: &Results) -> String {
 pub fn markdown(r: &Results, svg_name: &str) -> String {
     let m = &r.machine;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "## Benchmark results ({} run: {} files of ~2 KB in {} directories, {} in all)\n",
-        r.mode,
-        r.repo.get("files").map_or("?".into(), |v| v.to_string()),
-        r.repo.get("dirs").map_or("?".into(), |v| v.to_string()),
-        r.repo
-            .get("bytes")
-            .and_then(|v| v.as_f64())
-            .map_or("?".into(), crate::util::human_bytes),
-    );
-    s.push_str(
-        "devd with its embedded receiver over loopback QUIC vs baselines measured in the same run \
-         on the same machine. Ratio: how many times devd is better (or worse) than the baseline. \
-         Every measured step ends with a check of the receiver's file contents; devd's bytes are \
-         UDP payload bytes in both directions from quinn's connection stats (QUIC headers, \
-         encryption and ACKs included), rsync's are its `--stats` totals.\n\n",
-    );
+    let on_repo = r.rows.iter().any(|row| !row.scenario.starts_with('7'));
+    let deploy = r.rows.iter().any(|row| row.scenario.starts_with('7'));
+    if on_repo {
+        let _ = writeln!(
+            s,
+            "## Benchmark results ({} run: {} files of ~2 KB in {} directories, {} in all)\n",
+            r.mode,
+            r.repo.get("files").map_or("?".into(), |v| v.to_string()),
+            r.repo.get("dirs").map_or("?".into(), |v| v.to_string()),
+            r.repo
+                .get("bytes")
+                .and_then(|v| v.as_f64())
+                .map_or("?".into(), crate::util::human_bytes),
+        );
+        s.push_str(
+            "devd with its embedded receiver over loopback QUIC vs baselines measured in the same run \
+             on the same machine. Ratio: how many times devd is better (or worse) than the baseline. \
+             Every measured step ends with a check of the receiver's file contents; devd's bytes are \
+             UDP payload bytes in both directions from quinn's connection stats (QUIC headers, \
+             encryption and ACKs included), rsync's are its `--stats` totals.\n\n",
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "## Benchmark results ({} run: scenario 7, save → deployed)\n",
+            r.mode
+        );
+        s.push_str(
+            "Ratio: how many times devd is better (or worse) than the baseline measured in the \
+             same run on the same machine.\n\n",
+        );
+    }
+    if deploy {
+        s.push_str(crate::deploy::NOTES);
+        s.push_str("\n\n");
+    }
     s.push_str(&table(r));
     s.push('\n');
-    let _ = writeln!(s, "![edit → applied latency]({svg_name})\n");
-    s.push_str("### Targets (issue 5)\n\n");
-    s.push_str(&targets(r));
+    if on_repo {
+        let _ = writeln!(s, "![edit → applied latency]({svg_name})\n");
+        s.push_str("### Targets (issue 5)\n\n");
+        s.push_str(&targets(r));
+    }
     if !r.errors.is_empty() {
         s.push_str("\n### Failures\n\n");
         for (k, v) in &r.errors {
@@ -95,6 +115,9 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
         }
     );
     let _ = writeln!(s, "- kernel: {}; {}; {}", m.kernel, m.git, m.rsync);
+    if !m.container_tools.is_empty() {
+        let _ = writeln!(s, "- container tools: {}", m.container_tools);
+    }
     let _ = writeln!(
         s,
         "- load average at start / end: {} / {}",

@@ -93,6 +93,9 @@ pub struct Machine {
     pub rotational: Option<bool>,
     pub git: String,
     pub rsync: String,
+    /// buildah, podman, runc versions (scenario 7 only).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container_tools: String,
     pub loadavg_start: String,
     pub loadavg_end: String,
     /// `git describe --always --dirty` of the source tree at run time.
