@@ -165,9 +165,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let srv = serve(
             "127.0.0.1:0".parse().unwrap(),
-            HttpState {
-                contexts: shelf.clone(),
-            },
+            HttpState::new(shelf.clone()),
             cancel.clone(),
         )
         .await

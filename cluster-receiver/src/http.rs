@@ -10,20 +10,26 @@
 //!   is 404. The archive's blake3 digest is passed to the fetcher beside the
 //!   URL, and the fetcher verifies it.
 //!
-//! Health, readiness and metrics routes belong here too: add a handler to
-//! [`router`] and what it needs to [`HttpState`].
+//! - `GET /healthz`: 200 while the process serves HTTP (liveness).
+//! - `GET /readyz`: 200 once every workspace was opened and its volume
+//!   state recovered (an interrupted apply finished), 503 before
+//!   ([`Ops::set_ready`]); Kubernetes routes nothing to the pod until then.
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 
 use crate::archive::{self, Packed};
+use crate::workspace::Registry;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use devd_protocol::event::ServiceState;
+use devd_protocol::message::ServerMsg;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 /// Errors of the HTTP side.
@@ -147,17 +153,103 @@ impl ContextShelf {
     }
 }
 
+/// The running receiver as the operational routes see it: nothing until
+/// [`crate::start`] has opened (and recovered) every workspace.
+#[derive(Default)]
+pub struct Ops {
+    workspaces: OnceLock<Arc<Registry>>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Ops {
+    /// Every workspace of `workspaces` is open: `/readyz` answers 200 and
+    /// `/metrics` reads their build queues.
+    pub fn set_ready(&self, workspaces: Arc<Registry>) {
+        for name in workspaces.keys() {
+            crate::metrics::init_workspace(name);
+        }
+        let _ = self.workspaces.set(workspaces);
+    }
+
+    /// Has [`Self::set_ready`] been called?
+    pub fn is_ready(&self) -> bool {
+        self.workspaces.get().is_some()
+    }
+
+    /// Per workspace, the services whose build is queued and not started.
+    fn queue_depths(&self) -> Vec<(String, usize)> {
+        let Some(reg) = self.workspaces.get() else {
+            return Vec::new();
+        };
+        reg.iter()
+            .filter_map(|(name, ws)| {
+                let ServerMsg::Services { services, .. } = ws.pipeline()?.snapshot() else {
+                    return None;
+                };
+                let queued = services
+                    .iter()
+                    .filter(|s| s.state == ServiceState::Queued)
+                    .count();
+                Some((name.clone(), queued))
+            })
+            .collect()
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct HttpState {
     pub contexts: Arc<ContextShelf>,
+    pub ops: Arc<Ops>,
+}
+
+impl HttpState {
+    /// State offering `contexts`, not ready yet.
+    pub fn new(contexts: Arc<ContextShelf>) -> Self {
+        Self {
+            contexts,
+            ops: Arc::default(),
+        }
+    }
 }
 
 /// Every route of the receiver's HTTP server.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/contexts/{file}", get(get_context))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<HttpState>) -> Response {
+    if st.ops.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: opening workspaces and recovering their state\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(st): State<HttpState>) -> Response {
+    let depths = st.ops.queue_depths();
+    let text = crate::metrics::encode(depths.iter().map(|(w, n)| (w.as_str(), *n)));
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn get_context(State(st): State<HttpState>, UrlPath(file): UrlPath<String>) -> Response {
@@ -248,9 +340,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let srv = serve(
             "127.0.0.1:0".parse().unwrap(),
-            HttpState {
-                contexts: shelf.clone(),
-            },
+            HttpState::new(shelf.clone()),
             cancel.clone(),
         )
         .await
@@ -282,6 +372,35 @@ mod tests {
             std::fs::read_dir(d.path().join("shelf")).unwrap().count(),
             0,
             "archive deleted"
+        );
+        cancel.cancel();
+        srv.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let d = tempfile::tempdir().unwrap();
+        let shelf = ContextShelf::new(&d.path().join("shelf")).unwrap();
+        let state = HttpState::new(shelf);
+        let ops = state.ops.clone();
+        let cancel = CancellationToken::new();
+        let srv = serve("127.0.0.1:0".parse().unwrap(), state, cancel.clone())
+            .await
+            .unwrap();
+        assert_eq!(get(srv.addr, "/healthz").await, (200, b"ok\n".to_vec()));
+        let (code, body) = get(srv.addr, "/readyz").await;
+        assert_eq!(code, 503, "not ready before the workspaces are open");
+        assert!(String::from_utf8_lossy(&body).contains("recovering"));
+        ops.set_ready(Arc::new(Registry::new()));
+        assert_eq!(get(srv.addr, "/readyz").await.0, 200);
+        crate::metrics::init_workspace("http-test");
+        let (code, body) = get(srv.addr, "/metrics").await;
+        assert_eq!(code, 200);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("# TYPE devd_receiver_syncs_applied counter")
+                && text.contains("devd_receiver_syncs_applied_total{workspace=\"http-test\"} 0"),
+            "{text}"
         );
         cancel.cancel();
         srv.task.await.unwrap();

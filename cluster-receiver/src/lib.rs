@@ -20,6 +20,9 @@
 //! - [`http`]: the receiver's HTTP server (build contexts for build pods).
 //! - [`archive`], [`fetch`]: build contexts packed for a build pod, and
 //!   `devd-receiver fetch-context`, which unpacks them there.
+//! - [`metrics`]: Prometheus metrics (`/metrics`).
+//! - [`vacuum`]: `devd-receiver vacuum`, which deletes expired workspace
+//!   namespaces.
 
 pub mod archive;
 pub mod blob_store;
@@ -34,12 +37,14 @@ pub mod fsutil;
 pub mod git_store;
 pub mod http;
 pub mod materialize;
+pub mod metrics;
 pub mod pairing;
 pub mod pipeline;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod vacuum;
 pub mod workspace;
 
 pub use server::{Builds, Running, ServeOptions, WorkspaceSpec, start};

@@ -52,8 +52,9 @@ enum Cmd {
         /// Without it: the local backend (buildah + podman), no registry.
         #[arg(long, env = "DEVD_RECEIVER_CONFIG")]
         config: Option<PathBuf>,
-        /// TCP address of the HTTP server (build contexts for Kubernetes
-        /// build pods). Needed by the kubernetes backend.
+        /// TCP address of the HTTP server: build contexts for Kubernetes
+        /// build pods (needed by the kubernetes backend), /healthz, /readyz
+        /// and Prometheus /metrics.
         #[arg(long, env = "DEVD_RECEIVER_HTTP_LISTEN")]
         http_listen: Option<SocketAddr>,
     },
@@ -71,6 +72,24 @@ enum Cmd {
         /// Directory to unpack into (created).
         #[arg(long)]
         dest: PathBuf,
+    },
+    /// Delete workspace namespaces whose expiry has passed, and nothing
+    /// else: only namespaces labelled `app.kubernetes.io/managed-by=devd`
+    /// and `dev.devd/workspace` whose `dev.devd/expires-at` annotation is in
+    /// the past. Runs in the cluster (a CronJob) or with KUBECONFIG.
+    ///
+    /// Example: devd-receiver vacuum --dry-run
+    Vacuum {
+        /// Only log what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the
+        /// pod's service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
     },
 }
 
@@ -91,6 +110,42 @@ fn init_tracing(json: bool) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Vacuum {
+            dry_run,
+            kubeconfig,
+            json_logs,
+        } => {
+            init_tracing(json_logs);
+            devd_receiver::server::install_crypto();
+            let config = match &kubeconfig {
+                Some(p) => {
+                    let kc = kube::config::Kubeconfig::read_from(p)
+                        .with_context(|| format!("read kubeconfig {}", p.display()))?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+                }
+                None => kube::Config::infer().await.context(
+                    "no Kubernetes configuration: run in a pod with a service account, or set KUBECONFIG",
+                )?,
+            };
+            let client = kube::Client::try_from(config)?;
+            let report =
+                devd_receiver::vacuum::run(client, jiff::Timestamp::now(), dry_run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for e in &report.deleted {
+                println!(
+                    "{verb} namespace {} (owner {}, expired {})",
+                    e.namespace,
+                    e.owner.as_deref().unwrap_or("unknown"),
+                    e.expired_at
+                );
+            }
+            println!(
+                "{verb} {} expired workspace namespaces; kept {}",
+                report.deleted.len(),
+                report.kept
+            );
+            Ok(())
+        }
         Cmd::FetchContext { url, blake3, dest } => {
             init_tracing(false);
             devd_receiver::server::install_crypto();
@@ -141,18 +196,14 @@ async fn main() -> anyhow::Result<()> {
                 None => Default::default(),
             };
             let cancel = CancellationToken::new();
+            let mut ops = None;
             let http = match http_listen {
                 Some(addr) => {
                     let shelf =
                         devd_receiver::http::ContextShelf::new(&data.join("http-contexts"))?;
-                    let server = devd_receiver::http::serve(
-                        addr,
-                        devd_receiver::http::HttpState {
-                            contexts: shelf.clone(),
-                        },
-                        cancel.clone(),
-                    )
-                    .await?;
+                    let state = devd_receiver::http::HttpState::new(shelf.clone());
+                    ops = Some(state.ops.clone());
+                    let server = devd_receiver::http::serve(addr, state, cancel.clone()).await?;
                     Some((shelf, server.addr))
                 }
                 None => None,
@@ -180,6 +231,10 @@ async fn main() -> anyhow::Result<()> {
                 cancel.clone(),
             )
             .await?;
+            if let Some(ops) = &ops {
+                // Every workspace is open and recovered: /readyz says so.
+                ops.set_ready(running.registry.clone());
+            }
             println!("listening on {}", running.addr);
             if let Some((_, addr)) = &http {
                 println!("http on {addr}");

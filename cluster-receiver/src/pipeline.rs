@@ -267,6 +267,7 @@ impl Pipeline {
             kind,
         };
         svc.status.apply(&e);
+        crate::metrics::build_event(&self.workspace, &e.kind);
         match &e.kind {
             EventKind::Failed { .. } => svc.failed = true,
             EventKind::Deployed { .. } => svc.failed = false,
@@ -509,6 +510,27 @@ impl Pipeline {
     }
 
     /// The last build log of `service`, if any.
+    /// `service` as the current catalog declares it.
+    pub fn service(&self, name: &str) -> Option<Service> {
+        self.state
+            .lock()
+            .expect("pipeline state")
+            .catalog
+            .get(name)
+            .cloned()
+    }
+
+    /// The names of the declared services.
+    pub fn service_names(&self) -> Vec<String> {
+        let st = self.state.lock().expect("pipeline state");
+        st.catalog.services.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The backend that builds and runs the services.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     pub fn build_log(&self, service: &str) -> Option<PathBuf> {
         let p = self.dir.join(service).join("build.log");
         p.exists().then_some(p)

@@ -143,6 +143,7 @@ async fn converse(
                     ..Default::default()
                 });
                 let size: usize = blobs.iter().map(|b| b.data.len()).sum();
+                crate::metrics::bytes_received(&ws.name, size);
                 if inc.generation != generation {
                     let m = format!(
                         "changes for generation {generation} while {} is open",
@@ -201,7 +202,10 @@ async fn converse(
                     }
                 }
             }
-            ClientMsg::BlobChunk { .. } | ClientMsg::Hello { .. } | ClientMsg::Subscribe => {
+            ClientMsg::BlobChunk { .. }
+            | ClientMsg::Hello { .. }
+            | ClientMsg::Subscribe
+            | ClientMsg::Logs { .. } => {
                 let m = "unexpected message outside of a blob request";
                 return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
             }
@@ -233,8 +237,13 @@ async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: Cance
             match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
                 Ok(Ok(Some(ClientMsg::Subscribe))) => stream_events(&mut io, &ws, cancel).await,
                 Ok(Ok(None)) => {}
+                Ok(Ok(Some(ClientMsg::Logs {
+                    service,
+                    build,
+                    follow,
+                }))) => stream_logs(&mut io, &ws, &service, build, follow, cancel).await,
                 _ => {
-                    let m = "a further stream must start with Subscribe";
+                    let m = "a further stream must start with Subscribe or Logs";
                     reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
                 }
             }
@@ -278,6 +287,104 @@ async fn stream_events(io: &mut Framed, ws: &Arc<Workspace>, cancel: Cancellatio
 }
 
 enum SyncFailure {
+/// A service's logs: its last build's log, or what its container prints.
+async fn stream_logs(
+    io: &mut Framed,
+    ws: &Arc<Workspace>,
+    service: &str,
+    build: bool,
+    follow: bool,
+    cancel: CancellationToken,
+) {
+    let end = |error: Option<String>| ServerMsg::LogEnd { error };
+    let Some(p) = ws.pipeline() else {
+        let _ = io
+            .send(&end(Some("builds are off on this receiver".into())))
+            .await;
+        return;
+    };
+    let Some(svc) = p.service(service) else {
+        let m = format!(
+            "no service named {service:?}; devd.toml declares: {}",
+            p.service_names().join(", ")
+        );
+        let _ = io.send(&end(Some(m))).await;
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let producer = if build {
+        let path = p.build_log(service);
+        let name = service.to_owned();
+        tokio::spawn(async move { tail_file(path, &name, follow, tx).await })
+    } else {
+        let backend = p.backend().clone();
+        let workspace = ws.name.clone();
+        tokio::spawn(async move { backend.logs(&workspace, &svc, follow, tx).await })
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            // The laptop closed its side: stop following.
+            m = io.recv::<ClientMsg>() => if !matches!(m, Ok(Some(_))) { break },
+            chunk = rx.recv() => match chunk {
+                Some(data) => if io.send(&ServerMsg::Log { data }).await.is_err() { return },
+                None => break,
+            },
+        }
+    }
+    drop(rx);
+    let error = match producer.await {
+        Ok(Ok(())) => None,
+        Ok(Err(f)) => Some(f.error),
+        Err(e) => Some(format!("log task failed: {e}")),
+    };
+    let _ = io.send(&end(error)).await;
+}
+
+/// Send a log file (and, with `follow`, what is appended to it; a file
+/// truncated by a new build is read again from the start).
+async fn tail_file(
+    path: Option<std::path::PathBuf>,
+    service: &str,
+    follow: bool,
+    out: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), crate::builder::Failure> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Some(path) = path else {
+        return Err(crate::builder::Failure::new(format!(
+            "{service} has no build log yet: nothing was built for it on this receiver"
+        )));
+    };
+    let failure = |e: std::io::Error| {
+        crate::builder::Failure::new(format!("reading {}: {e}", path.display()))
+    };
+    let mut f = tokio::fs::File::open(&path).await.map_err(failure)?;
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = f.read(&mut buf).await.map_err(failure)?;
+        if n > 0 {
+            pos += n as u64;
+            if out.send(buf[..n].to_vec()).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = out.closed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let len = tokio::fs::metadata(&path).await.map_err(failure)?.len();
+        if len < pos {
+            f.seek(std::io::SeekFrom::Start(0)).await.map_err(failure)?;
+            pos = 0;
+        }
+    }
+}
+
     /// Refuse this generation; the connection stays usable.
     Rejected(Reject),
     /// Refuse and close: the stream is in an unknown state.
@@ -309,6 +416,7 @@ async fn sync(
         .finish(&mut inner, prepared)
         .await
         .map_err(SyncFailure::Rejected)?;
+    crate::metrics::sync_applied(&ws.name, applied.apply_ms);
     if let Some(p) = ws.pipeline() {
         // Still under the workspace lock: the worktree is at this generation.
         p.on_applied(applied.ack.generation, &applied.changed);
@@ -386,6 +494,7 @@ async fn receive_blobs(
             )));
         }
         blob.data.extend_from_slice(&data);
+        crate::metrics::bytes_received(&ws.name, data.len());
         if blob.data.len() as u64 > total {
             return Err(SyncFailure::Fatal(Reject::new(
                 ErrorCode::Malformed,

@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket in the repository's state directory
 //! over which `devd status`, `devd sync` and `devd stop` talk to the
-//! running daemon, one JSON line each way.
+//! running daemon, one JSON line each way (`logs` answers with a line per
+//! chunk, see [`crate::logs`]).
 
 use crate::daemon::Handle;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,12 @@ pub enum Request {
     Status,
     Sync,
     Stop,
+    /// A service's logs, streamed.
+    Logs {
+        service: String,
+        build: bool,
+        follow: bool,
+    },
 }
 
 /// An answer: `ok` with data, or an error message.
@@ -62,7 +69,16 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<Request>(&line) {
+    let req = serde_json::from_str::<Request>(&line);
+    if let Ok(Request::Logs {
+        service,
+        build,
+        follow,
+    }) = &req
+    {
+        return crate::logs::answer(&h, service, *build, *follow, w).await;
+    }
+    let resp = match req {
         Err(e) => Response {
             ok: false,
             data: serde_json::Value::Null,
@@ -85,6 +101,7 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
                 error: Some(e),
             },
         },
+        Ok(Request::Logs { .. }) => unreachable!("answered above"),
         Ok(Request::Stop) => {
             h.cancel.cancel();
             Response {
@@ -98,6 +115,27 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     out.push(b'\n');
     w.write_all(&out).await?;
     w.shutdown().await
+}
+
+/// Send `req` to the daemon behind `path` and return the answer's lines
+/// to read. `Ok(None)`: no daemon there.
+pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixStream>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = serde_json::to_vec(req).expect("request");
+    out.push(b'\n');
+    stream.write_all(&out).await?;
+    Ok(Some(stream))
 }
 
 /// Send `req` to the daemon behind `path`. `Ok(None)`: no daemon there.

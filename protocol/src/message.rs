@@ -90,6 +90,15 @@ pub enum ClientMsg {
     /// First and only message on a second stream: send build events on
     /// this stream (see [`crate::event`]).
     Subscribe,
+    /// First and only message on a further stream: send `service`'s logs
+    /// (its last build's log if `build`, else what its containers print),
+    /// and keep sending new output if `follow`. Answered with
+    /// [`ServerMsg::Log`] chunks closed by one [`ServerMsg::LogEnd`].
+    Logs {
+        service: String,
+        build: bool,
+        follow: bool,
+    },
 }
 
 /// Why the receiver refused something.
@@ -157,4 +166,8 @@ pub enum ServerMsg {
     },
     /// One step of a service's build and deploy.
     Event(BuildEvent),
+    /// A chunk of log output (bytes as the program wrote them).
+    Log { data: Vec<u8> },
+    /// The end of a log stream; `error` says why it ended early.
+    LogEnd { error: Option<String> },
 }

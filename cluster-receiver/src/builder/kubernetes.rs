@@ -1305,6 +1305,79 @@ impl Backend for KubernetesBackend {
         })
     }
 
+    async fn logs(
+        &self,
+        _workspace: &str,
+        service: &Service,
+        follow: bool,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), Failure> {
+        use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let (deployment, container) = match &service.run {
+            Run::Existing {
+                deployment,
+                container,
+                ..
+            } => (deployment.clone(), container.clone()),
+            Run::Spec(_) => (service.name.clone(), service.name.clone()),
+        };
+        let d = self
+            .api::<Deployment>()
+            .get_opt(&deployment)
+            .await
+            .map_err(|e| api_failure(&format!("reading Deployment {deployment}"), e))?
+            .ok_or_else(|| {
+                Failure::new(format!(
+                    "{} has no Deployment {deployment}: it has not been deployed yet (see `devd status`)",
+                    service.name
+                ))
+            })?;
+        let selector = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let pods: Api<Pod> = self.api();
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_failure("listing pods", e))?;
+        // The newest running pod, else the newest one.
+        let mut items = list.items;
+        items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        let running = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Running")
+        };
+        let pod = items
+            .iter()
+            .rev()
+            .find(|p| running(p))
+            .or_else(|| items.last())
+            .and_then(|p| p.metadata.name.clone())
+            .ok_or_else(|| Failure::new(format!("Deployment {deployment} has no pods (yet)")))?;
+        let params = LogParams {
+            container: Some(container),
+            follow,
+            ..Default::default()
+        };
+        let stream = pods
+            .log_stream(&pod, &params)
+            .await
+            .map_err(|e| api_failure(&format!("reading the log of pod {pod}"), e))?;
+        super::pump(stream.compat(), &out)
+            .await
+            .map_err(|e| Failure::new(format!("reading the log of pod {pod}: {e}")))
+    }
+
     async fn running(
         &self,
         workspace: &str,

@@ -502,6 +502,50 @@ impl Backend for LocalBackend {
         Ok(Deployment { url })
     }
 
+    async fn logs(
+        &self,
+        workspace: &str,
+        service: &Service,
+        follow: bool,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), Failure> {
+        let list = self.containers(workspace, &service.name).await?;
+        let Some((name, _, _)) = list
+            .iter()
+            .find(|(_, _, running)| *running)
+            .or_else(|| list.first())
+        else {
+            return Err(Failure::new(format!(
+                "{} has no container: it has not been deployed yet (see `devd status`)",
+                service.name
+            )));
+        };
+        let mut cmd = Command::new("podman");
+        cmd.arg("logs");
+        if follow {
+            cmd.arg("--follow");
+        }
+        cmd.arg(name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                missing_tool("podman")
+            } else {
+                Failure::new(format!("cannot run podman logs: {e}"))
+            }
+        })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (a, b) = tokio::join!(super::pump(stdout, &out), super::pump(stderr, &out));
+        a.and(b)
+            .map_err(|e| Failure::new(format!("reading podman logs: {e}")))?;
+        let _ = child.kill().await;
+        Ok(())
+    }
+
     async fn running(
         &self,
         workspace: &str,

@@ -99,6 +99,16 @@ pub trait Backend: Send + Sync {
         image: &str,
     ) -> Result<Deployment, Failure>;
 
+    /// Send what `service`'s running container prints to `out`, in chunks;
+    /// with `follow`, keep sending new output until `out` is closed.
+    async fn logs(
+        &self,
+        workspace: &str,
+        service: &Service,
+        follow: bool,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), Failure>;
+
     /// What runs for `service` right now (after a receiver restart), as
     /// `(image, url)`.
     async fn running(
@@ -106,6 +116,24 @@ pub trait Backend: Send + Sync {
         workspace: &str,
         service: &Service,
     ) -> Result<Option<(String, Option<String>)>, Failure>;
+}
+
+/// Copy `reader` to `out` in chunks until it ends or `out` is closed.
+pub async fn pump(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    out: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = tokio::select! {
+            _ = out.closed() => return Ok(()),
+            n = reader.read(&mut buf) => n?,
+        };
+        if n == 0 || out.send(buf[..n].to_vec()).await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// The name of an image reference's repository part if it names a
