@@ -509,7 +509,6 @@ impl Pipeline {
         self.events.subscribe()
     }
 
-    /// The last build log of `service`, if any.
     /// `service` as the current catalog declares it.
     pub fn service(&self, name: &str) -> Option<Service> {
         self.state
@@ -531,6 +530,7 @@ impl Pipeline {
         &self.backend
     }
 
+    /// The last build log of `service`, if any.
     pub fn build_log(&self, service: &str) -> Option<PathBuf> {
         let p = self.dir.join(service).join("build.log");
         p.exists().then_some(p)

@@ -236,12 +236,12 @@ async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: Cance
             let mut io = Framed::new(send, recv, MAX_FRAME);
             match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
                 Ok(Ok(Some(ClientMsg::Subscribe))) => stream_events(&mut io, &ws, cancel).await,
-                Ok(Ok(None)) => {}
                 Ok(Ok(Some(ClientMsg::Logs {
                     service,
                     build,
                     follow,
                 }))) => stream_logs(&mut io, &ws, &service, build, follow, cancel).await,
+                Ok(Ok(None)) => {}
                 _ => {
                     let m = "a further stream must start with Subscribe or Logs";
                     reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
@@ -286,7 +286,6 @@ async fn stream_events(io: &mut Framed, ws: &Arc<Workspace>, cancel: Cancellatio
     }
 }
 
-enum SyncFailure {
 /// A service's logs: its last build's log, or what its container prints.
 async fn stream_logs(
     io: &mut Framed,
@@ -385,6 +384,7 @@ async fn tail_file(
     }
 }
 
+enum SyncFailure {
     /// Refuse this generation; the connection stays usable.
     Rejected(Reject),
     /// Refuse and close: the stream is in an unknown state.
