@@ -31,13 +31,13 @@ enum Cmd {
         #[arg(long, default_value = "0.0.0.0:7447")]
         listen: SocketAddr,
         /// Address to put in pairing files (default: the bound address).
-        #[arg(long)]
+        #[arg(long, env = "DEVD_RECEIVER_ADVERTISE")]
         advertise: Option<String>,
         /// Git remote the base commits are fetched from (for --workspace).
-        #[arg(long)]
+        #[arg(long, env = "DEVD_RECEIVER_GIT_REMOTE")]
         git_remote: Option<String>,
         /// Name of the workspace served with --git-remote.
-        #[arg(long, default_value = "default")]
+        #[arg(long, env = "DEVD_RECEIVER_WORKSPACE", default_value = "default")]
         workspace: String,
         /// Further workspaces as NAME=GIT_REMOTE (repeatable).
         #[arg(long = "also", value_name = "NAME=GIT_REMOTE")]
@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_connections: usize,
         /// Log as JSON lines.
-        #[arg(long)]
+        #[arg(long, env = "DEVD_RECEIVER_JSON_LOGS")]
         json_logs: bool,
         /// Configuration file (TOML): build backend, registry, concurrency.
         /// Without it: the local backend (buildah + podman), no registry.
