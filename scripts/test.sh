@@ -12,13 +12,17 @@ need_rust
 say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image)"
 need_packages --no-recommends runc buildah podman docker-registry busybox-static
 
-say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes backend's emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves)"
-if ! .venv/bin/python -c 'import kmock' 2>/dev/null; then
+say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves) and kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields)"
+if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null; then
   if ! python3 -m venv .venv 2>/dev/null; then
     need_packages python3 python3-venv
     /usr/bin/python3 -m venv .venv
   fi
-  .venv/bin/pip install --quiet --disable-pip-version-check kmock==0.8
+  .venv/bin/pip install --quiet --disable-pip-version-check kmock==0.8 kubernetes-validate==1.37.0
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "the manifest tests render manifests/ with kubectl's built-in kustomize (offline): install kubectl" >&2
+  exit 1
 fi
 export DEVD_TEST_PYTHON="$PWD/.venv/bin/python"
 
