@@ -16,6 +16,9 @@ need an API server to do:
 - serves GET .../pods/NAME/log?container=C from the pod's annotation
   "devd.test/log.C", since the test plays kubelet and there is no container
   to read a log from.
+- serves Namespaces, a cluster-scoped resource kmock's path parser reads
+  as a namespace prefix: /api/v1/namespaces and /api/v1/namespaces/NAME
+  (and its status and finalize subresources) are the Namespace objects.
 
 It stays what kmock is otherwise: lists ignore label selectors, patches
 merge naively (lists replaced), and no controller runs — the test sets Job
@@ -37,9 +40,32 @@ import uuid
 import aiohttp.web
 import attrs
 import kmock
-from kmock._internal import enums
+from kmock._internal import enums, parsing
 
 _versions = itertools.count(1)
+
+_parse_path = parsing.parse_path
+
+
+def _parse_path_with_namespaces(path):
+    # Core v1 namespaces are cluster-scoped objects, not a prefix, when the
+    # path ends at the namespace's name (or one of its own subresources).
+    parts = path.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "api" and parts[2] == "namespaces" and (
+        len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+    ):
+        return parsing.ParsedPath(
+            group="",
+            version=parts[1],
+            plural="namespaces",
+            namespace=None,
+            name=parts[3] if len(parts) >= 4 else None,
+            subresource=parts[4] if len(parts) == 5 else None,
+        )
+    return _parse_path(path)
+
+
+parsing.parse_path = _parse_path_with_namespaces
 
 
 def _key(request):
