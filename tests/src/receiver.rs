@@ -60,6 +60,7 @@ pub struct Receiver<'a> {
     data: PathBuf,
     workspace: String,
     addr: SocketAddr,
+    stdout: PathBuf,
     stderr: PathBuf,
 }
 
@@ -135,6 +136,7 @@ impl<'a> Receiver<'a> {
             data,
             workspace: opts.workspace,
             addr,
+            stdout,
             stderr,
         };
         let pairing = rx.pairing_path();
@@ -155,6 +157,24 @@ impl<'a> Receiver<'a> {
     /// `--data`.
     pub fn data(&self) -> &Path {
         &self.data
+    }
+
+    /// The address of its HTTP server (`serve --http-listen`), from its
+    /// `http on ADDR` line.
+    #[track_caller]
+    pub fn http_addr(&self) -> SocketAddr {
+        let mut found = None;
+        crate::wait::poll_until(Duration::from_secs(30), || {
+            let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            found = out
+                .lines()
+                .find_map(|l| l.strip_prefix("http on "))
+                .and_then(|a| a.trim().parse().ok());
+            found.is_some()
+        });
+        found.expect(
+            "the receiver printed no `http on ADDR` line: was it started with --http-listen?",
+        )
     }
 
     /// The workspace name.
