@@ -83,6 +83,36 @@ impl Default for SyncConfig {
     }
 }
 
+/// `[notifications]`: desktop notifications (and, with the `tray` feature,
+/// the tray icon's menu) for deploys and failed builds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// Notify at all (one bubble per service, replaced by its next deploy).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Also notify when a build or deploy fails.
+    #[serde(default = "default_true")]
+    pub on_failure: bool,
+    /// How long a bubble stays, in milliseconds; 0 keeps it until dismissed;
+    /// absent: the notification server's default.
+    pub timeout_ms: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_failure: true,
+            timeout_ms: None,
+        }
+    }
+}
+
 /// The whole `devd.toml`. Sections later issues add (services, builds)
 /// are accepted here and read by their own modules.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -91,10 +121,13 @@ pub struct Config {
     pub receiver: ReceiverConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub notifications: NotificationConfig,
 }
 
 /// The per-developer file beside `devd.toml` (git-ignore it): where this
-/// laptop's receiver is. Its `[receiver]` and `[sync]` override devd.toml's.
+/// laptop's receiver is. Its `[receiver]`, `[sync]` and `[notifications]`
+/// override devd.toml's.
 pub const LOCAL_FILE: &str = "devd.local.toml";
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +135,7 @@ pub const LOCAL_FILE: &str = "devd.local.toml";
 struct LocalFile {
     receiver: Option<ReceiverConfig>,
     sync: Option<SyncConfig>,
+    notifications: Option<NotificationConfig>,
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
@@ -138,6 +172,9 @@ impl Config {
             }
             if let Some(s) = local.sync {
                 cfg.sync = s;
+            }
+            if let Some(n) = local.notifications {
+                cfg.notifications = n;
             }
         }
         let path = if local_path.exists() {
@@ -220,5 +257,40 @@ mod tests {
                 .to_string()
                 .contains("debounce")
         );
+    }
+
+    #[test]
+    fn notifications_default_on_and_this_laptop_decides() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Config::load(d.path()).unwrap().notifications,
+            NotificationConfig {
+                enabled: true,
+                on_failure: true,
+                timeout_ms: None
+            }
+        );
+        std::fs::write(
+            d.path().join("devd.toml"),
+            "[notifications]\ntimeout_ms = 8000\n",
+        )
+        .unwrap();
+        let n = Config::load(d.path()).unwrap().notifications;
+        assert!(n.enabled && n.on_failure && n.timeout_ms == Some(8000));
+        std::fs::write(
+            d.path().join(LOCAL_FILE),
+            "[notifications]\nenabled = false\n",
+        )
+        .unwrap();
+        let n = Config::load(d.path()).unwrap().notifications;
+        assert!(!n.enabled, "devd.local.toml's section replaces devd.toml's");
+        assert_eq!(n.timeout_ms, None);
+        std::fs::write(
+            d.path().join(LOCAL_FILE),
+            "[notifications]\nenable = false\n",
+        )
+        .unwrap();
+        let e = Config::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("devd.local.toml") && e.contains("enable"), "{e}");
     }
 }

@@ -243,7 +243,23 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     // Build events → status; a lost event stream asks for a reconnect.
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let lost = Arc::new(tokio::sync::Notify::new());
-    tracker.spawn(events_loop(events_rx, status.clone(), lost.clone()));
+    // Desktop notifications (and the tray icon) only for a watching
+    // daemon, not for a one-shot sync.
+    let notifier = if opts.watch {
+        crate::notify::Notifier::start(&cfg.notifications, &tracker, &cancel)
+    } else {
+        crate::notify::Notifier::disabled()
+    };
+    #[cfg(all(feature = "tray", target_os = "linux"))]
+    if opts.watch {
+        crate::tray::spawn(status.clone(), cancel.clone(), &tracker);
+    }
+    tracker.spawn(events_loop(
+        events_rx,
+        status.clone(),
+        lost.clone(),
+        notifier,
+    ));
 
     // Uplink task.
     {
@@ -411,6 +427,7 @@ async fn events_loop(
     mut rx: mpsc::UnboundedReceiver<Option<devd_protocol::message::ServerMsg>>,
     status: Arc<Mutex<Status>>,
     lost: Arc<tokio::sync::Notify>,
+    notifier: crate::notify::Notifier,
 ) {
     use devd_protocol::ServiceStatus;
     use devd_protocol::message::ServerMsg;
@@ -441,6 +458,9 @@ async fn events_loop(
                 }
                 if let devd_protocol::EventKind::Failed { error, .. } = &e.kind {
                     tracing::warn!(service = %e.service, %error, "build failed");
+                }
+                if let Some(s) = services.iter().find(|s| s.name == e.service) {
+                    notifier.event(&e, s);
                 }
             }
             Some(_) => continue,

@@ -13,15 +13,20 @@
 //! - [`control`]: the Unix control socket.
 //! - [`config`]: `devd.toml` and `DEVD_HOME`.
 //! - [`status`]: what `devd status` reports.
+//! - [`notify`]: desktop notifications for deploys and failed builds.
+//! - `tray` (cargo feature `tray`, Linux): the tray icon and its menu.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod hash_cache;
+pub mod notify;
 pub mod repo;
 pub mod scanner;
 pub mod status;
+#[cfg(all(feature = "tray", target_os = "linux"))]
+pub mod tray;
 pub mod transport;
 pub mod uplink;
 pub mod watcher;
