@@ -12,6 +12,9 @@ need_rust
 say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image)"
 need_packages --no-recommends runc buildah podman docker-registry busybox-static
 
+say "Checking desktop tools (the notification tests: a private dbus-daemon session bus, Xvfb as the display, dunst as the notification server; systemd's busctl watches the bus and runs dunstctl history)"
+need_packages --no-recommends dbus xvfb dunst systemd
+
 say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves) and kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields)"
 if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null; then
   if ! python3 -m venv .venv 2>/dev/null; then
@@ -31,6 +34,10 @@ cargo fmt --all -- --check
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+say "cargo clippy and the tray's unit tests with devd's optional tray feature (the default build leaves ksni out)"
+cargo clippy --workspace --all-targets --features devd/tray -- -D warnings
+cargo test -p devd --features tray --lib -- tray::
 
 say "Building the binaries the end-to-end tests run"
 cargo build --workspace --bins

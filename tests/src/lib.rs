@@ -14,6 +14,8 @@
 //! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
 //! - [`containers`]: private buildah/podman storage per test, a local
 //!   `docker-registry`, a tiny HTTP client for what containers serve.
+//! - [`desktop`]: a private D-Bus session bus, Xvfb and dunst, and what
+//!   notifications reached them.
 //!
 //! Every handle that starts a process stops it on drop, also when the test
 //! panics; a panicking test prints the captured logs. Set
@@ -23,6 +25,7 @@ pub mod bins;
 pub mod containers;
 pub mod content;
 pub mod daemon;
+pub mod desktop;
 pub mod kmock;
 pub mod process;
 pub mod receiver;
