@@ -3,7 +3,10 @@
 use crate::config::{devd_home, repo_state_dir};
 use crate::control::{self, Request};
 use crate::daemon::{self, Options};
+use crate::progress::{self, Progress};
 use crate::repo::Repo;
+use crate::status::{Status, unix_ms};
+use crate::status_view;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -12,10 +15,14 @@ use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = "\
 Examples:
+  devd init              propose a devd.toml from the repository's Dockerfiles
   devd start --wait      start syncing this repository, return after the first sync
-  devd status            what is synced, where, how fast
+  devd status            what is synced, where, and each service's state and URL
+  devd status --watch    the same, live
+  devd logs web --build  the web service's last build log
   devd sync --json       push the current state now and wait until it is applied
-  devd stop              stop the daemon";
+  devd stop              stop the daemon
+  devd completions bash  shell completions (also zsh, fish)";
 
 /// devd: your worktree, on the receiver, as you save.
 #[derive(Parser, Debug)]
@@ -31,27 +38,105 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Propose a devd.toml with one service per Dockerfile, and write it.
+    #[command(after_help = "\
+Finds the Dockerfiles that git does not ignore (skipping .git, target and
+node_modules) and proposes one [services.NAME] per Dockerfile: the context is
+its directory, the image <repo-name>/<service>, the port its first EXPOSE.
+Also adds devd.local.toml (this laptop's settings) to .gitignore.
+
+Examples:
+  devd init              show the proposal and ask before writing it
+  devd init --yes        write it without asking (scripts)
+  devd init --dry-run    only show the proposal
+  devd init --force      replace an existing devd.toml")]
+    Init {
+        /// Write without asking for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Replace an existing devd.toml.
+        #[arg(long)]
+        force: bool,
+        /// Print the proposal and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Start the background daemon for the repository here.
+    #[command(after_help = "\
+Examples:
+  devd start             start the daemon and return
+  devd start --wait      return once the first sync is applied (shows progress)
+  devd -C ~/src/app start   for another repository")]
     Start {
         /// Return only once the first sync is acknowledged.
         #[arg(long)]
         wait: bool,
     },
     /// Stop the daemon.
+    #[command(after_help = "\
+Examples:
+  devd stop")]
     Stop,
     /// Sync the current state now; returns once the receiver applied it.
+    #[command(after_help = "\
+Without a running daemon, syncs once in the foreground.
+
+Examples:
+  devd sync              push what changed, print a summary
+  devd sync --json       the report as JSON (generation, files, bytes, latency)")]
     Sync {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Show what the daemon is doing.
+    /// Show what the daemon is doing: connection, base, last sync, services.
+    #[command(after_help = "\
+Colors only on a terminal; set NO_COLOR=1 to turn them off.
+
+Examples:
+  devd status            the state and a table of the services
+  devd status --watch    follow it live (Ctrl-C to stop)
+  devd status --json     every field, for scripts
+  devd status --json | jq -r '.services[] | select(.state == \"deployed\") | .url'")]
     Status {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Follow the status live: redraw on a terminal, else print it
+        /// again whenever it changes.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+    /// Show a service's logs (runtime, or its last build with --build).
+    #[command(after_help = "\
+Examples:
+  devd logs web          the web service's container logs
+  devd logs web --follow keep printing new lines (Ctrl-C to stop)
+  devd logs api --build  the api's last build log, e.g. after a failed build")]
+    Logs {
+        /// The service, as named in devd.toml.
+        service: String,
+        /// The last build's log instead of the running container's.
+        #[arg(long)]
+        build: bool,
+        /// Keep printing new lines.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  devd completions bash > ~/.local/share/bash-completion/completions/devd
+  devd completions zsh > \"${fpath[1]}/_devd\"
+  devd completions fish > ~/.config/fish/completions/devd.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Run the daemon in the foreground (what `start` runs in the background).
+    #[command(after_help = "\
+Examples:
+  RUST_LOG=debug devd run   the daemon's log on the terminal")]
     Run,
 }
 
@@ -85,13 +170,76 @@ impl Ctx {
 
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Completions { shell } = cli.cmd {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "devd", &mut std::io::stdout());
+        return Ok(());
+    }
     let ctx = Ctx::new(cli.dir)?;
     match cli.cmd {
+        Cmd::Init {
+            yes,
+            force,
+            dry_run,
+        } => init(&ctx, yes, force, dry_run),
         Cmd::Start { wait } => start(&ctx, wait).await,
         Cmd::Stop => stop(&ctx).await,
         Cmd::Sync { json } => sync(&ctx, json).await,
-        Cmd::Status { json } => status(&ctx, json).await,
+        Cmd::Status { json, watch } => {
+            if watch {
+                watch_status(&ctx, json).await
+            } else {
+                status(&ctx, json).await
+            }
+        }
+        Cmd::Logs {
+            service,
+            build,
+            follow,
+        } => crate::logs::logs(&ctx.workdir, &ctx.home, &service, build, follow).await,
+        Cmd::Completions { .. } => unreachable!("handled above"),
         Cmd::Run => run_foreground(&ctx).await,
+    }
+}
+
+/// Where the CLI reads the daemon's progress from.
+enum Source<'a> {
+    /// A background daemon, over its control socket.
+    Socket(PathBuf),
+    /// The one-shot daemon core of `devd sync` without a daemon.
+    Handle(&'a daemon::Handle),
+}
+
+impl Source<'_> {
+    async fn progress(&self) -> Option<Progress> {
+        match self {
+            Source::Socket(p) => control::request(p, &Request::Status)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| serde_json::from_value(r.data["progress"].clone()).ok()),
+            Source::Handle(h) => h.status().progress,
+        }
+    }
+}
+
+/// Run `work`, drawing the daemon's progress on stderr meanwhile: a bar on
+/// a terminal, plain lines otherwise.
+async fn with_progress<T>(src: Source<'_>, work: impl std::future::Future<Output = T>) -> T {
+    let mut view = progress::View::stderr();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => {
+                view.finish();
+                return r;
+            }
+            _ = tick.tick() => {
+                let p = src.progress().await;
+                view.show(p.as_ref());
+            }
+        }
     }
 }
 
@@ -170,7 +318,8 @@ async fn start(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "the daemon did not come up within 60 s; see {}",
+                "the daemon did not come up within 60 s; see its log {} \
+                 (`devd run` runs it in the foreground, logging to the terminal)",
                 log_path.display()
             );
         }
@@ -182,13 +331,26 @@ async fn start(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
         log_path.display()
     );
     if wait {
-        let r = control::request(&ctx.socket(), &Request::Sync)
-            .await?
-            .context("daemon went away")?;
+        let r = with_progress(
+            Source::Socket(ctx.socket()),
+            control::request(&ctx.socket(), &Request::Sync),
+        )
+        .await?
+        .with_context(|| {
+            format!(
+                "the daemon stopped during the first sync; see its log {}",
+                log_path.display()
+            )
+        })?;
         if !r.ok {
-            bail!("first sync failed: {}", r.error.unwrap_or_default());
+            bail!(
+                "first sync failed: {}\nthe daemon keeps retrying; `devd status` shows the receiver's state, its log is {}",
+                r.error.unwrap_or_default(),
+                log_path.display()
+            );
         }
         print_report(&r.data, false);
+        println!("next: `devd status` for the services' state and URLs");
     }
     Ok(())
 }
@@ -218,9 +380,19 @@ async fn stop(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn sync(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
-    if let Some(r) = control::request(&ctx.socket(), &Request::Sync).await? {
+    let socket = ctx.socket();
+    if let Some(r) = with_progress(
+        Source::Socket(socket.clone()),
+        control::request(&socket, &Request::Sync),
+    )
+    .await?
+    {
         if !r.ok {
-            bail!("sync failed: {}", r.error.unwrap_or_default());
+            bail!(
+                "sync failed: {}\n`devd status` shows the receiver's state; the daemon's log is {}",
+                r.error.unwrap_or_default(),
+                ctx.state_dir.join("daemon.log").display()
+            );
         }
         print_report(&r.data, json);
         return Ok(());
@@ -232,114 +404,240 @@ async fn sync(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
         watch: false,
     })
     .await?;
-    let res = h.sync(Duration::from_secs(8)).await;
+    let res = with_progress(Source::Handle(&h), h.sync(Duration::from_secs(8))).await;
     h.shutdown().await;
-    let report = res.map_err(|e| anyhow::anyhow!("sync failed: {e}"))?;
+    let report = res.map_err(|e| {
+        anyhow::anyhow!(
+            "sync failed: {e}\ncheck the receiver settings in devd.local.toml (RUST_LOG=debug shows the details)"
+        )
+    })?;
     print_report(&serde_json::to_value(report)?, json);
     Ok(())
 }
 
-async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
-    let Some(r) = control::request(&ctx.socket(), &Request::Status).await? else {
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"state": "stopped", "workdir": ctx.workdir})
-            );
-        } else {
-            println!(
-                "devd is not running for {} (start it with `devd start`)",
-                ctx.workdir.display()
-            );
-        }
-        return Ok(());
-    };
-    let v = r.data;
-    if json {
-        println!("{v}");
-        return Ok(());
+/// Options for rendering the status on stdout now.
+fn view_options() -> status_view::Options {
+    let term = console::Term::stdout();
+    status_view::Options {
+        color: console::colors_enabled(),
+        width: term.size_checked().map(|(_, cols)| cols),
+        now_ms: unix_ms(),
     }
-    let s = |k: &serde_json::Value| k.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-    println!("state       {}", s(&v["state"]));
-    println!("worktree    {}", s(&v["workdir"]));
-    println!(
-        "base        {} ({}, upstream {})",
-        s(&v["base"]),
-        s(&v["base_mode"]),
-        s(&v["upstream"])
-    );
-    if let Some(why) = v["base_mode_reason"].as_str() {
-        println!("            {why}");
-    }
-    println!(
-        "generation  {}  overlay {} ({} entries)",
-        v["generation"],
-        s(&v["overlay_digest"]),
-        v["overlay_entries"]
-    );
-    println!(
-        "receiver    {} workspace {} {}{}",
-        s(&v["receiver"]["address"]),
-        s(&v["receiver"]["workspace"]),
-        if v["receiver"]["connected"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "not connected"
+}
+
+async fn fetch_status(ctx: &Ctx) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(control::request(&ctx.socket(), &Request::Status)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot talk to the daemon at {}; if it hangs, `devd stop` and `devd start` again",
+                ctx.socket().display()
+            )
+        })?
+        .map(|r| r.data))
+}
+
+fn stopped_json(ctx: &Ctx) -> serde_json::Value {
+    serde_json::json!({"state": "stopped", "workdir": ctx.workdir})
+}
+
+/// The text `devd status` shows for `v` (`None`: no daemon).
+fn status_text(ctx: &Ctx, v: Option<&serde_json::Value>, opts: &status_view::Options) -> String {
+    match v {
+        None => status_view::not_running(&ctx.workdir),
+        Some(v) => match serde_json::from_value::<Status>(v.clone()) {
+            Ok(st) => status_view::render(&st, opts),
+            Err(e) => format!(
+                "the daemon answered with a status this devd cannot read ({e}); \
+                 restart it with `devd stop && devd start` after an upgrade"
+            ),
         },
-        if v["receiver"]["embedded"].as_bool() == Some(true) {
-            " (embedded)"
+    }
+}
+
+async fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
+    let v = fetch_status(ctx).await?;
+    if json {
+        println!("{}", v.unwrap_or_else(|| stopped_json(ctx)));
+    } else {
+        println!("{}", status_text(ctx, v.as_ref(), &view_options()));
+    }
+    Ok(())
+}
+
+/// How often `devd status --watch` polls.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// `devd status --watch`: on a terminal, redraw in place until Ctrl-C;
+/// otherwise print the status again whenever it changed.
+async fn watch_status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tty = console::Term::stdout().is_term() && !json;
+    let mut screen = tty.then(Screen::default);
+    let mut last: Option<Option<serde_json::Value>> = None;
+    let mut blocks = 0u64;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tick.tick() => {}
+        }
+        let v = fetch_status(ctx).await?;
+        if let Some(screen) = &mut screen {
+            let opts = view_options();
+            let body = status_text(ctx, v.as_ref(), &opts);
+            let title = format!(
+                "devd status --watch · every {} ms · Ctrl-C to stop",
+                WATCH_EVERY.as_millis()
+            );
+            let title = console::Style::new()
+                .dim()
+                .force_styling(opts.color)
+                .apply_to(title)
+                .to_string();
+            screen.draw(&format!("{title}\n\n{body}"))?;
+            continue;
+        }
+        if last.as_ref() == Some(&v) {
+            continue;
+        }
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", v.clone().unwrap_or_else(|| stopped_json(ctx)))?;
         } else {
-            ""
-        }
-    );
-    if let Some(w) = v["receiver"]["worktree"].as_str() {
-        println!("            worktree {w}");
-    }
-    if let Some(e) = v["receiver"]["last_error"].as_str() {
-        println!("            last error: {e}");
-    }
-    let ls = &v["last_sync"];
-    if !ls.is_null() {
-        println!(
-            "last sync   {} files, {} B sent, {} B received, {} ms",
-            ls["files"], ls["bytes_sent"], ls["bytes_received"], ls["latency_ms"]
-        );
-    }
-    if let Some(sk) = v["skipped"].as_array().filter(|a| !a.is_empty()) {
-        println!(
-            "not synced  {}",
-            sk.iter().map(s).collect::<Vec<_>>().join("; ")
-        );
-    }
-    if let Some(e) = v["catalog_error"].as_str() {
-        println!("catalog     {e}");
-    }
-    for svc in v["services"].as_array().into_iter().flatten() {
-        let digest = svc["digest"]
-            .as_str()
-            .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect())
-            .unwrap_or_else(|| "-".to_owned());
-        let build = match (svc["reused"].as_bool(), svc["last_build_ms"].as_u64()) {
-            (Some(true), _) => "reused".to_owned(),
-            (_, Some(ms)) => format!("built in {:.1}s", ms as f64 / 1000.0),
-            _ => "-".to_owned(),
-        };
-        println!(
-            "service     {:<16} {:<10} {:<12} {:<16} {}",
-            s(&svc["name"]),
-            s(&svc["state"]),
-            digest,
-            build,
-            s(&svc["url"])
-        );
-        if let Some(e) = svc["error"].as_str() {
-            println!("            {e}");
-            let lines = svc["log_tail"].as_array().cloned().unwrap_or_default();
-            for l in &lines[lines.len().saturating_sub(5)..] {
-                println!("            | {}", s(l));
+            blocks += 1;
+            if blocks > 1 {
+                writeln!(out)?;
             }
+            writeln!(out, "--- devd status #{blocks} ---")?;
+            writeln!(out, "{}", status_text(ctx, v.as_ref(), &view_options()))?;
+        }
+        out.flush()?;
+        last = Some(v);
+    }
+    if let Some(screen) = screen {
+        screen.close()?;
+    }
+    Ok(())
+}
+
+/// A frame redrawn in place on the terminal: the cursor goes back to the
+/// frame's first line, every line is rewritten and cleared to its end, and
+/// whatever the last frame had below is cleared. Lines are cut to the
+/// terminal's width and the frame to its height so nothing wraps or
+/// scrolls (which would leave the cursor arithmetic wrong).
+#[derive(Default)]
+struct Screen {
+    lines: usize,
+    size: Option<(u16, u16)>,
+}
+
+impl Screen {
+    fn draw(&mut self, frame: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let size = console::Term::stdout().size_checked();
+        let (rows, cols) = size.unwrap_or((24, 80));
+        let mut out = String::new();
+        if self.lines == 0 {
+            out.push_str("\x1b[?25l");
+        } else if size != self.size {
+            // Resized: lines of the last frame may have wrapped; start over.
+            out.push_str("\x1b[H\x1b[2J");
+        } else {
+            out.push_str(&format!("\x1b[{}A\r", self.lines));
+        }
+        let max_rows = usize::from(rows.saturating_sub(1)).max(1);
+        let mut lines: Vec<String> = frame
+            .lines()
+            .map(|l| console::truncate_str(l, usize::from(cols), "…").into_owned())
+            .collect();
+        if lines.len() > max_rows {
+            lines.truncate(max_rows - 1);
+            lines.push(format!(
+                "… (the terminal is too small for {} more lines)",
+                frame.lines().count() - lines.len()
+            ));
+        }
+        for l in &lines {
+            out.push_str(l);
+            out.push_str("\x1b[K\n");
+        }
+        out.push_str("\x1b[J");
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+        self.lines = lines.len();
+        self.size = size;
+        Ok(())
+    }
+
+    /// Leave the last frame on screen and give the cursor back.
+    fn close(self) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(b"\x1b[?25h")?;
+        stdout.flush()
+    }
+}
+
+fn init(ctx: &Ctx, yes: bool, force: bool, dry_run: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let path = ctx.workdir.join(devd_receiver::catalog::FILE);
+    if path.exists() && !force && !dry_run {
+        bail!(
+            "{} already exists; rerun with --force to replace it (or --dry-run to only see the proposal)",
+            path.display()
+        );
+    }
+    let proposal = crate::init::propose(&ctx.workdir)?;
+    let n = proposal.services.len();
+    // The proposal alone on stdout (`devd init --dry-run > devd.toml`
+    // works); the rest is for the person.
+    eprintln!(
+        "Found {n} Dockerfile{}; proposed {}:\n",
+        if n == 1 { "" } else { "s" },
+        path.display()
+    );
+    println!("{}", proposal.text);
+    if dry_run {
+        eprintln!("(--dry-run: nothing written)");
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "no terminal to confirm on: rerun with --yes to write {} (or --dry-run to only print it)",
+                path.display()
+            );
+        }
+        eprint!("Write {}? [y/N] ", path.display());
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            println!("Nothing written.");
+            return Ok(());
         }
     }
+    std::fs::write(&path, &proposal.text).with_context(|| format!("writing {}", path.display()))?;
+    println!("Wrote {}.", path.display());
+    if crate::init::ignore_local_file(&ctx.workdir)
+        .with_context(|| format!("updating {}", ctx.workdir.join(".gitignore").display()))?
+    {
+        println!(
+            "Added {} (this laptop's settings) to .gitignore.",
+            crate::config::LOCAL_FILE
+        );
+    }
+    println!(
+        "\nNext:\n  \
+         git add devd.toml .gitignore && git commit -m \"devd: services\"   (the team shares it)\n  \
+         devd start --wait      build and deploy every service\n  \
+         devd status            their state and URLs"
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! (`devd sync` without a running daemon).
 
 use crate::config::{Config, ConfigError, ReceiverMode, repo_state_dir};
+use crate::progress::{Phase, Reporter};
 use crate::repo::{Repo, RepoError};
 use crate::scanner::{ScanConfig, Scanner};
 use crate::status::{ReceiverStatus, ScanStatus, Status};
@@ -69,6 +70,8 @@ pub struct Handle {
     tracker: TaskTracker,
     receiver: Option<devd_receiver::Running>,
     _watcher: Option<watcher::Watcher>,
+    /// The uplink's current connection (for `devd logs`).
+    pub(crate) live: Arc<Mutex<Option<quinn::Connection>>>,
 }
 
 fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
@@ -218,7 +221,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
 
     // Scanner thread.
     {
-        let scanner = Scanner::new(
+        let mut scanner = Scanner::new(
             repo.clone(),
             ScanConfig {
                 upstream: cfg.sync.upstream.clone(),
@@ -226,6 +229,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
             },
             &state_dir,
         );
+        scanner.set_progress(Reporter::for_status(status.clone(), Phase::Scanning));
         let status = status.clone();
         let cancel = cancel.clone();
         std::thread::Builder::new()
@@ -262,13 +266,16 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     ));
 
     // Uplink task.
+    let live;
     {
         let uplink = Uplink::new(target, repo.clone(), &state_dir)
             .map_err(|source| DaemonError::State {
                 path: state_dir.display().to_string(),
                 source,
             })?
-            .with_events(events_tx);
+            .with_events(events_tx)
+            .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
+        live = uplink.live_connection();
         let status = status.clone();
         let cancel = cancel.clone();
         let scan_tx = scan_tx.clone();
@@ -285,6 +292,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         tracker,
         receiver,
         _watcher: watcher,
+        live,
     })
 }
 
@@ -466,7 +474,7 @@ async fn events_loop(
             Some(_) => continue,
         }
         update(&status, |s| {
-            s.services = services.iter().map(Into::into).collect();
+            s.set_services(services.iter().map(Into::into).collect());
             if let Some(e) = catalog_error {
                 s.catalog_error = e;
             }

@@ -2,7 +2,11 @@
 //! worktree identical to this one, and the CLI that drives it.
 //!
 //! Map of the crate:
-//! - [`cli`]: arguments and commands (`start`, `stop`, `sync`, `status`, `run`).
+//! - [`cli`]: arguments and commands (`init`, `start`, `stop`, `sync`,
+//!   `status`, `logs`, `completions`, `run`).
+//! - [`init`]: `devd init`, a `devd.toml` proposed from the Dockerfiles.
+//! - [`status_view`]: `devd status` for people: header block and services table.
+//! - [`progress`]: progress of long scans and uploads, published and drawn.
 //! - [`daemon`]: wires watcher → scanner → uplink, and the embedded receiver.
 //! - [`watcher`]: notify events turned into scan triggers.
 //! - [`scanner`]: the overlay (worktree vs base), full or path-limited.
@@ -11,6 +15,7 @@
 //! - [`uplink`]: the sync exchange with the receiver.
 //! - [`transport`]: QUIC client with the pinned certificate.
 //! - [`control`]: the Unix control socket.
+//! - [`logs`]: `devd logs`, streamed from the receiver through the daemon.
 //! - [`config`]: `devd.toml` and `DEVD_HOME`.
 //! - [`status`]: what `devd status` reports.
 //! - [`notify`]: desktop notifications for deploys and failed builds.
@@ -21,12 +26,16 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod hash_cache;
+pub mod init;
+pub mod logs;
 pub mod notify;
+pub mod progress;
 pub mod repo;
 pub mod scanner;
 pub mod status;
+pub mod status_view;
+pub mod transport;
 #[cfg(all(feature = "tray", target_os = "linux"))]
 pub mod tray;
-pub mod transport;
 pub mod uplink;
 pub mod watcher;

@@ -72,6 +72,10 @@ pub struct Scanner {
     upload_mode: bool,
     /// Files not synced, with the reason (e.g. too large).
     pub skipped: HashMap<RelPath, String>,
+    /// Where the progress of long scans goes.
+    progress: Option<crate::progress::Reporter>,
+    /// Bytes read to hash files, for progress.
+    bytes_hashed: u64,
 }
 
 /// A walker thread's results, handed over in one lock when it finishes.
@@ -125,8 +129,15 @@ impl Scanner {
             overlay: Overlay::new(),
             upload_mode: false,
             skipped: HashMap::new(),
+            progress: None,
+            bytes_hashed: 0,
             workdir,
         }
+    }
+
+    /// Report the progress of long scans (many files) to `r`.
+    pub fn set_progress(&mut self, r: crate::progress::Reporter) {
+        self.progress = Some(r);
     }
 
     /// The current overlay.
@@ -383,6 +394,7 @@ impl Scanner {
                     Err(e) => return Err(io(e)),
                 };
                 *hashed += 1;
+                self.bytes_hashed += data.len() as u64;
                 // The file may change between stat and read; hash what was
                 // read and key it by the stat taken before (a later change
                 // gets a new event and a new stamp).
@@ -421,6 +433,13 @@ impl Scanner {
         // Merge-join the (sorted) walk with the base entries.
         let mut hashed = 0;
         let mut out = Vec::new();
+        let progress = self.progress.clone();
+        let _finish = progress
+            .clone()
+            .map(crate::progress::Reporter::finish_on_drop);
+        let bytes0 = self.bytes_hashed;
+        let total = walked.len().max(in_scope.len()) as u64;
+        let mut done = 0u64;
         let mut w = walked.iter().peekable();
         let mut t = in_scope.into_iter().peekable();
         loop {
@@ -430,6 +449,10 @@ impl Scanner {
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (Some((wp, _)), Some((tp, _))) => wp.cmp(tp),
             };
+            if let Some(r) = &progress {
+                r.update(done.min(total), total, self.bytes_hashed - bytes0, 0);
+            }
+            done += 1;
             match order {
                 std::cmp::Ordering::Less => {
                     let (rel, m) = w.next().expect("peeked");

@@ -1,10 +1,12 @@
 //! What `devd status` reports, shared by the daemon's tasks.
 
+use crate::progress::Progress;
 use crate::uplink::SyncReport;
 use serde::{Deserialize, Serialize};
 
 /// The receiver as seen from the laptop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReceiverStatus {
     pub address: String,
     /// The receiver's materialized worktree (known once connected).
@@ -17,6 +19,7 @@ pub struct ReceiverStatus {
 
 /// The last scan.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScanStatus {
     pub full: bool,
     pub ms: u64,
@@ -26,6 +29,7 @@ pub struct ScanStatus {
 
 /// Running totals since the daemon started.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     pub syncs: u64,
     pub files: u64,
@@ -35,6 +39,7 @@ pub struct Totals {
 
 /// The daemon's state, as `devd status --json` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// starting | scanning | syncing | idle | disconnected | error
     pub state: String,
@@ -65,10 +70,52 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     /// Why the receiver could not read the catalog (it keeps the previous one).
     pub catalog_error: Option<String>,
+    /// Long work in progress (a full scan of a large worktree, a large
+    /// upload), updated at a coarse interval; absent otherwise.
+    pub progress: Option<Progress>,
+}
+
+impl Status {
+    /// Replace the services with the receiver's latest view, keeping when
+    /// each deployed image was first seen deployed (`deployed_at_ms`).
+    pub fn set_services(&mut self, services: Vec<ServiceView>) {
+        let now = unix_ms();
+        let old = std::mem::take(&mut self.services);
+        self.services = services
+            .into_iter()
+            .map(|mut s| {
+                let before = old.iter().find(|o| o.name == s.name);
+                s.deployed_at_ms = match before {
+                    // First sight (e.g. deployed before a daemon restart):
+                    // unknown.
+                    None => None,
+                    // Deployed while we watched (a new image, or again).
+                    Some(b)
+                        if s.state == "deployed"
+                            && !(b.state == "deployed" && b.image == s.image) =>
+                    {
+                        Some(now)
+                    }
+                    // Unchanged, or a new build under way: the running
+                    // deploy's time.
+                    Some(b) => b.deployed_at_ms,
+                };
+                s
+            })
+            .collect();
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One service in `devd status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ServiceView {
     pub name: String,
     /// pending | queued | building | deploying | deployed | failed
@@ -90,6 +137,9 @@ pub struct ServiceView {
     /// Build-context digest of the last build.
     pub context: Option<String>,
     pub generation: u64,
+    /// When this laptop saw the current image deployed (Unix ms); absent
+    /// when it was already deployed as the daemon started.
+    pub deployed_at_ms: Option<u64>,
 }
 
 impl From<&devd_protocol::ServiceStatus> for ServiceView {
@@ -111,6 +161,42 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
             log_tail: s.log_tail.clone(),
             context: s.context.clone(),
             generation: s.generation,
+            deployed_at_ms: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: &str, image: Option<&str>) -> ServiceView {
+        ServiceView {
+            name: "web".into(),
+            state: state.into(),
+            image: image.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deploy_time_is_when_the_daemon_saw_the_deploy() {
+        let mut st = Status::default();
+        // Already deployed when first seen: unknown.
+        st.set_services(vec![view("deployed", Some("a"))]);
+        assert_eq!(st.services[0].deployed_at_ms, None);
+        // A rebuild: built (same state machine: deploying with the new
+        // image), then deployed.
+        st.set_services(vec![view("building", Some("a"))]);
+        st.set_services(vec![view("deploying", Some("b"))]);
+        assert_eq!(st.services[0].deployed_at_ms, None);
+        st.set_services(vec![view("deployed", Some("b"))]);
+        let t = st.services[0].deployed_at_ms.expect("seen deployed");
+        assert!(t > 0);
+        // Later events keep it until the next deploy.
+        st.set_services(vec![view("queued", Some("b"))]);
+        assert_eq!(st.services[0].deployed_at_ms, Some(t));
+        st.set_services(vec![view("deployed", Some("b"))]);
+        assert!(st.services[0].deployed_at_ms.is_some());
     }
 }

@@ -109,6 +109,10 @@ pub struct Uplink {
     events: Option<tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>>,
     /// False once the current connection's event stream ended.
     events_alive: Arc<std::sync::atomic::AtomicBool>,
+    /// The current connection, for further streams (`devd logs`).
+    live: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    /// Where the progress of large uploads goes.
+    progress: Option<crate::progress::Reporter>,
 }
 
 /// Reads and encodes blobs; shareable across threads.
@@ -233,7 +237,15 @@ impl Uplink {
             receiver_worktree: None,
             events: None,
             events_alive: Arc::default(),
+            live: Arc::default(),
+            progress: None,
         })
+    }
+
+    /// Report the progress of large uploads (many or large blobs) to `r`.
+    pub fn with_progress(mut self, r: crate::progress::Reporter) -> Self {
+        self.progress = Some(r);
+        self
     }
 
     /// Subscribe to build events on every connection; they are forwarded
@@ -246,11 +258,15 @@ impl Uplink {
         self
     }
 
+    /// The current connection, shared with whoever opens further streams.
+    pub fn live_connection(&self) -> Arc<std::sync::Mutex<Option<quinn::Connection>>> {
+        self.live.clone()
+    }
+
     /// Connect (and subscribe) unless connected with a live event stream.
     pub async fn ensure_connected(&mut self) -> Result<(), SyncError> {
         use std::sync::atomic::Ordering;
-        if self.connected() && (self.events.is_none() || self.events_alive.load(Ordering::SeqCst))
-        {
+        if self.connected() && (self.events.is_none() || self.events_alive.load(Ordering::SeqCst)) {
             return Ok(());
         }
         // The event stream ended: the receiver is going away (or went).
@@ -311,6 +327,7 @@ impl Uplink {
 
     /// Drop the connection (it is re-established on the next sync).
     pub fn disconnect(&mut self) {
+        *self.live.lock().expect("live connection") = None;
         if let Some(c) = self.conn.take() {
             c.conn.close(0u32.into(), b"bye");
         }
@@ -368,6 +385,7 @@ impl Uplink {
             other => return Err(SyncError::Protocol(format!("{other:?}"))),
         }
         self.subscribe(&conn).await;
+        *self.live.lock().expect("live connection") = Some(conn.clone());
         self.conn = Some(Connected { conn, io });
         Ok(())
     }
@@ -581,6 +599,12 @@ impl Uplink {
             self.conn.as_mut().expect("connected").io.send(f).await?;
         }
         let mut requested = 0;
+        let progress = self.progress.clone();
+        let _finish = progress
+            .clone()
+            .map(crate::progress::Reporter::finish_on_drop);
+        // Requested blobs: (sent, of), raw bytes (sent, of).
+        let (mut sent, mut of, mut bytes_sent, mut bytes_of) = (0u64, 0u64, 0u64, 0u64);
         loop {
             let msg = tokio::time::timeout(
                 Duration::from_secs(600),
@@ -596,6 +620,21 @@ impl Uplink {
                 None => return Err(SyncError::Lost("receiver closed the stream".into())),
                 Some(ServerMsg::Need { ids, .. }) => {
                     requested += ids.len();
+                    if let Some(r) = &progress {
+                        of += ids.len() as u64;
+                        bytes_of += ids
+                            .iter()
+                            .map(|id| match (stash.get(id), by_id.get(id)) {
+                                (Some(b), _) => b.raw_len,
+                                (None, Some(rel)) => {
+                                    std::fs::symlink_metadata(self.workdir.join(rel.as_str()))
+                                        .map_or(0, |m| m.len())
+                                }
+                                (None, None) => 0,
+                            })
+                            .sum::<u64>();
+                        r.update(sent, of, bytes_sent, bytes_of);
+                    }
                     for batch in ids.chunks(16) {
                         let mut todo = Vec::new();
                         for id in batch {
@@ -617,6 +656,11 @@ impl Uplink {
                                 SyncError::Protocol(format!("receiver asked twice for blob {id}"))
                             })?;
                             self.send_chunks(&blob).await?;
+                            if let Some(r) = &progress {
+                                sent += 1;
+                                bytes_sent += blob.raw_len;
+                                r.update(sent, of, bytes_sent, bytes_of);
+                            }
                         }
                     }
                 }

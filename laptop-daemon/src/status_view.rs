@@ -1,0 +1,442 @@
+//! How `devd status` looks to a person: a header block (state, receiver,
+//! base, generation, last sync, progress) and a table of the services,
+//! followed by the log tail of failed ones. Pure: the caller says whether
+//! to use colors and how wide the terminal is, so the output is the same
+//! in tests as on a terminal.
+
+use crate::progress::{describe, human_bytes};
+use crate::status::{ServiceView, Status};
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
+use console::Style;
+
+/// Log lines of a failed build shown under the table.
+pub const LOG_TAIL_LINES: usize = 8;
+/// Characters of an error in the table (the whole one follows it).
+pub const ERROR_CELL: usize = 48;
+
+/// Rendering options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// ANSI colors (only on a terminal, never with `NO_COLOR`).
+    pub color: bool,
+    /// Terminal width: long cells wrap and lines are cut to fit.
+    pub width: Option<u16>,
+    /// Now, in Unix milliseconds (for the age of deploys).
+    pub now_ms: u64,
+}
+
+/// The colors of one rendering (no-ops without color).
+struct Paint {
+    color: bool,
+}
+
+impl Paint {
+    fn style(&self, s: Style) -> Style {
+        s.force_styling(self.color)
+    }
+
+    fn key(&self, k: &str) -> String {
+        self.style(Style::new().bold())
+            .apply_to(format!("{k:<11}"))
+            .to_string()
+    }
+
+    fn dim(&self, t: &str) -> String {
+        self.style(Style::new().dim()).apply_to(t).to_string()
+    }
+
+    fn state(&self, state: &str) -> String {
+        self.style(state_style(state)).apply_to(state).to_string()
+    }
+}
+
+fn state_style(state: &str) -> Style {
+    match state {
+        "idle" | "deployed" => Style::new().green(),
+        "scanning" | "syncing" | "starting" | "queued" | "building" | "deploying" => {
+            Style::new().yellow()
+        }
+        "failed" | "error" | "disconnected" => Style::new().red().bold(),
+        _ => Style::new(),
+    }
+}
+
+fn state_color(state: &str) -> Option<Color> {
+    match state {
+        "deployed" => Some(Color::Green),
+        "queued" | "building" | "deploying" => Some(Color::Yellow),
+        "failed" => Some(Color::Red),
+        _ => None,
+    }
+}
+
+/// First 12 characters of a hex digest, without `sha256:`.
+pub fn short_digest(d: &str) -> String {
+    d.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// `5s`, `3m`, `2h`, `4d`.
+pub fn human_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `850 ms`, `12.3 s`, `2m 05s`.
+pub fn human_duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60),
+    }
+}
+
+fn build_cell(s: &ServiceView) -> String {
+    if s.reused {
+        "reused".into()
+    } else if let Some(ms) = s.last_build_ms {
+        human_duration(ms)
+    } else {
+        "-".into()
+    }
+}
+
+fn deployed_cell(s: &ServiceView, now_ms: u64) -> String {
+    match s.deployed_at_ms {
+        Some(t) => format!("{} ago", human_age(now_ms.saturating_sub(t))),
+        // Deployed before the daemon started.
+        None if s.image.is_some() => "earlier".into(),
+        None => "-".into(),
+    }
+}
+
+/// The services table alone.
+pub fn services_table(services: &[ServiceView], opts: &Options) -> Table {
+    let mut t = Table::new();
+    t.force_no_tty()
+        .load_style(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec![
+            "SERVICE", "STATE", "DIGEST", "URL", "BUILD", "DEPLOYED", "ERROR",
+        ]);
+    if let Some(w) = opts.width {
+        t.set_width(w);
+    }
+    if opts.color {
+        t.enforce_styling();
+    }
+    for s in services {
+        let mut state = Cell::new(&s.state);
+        if opts.color
+            && let Some(c) = state_color(&s.state)
+        {
+            state = state.fg(c);
+        }
+        t.add_row(vec![
+            Cell::new(&s.name),
+            state,
+            Cell::new(s.digest.as_deref().map_or("-".into(), short_digest)),
+            Cell::new(s.url.as_deref().unwrap_or("-")),
+            Cell::new(build_cell(s)),
+            Cell::new(deployed_cell(s, opts.now_ms)),
+            // The first line, cut: the whole error follows the table.
+            Cell::new(
+                s.error
+                    .as_deref()
+                    .and_then(|e| e.lines().next())
+                    .map(|e| console::truncate_str(e, ERROR_CELL, "…").into_owned())
+                    .unwrap_or_default(),
+            ),
+        ]);
+    }
+    t
+}
+
+/// The whole of `devd status` for a running daemon.
+pub fn render(st: &Status, opts: &Options) -> String {
+    let p = Paint { color: opts.color };
+    let mut out: Vec<String> = Vec::new();
+    let r = &st.receiver;
+    out.push(format!("{}{}", p.key("state"), p.state(&st.state)));
+    let mut conn = if r.connected {
+        p.style(Style::new().green())
+            .apply_to("connected")
+            .to_string()
+    } else {
+        p.style(Style::new().red())
+            .apply_to("not connected")
+            .to_string()
+    };
+    conn.push_str(&format!(
+        " to {} · workspace {}{}",
+        r.address,
+        r.workspace,
+        if r.embedded { " · embedded" } else { "" }
+    ));
+    out.push(format!("{}{conn}", p.key("receiver")));
+    if let Some(e) = &r.last_error {
+        out.push(format!(
+            "{}{}",
+            p.key(""),
+            p.style(Style::new().red())
+                .apply_to(format!("last error: {e}"))
+        ));
+    }
+    out.push(format!("{}{}", p.key("worktree"), st.workdir));
+    let base = match &st.base {
+        Some(b) => format!(
+            "{} ({}{})",
+            &b[..12.min(b.len())],
+            st.base_mode,
+            st.upstream
+                .as_deref()
+                .map(|u| format!(
+                    ", upstream {}",
+                    u.strip_prefix("refs/remotes/")
+                        .or_else(|| u.strip_prefix("refs/heads/"))
+                        .unwrap_or(u)
+                ))
+                .unwrap_or_default()
+        ),
+        None => "-".into(),
+    };
+    out.push(format!("{}{base}", p.key("base")));
+    if let Some(why) = &st.base_mode_reason {
+        out.push(format!("{}{}", p.key(""), p.dim(why)));
+    }
+    out.push(format!(
+        "{}{}  {}",
+        p.key("generation"),
+        st.generation,
+        p.dim(&format!(
+            "overlay {} · {} entries",
+            st.overlay_digest
+                .as_deref()
+                .map_or("-".into(), short_digest),
+            st.overlay_entries
+        ))
+    ));
+    let last = match &st.last_sync {
+        Some(l) => format!(
+            "{} file{} · {} sent · {} received · {}  {}",
+            l.files,
+            if l.files == 1 { "" } else { "s" },
+            human_bytes(l.bytes_sent),
+            human_bytes(l.bytes_received),
+            human_duration(l.latency_ms),
+            p.dim(&format!(
+                "({} sync{}, {} sent since start)",
+                st.totals.syncs,
+                if st.totals.syncs == 1 { "" } else { "s" },
+                human_bytes(st.totals.bytes_sent)
+            ))
+        ),
+        None => "none yet".into(),
+    };
+    out.push(format!("{}{last}", p.key("last sync")));
+    if let Some(pr) = &st.progress {
+        out.push(format!("{}{}", p.key("progress"), describe(pr)));
+    }
+    if !st.skipped.is_empty() {
+        out.push(format!("{}{}", p.key("not synced"), st.skipped.join("; ")));
+    }
+    if let Some(e) = &st.last_error {
+        out.push(format!("{}{}", p.key("error"), e));
+    }
+    if let Some(e) = &st.catalog_error {
+        out.push(format!("{}{}", p.key("catalog"), e));
+    }
+    if let Some(w) = opts.width {
+        out = out
+            .into_iter()
+            .map(|l| console::truncate_str(&l, w as usize, "…").into_owned())
+            .collect();
+    }
+    out.push(String::new());
+    if st.services.is_empty() {
+        out.push(
+            "no services: declare them in devd.toml (`devd init` proposes one from your Dockerfiles)"
+                .into(),
+        );
+    } else {
+        out.push(services_table(&st.services, opts).to_string());
+    }
+    for s in st.services.iter().filter(|s| s.state == "failed") {
+        out.push(String::new());
+        let line = format!(
+            "{}: {}",
+            p.style(Style::new().red().bold()).apply_to(&s.name),
+            s.error
+                .as_deref()
+                .unwrap_or("failed, without an error message")
+        );
+        out.push(match opts.width {
+            Some(w) => console::truncate_str(&line, w as usize, "…").into_owned(),
+            None => line,
+        });
+        let tail = &s.log_tail[s.log_tail.len().saturating_sub(LOG_TAIL_LINES)..];
+        for l in tail {
+            let line = format!("  │ {l}");
+            out.push(match opts.width {
+                Some(w) => console::truncate_str(&line, w as usize, "…").into_owned(),
+                None => line,
+            });
+        }
+        if !tail.is_empty() {
+            out.push(p.dim(&format!("  the whole log: devd logs {} --build", s.name)));
+        }
+    }
+    out.join("\n")
+}
+
+/// What `devd status` prints when no daemon runs.
+pub fn not_running(workdir: &std::path::Path) -> String {
+    format!(
+        "devd is not running for {}\nstart it with `devd start` (or `devd start --wait` to wait for the first sync)",
+        workdir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ReceiverStatus;
+    use crate::uplink::SyncReport;
+
+    fn sample() -> Status {
+        Status {
+            state: "idle".into(),
+            pid: 42,
+            workdir: "/home/me/app".into(),
+            base: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            base_mode: "fetched".into(),
+            upstream: Some("origin/main".into()),
+            generation: 7,
+            overlay_digest: Some("ab".repeat(32)),
+            overlay_entries: 3,
+            receiver: ReceiverStatus {
+                address: "127.0.0.1:7447".into(),
+                workspace: "local".into(),
+                embedded: true,
+                connected: true,
+                ..Default::default()
+            },
+            last_sync: Some(SyncReport {
+                files: 2,
+                bytes_sent: 2048,
+                bytes_received: 512,
+                latency_ms: 18,
+                ..Default::default()
+            }),
+            services: vec![
+                ServiceView {
+                    name: "api".into(),
+                    state: "deployed".into(),
+                    digest: Some(format!("sha256:{}", "cd".repeat(32))),
+                    image: Some("demo/api@sha256:cdcd".into()),
+                    url: Some("http://127.0.0.1:40001".into()),
+                    reused: true,
+                    deployed_at_ms: Some(1_000_000),
+                    ..Default::default()
+                },
+                ServiceView {
+                    name: "web".into(),
+                    state: "failed".into(),
+                    last_build_ms: Some(12_300),
+                    error: Some("build failed: exit status 1\nmore".into()),
+                    log_tail: (1..=12).map(|i| format!("step {i}")).collect(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn renders_header_table_and_the_failed_log_tail_without_color() {
+        let out = render(
+            &sample(),
+            &Options {
+                color: false,
+                width: None,
+                now_ms: 1_000_000 + 125_000,
+            },
+        );
+        assert!(!out.contains('\x1b'), "no escapes without color:\n{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "state      idle");
+        assert_eq!(
+            lines[1],
+            "receiver   connected to 127.0.0.1:7447 · workspace local · embedded"
+        );
+        assert!(out.contains("base       0123456789ab (fetched, upstream origin/main)"));
+        assert!(out.contains("generation 7  overlay abababababab · 3 entries"));
+        assert!(out.contains("last sync  2 files · 2.0 KiB sent · 512 B received · 18 ms"));
+        let header = lines
+            .iter()
+            .find(|l| l.contains("SERVICE"))
+            .expect("table header");
+        for col in ["STATE", "DIGEST", "URL", "BUILD", "DEPLOYED", "ERROR"] {
+            assert!(header.contains(col), "{header}");
+        }
+        let api = lines.iter().find(|l| l.contains(" api ")).expect("api row");
+        for cell in [
+            "deployed",
+            "cdcdcdcdcdcd",
+            "http://127.0.0.1:40001",
+            "reused",
+            "2m ago",
+        ] {
+            assert!(api.contains(cell), "{cell} in {api}");
+        }
+        let web = lines.iter().find(|l| l.contains(" web ")).expect("web row");
+        for cell in ["failed", "12.3 s", "build failed: exit status 1"] {
+            assert!(web.contains(cell), "{cell} in {web}");
+        }
+        assert!(!web.contains("more"), "only the error's first line");
+        assert!(out.contains("\nweb: build failed: exit status 1\nmore\n"));
+        assert!(!out.contains("│ step 4\n"), "only the last lines");
+        assert!(out.contains("  │ step 5\n") && out.contains("  │ step 12\n"));
+        assert!(out.ends_with("the whole log: devd logs web --build"));
+        // Every table line has the same width.
+        let widths: Vec<usize> = lines
+            .iter()
+            .filter(|l| l.starts_with(['┌', '│', '╞', '└']))
+            .map(|l| console::measure_text_width(l))
+            .collect();
+        assert!(
+            widths.len() >= 5 && widths.iter().all(|w| *w == widths[0]),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn fits_a_narrow_terminal_and_colors_only_when_asked() {
+        let opts = Options {
+            color: true,
+            width: Some(60),
+            now_ms: 0,
+        };
+        let out = render(&sample(), &opts);
+        assert!(out.contains("\x1b["), "colors when asked");
+        for l in out.lines() {
+            assert!(
+                console::measure_text_width(l) <= 60,
+                "{l:?} is wider than 60"
+            );
+        }
+    }
+
+    #[test]
+    fn ages_and_durations() {
+        assert_eq!(human_age(59_999), "59s");
+        assert_eq!(human_age(61_000), "1m");
+        assert_eq!(human_age(7_200_000), "2h");
+        assert_eq!(human_duration(850), "850 ms");
+        assert_eq!(human_duration(125_000), "2m 05s");
+    }
+}
