@@ -15,6 +15,9 @@ need_packages --no-recommends runc buildah podman docker-registry busybox-static
 say "Checking desktop tools (the notification tests: a private dbus-daemon session bus, Xvfb as the display, dunst as the notification server; systemd's busctl watches the bus and runs dunstctl history)"
 need_packages --no-recommends dbus xvfb dunst systemd
 
+say "Checking tmux (the terminal tests: devd status --watch and the progress bars are read off a real terminal)"
+need_packages tmux
+
 say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves) and kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields)"
 if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null; then
   if ! python3 -m venv .venv 2>/dev/null; then

@@ -16,6 +16,8 @@
 //!   `docker-registry`, a tiny HTTP client for what containers serve.
 //! - [`desktop`]: a private D-Bus session bus, Xvfb and dunst, and what
 //!   notifications reached them.
+//! - [`terminal`]: a private tmux server, to read what devd draws on a
+//!   real terminal.
 //!
 //! Every handle that starts a process stops it on drop, also when the test
 //! panics; a panicking test prints the captured logs. Set
@@ -30,6 +32,7 @@ pub mod kmock;
 pub mod process;
 pub mod receiver;
 pub mod repo;
+pub mod terminal;
 pub mod wait;
 pub mod worktree;
 
