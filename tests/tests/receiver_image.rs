@@ -201,10 +201,19 @@ fn dockerfile_builds_with_buildah_and_the_image_answers_healthz_under_podman() {
         ok
     });
     assert!(up.is_some(), "GET /healthz never answered: {last:?}");
-    assert_eq!(
-        http_get(&format!("{base}/readyz")).unwrap(),
-        (200, "ready\n".to_owned())
-    );
+    // Ready once the workspace is open (503 until then, as a probe sees it).
+    let mut last = None;
+    let ready = poll_until(Duration::from_secs(30), || {
+        let r = http_get(&format!("{base}/readyz"));
+        let ok = matches!(&r, Ok((200, body)) if body == "ready\n");
+        assert!(
+            matches!(&r, Ok((200 | 503, _))),
+            "GET /readyz answered {r:?}"
+        );
+        last = Some(r);
+        ok
+    });
+    assert!(ready.is_some(), "GET /readyz never said ready: {last:?}");
     let (status, metrics) = http_get(&format!("{base}/metrics")).unwrap();
     assert_eq!(status, 200);
     assert!(
