@@ -37,7 +37,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 say "cargo clippy and the tray's unit tests with devd's optional tray feature (the default build leaves ksni out)"
 cargo clippy --workspace --all-targets --features devd/tray -- -D warnings
-cargo test -p devd --features tray --lib -- tray::
+cargo test -p devd --features tray --lib --test tray -- tray
 
 say "Building the binaries the end-to-end tests run"
 cargo build --workspace --bins

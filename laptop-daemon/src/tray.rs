@@ -6,12 +6,15 @@
 //! It reads the daemon's [`Status`] twice a second and changes nothing in
 //! it, so the daemon behaves the same with or without the feature. Without
 //! a tray host (no StatusNotifierWatcher on the session bus) it logs one
-//! warning and the daemon goes on.
+//! warning and waits for one to appear (a panel started after devd); with
+//! no session bus at all it logs one warning and gives up. The daemon goes
+//! on either way.
 
 use crate::notify::open_url;
 use crate::status::Status;
 use ksni::menu::{MenuItem, StandardItem};
 use ksni::{Icon, ToolTip, TrayMethods};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -145,6 +148,8 @@ struct DevdTray {
     view: View,
     /// The daemon's root token: Quit cancels it.
     cancel: CancellationToken,
+    /// The missing tray host was reported.
+    warned: AtomicBool,
 }
 
 impl DevdTray {
@@ -158,6 +163,26 @@ impl ksni::Tray for DevdTray {
 
     fn id(&self) -> String {
         "devd".into()
+    }
+
+    fn watcher_online(&self) {
+        tracing::info!("a tray host appeared: the devd icon is shown");
+    }
+
+    fn watcher_offline(&self, reason: ksni::OfflineReason) -> bool {
+        match reason {
+            // The panel went away (a restart, a logout): it comes back.
+            ksni::OfflineReason::No => {
+                tracing::info!("the tray host went away; the icon comes back with it")
+            }
+            reason if !self.warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                ?reason,
+                "no tray host (StatusNotifierWatcher) on the session bus; the devd icon appears \
+                 when one starts, and devd goes on meanwhile"
+            ),
+            reason => tracing::debug!(?reason, "still no tray host"),
+        }
+        true
     }
 
     fn title(&self) -> String {
@@ -258,13 +283,16 @@ pub fn spawn(status: Arc<Mutex<Status>>, cancel: CancellationToken, tracker: &Ta
         let tray = DevdTray {
             view: shown.clone(),
             cancel: cancel.clone(),
+            warned: AtomicBool::new(false),
         };
+        // A missing watcher is reported to `watcher_offline` and waited
+        // for; only a missing session bus ends the tray here.
         let handle = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tray.spawn() => match r {
+            r = tray.assume_sni_available(true).spawn() => match r {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::warn!(error = %e, "no tray icon: no StatusNotifierItem host on the session bus; devd goes on without it");
+                    tracing::warn!(error = %e, "no tray icon (no D-Bus session bus?); devd goes on without it");
                     return;
                 }
             },
@@ -360,6 +388,7 @@ mod tests {
                 ],
             )),
             cancel: cancel.clone(),
+            warned: AtomicBool::new(false),
         };
         assert_eq!(tray.title(), "devd: idle (demo)");
         let items = tray.menu();
