@@ -22,6 +22,7 @@ Examples:
   devd logs web --build  the web service's last build log
   devd sync --json       push the current state now and wait until it is applied
   devd stop              stop the daemon
+  devd workspace create  a namespace of your own on the cluster, for 12 hours
   devd completions bash  shell completions (also zsh, fish)";
 
 /// devd: your worktree, on the receiver, as you save.
@@ -123,6 +124,24 @@ Examples:
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Your workspaces on the cluster: namespaces that expire.
+    #[command(after_help = "\
+A workspace is a namespace devd-<user>[-<name>] labelled as devd's, with
+its owner and expiry in annotations; the cluster's vacuum deletes it once
+it expires. Uses your kubeconfig (KUBECONFIG, else ~/.kube/config). The
+owner is `git config user.email`, else $USER.
+
+Examples:
+  devd workspace create                    devd-<user>, expiring in 12h
+  devd workspace create --name feat --ttl 2d
+  devd workspace list                      yours, with the time left
+  devd workspace list --all --json         everyone's, for scripts
+  devd workspace extend devd-alice --ttl 6h   now expires 6h from now
+  devd workspace delete devd-alice-feat")]
+    Workspace {
+        #[command(subcommand)]
+        cmd: WorkspaceCmd,
+    },
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -138,6 +157,63 @@ Examples:
 Examples:
   RUST_LOG=debug devd run   the daemon's log on the terminal")]
     Run,
+}
+
+/// `devd workspace` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum WorkspaceCmd {
+    /// Create a workspace namespace (the receiver is deployed separately).
+    #[command(after_help = "\
+Examples:
+  devd workspace create                   namespace devd-<user>, for 12h
+  devd workspace create --name feat --ttl 2d   devd-<user>-feat, for 2 days")]
+    Create {
+        /// How long it lives: 12h, 90m, 2d, 1h30m.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+        /// A name, for more than one workspace: devd-<user>-<NAME>.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List your workspaces with owner, expiry and time left.
+    #[command(after_help = "\
+Examples:
+  devd workspace list
+  devd workspace list --all      everyone's
+  devd workspace list --json")]
+    List {
+        /// Everyone's workspaces, not only yours.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a workspace's expiry to TTL from now.
+    #[command(after_help = "\
+NAME is the namespace, or the --name it was created with.
+
+Examples:
+  devd workspace extend devd-alice --ttl 6h
+  devd workspace extend feat --ttl 1d     devd-<user>-feat")]
+    Extend {
+        /// The workspace's namespace, or its --name.
+        name: String,
+        /// The new time to live, from now: 6h, 90m, 2d.
+        #[arg(long)]
+        ttl: String,
+    },
+    /// Delete a workspace's namespace and everything in it.
+    #[command(after_help = "\
+Refuses namespaces that do not carry devd's workspace labels.
+
+Examples:
+  devd workspace delete devd-alice
+  devd workspace delete feat              devd-<user>-feat")]
+    Delete {
+        /// The workspace's namespace, or its --name.
+        name: String,
+    },
 }
 
 struct Ctx {
@@ -175,6 +251,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut cmd, "devd", &mut std::io::stdout());
         return Ok(());
     }
+    if let Cmd::Workspace { cmd } = cli.cmd {
+        return match cmd {
+            WorkspaceCmd::Create { ttl, name } => {
+                crate::workspace::create(name.as_deref(), &ttl).await
+            }
+            WorkspaceCmd::List { all, json } => crate::workspace::list(all, json).await,
+            WorkspaceCmd::Extend { name, ttl } => crate::workspace::extend(&name, &ttl).await,
+            WorkspaceCmd::Delete { name } => crate::workspace::delete(&name).await,
+        };
+    }
     let ctx = Ctx::new(cli.dir)?;
     match cli.cmd {
         Cmd::Init {
@@ -197,7 +283,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             build,
             follow,
         } => crate::logs::logs(&ctx.workdir, &ctx.home, &service, build, follow).await,
-        Cmd::Completions { .. } => unreachable!("handled above"),
+        Cmd::Completions { .. } | Cmd::Workspace { .. } => unreachable!("handled above"),
         Cmd::Run => run_foreground(&ctx).await,
     }
 }

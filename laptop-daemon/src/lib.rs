@@ -19,6 +19,7 @@
 //! - [`config`]: `devd.toml` and `DEVD_HOME`.
 //! - [`status`]: what `devd status` reports.
 //! - [`notify`]: desktop notifications for deploys and failed builds.
+//! - [`workspace`]: `devd workspace`, expiring namespaces on the cluster.
 //! - `tray` (cargo feature `tray`, Linux): the tray icon and its menu.
 
 pub mod cli;
@@ -39,3 +40,4 @@ pub mod transport;
 pub mod tray;
 pub mod uplink;
 pub mod watcher;
+pub mod workspace;
