@@ -351,7 +351,7 @@ fn print_report(v: &serde_json::Value, json: bool) {
 async fn start(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
     if let Some(r) = control::request(&ctx.socket(), &Request::Status).await? {
         println!(
-            "devd is already running for {} (pid {})",
+            "devd is already running for {} (pid {}); `devd sync` pushes the current state now, `devd status` shows it",
             ctx.workdir.display(),
             r.data["pid"]
         );
