@@ -398,6 +398,7 @@ fn every_subcommand_has_examples_and_completions_generate() {
         "status",
         "logs",
         "completions",
+        "workspace",
         "run",
     ] {
         let run = devd.run(&[sub, "--help"]);
