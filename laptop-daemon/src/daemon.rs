@@ -511,7 +511,9 @@ async fn uplink_loop(
         });
         let wait = match (pending, retry_in.take()) {
             (true, None) => None,
+            // A retry: of a sync, or of a reconnect for the event stream.
             (true, Some(d)) => Some(d),
+            (false, Some(d)) if reconnect => Some(d),
             (false, _) => Some(Duration::from_secs(3600)),
         };
         if let Some(d) = wait {

@@ -383,6 +383,9 @@ fn a_restarted_receiver_adopts_the_running_services_without_rebuilding() {
         "receiver drains and exits"
     );
     drop(rx);
+    // Down for a while: the daemon's first reconnect attempts fail, and it
+    // must keep trying although it has nothing to sync.
+    std::thread::sleep(Duration::from_secs(3));
     let _rx = fx.receiver_with(ReceiverOpts {
         env: cenv.env(),
         listen: addr,
