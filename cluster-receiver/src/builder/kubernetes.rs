@@ -2340,6 +2340,55 @@ mod request_shape_tests {
     }
 
     #[tokio::test]
+    async fn logs_request_shape_follows_the_newest_running_pod_of_the_deployment() {
+        let (st, mut api) = setup(|_| {});
+        let backend = st.backend.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let r = tokio::spawn(async move { backend.logs("alice", &legacy(), true, tx).await });
+        let get = api.next().await;
+        get.expect(
+            Method::GET,
+            "/apis/apps/v1/namespaces/dev/deployments/legacy-app",
+            &[],
+        );
+        get.ok(&existing("legacy@sha256:11"));
+        let list = api.next().await;
+        list.expect(
+            Method::GET,
+            "/api/v1/namespaces/dev/pods",
+            &["labelSelector=app%3Dlegacy"],
+        );
+        let pod = |name: &str, created: &str, phase: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "creationTimestamp": created},
+                   "status": {"phase": phase}})
+        };
+        list.ok(
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                pod("legacy-old", "2026-01-01T00:00:00Z", "Running"),
+                pod("legacy-new", "2026-01-02T00:00:00Z", "Running"),
+                pod("legacy-pending", "2026-01-03T00:00:00Z", "Pending"),
+            ]}),
+        );
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            "/api/v1/namespaces/dev/pods/legacy-new/log",
+            &["container=app", "follow=true"],
+        );
+        log.text("GET /health 200\n");
+        assert_eq!(rx.recv().await.unwrap(), b"GET /health 200\n");
+        r.await.unwrap().unwrap();
+        // A service that was never deployed: a clear error.
+        let backend = st.backend.clone();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let r = tokio::spawn(async move { backend.logs("alice", &greeter(), false, tx).await });
+        api.next().await.not_found();
+        let e = r.await.unwrap().unwrap_err().error;
+        assert!(e.contains("not been deployed"), "{e}");
+    }
+
+    #[tokio::test]
     async fn urls_follow_exposure_and_the_template() {
         let (st, _api) = setup(|s| s.domain = Some("dev.example.com".into()));
         let b = &st.backend;
