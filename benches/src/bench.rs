@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 mod summary;
 pub use summary::describe_ratio;
 use summary::{dir_size, git_diff_zstd, log_breakdown};
+pub(crate) use summary::{ms_field, parse_ts, strip_ansi};
 
 /// The scenarios of the issue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

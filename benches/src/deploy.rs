@@ -35,6 +35,8 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod timeline;
+
 /// The service and file every edit changes.
 const SERVICE: &str = "web";
 const FILE: &str = "services/web/www/index.html";
@@ -68,8 +70,10 @@ context (`podman rm` of the old container is on its critical path, as in a typic
 interleaved edit by edit with devd's on the same machine and storage. One warm-up edit per tool \
 is not counted; before each edit devd's old container is gone and the machine idle for 200 ms. \
 A reuse hit writes back the content of an earlier edit: its context digest names an image that \
-exists, so devd deploys it without building. Percentiles are nearest-rank: p95 is the maximum \
-for n < 20.";
+exists, so devd deploys it without building. While polling, the time the URL answered nothing \
+(or not 200) is summed: the manual loop's URL is down from `podman rm` until the new container \
+serves, devd's old container serves until the switch. Percentiles are nearest-rank: p95 is the \
+maximum for n < 20.";
 
 /// One measured devd edit.
 #[derive(Clone, Debug, Serialize)]
@@ -77,18 +81,47 @@ struct Edit {
     marker: String,
     /// Write → new content served at the service URL.
     served_ms: f64,
+    /// Meanwhile, how long the URL did not answer 200.
+    unavailable_ms: f64,
     /// devd's `last_deploy_ms`: applied on the receiver → deployed.
     deploy_ms: Option<f64>,
     /// devd's `last_build_ms` (none for a reuse).
     build_ms: Option<f64>,
     reused: bool,
     image: String,
+    /// The generation devd deployed it in.
+    generation: Option<u64>,
+    /// From the receiver's log ([`timeline`]): context snapshot, `buildah
+    /// bud` alone, bud → Built (digest lookup or push), Built/Reused →
+    /// Deployed (new container serving, proxy switched).
+    snapshot_ms: Option<f64>,
+    bud_ms: Option<f64>,
+    after_bud_ms: Option<f64>,
+    start_ms: Option<f64>,
+}
+
+impl Edit {
+    /// Save → applied on the receiver: devd noticing the save and syncing
+    /// it over QUIC (the part before `last_deploy_ms` starts).
+    fn to_applied_ms(&self) -> Option<f64> {
+        self.deploy_ms.map(|d| self.served_ms - d)
+    }
+
+    fn add_steps(&mut self, steps: &std::collections::BTreeMap<u64, timeline::Steps>) {
+        if let Some(s) = self.generation.and_then(|g| steps.get(&g)) {
+            self.snapshot_ms = s.snapshot_ms();
+            self.bud_ms = s.bud_ms;
+            self.after_bud_ms = s.after_bud_ms();
+            self.start_ms = s.start_ms();
+        }
+    }
 }
 
 /// One edit of the manual loop.
 #[derive(Clone, Debug, Default, Serialize)]
 struct ManualEdit {
     served_ms: f64,
+    unavailable_ms: f64,
     build_ms: f64,
     rm_ms: f64,
     run_ms: f64,
@@ -386,6 +419,19 @@ fn measure(cfg: &Config, out: &mut Outcome) -> anyhow::Result<()> {
             run.reverts.push(e);
         }
         run.loadavg[1] = loadavg();
+        let log = match v {
+            Variant::Embedded => d.log_path()?,
+            Variant::Registry => dir.join("receiver/receiver.err"),
+        };
+        let steps = timeline::read(&std::fs::read_to_string(&log).unwrap_or_default(), SERVICE);
+        for e in run
+            .warmup
+            .iter_mut()
+            .chain(&mut run.edits)
+            .chain(&mut run.reverts)
+        {
+            e.add_steps(&steps);
+        }
         d.stop()?;
         drop(d);
         let left = env.containers_with(&[(LABEL_WORKSPACE, v.workspace())])?;
@@ -475,17 +521,37 @@ fn wait_all_deployed(d: &Devd) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-/// Poll `url` until its body contains `marker`; the time since `t0`.
-fn wait_served(
-    url: &str,
-    marker: &str,
-    t0: Instant,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
+/// What polling the service URL during a redeploy saw.
+struct Served {
+    /// `t0` → the first answer with the new content.
+    after: Duration,
+    /// How long the URL answered nothing (or not 200) meanwhile: from the
+    /// first poll of each failing run to the next poll that got a 200.
+    unavailable: Duration,
+}
+
+/// Poll `url` every [`POLL`] until its body contains `marker`.
+fn wait_served(url: &str, marker: &str, t0: Instant, timeout: Duration) -> anyhow::Result<Served> {
+    let mut unavailable = Duration::ZERO;
+    let mut failing_since: Option<Instant> = None;
     let mut last: String;
     loop {
-        match http_get(url, Duration::from_secs(2)) {
-            Ok((200, body)) if body.contains(marker) => return Ok(t0.elapsed()),
+        let r = http_get(url, Duration::from_secs(2));
+        let now = Instant::now();
+        if matches!(r, Ok((200, _))) {
+            if let Some(f) = failing_since.take() {
+                unavailable += now - f;
+            }
+        } else {
+            failing_since.get_or_insert(now);
+        }
+        match r {
+            Ok((200, body)) if body.contains(marker) => {
+                return Ok(Served {
+                    after: now - t0,
+                    unavailable,
+                });
+            }
             Ok((code, body)) => last = format!("{code}: {}", body.trim()),
             Err(e) => last = format!("{e:#}"),
         }
@@ -565,11 +631,17 @@ impl Lab<'_> {
         };
         let e = Edit {
             marker: marker.into(),
-            served_ms: ms(served),
+            served_ms: ms(served.after),
+            unavailable_ms: ms(served.unavailable),
             deploy_ms: web["last_deploy_ms"].as_f64(),
             build_ms: web["last_build_ms"].as_f64(),
             reused: web["reused"].as_bool().unwrap_or(false),
             image: web["image"].as_str().unwrap_or_default().into(),
+            generation: web["generation"].as_u64(),
+            snapshot_ms: None,
+            bud_ms: None,
+            after_bud_ms: None,
+            start_ms: None,
         };
         match reuse {
             Some(want) if !e.reused || e.image != want => bail!(
@@ -622,6 +694,12 @@ impl<'a> Manual<'a> {
         let ctx = self.ctx.display().to_string();
         let path = self.ctx.join("www/index.html");
         let t0 = Instant::now();
+        // Polled in the background from the start, as devd's URL is: the
+        // old container serves until `podman rm`.
+        let poll = {
+            let (url, marker) = (self.url.clone(), marker.to_owned());
+            std::thread::spawn(move || wait_served(&url, &marker, t0, DEPLOY_TIMEOUT))
+        };
         std::fs::write(&path, content)?;
         self.env.run(
             "buildah",
@@ -639,10 +717,13 @@ impl<'a> Manual<'a> {
         )?;
         self.current = Some(name);
         let run = t0.elapsed();
-        let served = wait_served(&self.url, marker, t0, DEPLOY_TIMEOUT)?;
+        let served = poll
+            .join()
+            .map_err(|_| anyhow::anyhow!("the poller of {} panicked", self.url))??;
         std::thread::sleep(Duration::from_millis(SETTLE_MS));
         Ok(ManualEdit {
-            served_ms: ms(served),
+            served_ms: ms(served.after),
+            unavailable_ms: ms(served.unavailable),
             build_ms: ms(build),
             rm_ms: ms(rm - build),
             run_ms: ms(run - rm),
@@ -702,6 +783,8 @@ fn summarize(cfg: &Config, out: &Outcome, results: &mut Results) {
                 false,
             ));
         }
+        let of =
+            |f: fn(&Edit) -> Option<f64>| -> Vec<f64> { run.edits.iter().filter_map(f).collect() };
         rows.push(Row::new(
             s,
             format!(
@@ -716,12 +799,73 @@ fn summarize(cfg: &Config, out: &Outcome, results: &mut Results) {
         rows.push(Row::new(
             s,
             format!(
-                "p50 of which the image build (last_build_ms; {}; devd builds with --layers)",
+                "p50 of which save → applied: noticed, synced over QUIC, applied \
+                 (served − last_deploy_ms; {})",
+                v.name()
+            ),
+            pct(&of(Edit::to_applied_ms), 50.0).map(ms_fig),
+            "— (the manual loop builds from the laptop's files)",
+            None,
+            false,
+        ));
+        rows.push(Row::new(
+            s,
+            format!(
+                "p50 of which the image build as devd reports it (last_build_ms: buildah bud \
+                 --layers + {}; {})",
+                match v {
+                    Variant::Embedded => "digest lookup",
+                    Variant::Registry => "push",
+                },
                 v.name()
             ),
             pct(&build, 50.0).map(ms_fig),
             "buildah bud --isolation chroot alone (manual loop)",
             pct(&manual_build, 50.0).map(ms_fig),
+            false,
+        ));
+        rows.push(Row::new(
+            s,
+            format!(
+                "p50 of which buildah bud alone (receiver log; {})",
+                v.name()
+            ),
+            pct(&of(|e| e.bud_ms), 50.0).map(ms_fig),
+            "buildah bud --isolation chroot alone (manual loop)",
+            pct(&manual_build, 50.0).map(ms_fig),
+            false,
+        ));
+        let manual_after: Vec<f64> = run
+            .manual
+            .iter()
+            .map(|m| m.served_ms - m.build_ms)
+            .collect();
+        rows.push(Row::new(
+            s,
+            format!(
+                "p50 of which image built → new container serving (receiver log: podman run, \
+                 wait until it accepts, proxy switch; {})",
+                v.name()
+            ),
+            pct(&of(|e| e.start_ms), 50.0).map(ms_fig),
+            "podman rm -f -t 0 + podman run -d -p + until served (manual loop)",
+            pct(&manual_after, 50.0).map(ms_fig),
+            false,
+        ));
+        let down: Vec<f64> = run.edits.iter().map(|e| e.unavailable_ms).collect();
+        let manual_down: Vec<f64> = run.manual.iter().map(|m| m.unavailable_ms).collect();
+        rows.push(Row::new(
+            s,
+            format!(
+                "p50 time the URL answered nothing during the redeploy (polled every {} ms; \
+                 devd max {}; {})",
+                POLL.as_millis(),
+                pct(&down, 100.0).map_or("—".into(), human_ms),
+                v.name()
+            ),
+            pct(&down, 50.0).map(ms_fig),
+            "the manual loop (down from podman rm until the new container serves)",
+            pct(&manual_down, 50.0).map(ms_fig),
             false,
         ));
         let real = pct(&served, 50.0);
@@ -815,10 +959,16 @@ mod tests {
         Edit {
             marker: "m".into(),
             served_ms: served,
+            unavailable_ms: 0.0,
             deploy_ms: Some(served - 30.0),
             build_ms: build,
             reused: build.is_none(),
             image: "localhost/demo/web@sha256:00".into(),
+            generation: None,
+            snapshot_ms: None,
+            bud_ms: build.map(|b| b - 50.0),
+            after_bud_ms: None,
+            start_ms: Some(served - 30.0 - build.unwrap_or(0.0)),
         }
     }
 
@@ -834,6 +984,7 @@ mod tests {
         run.manual = [800.0, 780.0, 900.0]
             .map(|served_ms| ManualEdit {
                 served_ms,
+                unavailable_ms: 400.0,
                 build_ms: 160.0,
                 rm_ms: 330.0,
                 run_ms: 220.0,
@@ -844,16 +995,25 @@ mod tests {
         };
         let mut r = Results::default();
         summarize(&cfg, &out, &mut r);
-        assert_eq!(r.rows.len(), 7);
+        assert_eq!(r.rows.len(), 11);
         assert!(r.rows.iter().all(|row| row.scenario == "7 save → deployed"));
         let p50 = &r.rows[0];
         assert_eq!(p50.devd.as_ref().unwrap().value, 650.0);
         assert_eq!(p50.baseline.as_ref().unwrap().value, 800.0);
         assert_eq!(crate::bench::describe_ratio(p50), "1.2× faster");
         assert_eq!(r.rows[1].devd.as_ref().unwrap().value, 700.0);
-        assert_eq!(r.rows[2].devd.as_ref().unwrap().value, 620.0);
-        assert_eq!(r.rows[3].baseline.as_ref().unwrap().value, 160.0);
-        let reuse = &r.rows[4];
+        let fig = |i: usize| r.rows[i].devd.as_ref().map(|f| f.value);
+        let base = |i: usize| r.rows[i].baseline.as_ref().map(|f| f.value);
+        assert_eq!(fig(2), Some(620.0), "last_deploy_ms");
+        assert_eq!(fig(3), Some(30.0), "save → applied");
+        assert_eq!((fig(4), base(4)), (Some(250.0), Some(160.0)), "build");
+        assert_eq!((fig(5), base(5)), (Some(200.0), Some(160.0)), "bud alone");
+        assert_eq!(
+            (fig(6), base(6)),
+            (Some(370.0), Some(640.0)),
+            "built → serving"
+        );
+        let reuse = &r.rows[8];
         assert_eq!(reuse.devd.as_ref().unwrap().value, 380.0);
         assert_eq!(reuse.baseline.as_ref().unwrap().value, 650.0);
         assert!(

@@ -54,7 +54,7 @@ pub(super) fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Unix time (s) of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS.fffZ`.
-fn parse_ts(s: &str) -> Option<f64> {
+pub(crate) fn parse_ts(s: &str) -> Option<f64> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
     let mut d = date.split('-').map(|x| x.parse::<i64>());
@@ -75,7 +75,7 @@ fn parse_ts(s: &str) -> Option<f64> {
     Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
 }
 
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
     while let Some(c) = it.next() {
@@ -93,7 +93,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// The `ms=N` field of a log line.
-fn ms_field(line: &str) -> Option<f64> {
+pub(crate) fn ms_field(line: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("ms="))
         .and_then(|v| v.parse().ok())
