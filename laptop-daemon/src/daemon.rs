@@ -379,9 +379,6 @@ fn scanner_loop(
                     s.base = base.info.as_ref().map(|i| i.commit.to_hex());
                     s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
                     s.base_mode = base_str(base.base).into();
-                    if base.base != Base::Uploaded {
-                        s.base_mode_reason = None;
-                    }
                     s.overlay_entries = scanner.overlay().len();
                     s.skipped = scanner
                         .skipped
@@ -559,6 +556,10 @@ async fn uplink_loop(
                 update(&status, |s| {
                     s.state = "idle".into();
                     s.generation = ack.generation;
+                    // The receiver fetched the base itself: no reason to upload.
+                    if matches!(ack.base, Base::Commit(_)) {
+                        s.base_mode_reason = None;
+                    }
                     s.overlay_digest = Some(ack.digest.to_hex());
                     s.receiver.connected = true;
                     s.receiver.last_error = None;
@@ -623,17 +624,16 @@ impl Handle {
     /// Fails when syncing keeps failing (receiver unreachable, or refusing)
     /// for `unreachable_after`.
     pub async fn sync(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
-        let (tx, rx) = oneshot::channel();
-        self.scan_tx
-            .send(ScanMsg::SyncNow(tx))
-            .await
-            .map_err(|_| "daemon is shutting down".to_string())?;
-        let snap = rx
-            .await
-            .map_err(|_| "scan failed; see the daemon log".to_string())?;
+        let mut snap = self.scan_now().await?;
         let mut acked = self.acked_rx.clone();
         let started = Instant::now();
         loop {
+            // The daemon switched to uploading the base after this snapshot
+            // was taken: that snapshot will never be acknowledged, the
+            // upload-mode one will.
+            if matches!(snap.base, Base::Commit(_)) && self.status().base_mode == "uploaded" {
+                snap = self.scan_now().await?;
+            }
             if let Some((ack, report)) = acked.borrow_and_update().clone()
                 && ack.digest == snap.digest
                 && ack.base == snap.base
@@ -658,6 +658,17 @@ impl Handle {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+
+    /// A full scan now; its snapshot.
+    async fn scan_now(&self) -> Result<Snapshot, String> {
+        let (tx, rx) = oneshot::channel();
+        self.scan_tx
+            .send(ScanMsg::SyncNow(tx))
+            .await
+            .map_err(|_| "daemon is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "scan failed; see the daemon log".to_string())
     }
 
     /// Stop everything, draining the embedded receiver.
