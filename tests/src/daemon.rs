@@ -138,6 +138,35 @@ impl<'a> Devd<'a> {
         report
     }
 
+    /// Poll `devd status` until service `name` satisfies `pred` (`what`
+    /// names the awaited state in the failure message); returns it. On
+    /// timeout, prints the fixture's logs and panics with the last state.
+    #[track_caller]
+    pub fn wait_service(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Service) -> bool,
+    ) -> Service {
+        let mut last = None;
+        let found = crate::wait::poll_until(timeout, || {
+            let s = self.status().service(name);
+            let ok = s.as_ref().is_some_and(&pred);
+            last = s;
+            ok
+        });
+        match found {
+            Some(_) => last.expect("service present"),
+            None => {
+                self.fx.dump_logs();
+                panic!(
+                    "service {name}: {what} not reached within {timeout:?}; last state: {last:#?}"
+                )
+            }
+        }
+    }
+
     /// `devd status --json`, parsed.
     pub fn status(&self) -> Status {
         let run = self.run_timeout(&["status", "--json"], Duration::from_secs(60));

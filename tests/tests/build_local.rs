@@ -20,29 +20,29 @@ fn service(devd: &Devd<'_>, name: &str) -> Service {
         .unwrap_or_else(|| panic!("devd status lists no service {name:?}"))
 }
 
-/// Wait until `name` satisfies `pred`; returns it.
-fn wait_service(
-    devd: &Devd<'_>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Service) -> bool,
-) -> Service {
-    let mut last = None;
-    let found = devd_tests::poll_until(DEPLOY_TIMEOUT, || {
-        let s = devd.status().service(name);
-        let ok = s.as_ref().is_some_and(&pred);
-        last = s;
-        ok
+/// A `devd-receiver` with the local backend pushing to `registry`, and the
+/// laptop's `devd.local.toml` pointing at it.
+fn receiver_pushing_to<'a>(
+    fx: &'a Fixture,
+    cenv: &ContainerEnv,
+    registry: &Registry,
+) -> devd_tests::Receiver<'a> {
+    let config = fx.root().join("receiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[build]\nbackend = \"local\"\nregistry = \"{}\"\ninsecure_registry = true\nconcurrency = 2\n",
+            registry.addr()
+        ),
+    )
+    .unwrap();
+    let rx = fx.receiver_with(ReceiverOpts {
+        config: Some(config),
+        env: cenv.env(),
+        ..Default::default()
     });
-    match found {
-        Some(_) => last.expect("service present"),
-        None => {
-            devd.fixture().dump_logs();
-            panic!(
-                "service {name}: {what} not reached within {DEPLOY_TIMEOUT:?}; last state: {last:#?}"
-            )
-        }
-    }
+    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    rx
 }
 
 fn get(url: &str, path: &str) -> String {
@@ -60,27 +60,13 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
     let cenv = ContainerEnv::new(fx.root());
     cenv.build_busybox_base();
     let registry = Registry::start(fx.root(), fx.logs());
-    let config = fx.root().join("receiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[build]\nbackend = \"local\"\nregistry = \"{}\"\ninsecure_registry = true\nconcurrency = 2\n",
-            registry.addr()
-        ),
-    )
-    .unwrap();
-    let rx = fx.receiver_with(ReceiverOpts {
-        config: Some(config),
-        env: cenv.env(),
-        ..Default::default()
-    });
-    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let _rx = receiver_pushing_to(&fx, &cenv, &registry);
     let devd = fx.devd().with_env(cenv.env());
     devd.start_wait();
 
     // The whole system comes up: every service built, pushed, deployed.
     for name in ["api", "greeter", "web"] {
-        wait_service(&devd, name, "deployed", |s| s.state == "deployed");
+        devd.wait_service(name, "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     }
     let all = services(&devd);
     assert_eq!(
@@ -128,7 +114,7 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
         "services/web/www/index.html",
         v1.replace("web v1", "web v2"),
     );
-    let web1 = wait_service(&devd, "web", "a new image deployed", |s| {
+    let web1 = devd.wait_service("web", "a new image deployed", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed" && s.image != web0.image
     });
     assert_eq!(
@@ -150,9 +136,12 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
     // Editing the shared input rebuilds its dependant only.
     let g = String::from_utf8(fx.read("shared/greeting.txt")).unwrap();
     fx.write("shared/greeting.txt", g.replace("v1", "v2"));
-    let greeter1 = wait_service(&devd, "greeter", "rebuilt after shared/ changed", |s| {
-        s.state == "deployed" && s.image != greeter0.image
-    });
+    let greeter1 = devd.wait_service(
+        "greeter",
+        "rebuilt after shared/ changed",
+        DEPLOY_TIMEOUT,
+        |s| s.state == "deployed" && s.image != greeter0.image,
+    );
     assert!(
         get(greeter1.url.as_deref().unwrap(), "/greeting.txt").contains("Hello from shared v2")
     );
@@ -162,7 +151,7 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
     // A file the context's .dockerignore excludes changes no image.
     let api_tags = registry.tags("demo/api");
     fx.append("services/api/NOTES.md", "\nmore notes\n");
-    wait_service(&devd, "api", "the ignored edit considered", |s| {
+    devd.wait_service("api", "the ignored edit considered", DEPLOY_TIMEOUT, |s| {
         s.generation > api0.generation && s.state == "deployed"
     });
     let api1 = service(&devd, "api");
@@ -171,9 +160,12 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
 
     // Reverting the edit reuses the first image: no build.
     fx.write("services/web/www/index.html", &v1);
-    let web2 = wait_service(&devd, "web", "the original image redeployed", |s| {
-        s.state == "deployed" && s.image == web0.image
-    });
+    let web2 = devd.wait_service(
+        "web",
+        "the original image redeployed",
+        DEPLOY_TIMEOUT,
+        |s| s.state == "deployed" && s.image == web0.image,
+    );
     assert!(web2.reused, "a revert must reuse the image: {web2:?}");
     assert_eq!(web2.last_build_ms, None);
     assert!(get(&web_url, "/").contains("web v1"));
@@ -184,7 +176,7 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
         "services/web/Dockerfile",
         format!("{df}\nRUN /bin/false-does-not-exist\n"),
     );
-    let failed = wait_service(&devd, "web", "failed", |s| s.state == "failed");
+    let failed = devd.wait_service("web", "failed", DEPLOY_TIMEOUT, |s| s.state == "failed");
     let error = failed.error.clone().unwrap();
     assert!(error.contains("build of web failed"), "{error}");
     assert!(
@@ -212,7 +204,9 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
 
     // Fixing it recovers.
     fx.write("services/web/Dockerfile", &df);
-    wait_service(&devd, "web", "deployed again", |s| s.state == "deployed");
+    devd.wait_service("web", "deployed again", DEPLOY_TIMEOUT, |s| {
+        s.state == "deployed"
+    });
     assert!(get(&web_url, "/").contains("web v1"));
 }
 
@@ -225,13 +219,13 @@ fn embedded_default_builds_into_local_storage_and_serves_the_new_content() {
     fx.write_local_config(FAST_SYNC);
     let devd = fx.devd().with_env(cenv.env());
     devd.start_wait();
-    let web = wait_service(&devd, "web", "deployed", |s| s.state == "deployed");
+    let web = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     let image = web.image.clone().unwrap();
     assert!(image.starts_with("localhost/demo/web@sha256:"), "{image}");
     let url = web.url.clone().unwrap();
     assert!(get(&url, "/").contains("web v1"));
     fx.write("services/web/www/index.html", "<h1>web v3</h1>\n");
-    wait_service(&devd, "web", "redeployed", |s| {
+    devd.wait_service("web", "redeployed", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed" && s.image.as_deref() != Some(image.as_str())
     });
     assert!(get(&url, "/").contains("web v3"));
@@ -268,7 +262,7 @@ fn missing_buildah_fails_the_build_with_what_to_install_and_sync_goes_on() {
     let path = bin.display().to_string();
     let devd = fx.devd().with_env(vec![("PATH".into(), path)]);
     devd.start_wait();
-    let web = wait_service(&devd, "web", "failed", |s| s.state == "failed");
+    let web = devd.wait_service("web", "failed", DEPLOY_TIMEOUT, |s| s.state == "failed");
     let error = web.error.unwrap();
     assert!(
         error.contains("podman is not installed") || error.contains("buildah is not installed"),
@@ -298,30 +292,16 @@ fn edits_during_a_build_queue_exactly_one_follow_up_build_with_the_latest_state(
     let cenv = ContainerEnv::new(fx.root());
     cenv.build_busybox_base();
     let registry = Registry::start(fx.root(), fx.logs());
-    let config = fx.root().join("receiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[build]\nregistry = \"{}\"\ninsecure_registry = true\n",
-            registry.addr()
-        ),
-    )
-    .unwrap();
-    let rx = fx.receiver_with(ReceiverOpts {
-        config: Some(config),
-        env: cenv.env(),
-        ..Default::default()
-    });
-    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let _rx = receiver_pushing_to(&fx, &cenv, &registry);
     let devd = fx.devd().with_env(cenv.env());
     devd.start_wait();
-    let web0 = wait_service(&devd, "web", "deployed", |s| s.state == "deployed");
+    let web0 = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     assert_eq!(registry.tags("demo/web").len(), 1);
 
     // A slow build: its last step takes 3 s, after the content is copied.
     let df = String::from_utf8(fx.read("services/web/Dockerfile")).unwrap();
     fx.write("services/web/Dockerfile", format!("{df}RUN sleep 3\n"));
-    wait_service(&devd, "web", "building", |s| s.state == "building");
+    devd.wait_service("web", "building", DEPLOY_TIMEOUT, |s| s.state == "building");
     // Three edits while it builds; each reaches the receiver.
     for v in ["edit-a", "edit-b", "edit-c"] {
         let before = devd.status().generation;
@@ -335,7 +315,7 @@ fn edits_during_a_build_queue_exactly_one_follow_up_build_with_the_latest_state(
             "the first build should still run (it sleeps 3 s)"
         );
     }
-    let last = wait_service(&devd, "web", "the latest edit deployed", |s| {
+    let last = devd.wait_service("web", "the latest edit deployed", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed"
             && s.image != web0.image
             && s.url
@@ -371,9 +351,7 @@ fn a_restarted_receiver_adopts_the_running_services_without_rebuilding() {
     devd.start_wait();
     let mut before = Vec::new();
     for name in ["api", "greeter", "web"] {
-        before.push(wait_service(&devd, name, "deployed", |s| {
-            s.state == "deployed"
-        }));
+        before.push(devd.wait_service(name, "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed"));
     }
     let containers: Vec<String> = cenv.podman_ps().iter().map(|c| c.id.clone()).collect();
 
@@ -394,7 +372,7 @@ fn a_restarted_receiver_adopts_the_running_services_without_rebuilding() {
     // The daemon reconnects by itself and gets the adopted state: the same
     // images at the same URLs, nothing built, the same containers serving.
     for b in &before {
-        let s = wait_service(&devd, &b.name, "adopted", |s| {
+        let s = devd.wait_service(&b.name, "adopted", DEPLOY_TIMEOUT, |s| {
             s.state == "deployed" && s.image == b.image && s.last_build_ms.is_none()
         });
         assert_eq!(
@@ -409,7 +387,7 @@ fn a_restarted_receiver_adopts_the_running_services_without_rebuilding() {
 
     // And builds go on from there.
     fx.write("services/api/www/index.html", "api v2\n");
-    let api = wait_service(&devd, "api", "rebuilt", |s| {
+    let api = devd.wait_service("api", "rebuilt", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed" && s.image != before[0].image
     });
     assert!(get(api.url.as_deref().unwrap(), "/").contains("api v2"));

@@ -6,37 +6,12 @@
 
 use devd_tests::containers::{ContainerEnv, http_get, require_container_tools};
 use devd_tests::desktop::{Desktop, Notification, nowhere_bus_address, require_desktop_tools};
-use devd_tests::{Devd, FAST_SYNC, Fixture, Service, poll_until, wait_until};
+use devd_tests::{FAST_SYNC, Fixture, Service, poll_until, wait_until};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
 const SERVICES: [&str; 3] = ["api", "greeter", "web"];
-
-/// Wait until `name` satisfies `pred`; returns it.
-fn wait_service(
-    devd: &Devd<'_>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Service) -> bool,
-) -> Service {
-    let mut last = None;
-    let found = poll_until(DEPLOY_TIMEOUT, || {
-        let s = devd.status().service(name);
-        let ok = s.as_ref().is_some_and(&pred);
-        last = s;
-        ok
-    });
-    match found {
-        Some(_) => last.expect("service present"),
-        None => {
-            devd.fixture().dump_logs();
-            panic!(
-                "service {name}: {what} not reached within {DEPLOY_TIMEOUT:?}; last state: {last:#?}"
-            )
-        }
-    }
-}
 
 /// Wait until the notifications seen on the bus satisfy `pred`.
 #[track_caller]
@@ -153,7 +128,7 @@ fn a_deploy_notifies_with_the_service_and_its_url_once_per_deploy_and_a_click_op
     // Every service deployed: one bubble each, saying name, URL, digest.
     let deployed: Vec<Service> = SERVICES
         .iter()
-        .map(|n| wait_service(&devd, n, "deployed", |s| s.state == "deployed"))
+        .map(|n| devd.wait_service(n, "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed"))
         .collect();
     wait_notifications(&desktop, "one per deployed service, answered", |n| {
         n.len() >= 3 && n.iter().all(|n| n.id.is_some())
@@ -222,7 +197,7 @@ fn a_deploy_notifies_with_the_service_and_its_url_once_per_deploy_and_a_click_op
     wait_until(DEPLOY_TIMEOUT, "web serves the second save", || {
         http_get(&web_url).is_ok_and(|(_, b)| b.contains("web v3"))
     });
-    let web1 = wait_service(&devd, "web", "deployed", |s| s.state == "deployed");
+    let web1 = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     let builds = builds_of(&fx, "web") - builds_before;
     assert!(builds >= 1);
     wait_notifications(&desktop, "one per web deploy", |n| {
@@ -268,7 +243,7 @@ fn a_deploy_notifies_with_the_service_and_its_url_once_per_deploy_and_a_click_op
         "services/web/Dockerfile",
         format!("{df}\nRUN /bin/false-does-not-exist\n"),
     );
-    let failed = wait_service(&devd, "web", "failed", |s| s.state == "failed");
+    let failed = devd.wait_service("web", "failed", DEPLOY_TIMEOUT, |s| s.state == "failed");
     let error = failed.error.clone().unwrap();
     let error_line = error.lines().next().unwrap().trim().to_owned();
     let notes = wait_notifications(&desktop, "the failure", |n| {
@@ -315,7 +290,7 @@ fn without_a_notification_server_deploys_complete_and_the_daemon_warns_once() {
     let devd = fx.devd().with_env(env);
     devd.start_wait();
     for n in SERVICES {
-        wait_service(&devd, n, "deployed", |s| s.state == "deployed");
+        devd.wait_service(n, "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     }
     wait_until(
         Duration::from_secs(30),
@@ -323,9 +298,9 @@ fn without_a_notification_server_deploys_complete_and_the_daemon_warns_once() {
         || !notification_warnings(&fx).is_empty(),
     );
     // More deploys, more failed attempts: still one warning.
-    let web = wait_service(&devd, "web", "deployed", |s| s.state == "deployed");
+    let web = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     fx.write("services/web/www/index.html", "<h1>web v4</h1>\n");
-    let web1 = wait_service(&devd, "web", "redeployed", |s| {
+    let web1 = devd.wait_service("web", "redeployed", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed" && s.image != web.image
     });
     assert!(get(web1.url.as_deref().unwrap()).contains("web v4"));
@@ -354,11 +329,11 @@ fn notifications_can_be_turned_off() {
     let devd = fx.devd().with_env(env);
     devd.start_wait();
     for n in SERVICES {
-        wait_service(&devd, n, "deployed", |s| s.state == "deployed");
+        devd.wait_service(n, "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     }
-    let web = wait_service(&devd, "web", "deployed", |s| s.state == "deployed");
+    let web = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");
     fx.write("services/web/www/index.html", "<h1>web v5</h1>\n");
-    wait_service(&devd, "web", "redeployed", |s| {
+    devd.wait_service("web", "redeployed", DEPLOY_TIMEOUT, |s| {
         s.state == "deployed" && s.image != web.image
     });
     std::thread::sleep(Duration::from_secs(1));
