@@ -17,6 +17,13 @@
 //! MODE = "dev"
 //! [services.web.build_args]
 //! VERSION = "dev"
+//!
+//! [[services.web.steps]]       # run in order on the build context, before
+//! name = "test"                # the image build (the paper's buildSteps)
+//! image = "busybox:stable"     # any image reference
+//! command = ["sh", "-c", "./run-tests.sh"]   # argv; replaces the entrypoint
+//! workdir = "src"              # relative to the context (default: its root)
+//! env = { CI = "1" }
 //! ```
 //! Instead of the run spec (`port`/`env`/`replicas`/`expose`), a service
 //! may name an existing workload to patch: `deployment = "web"` and
@@ -38,7 +45,7 @@ pub enum CatalogError {
     #[error("{FILE}: service {service:?}: `{field}`: {problem}; {fix}")]
     Invalid {
         service: String,
-        field: &'static str,
+        field: String,
         problem: String,
         fix: String,
     },
@@ -82,6 +89,21 @@ pub struct RunSpec {
     pub expose: Expose,
 }
 
+/// A build step: a container run on the build context before the image
+/// build. Whatever it writes into the context is in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Unique within the service; a DNS label (it names a container).
+    pub name: String,
+    /// Image reference (tag or digest allowed).
+    pub image: String,
+    /// argv; the first element replaces the image's entrypoint.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Working directory relative to the context; `None` is its root.
+    pub workdir: Option<RelPath>,
+}
+
 /// One declared service, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -95,6 +117,8 @@ pub struct Service {
     /// Image repository, without tag or digest.
     pub image: String,
     pub build_args: BTreeMap<String, String>,
+    /// Run in order on the build context before the image build.
+    pub steps: Vec<Step>,
     pub run: Run,
 }
 
@@ -157,6 +181,19 @@ struct RawService {
     env: Option<BTreeMap<String, String>>,
     replicas: Option<u32>,
     expose: Option<Expose>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<String>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
 }
 
 /// A Kubernetes-style name: lower-case letters, digits and '-', starting
@@ -202,7 +239,7 @@ fn valid_repository(s: &str) -> bool {
 
 fn rel(
     service: &str,
-    field: &'static str,
+    field: &str,
     value: &str,
     fix: &str,
 ) -> Result<Option<RelPath>, CatalogError> {
@@ -215,7 +252,7 @@ fn rel(
         .map(Some)
         .map_err(|e| CatalogError::Invalid {
             service: service.into(),
-            field,
+            field: field.into(),
             problem: format!("{value:?} is not a path inside the repository ({e})"),
             fix: fix.into(),
         })
@@ -248,9 +285,9 @@ impl Catalog {
     }
 
     fn service(name: String, r: RawService) -> Result<Service, CatalogError> {
-        let invalid = |field, problem: String, fix: String| CatalogError::Invalid {
+        let invalid = |field: &str, problem: String, fix: String| CatalogError::Invalid {
             service: name.clone(),
-            field,
+            field: field.into(),
             problem,
             fix,
         };
@@ -336,6 +373,7 @@ impl Catalog {
                 }
             }
         }
+        let steps = steps(&name, &r.steps)?;
         if r.port == Some(0) {
             return Err(invalid(
                 "port",
@@ -424,9 +462,162 @@ impl Catalog {
             inputs,
             image,
             build_args: r.build_args,
+            steps,
             run,
         })
     }
+}
+
+/// At most this many build steps per service.
+pub const MAX_STEPS: usize = 20;
+
+/// An image reference: a repository as [`valid_repository`], then an
+/// optional `:tag` and an optional `@algo:hex` digest.
+fn valid_image_reference(s: &str) -> bool {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let Some((algo, hex)) = d.split_once(':') else {
+            return false;
+        };
+        if algo.is_empty()
+            || !algo
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            || hex.len() < 32
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
+            return false;
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    });
+    tag_ok && valid_repository(repo)
+}
+
+/// Validate the `[[services.NAME.steps]]` of service `service`.
+fn steps(service: &str, raw: &[RawStep]) -> Result<Vec<Step>, CatalogError> {
+    let invalid = |field: String, problem: String, fix: &str| CatalogError::Invalid {
+        service: service.to_owned(),
+        field,
+        problem,
+        fix: fix.to_owned(),
+    };
+    if raw.len() > MAX_STEPS {
+        return Err(invalid(
+            "steps".into(),
+            format!("{} steps, more than {MAX_STEPS}", raw.len()),
+            "combine steps into a script that one step runs",
+        ));
+    }
+    let mut out: Vec<Step> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let field = |f: &str| format!("steps[{i}].{f}");
+        let name = match &r.name {
+            None => {
+                return Err(invalid(
+                    field("name"),
+                    "missing".into(),
+                    "give every step a name, e.g. name = \"test\" (it names the step in errors and logs)",
+                ));
+            }
+            Some(n) if !valid_dns_label(n, 40) => {
+                return Err(invalid(
+                    field("name"),
+                    format!(
+                        "{n:?} is not a step name: use at most 40 lower-case letters, digits and '-', starting with a letter"
+                    ),
+                    &format!("rename it, e.g. name = \"{}\"", suggest_name(n)),
+                ));
+            }
+            Some(n) if out.iter().any(|s| &s.name == n) => {
+                return Err(invalid(
+                    field("name"),
+                    format!("a second step is named {n:?}"),
+                    "give each step of a service its own name",
+                ));
+            }
+            Some(n) => n.clone(),
+        };
+        let image = match &r.image {
+            None => {
+                return Err(invalid(
+                    field("image"),
+                    format!("step {name:?} has no image"),
+                    "add image = \"REPOSITORY[:TAG]\", the image the step's command runs in",
+                ));
+            }
+            Some(img) if !valid_image_reference(img) => {
+                return Err(invalid(
+                    field("image"),
+                    format!("step {name:?}: {img:?} is not an image reference"),
+                    "use [registry/]repository[:tag][@sha256:…] with a lower-case repository, e.g. \"busybox:stable\"",
+                ));
+            }
+            Some(img) => img.clone(),
+        };
+        let command = match &r.command {
+            Some(c) if !c.is_empty() && !c[0].is_empty() && !c.iter().any(|a| a.contains('\0')) => {
+                c.clone()
+            }
+            Some(_) => {
+                return Err(invalid(
+                    field("command"),
+                    format!("step {name:?}: the command is empty or holds a NUL character"),
+                    "give the argv as a list whose first element is the program, e.g. [\"sh\", \"-c\", \"make test\"]",
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    field("command"),
+                    format!("step {name:?} has no command"),
+                    "add command = [\"PROGRAM\", \"ARG\", …], e.g. [\"sh\", \"-c\", \"make test\"]",
+                ));
+            }
+        };
+        for (k, v) in &r.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(invalid(
+                    field("env"),
+                    format!(
+                        "step {name:?}: {k:?} is not an environment variable name (or its value holds a NUL)"
+                    ),
+                    "use names like CI or GOFLAGS",
+                ));
+            }
+        }
+        let workdir = match &r.workdir {
+            None => None,
+            Some(w) => rel(
+                service,
+                &field("workdir"),
+                w,
+                "give a directory relative to the build context, e.g. \"src\" (default: the context itself)",
+            )?,
+        };
+        out.push(Step {
+            name,
+            image,
+            command,
+            env: r.env.clone(),
+            workdir,
+        });
+    }
+    Ok(out)
 }
 
 fn suggest_name(name: &str) -> String {
@@ -535,6 +726,149 @@ image = "registry.example.com:5000/team/legacy"
         assert!(e.contains("`inputs`"), "{e}");
         assert!(Catalog::parse("").unwrap().services.is_empty());
         assert!(Catalog::parse("[receiver]\nmode = \"local\"\n").is_ok());
+    }
+
+    const STEPS: &str = r#"
+[services.api]
+context = "services/api"
+port = 8080
+
+[[services.api.steps]]
+name = "test"
+image = "localhost/devd-test/busybox:stable"
+command = ["sh", "-c", "./run-tests.sh"]
+
+[[services.api.steps]]
+name = "generate"
+image = "r.io:5000/tools/gen@sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899"
+command = ["gen", "--out", "www/generated.txt"]
+workdir = "./src/"
+env = { CI = "1" }
+"#;
+
+    #[test]
+    fn parses_steps_in_order() {
+        let c = Catalog::parse(STEPS).unwrap();
+        let api = c.get("api").unwrap();
+        assert_eq!(api.steps.len(), 2);
+        let (t, g) = (&api.steps[0], &api.steps[1]);
+        assert_eq!(t.name, "test");
+        assert_eq!(t.image, "localhost/devd-test/busybox:stable");
+        assert_eq!(t.command, ["sh", "-c", "./run-tests.sh"]);
+        assert!(t.env.is_empty() && t.workdir.is_none());
+        assert_eq!(g.name, "generate");
+        assert_eq!(g.workdir.as_ref().unwrap().as_str(), "src");
+        assert_eq!(g.env["CI"], "1");
+        // A changed step is a changed service (the pipeline rebuilds it).
+        let c2 = Catalog::parse(&STEPS.replace("./run-tests.sh", "./run-tests.sh -v")).unwrap();
+        assert_ne!(c2.get("api"), c.get("api"));
+        assert!(
+            Catalog::parse(DEMO)
+                .unwrap()
+                .get("web")
+                .unwrap()
+                .steps
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn step_errors_name_the_service_the_step_field_and_the_fix() {
+        let base = "[services.api]\ncontext = \"a\"\nport = 1\n[[services.api.steps]]\n";
+        let e = err(&format!(
+            "{base}image = \"busybox\"\ncommand = [\"true\"]\n"
+        ));
+        assert!(
+            e.contains("\"api\"") && e.contains("`steps[0].name`") && e.contains("name = \"test\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"Unit Tests\"\nimage = \"busybox\"\ncommand = [\"true\"]\n"
+        ));
+        assert!(
+            e.contains("`steps[0].name`") && e.contains("unit-tests"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"busybox\"\ncommand = [\"true\"]\n[[services.api.steps]]\nname = \"t\"\nimage = \"busybox\"\ncommand = [\"true\"]\n"
+        ));
+        assert!(
+            e.contains("`steps[1].name`") && e.contains("own name"),
+            "{e}"
+        );
+        let e = err(&format!("{base}name = \"t\"\ncommand = [\"true\"]\n"));
+        assert!(
+            e.contains("`steps[0].image`") && e.contains("add image"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"Busy Box\"\ncommand = [\"true\"]\n"
+        ));
+        assert!(e.contains("`steps[0].image`") && e.contains("\"t\""), "{e}");
+        let e = err(&format!("{base}name = \"t\"\nimage = \"busybox\"\n"));
+        assert!(
+            e.contains("`steps[0].command`") && e.contains("add command"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"busybox\"\ncommand = []\n"
+        ));
+        assert!(
+            e.contains("`steps[0].command`") && e.contains("first element"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"busybox\"\ncommand = [\"true\"]\nworkdir = \"../up\"\n"
+        ));
+        assert!(
+            e.contains("`steps[0].workdir`") && e.contains("relative to the build context"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"busybox\"\ncommand = [\"true\"]\nenv = {{ \"A=B\" = \"1\" }}\n"
+        ));
+        assert!(e.contains("`steps[0].env`"), "{e}");
+        // Unknown keys are refused, naming the key.
+        let e = err(&format!(
+            "{base}name = \"t\"\nimage = \"busybox\"\nargs = [\"true\"]\n"
+        ));
+        assert!(
+            e.contains("unknown field `args`") && e.contains("command"),
+            "{e}"
+        );
+        let many = (0..=MAX_STEPS)
+            .map(|i| format!("[[services.api.steps]]\nname = \"s{i}\"\nimage = \"busybox\"\ncommand = [\"true\"]\n"))
+            .collect::<String>();
+        let e = err(&format!(
+            "[services.api]\ncontext = \"a\"\nport = 1\n{many}"
+        ));
+        assert!(e.contains("`steps`") && e.contains("script"), "{e}");
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "busybox",
+            "busybox:stable",
+            "localhost/devd-test/busybox:stable",
+            "127.0.0.1:5000/a/b:v1.2_3",
+            "r.io/x@sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899",
+            "r.io/x:1@sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899",
+        ] {
+            assert!(valid_image_reference(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "busybox:a b",
+            "r.io/x@sha256:zz",
+            "r.io/x@4a5b",
+            "a//b:1",
+        ] {
+            assert!(!valid_image_reference(bad), "{bad}");
+        }
     }
 
     #[test]

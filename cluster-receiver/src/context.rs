@@ -6,7 +6,9 @@
 //! plus each of its `inputs` at its repository-relative path. The digest
 //! covers every file's path, exec bit and content (symlinks: their target),
 //! the Dockerfile (even if `.dockerignore` hides it, as builders read it
-//! anyway) and the build arguments. It does not cover timestamps, owners
+//! anyway), the build arguments and the build steps (name, image, command,
+//! env, workdir: a changed step is a different image, so it cannot be
+//! reused). It does not cover timestamps, owners
 //! or empty directories, so any checkout of the same commit — CI's, a
 //! colleague's — yields the same digest, and so the same image tag.
 
@@ -247,6 +249,23 @@ pub fn snapshot(
         field(k.as_bytes());
         field(v.as_bytes());
     }
+    // Only services with steps hash them: digests (and so the tags of
+    // images already built) of services without steps are unchanged.
+    for step in &service.steps {
+        field(b"step");
+        field(step.name.as_bytes());
+        field(step.image.as_bytes());
+        field(&(step.command.len() as u64).to_le_bytes());
+        for a in &step.command {
+            field(a.as_bytes());
+        }
+        field(&(step.env.len() as u64).to_le_bytes());
+        for (k, v) in &step.env {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        field(step.workdir.as_ref().map_or("", |w| w.as_str()).as_bytes());
+    }
     field(b"extra");
     field(extra);
     for (path, item) in &walk.items {
@@ -355,6 +374,46 @@ mod tests {
             snapshot(r, &c.services[0], &dest, b"step").unwrap().digest,
             s1.digest
         );
+        // Every part of a build step counts, and the order of the steps.
+        let step = |name: &str, command: &[&str]| crate::catalog::Step {
+            name: name.into(),
+            image: "busybox:stable".into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            workdir: None,
+        };
+        let with_steps = |n: u32, steps: Vec<crate::catalog::Step>| {
+            let mut c2 = c.clone();
+            c2.services[0].steps = steps;
+            snap(r, &c2, n).digest
+        };
+        let one = with_steps(8, vec![step("test", &["sh", "-c", "true"])]);
+        assert_ne!(one, s1.digest, "adding a step");
+        assert_eq!(
+            with_steps(9, vec![step("test", &["sh", "-c", "true"])]),
+            one
+        );
+        let mut variants = vec![
+            vec![step("test", &["sh", "-c", "false"])],
+            vec![step("test", &["sh", "-c true"])],
+            vec![step("check", &["sh", "-c", "true"])],
+            vec![step("a", &["true"]), step("b", &["true"])],
+            vec![step("b", &["true"]), step("a", &["true"])],
+        ];
+        let mut s = step("test", &["sh", "-c", "true"]);
+        s.image = "busybox:1.36".into();
+        variants.push(vec![s]);
+        let mut s = step("test", &["sh", "-c", "true"]);
+        s.env.insert("CI".into(), "1".into());
+        variants.push(vec![s]);
+        let mut s = step("test", &["sh", "-c", "true"]);
+        s.workdir = Some(devd_protocol::RelPath::new("www").unwrap());
+        variants.push(vec![s]);
+        let mut seen = std::collections::BTreeSet::from([s1.digest.clone(), one]);
+        for (i, v) in variants.into_iter().enumerate() {
+            let d = with_steps(10 + i as u32, v);
+            assert!(seen.insert(d), "variant {i} must have its own digest");
+        }
         assert!(s1.tag().starts_with("devd-") && s1.tag().len() == 45);
     }
 
