@@ -53,6 +53,15 @@
 //! ingress_class = "nginx"        # ingressClassName of the Ingresses
 //! rollout_timeout_seconds = 300  # a deploy fails (and is rolled back) after this
 //! poll_interval_ms = 1000        # longest pause between polls of a Job/rollout
+//! devbuilds_per_service = 20     # DevBuild resources (`kubectl get devbuilds`)
+//!                                # kept per service; older ones are deleted;
+//!                                # 0: record no DevBuilds
+//! pairing_secret = "devd-pairing"
+//!                                # publish the pairing (address, fingerprint,
+//!                                # workspace, token) in this Secret of the
+//!                                # namespace, for `devd workspace create`;
+//!                                # /readyz waits for it (see publish.rs).
+//!                                # Any backend; needs exactly one workspace
 //!
 //! [kubernetes.resources]         # of the Kaniko container (defaults shown)
 //! cpu_request = "500m"
@@ -162,6 +171,8 @@ pub struct KubernetesConfig {
     pub ingress_class: Option<String>,
     pub rollout_timeout_seconds: Option<u64>,
     pub poll_interval_ms: Option<u64>,
+    pub devbuilds_per_service: Option<usize>,
+    pub pairing_secret: Option<String>,
 }
 
 /// The whole file.
@@ -207,6 +218,16 @@ impl ReceiverConfig {
         }
         if cfg.build.backend == BackendKind::Kubernetes {
             cfg.check_kubernetes(path)?;
+        }
+        if let Some(name) = cfg
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.pairing_secret.as_ref())
+            && !crate::catalog::valid_dns_label(name, 253)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{path}: [kubernetes] pairing_secret = {name:?} is not a Secret name (lower-case letters, digits, '-')"
+            )));
         }
         Ok(cfg)
     }
@@ -283,28 +304,7 @@ impl ReceiverConfig {
             }
             None => format!("http://{addr}"),
         };
-        crate::server::install_crypto();
-        let kube_config = match &k.kubeconfig {
-            Some(p) => {
-                let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| {
-                    invalid(format!("[kubernetes] kubeconfig {}: {e}", p.display()))
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| invalid(format!("[kubernetes] kubeconfig {}: {e}", p.display())))?
-            }
-            None => kube::Config::infer().await.map_err(|e| {
-                invalid(format!(
-                    "no Kubernetes configuration: {e}; run the receiver in a pod with a service account, or set [kubernetes] kubeconfig"
-                ))
-            })?,
-        };
-        let namespace = k
-            .namespace
-            .clone()
-            .unwrap_or_else(|| kube_config.default_namespace.clone());
-        let client = kube::Client::try_from(kube_config)
-            .map_err(|e| invalid(format!("cannot create the Kubernetes client: {e}")))?;
+        let (client, namespace) = kube_client(&k).await?;
         let registry = self
             .build
             .registry
@@ -341,9 +341,41 @@ impl ReceiverConfig {
         if let Some(v) = k.poll_interval_ms {
             s.poll_interval = Duration::from_millis(v.max(10));
         }
+        if let Some(v) = k.devbuilds_per_service {
+            s.devbuilds_per_service = v;
+        }
         tracing::info!(%namespace, %context_url, kaniko = %s.kaniko_image, "Kubernetes backend");
         KubernetesBackend::new(client, s, shelf.clone()).map_err(|f| invalid(f.error))
     }
+}
+
+/// The Kubernetes client of `[kubernetes]` (its kubeconfig, else
+/// `KUBECONFIG`/`~/.kube/config`, else the pod's service account) and the
+/// namespace the receiver works in.
+pub async fn kube_client(k: &KubernetesConfig) -> Result<(kube::Client, String), ConfigError> {
+    let invalid = ConfigError::Invalid;
+    crate::server::install_crypto();
+    let kube_config = match &k.kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| invalid(format!("[kubernetes] kubeconfig {}: {e}", p.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| invalid(format!("[kubernetes] kubeconfig {}: {e}", p.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            invalid(format!(
+                "no Kubernetes configuration: {e}; run the receiver in a pod with a service account, or set [kubernetes] kubeconfig"
+            ))
+        })?,
+    };
+    let namespace = k
+        .namespace
+        .clone()
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| invalid(format!("cannot create the Kubernetes client: {e}")))?;
+    Ok((client, namespace))
 }
 
 #[cfg(test)]

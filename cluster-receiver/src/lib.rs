@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`vacuum`]: `devd-receiver vacuum`, which deletes expired workspace
 //!   namespaces.
+//! - [`publish`]: the pairing in a Secret, for `devd workspace create`.
 
 pub mod archive;
 pub mod blob_store;
@@ -40,6 +41,7 @@ pub mod materialize;
 pub mod metrics;
 pub mod pairing;
 pub mod pipeline;
+pub mod publish;
 pub mod server;
 pub mod session;
 pub mod state;

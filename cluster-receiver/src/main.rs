@@ -219,6 +219,9 @@ async fn main() -> anyhow::Result<()> {
                     backend,
                     concurrency: cfg.build.concurrency,
                 });
+            // [kubernetes] pairing_secret: its client now, so a bad
+            // kubeconfig stops the start.
+            let publisher = devd_receiver::publish::Publisher::from_config(&cfg).await?;
             let running = devd_receiver::start(
                 ServeOptions {
                     data_dir: data,
@@ -231,10 +234,19 @@ async fn main() -> anyhow::Result<()> {
                 cancel.clone(),
             )
             .await?;
-            if let Some(ops) = &ops {
-                // Every workspace is open and recovered: /readyz says so.
-                ops.set_ready(running.registry.clone());
-            }
+            // Every workspace is open and recovered, and its pairing
+            // published if configured: /readyz says so.
+            let (ready_ops, registry) = (ops.clone(), running.registry.clone());
+            devd_receiver::publish::ready_after_publishing(
+                publisher,
+                &running,
+                cancel.clone(),
+                move || {
+                    if let Some(ops) = ready_ops {
+                        ops.set_ready(registry);
+                    }
+                },
+            )?;
             println!("listening on {}", running.addr);
             if let Some((_, addr)) = &http {
                 println!("http on {addr}");
