@@ -3,6 +3,13 @@
 //! is configured (else the image stays in local storage), and `podman run`
 //! runs each service with its port published on loopback.
 //!
+//! Build steps run before `buildah bud`, in order: each is `podman run
+//! --rm` of the step's image as root, with the context snapshot
+//! bind-mounted read-write at [`STEP_WORKSPACE`] (the working directory,
+//! or the step's `workdir` below it) and its output appended to the build
+//! log. What a step writes into the context is in the image; a step that
+//! exits non-zero fails the build before buildah runs.
+//!
 //! Every service gets a stable URL: a small TCP proxy on a port that stays
 //! the same across deploys (and receiver restarts, when it is free)
 //! forwards to the current container. A deploy starts the new container,
@@ -12,7 +19,7 @@
 
 use super::registry::RegistryClient;
 use super::{Backend, BuildRequest, Deployment, Failure, tail};
-use crate::catalog::{Run, Service};
+use crate::catalog::{Run, Service, Step};
 use devd_protocol::event::LOG_TAIL_LINES;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +34,11 @@ use tokio::process::Command;
 pub const LABEL_WORKSPACE: &str = "dev.devd.workspace";
 pub const LABEL_SERVICE: &str = "dev.devd.service";
 pub const LABEL_IMAGE: &str = "dev.devd.image";
+
+/// Where a build step sees the build context.
+pub const STEP_WORKSPACE: &str = "/workspace";
+/// Label on build step containers: `workspace/service/step`.
+pub const LABEL_STEP: &str = "dev.devd.step";
 
 /// How long a new container may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -281,6 +293,118 @@ impl LocalBackend {
         }
     }
 
+    /// Run one build step on the context (see the module docs); its
+    /// output goes to the build log, and on failure its end is the
+    /// failure's log tail.
+    async fn run_step(&self, req: &BuildRequest, step: &Step) -> Result<(), Failure> {
+        let service = &req.service.name;
+        let started = Instant::now();
+        let ctx = std::fs::canonicalize(&req.context.dir).map_err(|e| {
+            Failure::new(format!(
+                "build of {service} failed: step {:?}: cannot find the build context {}: {e}",
+                step.name,
+                req.context.dir.display()
+            ))
+        })?;
+        let workdir = match &step.workdir {
+            Some(w) => format!("{STEP_WORKSPACE}/{}", w.as_str()),
+            None => STEP_WORKSPACE.to_owned(),
+        };
+        let log_failure = |e: std::io::Error| {
+            Failure::new(format!(
+                "build of {service} failed: cannot write the build log {}: {e}",
+                req.log.display()
+            ))
+        };
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&req.log)
+            .map_err(log_failure)?;
+        {
+            use std::io::Write;
+            writeln!(
+                log,
+                "devd: step {:?}: {} {:?} (in {workdir})",
+                step.name, step.image, step.command
+            )
+            .map_err(log_failure)?;
+        }
+        let offset = log.metadata().map_err(log_failure)?.len();
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut cmd = Command::new("podman");
+        cmd.args(["run", "--rm", "--user", "0:0"])
+            .arg("--name")
+            .arg(format!(
+                "devd-{}-{service}-step-{}-{n}",
+                req.workspace, step.name
+            ))
+            .arg("--label")
+            .arg(format!(
+                "{LABEL_STEP}={}/{service}/{}",
+                req.workspace, step.name
+            ));
+        if let Some(f) = self.tls_flag() {
+            cmd.arg(f);
+        }
+        cmd.arg("-v")
+            .arg(format!("{}:{STEP_WORKSPACE}", ctx.display()))
+            .arg("-w")
+            .arg(&workdir);
+        for (k, v) in &step.env {
+            cmd.arg("-e").arg(format!("{k}={v}"));
+        }
+        cmd.arg("--entrypoint")
+            .arg(&step.command[0])
+            .arg(&step.image)
+            .args(&step.command[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(log_failure)?)
+            .stderr(log);
+        let status = cmd.status().await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                missing_tool("podman")
+            } else {
+                Failure::new(format!("cannot run podman: {e}"))
+            }
+        })?;
+        if status.success() {
+            tracing::info!(service = %service, step = %step.name, ms = started.elapsed().as_millis() as u64, "build step done");
+            return Ok(());
+        }
+        let output = std::fs::read(&req.log)
+            .map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).into_owned())
+            .unwrap_or_default();
+        // podman's own exit codes: 125 it failed itself (e.g. no such
+        // image), 126 the command cannot run, 127 it does not exist.
+        let what = match status.code() {
+            Some(125) => format!(
+                "step {:?} could not start (podman exit 125: image {} or container setup failed)",
+                step.name, step.image
+            ),
+            Some(c @ (126 | 127)) => format!(
+                "step {:?} failed (exit {c}: the command {:?} {} in image {})",
+                step.name,
+                step.command[0],
+                if c == 127 {
+                    "was not found"
+                } else {
+                    "cannot be run"
+                },
+                step.image
+            ),
+            Some(c) => format!("step {:?} failed (exit {c})", step.name),
+            None => format!("step {:?} was killed ({status})", step.name),
+        };
+        Err(Failure::with_log(
+            format!("build of {service} failed: {what}"),
+            &output,
+        ))
+    }
+
     async fn logs_of(&self, name: &str) -> Vec<String> {
         let mut cmd = Command::new("podman");
         cmd.args(["logs", "--tail", &LOG_TAIL_LINES.to_string(), name]);
@@ -360,6 +484,9 @@ impl Backend for LocalBackend {
     async fn build(&self, req: &BuildRequest) -> Result<String, Failure> {
         let reference = format!("{}:{}", req.repository, req.tag);
         let started = Instant::now();
+        for step in &req.service.steps {
+            self.run_step(req, step).await?;
+        }
         let mut cmd = Command::new("buildah");
         cmd.args(["bud", "--isolation", "chroot", "--layers"])
             .arg("-f")
