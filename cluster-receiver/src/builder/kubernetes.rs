@@ -68,6 +68,8 @@ pub const ANNOTATION_GENERATION: &str = "dev.devd/generation";
 /// The build pod's containers.
 pub const KANIKO_CONTAINER: &str = "kaniko";
 pub const FETCH_CONTAINER: &str = "fetch-context";
+/// Build steps run as init containers named `step-NAME`, after the fetch.
+pub const STEP_CONTAINER_PREFIX: &str = "step-";
 /// Where the build context is unpacked and read.
 pub const WORKSPACE_DIR: &str = "/workspace";
 /// Where Kaniko looks for `config.json` with registry credentials.
@@ -169,6 +171,8 @@ pub struct Settings {
     pub rollout_timeout: Duration,
     /// The longest pause between two polls of a Job or Deployment.
     pub poll_interval: Duration,
+    /// DevBuild resources kept per service (0: record none).
+    pub devbuilds_per_service: usize,
 }
 
 impl Settings {
@@ -193,6 +197,7 @@ impl Settings {
             ingress_class: None,
             rollout_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
+            devbuilds_per_service: super::devbuild::DEFAULT_KEEP,
         }
     }
 }
@@ -415,6 +420,11 @@ pub fn container_image(d: &Deployment, name: &str) -> Option<String> {
         .clone()
 }
 
+/// The init container that runs build step `step`.
+pub fn step_container(step: &str) -> String {
+    format!("{STEP_CONTAINER_PREFIX}{step}")
+}
+
 /// A terminated container of a pod: (name, exit code, reason, message).
 fn terminated(pod: &Pod, init: bool) -> Vec<(String, i32, String, String)> {
     let Some(st) = &pod.status else {
@@ -579,35 +589,63 @@ impl KubernetesBackend {
                 },
             }));
         }
+        let mut init_containers = vec![json!({
+            "name": FETCH_CONTAINER,
+            "image": s.fetcher_image,
+            "command": [
+                "devd-receiver", "fetch-context",
+                "--url", url,
+                "--dest", WORKSPACE_DIR,
+                "--blake3", blake3,
+            ],
+            "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR}],
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "64Mi"},
+                "limits": {"cpu": "1", "memory": "256Mi"},
+            },
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": FETCH_UID,
+                "runAsGroup": FETCH_UID,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        })];
+        // Build steps: in order, on the same emptyDir, as root (the fetched
+        // files belong to the fetcher's uid), with the Kaniko resources.
+        for step in &req.service.steps {
+            let workdir = match &step.workdir {
+                Some(w) => format!("{WORKSPACE_DIR}/{}", w.as_str()),
+                None => WORKSPACE_DIR.to_owned(),
+            };
+            let env: Vec<Value> = step
+                .env
+                .iter()
+                .map(|(k, v)| json!({"name": k, "value": v}))
+                .collect();
+            init_containers.push(json!({
+                "name": step_container(&step.name),
+                "image": step.image,
+                "command": step.command,
+                "workingDir": workdir,
+                "env": env,
+                "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR}],
+                "resources": {
+                    "requests": {"cpu": s.resources.cpu_request, "memory": s.resources.memory_request},
+                    "limits": {"cpu": s.resources.cpu_limit, "memory": s.resources.memory_limit},
+                },
+                "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }));
+        }
         let mut pod_spec = json!({
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
-            "initContainers": [{
-                "name": FETCH_CONTAINER,
-                "image": s.fetcher_image,
-                "command": [
-                    "devd-receiver", "fetch-context",
-                    "--url", url,
-                    "--dest", WORKSPACE_DIR,
-                    "--blake3", blake3,
-                ],
-                "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR}],
-                "resources": {
-                    "requests": {"cpu": "50m", "memory": "64Mi"},
-                    "limits": {"cpu": "1", "memory": "256Mi"},
-                },
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": FETCH_UID,
-                    "runAsGroup": FETCH_UID,
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }],
+            "initContainers": init_containers,
             "containers": [{
                 "name": KANIKO_CONTAINER,
                 "image": s.kaniko_image,
@@ -823,13 +861,24 @@ impl KubernetesBackend {
         if log.trim().is_empty() {
             log = term_msg;
         }
+        let step = req
+            .service
+            .steps
+            .iter()
+            .find(|s| step_container(&s.name) == container);
+        if let Some(step) = step {
+            append_log(
+                &req.log,
+                &format!("devd: step {:?} (init container {container}):", step.name),
+            );
+        }
         append_log(&req.log, &log);
-        let what = if container == FETCH_CONTAINER {
-            "fetching the build context failed"
-        } else {
-            "Kaniko failed"
+        let what = match step {
+            Some(step) => format!("step {:?} failed (exit {code})", step.name),
+            None if container == FETCH_CONTAINER => "fetching the build context failed".into(),
+            None => "Kaniko failed".into(),
         };
-        let exit = if code >= 0 {
+        let exit = if code >= 0 && step.is_none() {
             format!(
                 " (container {container} exited with code {code}{})",
                 if why.is_empty() {
@@ -1186,6 +1235,17 @@ impl Backend for KubernetesBackend {
                     )));
                 };
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                for step in &req.service.steps {
+                    let container = step_container(&step.name);
+                    let log = self.log_tail(&pod_name, &container, false).await;
+                    append_log(
+                        &req.log,
+                        &format!(
+                            "devd: step {:?} (init container {container}):\n{log}",
+                            step.name
+                        ),
+                    );
+                }
                 let log = self.log_tail(&pod_name, KANIKO_CONTAINER, false).await;
                 append_log(&req.log, &log);
                 let message = terminated(&pod, false)
@@ -1398,6 +1458,28 @@ impl Backend for KubernetesBackend {
             .map_err(|e| api_failure(&format!("read Deployment {deployment}"), e))?;
         Ok(d.and_then(|d| container_image(&d, container))
             .map(|image| (image, self.url(workspace, service))))
+    }
+
+    /// Every build of the workspace becomes a DevBuild resource
+    /// ([`super::devbuild`]), written by a task beside the pipeline.
+    fn observe(&self, workspace: &str, pipeline: &Arc<crate::pipeline::Pipeline>) {
+        if self.s.devbuilds_per_service == 0 {
+            return;
+        }
+        let weak = Arc::downgrade(pipeline);
+        let registry = self.s.registry.clone();
+        let repositories: super::devbuild::Repositories = Arc::new(move |service: &str| {
+            let s = weak.upgrade()?.service(service)?;
+            Some(super::qualify(&s.image, Some(&registry)))
+        });
+        let recorder = super::devbuild::Recorder::new(
+            self.client.clone(),
+            &self.s.namespace,
+            workspace,
+            self.s.devbuilds_per_service,
+            repositories,
+        );
+        tokio::spawn(recorder.run(pipeline.subscribe()));
     }
 }
 
@@ -2024,6 +2106,178 @@ mod request_shape_tests {
             f.log_tail,
             ["INFO step 2/3", "error building image: exit status 1"]
         );
+    }
+
+    /// `request(st)` for a greeter with two build steps.
+    fn request_with_steps(st: &Setup) -> BuildRequest {
+        let mut req = request(st);
+        req.service = service(
+            r#"
+[services.greeter]
+context = "services/greeter"
+image = "demo/greeter"
+port = 8080
+
+[[services.greeter.steps]]
+name = "generate"
+image = "r.example.com:5000/tools/gen:1.2"
+command = ["gen", "--out", "generated.txt"]
+workdir = "www"
+env = { MODE = "ci", LANG = "C" }
+
+[[services.greeter.steps]]
+name = "test"
+image = "busybox:stable"
+command = ["sh", "-c", "./run-tests.sh"]
+"#,
+        );
+        req
+    }
+
+    fn exited(name: &str, code: i32) -> Value {
+        json!({"name": name, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+               "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}})
+    }
+
+    #[tokio::test]
+    async fn build_request_shape_steps_are_init_containers_in_order_and_logged() {
+        let (st, mut api) = setup(|s| s.resources.memory_limit = "3Gi".into());
+        let req = request_with_steps(&st);
+        let name = job_name("greeter", 7, &req.context.digest);
+        let backend = st.backend.clone();
+        let r2 = req.clone();
+        let build = tokio::spawn(async move { backend.build(&r2).await });
+
+        let create = api.next().await;
+        create.expect(Method::POST, "/apis/batch/v1/namespaces/dev/jobs", &[]);
+        let j = create.body.clone();
+        let init = j["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [FETCH_CONTAINER, "step-generate", "step-test"],
+            "the fetch first, then the steps in catalog order"
+        );
+        let mount = json!([{"name": "workspace", "mountPath": "/workspace"}]);
+        let resources = json!({"requests": {"cpu": "500m", "memory": "1Gi"},
+                               "limits": {"cpu": "2", "memory": "3Gi"}});
+        let gen_ = &init[1];
+        assert_eq!(gen_["image"], "r.example.com:5000/tools/gen:1.2");
+        assert_eq!(gen_["command"], json!(["gen", "--out", "generated.txt"]));
+        assert!(gen_.get("args").is_none(), "the command is the whole argv");
+        assert_eq!(gen_["workingDir"], "/workspace/www");
+        assert_eq!(
+            gen_["env"],
+            json!([{"name": "LANG", "value": "C"}, {"name": "MODE", "value": "ci"}])
+        );
+        assert_eq!(gen_["volumeMounts"], mount);
+        assert_eq!(gen_["resources"], resources);
+        assert_eq!(
+            gen_["securityContext"],
+            json!({"runAsUser": 0, "runAsGroup": 0})
+        );
+        assert_eq!(gen_["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let test = &init[2];
+        assert_eq!(test["image"], "busybox:stable");
+        assert_eq!(test["command"], json!(["sh", "-c", "./run-tests.sh"]));
+        assert_eq!(test["workingDir"], "/workspace");
+        assert_eq!(test["env"], json!([]));
+        assert_eq!(test["volumeMounts"], mount);
+        // Kaniko reads the same volume after the steps.
+        let k = &j["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(k["name"], KANIKO_CONTAINER);
+        assert_eq!(k["volumeMounts"], mount);
+        // The body is a valid Job.
+        let _: Job = serde_json::from_value(j.clone()).unwrap();
+        create.reply(201, &j);
+
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+        ));
+        let mut kaniko = exited(KANIKO_CONTAINER, 0);
+        kaniko["state"]["terminated"]["message"] = json!(DIGEST);
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"initContainerStatuses": [exited(FETCH_CONTAINER, 0),
+                                             exited("step-generate", 0), exited("step-test", 0)],
+                   "containerStatuses": [kaniko]}),
+        )]));
+        // Each step's log goes to the build log, in order, then Kaniko's.
+        for (container, text) in [
+            ("step-generate", "generated 1 file\n"),
+            ("step-test", "3 tests passed\n"),
+            ("kaniko", "INFO Pushed\n"),
+        ] {
+            let log = api.next().await;
+            log.expect(
+                Method::GET,
+                &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+                &[&format!("container={container}")],
+            );
+            log.text(text);
+        }
+        let image = build.await.unwrap().unwrap();
+        assert_eq!(image, format!("r.example.com:5000/demo/greeter@{DIGEST}"));
+        let log = std::fs::read_to_string(&req.log).unwrap();
+        let at = |needle: &str| {
+            log.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing in the build log:\n{log}"))
+        };
+        assert!(at("devd: step \"generate\"") < at("generated 1 file"));
+        assert!(at("generated 1 file") < at("devd: step \"test\""));
+        assert!(at("3 tests passed") < at("INFO Pushed"));
+    }
+
+    #[tokio::test]
+    async fn build_request_shape_failing_step_is_named_with_its_log_tail() {
+        let (st, mut api) = setup(|_| {});
+        let req = request_with_steps(&st);
+        let name = job_name("greeter", 7, &req.context.digest);
+        let backend = st.backend.clone();
+        let r2 = req.clone();
+        let build = tokio::spawn(async move { backend.build(&r2).await });
+        let create = api.next().await;
+        let j = create.body.clone();
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        ));
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"phase": "Failed",
+                "initContainerStatuses": [exited(FETCH_CONTAINER, 0), exited("step-generate", 0),
+                                          exited("step-test", 1)],
+                "containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                    "image": "k", "imageID": "", "state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        )]));
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+            &["container=step-test"],
+        );
+        log.text("running 3 tests\nFAIL: greeting_renders\n");
+        let f = build.await.unwrap().unwrap_err();
+        assert!(
+            f.error
+                .starts_with("build of greeter failed: step \"test\" failed (exit 1); Job "),
+            "{}",
+            f.error
+        );
+        assert!(f.error.contains("BackoffLimitExceeded"), "{}", f.error);
+        assert_eq!(f.log_tail, ["running 3 tests", "FAIL: greeting_renders"]);
+        let log = std::fs::read_to_string(&req.log).unwrap();
+        assert!(
+            log.contains("devd: step \"test\"") && log.contains("FAIL: greeting_renders"),
+            "{log}"
+        );
+        assert!(st.shelf.is_empty());
     }
 
     #[tokio::test]
