@@ -91,6 +91,11 @@ enum Cmd {
         #[arg(long)]
         json_logs: bool,
     },
+    /// Print the DevBuild CustomResourceDefinition (YAML), generated from
+    /// the receiver's Rust type: what manifests/crd/devbuild.yaml holds.
+    ///
+    /// Example: devd-receiver crd > manifests/crd/devbuild.yaml
+    Crd,
 }
 
 fn init_tracing(json: bool) {
@@ -110,6 +115,10 @@ fn init_tracing(json: bool) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Crd => {
+            print!("{}", devd_receiver::builder::devbuild::crd_yaml());
+            Ok(())
+        }
         Cmd::Vacuum {
             dry_run,
             kubeconfig,

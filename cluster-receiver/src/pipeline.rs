@@ -109,6 +109,8 @@ impl Pipeline {
             state: Mutex::new(State::default()),
             seq: Default::default(),
         });
+        // Before any build is queued (Kubernetes: DevBuild resources).
+        p.backend.observe(&ws.name, &p);
         {
             let _guard = ws.lock().await;
             p.reload_catalog();

@@ -210,9 +210,66 @@ fn every_manifest_validates_strictly_on_kubernetes_1_30_and_1_37() {
         "PersistentVolumeClaim",
         "Deployment",
         "CronJob",
+        "CustomResourceDefinition",
     ] {
         assert!(kinds.contains(k), "the install renders no {k}: {kinds:?}");
     }
+}
+
+/// The DevBuild CRD is generated: the committed manifest is exactly what
+/// `devd-receiver crd` prints from the Rust type, so the two cannot drift;
+/// it is installed once per cluster (it is cluster-scoped), by the install
+/// and not by a workspace.
+#[test]
+fn the_devbuild_crd_is_what_devd_receiver_crd_prints() {
+    let out = Command::new(devd_tests::bin("devd-receiver"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string(root().join("manifests/crd/devbuild.yaml")).unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
+        "manifests/crd/devbuild.yaml differs from the Rust type; regenerate it with\n    \
+         cargo run -p devd-receiver -- crd > manifests/crd/devbuild.yaml"
+    );
+    let env = Env::new();
+    let install = objects(&env.render("."));
+    let crd = find(&install, "CustomResourceDefinition", "devbuilds.devd.dev");
+    assert_eq!(crd["spec"]["group"], "devd.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["kind"], "DevBuild");
+    assert!(crd["metadata"].get("namespace").is_none());
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("priority").is_none())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Service", "Phase", "Digest", "Duration(ms)", "Age"]
+    );
+    let phases = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]
+        ["enum"];
+    assert_eq!(
+        phases,
+        &serde_json::json!(["Pending", "Running", "Succeeded", "Failed", "Reused"])
+    );
+    let workspace = objects(&env.render("workspace"));
+    assert!(
+        !workspace
+            .iter()
+            .any(|o| o["kind"] == "CustomResourceDefinition"),
+        "a workspace does not install the cluster-scoped CRD"
+    );
 }
 
 #[test]
@@ -272,7 +329,12 @@ fn objects_are_what_the_issue_asks_for() {
             o["kind"],
             o["metadata"]["name"]
         );
-        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+        let cluster_scoped = [
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+        ];
         if !cluster_scoped.contains(&o["kind"].as_str().unwrap()) {
             assert_eq!(o["metadata"]["namespace"], ns, "{}", o["metadata"]["name"]);
         }
@@ -456,6 +518,7 @@ fn resource_of(ty: &str) -> (&'static str, &'static str) {
         "KubeService" | "Service" => ("", "services"),
         "Ingress" => ("networking.k8s.io", "ingresses"),
         "Namespace" => ("", "namespaces"),
+        "DevBuild" => ("devd.dev", "devbuilds"),
         other => panic!(
             "the code calls the API for `{other}`, which this test cannot map to an RBAC \
              resource: add it to resource_of() and grant it in manifests/"
@@ -478,6 +541,9 @@ fn grants_of(group: &str, resource: &str, method: &str, apply: bool) -> Vec<Gran
         "watch" => &["watch"],
         "logs" | "log_stream" => {
             return vec![grant(group, &format!("{resource}/log"), "get")];
+        }
+        "patch_status" => {
+            return vec![grant(group, &format!("{resource}/status"), "patch")];
         }
         other => {
             panic!("the code calls Api::{other} on {resource}: add its RBAC verb to grants_of()")
@@ -644,14 +710,21 @@ fn grants_in_code(src: &str) -> BTreeSet<Grant> {
         .collect()
 }
 
-/// The grants the tower-test scenarios of kubernetes.rs exercise: each
-/// asserted request path and method.
-fn grants_in_scenarios(src: &str) -> BTreeSet<Grant> {
+/// The grants the tower-test scenarios of a file (kubernetes.rs,
+/// devbuild.rs) exercise: each asserted request path and method; at least
+/// `at_least` of them.
+fn grants_in_scenarios(src: &str, at_least: usize) -> BTreeSet<Grant> {
     let tests = src
         .split("mod request_shape_tests")
         .nth(1)
-        .expect("kubernetes.rs has a request_shape_tests module");
-    let flat: String = tests.split_whitespace().collect::<Vec<_>>().join(" ");
+        .expect("the file has a request_shape_tests module");
+    // Whitespace collapsed, and none after `(`: rustfmt may break a call's
+    // arguments over lines.
+    let flat: String = tests
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("( ", "(");
     let mut out = BTreeSet::new();
     let mut add = |method: &str, path: &str| {
         let path = path.split('?').next().unwrap();
@@ -678,6 +751,7 @@ fn grants_in_scenarios(src: &str) -> BTreeSet<Grant> {
             ("POST", _) => &["create"],
             ("DELETE", _) => &["delete"],
             ("APPLY", _) => &["patch", "create"],
+            ("PATCH", _) => &["patch"],
             _ => panic!("unexpected {method} {path}"),
         };
         for v in verbs {
@@ -709,7 +783,10 @@ fn grants_in_scenarios(src: &str) -> BTreeSet<Grant> {
             .unwrap();
         add("APPLY", path);
     }
-    assert!(out.len() >= 5, "too few scenario requests found: {out:?}");
+    assert!(
+        out.len() >= at_least,
+        "too few scenario requests found: {out:?}"
+    );
     out
 }
 
@@ -775,11 +852,33 @@ fn assert_same(role: &str, granted: &BTreeSet<Grant>, needed: &BTreeSet<Grant>) 
 fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
     let src =
         std::fs::read_to_string(root().join("cluster-receiver/src/builder/kubernetes.rs")).unwrap();
-    let needed = grants_in_code(&src);
+    let mut needed = grants_in_code(&src);
     eprintln!("the Kubernetes backend calls: {}", show(&needed));
+    // The DevBuild recorder (builder/devbuild.rs), read the same way and
+    // cross-checked against its own tower-test scenarios.
+    let devbuild =
+        std::fs::read_to_string(root().join("cluster-receiver/src/builder/devbuild.rs")).unwrap();
+    let devbuilds = grants_in_code(&devbuild);
+    let exercised = grants_in_scenarios(&devbuild, 4);
+    assert!(
+        exercised.is_subset(&devbuilds),
+        "devbuild.rs's tower-test scenarios request [{}], which the code reading missed",
+        show(&exercised.difference(&devbuilds).cloned().collect())
+    );
+    for g in [
+        grant("devd.dev", "devbuilds", "create"),
+        grant("devd.dev", "devbuilds/status", "patch"),
+    ] {
+        assert!(
+            devbuilds.contains(&g),
+            "{g:?} not found: {}",
+            show(&devbuilds)
+        );
+    }
+    needed.extend(devbuilds);
     // The parse is sound: what the tower-test scenarios request is in it,
     // and the calls every build and deploy makes are found.
-    let exercised = grants_in_scenarios(&src);
+    let exercised = grants_in_scenarios(&src, 5);
     let unexplained: BTreeSet<Grant> = exercised.difference(&needed).cloned().collect();
     assert!(
         unexplained.is_empty(),

@@ -4,10 +4,12 @@
 //!   default, no cluster);
 //! - [`kubernetes`]: a Kaniko Job per build, a server-side-apply patch of
 //!   the Deployment per deploy.
+//!   Its builds are also DevBuild resources ([`devbuild`]).
 //!
 //! The pipeline ([`crate::pipeline`]) decides what to build; a backend only
 //! knows how.
 
+pub mod devbuild;
 pub mod kubernetes;
 pub mod local;
 pub mod registry;
@@ -116,6 +118,13 @@ pub trait Backend: Send + Sync {
         workspace: &str,
         service: &Service,
     ) -> Result<Option<(String, Option<String>)>, Failure>;
+
+    /// Follow the build events of `workspace`'s pipeline from its start,
+    /// beside the builds (never in their path). The Kubernetes backend
+    /// records them as DevBuild resources; by default nothing happens.
+    fn observe(&self, workspace: &str, pipeline: &std::sync::Arc<crate::pipeline::Pipeline>) {
+        let _ = (workspace, pipeline);
+    }
 }
 
 /// Copy `reader` to `out` in chunks until it ends or `out` is closed.
