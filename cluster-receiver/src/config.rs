@@ -53,6 +53,9 @@
 //! ingress_class = "nginx"        # ingressClassName of the Ingresses
 //! rollout_timeout_seconds = 300  # a deploy fails (and is rolled back) after this
 //! poll_interval_ms = 1000        # longest pause between polls of a Job/rollout
+//! devbuilds_per_service = 20     # DevBuild resources (`kubectl get devbuilds`)
+//!                                # kept per service; older ones are deleted;
+//!                                # 0: record no DevBuilds
 //! pairing_secret = "devd-pairing"
 //!                                # publish the pairing (address, fingerprint,
 //!                                # workspace, token) in this Secret of the
@@ -168,6 +171,7 @@ pub struct KubernetesConfig {
     pub ingress_class: Option<String>,
     pub rollout_timeout_seconds: Option<u64>,
     pub poll_interval_ms: Option<u64>,
+    pub devbuilds_per_service: Option<usize>,
     pub pairing_secret: Option<String>,
 }
 
@@ -336,6 +340,9 @@ impl ReceiverConfig {
         }
         if let Some(v) = k.poll_interval_ms {
             s.poll_interval = Duration::from_millis(v.max(10));
+        }
+        if let Some(v) = k.devbuilds_per_service {
+            s.devbuilds_per_service = v;
         }
         tracing::info!(%namespace, %context_url, kaniko = %s.kaniko_image, "Kubernetes backend");
         KubernetesBackend::new(client, s, shelf.clone()).map_err(|f| invalid(f.error))
