@@ -9,6 +9,10 @@
 //!   Dockerfile says `RUN false`), creates the Job's pod with the digest or
 //!   the log in the Kaniko container's `terminated.message`, and marks the
 //!   Job Complete or Failed;
+//! - build steps (init containers after `fetch-context`) run for real, in
+//!   order, as host processes on the fetched context (their working
+//!   directory mapped from `/workspace`); the first non-zero exit fails the
+//!   pod before Kaniko, with that container's log;
 //! - for each Deployment whose generation is ahead of its status, it
 //!   reports the rollout done.
 //!
@@ -48,6 +52,8 @@ struct Build {
     destination: String,
     /// The pushed manifest digest (`None`: the build failed).
     digest: Option<String>,
+    /// The build step init containers that ran, in order, with exit codes.
+    steps: Vec<(String, i32)>,
 }
 
 #[derive(Default)]
@@ -273,6 +279,57 @@ impl Kubelet {
             "fetch-context for Job {name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Build steps: the init containers after the fetch, in order.
+        let mut init_statuses = vec![json!({"name": "fetch-context", "ready": false,
+            "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})];
+        let mut annotations = json!({
+            "devd.test/log.fetch-context": String::from_utf8_lossy(&out.stdout),
+        });
+        let mut steps = Vec::new();
+        for c in pod_spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .skip(1)
+        {
+            let cname = c["name"].as_str().unwrap_or_default().to_owned();
+            let argv = strings(&c["command"]);
+            anyhow::ensure!(!argv.is_empty(), "init container {cname} has no command");
+            let workdir = c["workingDir"].as_str().unwrap_or("/workspace");
+            let rel = workdir.strip_prefix("/workspace").ok_or_else(|| {
+                anyhow::anyhow!("{cname}: workingDir {workdir} is not in /workspace")
+            })?;
+            let dir = dest.join(rel.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir)?;
+            let env = c["env"].as_array().into_iter().flatten().map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                    e["value"].as_str().unwrap_or_default().to_owned(),
+                )
+            });
+            let run = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .current_dir(&dir)
+                .envs(env)
+                .output()
+                .await?;
+            let code = run.status.code().unwrap_or(-1);
+            annotations[format!("devd.test/log.{cname}")] = json!(format!(
+                "{}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            ));
+            init_statuses.push(json!({"name": cname, "ready": false, "restartCount": 0,
+                "image": c["image"], "imageID": "",
+                "state": {"terminated": {"exitCode": code,
+                    "reason": if code == 0 { "Completed" } else { "Error" }}}}));
+            steps.push((cname, code));
+            if code != 0 {
+                break;
+            }
+        }
+        let step_failed = steps.iter().any(|(_, code)| *code != 0);
         let args = strings(&pod_spec["containers"][0]["args"]);
         let arg = |flag: &str| {
             args.iter()
@@ -283,7 +340,7 @@ impl Kubelet {
         let destination = arg("--destination=")?;
         let dockerfile = arg("--dockerfile=")?;
         let dockerfile = dest.join(dockerfile.trim_start_matches("/workspace/"));
-        let fails = std::fs::read_to_string(&dockerfile)?.contains(FAIL_MARKER);
+        let fails = step_failed || std::fs::read_to_string(&dockerfile)?.contains(FAIL_MARKER);
         let service = job["metadata"]["labels"]["dev.devd/service"]
             .as_str()
             .unwrap_or_default()
@@ -299,23 +356,28 @@ impl Kubelet {
             );
             (Some(digest.clone()), log, 0, digest)
         };
+        let kaniko_state = if step_failed {
+            json!({"waiting": {"reason": "PodInitializing"}})
+        } else {
+            annotations["devd.test/log.kaniko"] = json!(log);
+            json!({"terminated": {
+                "exitCode": exit, "reason": if fails { "Error" } else { "Completed" },
+                "message": message}})
+        };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": format!("{name}-kblt1"), "namespace": NS,
                 "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
-                "annotations": {"devd.test/log.kaniko": log, "devd.test/log.fetch-context": String::from_utf8_lossy(&out.stdout)},
+                "annotations": annotations,
             },
             "spec": {"restartPolicy": "Never", "containers": [{"name": "kaniko", "image": pod_spec["containers"][0]["image"]}]},
             "status": {
                 "phase": if fails { "Failed" } else { "Succeeded" },
-                "initContainerStatuses": [{"name": "fetch-context", "ready": false, "restartCount": 0,
-                    "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+                "initContainerStatuses": init_statuses,
                 "containerStatuses": [{"name": "kaniko", "ready": false, "restartCount": 0,
-                    "image": "x", "imageID": "", "state": {"terminated": {
-                        "exitCode": exit, "reason": if fails { "Error" } else { "Completed" },
-                        "message": message}}}],
+                    "image": "x", "imageID": "", "state": kaniko_state}],
             },
         }))?;
         pods.create(&PostParams::default(), &pod).await?;
@@ -344,6 +406,7 @@ impl Kubelet {
             context: dest,
             destination,
             digest,
+            steps,
         });
         Ok(())
     }
@@ -675,4 +738,91 @@ fn emulator_failed_kaniko_job_reports_the_log_tail_and_leaves_the_deployment() {
             .any(|(d, g, _)| d == "web" && Some(*g) > deployed.metadata.generation),
         "no rollout of web after the failed build"
     );
+}
+
+#[test]
+fn emulator_build_steps_run_as_init_containers_before_kaniko_and_a_failing_one_is_named() {
+    let fx = Fixture::from_example("demo");
+    let catalog = String::from_utf8(fx.read("devd.toml")).unwrap();
+    let steps = |test_exit: u8| {
+        format!(
+            "{catalog}\n\
+             [[services.web.steps]]\n\
+             name = \"generate\"\n\
+             image = \"busybox:stable\"\n\
+             command = [\"sh\", \"-c\", \"echo \\\"generated in $MODE\\\" > generated.txt && echo generate-ran\"]\n\
+             workdir = \"www\"\n\
+             env = {{ MODE = \"ci\" }}\n\
+             [[services.web.steps]]\n\
+             name = \"test\"\n\
+             image = \"busybox:stable\"\n\
+             command = [\"sh\", \"-c\", \"test -f www/generated.txt && echo tests-ran; echo 'FAIL: web_renders' >&2; exit {test_exit}\"]\n"
+        )
+    };
+    fx.write("devd.toml", steps(0));
+    let st = start(&fx);
+    let all = st.wait_all_deployed();
+    st.cluster.assert_no_errors();
+    let web0 = all[2].clone();
+    let builds = st.build_of("web");
+    assert_eq!(builds.len(), 1);
+    let b = &builds[0];
+    let init: Vec<&str> = b.job["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["fetch-context", "step-generate", "step-test"]);
+    assert_eq!(
+        b.steps,
+        [("step-generate".to_owned(), 0), ("step-test".to_owned(), 0)]
+    );
+    // The step wrote into the context Kaniko built (and the test pushed).
+    assert_eq!(
+        std::fs::read_to_string(b.context.join("www/generated.txt")).unwrap(),
+        "generated in ci\n"
+    );
+    assert!(b.digest.is_some());
+    // Services without steps get only the fetch.
+    let api_init = &st.build_of("api")[0].job["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(api_init.as_array().unwrap().len(), 1);
+    let log = st.devd.run(&["logs", "web", "--build"]);
+    log.assert_success();
+    assert!(
+        log.stdout.contains("generate-ran") && log.stdout.contains("tests-ran"),
+        "the steps' logs are in the build log:\n{}",
+        log.stdout
+    );
+
+    // A failing step: named, with its log tail; Kaniko never ran and
+    // nothing is rolled out.
+    let deployed = st.cluster.deployment("web");
+    fx.write("devd.toml", steps(3));
+    let failed = st.wait_service("web", "failed", |s| s.state == "failed");
+    st.cluster.assert_no_errors();
+    let builds = st.build_of("web");
+    assert_eq!(builds.len(), 2, "changing a step builds again");
+    assert_eq!(
+        builds[1].steps,
+        [("step-generate".to_owned(), 0), ("step-test".to_owned(), 3)]
+    );
+    assert!(builds[1].digest.is_none());
+    let error = failed.error.clone().unwrap();
+    assert!(
+        error.contains("build of web failed: step \"test\" failed (exit 3)"),
+        "{error}"
+    );
+    assert_eq!(
+        failed.log_tail,
+        ["tests-ran", "FAIL: web_renders"],
+        "{failed:?}"
+    );
+    assert_eq!(failed.image, web0.image);
+    assert_eq!(
+        st.cluster.deployment("web").metadata.generation,
+        deployed.metadata.generation,
+        "the Deployment is untouched"
+    );
+    assert_eq!(st.cluster.image_of("web"), web0.image.clone().unwrap());
 }
