@@ -132,7 +132,7 @@ it expires. Uses your kubeconfig (KUBECONFIG, else ~/.kube/config). The
 owner is `git config user.email`, else $USER.
 
 Examples:
-  devd workspace create                    devd-<user>, expiring in 12h
+  devd workspace create                    devd-<user> with a receiver, paired, for 12h
   devd workspace create --name feat --ttl 2d
   devd workspace list                      yours, with the time left
   devd workspace list --all --json         everyone's, for scripts
@@ -162,11 +162,22 @@ Examples:
 /// `devd workspace` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum WorkspaceCmd {
-    /// Create a workspace namespace (the receiver is deployed separately).
+    /// Create a workspace: a namespace with a receiver, paired with this
+    /// repository.
     #[command(after_help = "\
+Creates the namespace, copies the receiver's registry and git Secrets into
+it from the namespace `kubectl apply -k manifests/` installed (--secrets-from),
+applies the receiver (manifests/receiver, compiled into devd), waits for it
+to be ready, reads its pairing from the Secret it publishes, and writes
+[receiver] into this repository's devd.local.toml (other sections stay).
+The address is the QUIC Service's LoadBalancer address, or a node's address
+and its nodePort, unless --address says otherwise.
+
 Examples:
   devd workspace create                   namespace devd-<user>, for 12h
-  devd workspace create --name feat --ttl 2d   devd-<user>-feat, for 2 days")]
+  devd workspace create --name feat --ttl 2d   devd-<user>-feat, for 2 days
+  devd workspace create --address 127.0.0.1:7447   dial a port-forward
+  devd workspace create --no-receiver     the namespace only")]
     Create {
         /// How long it lives: 12h, 90m, 2d, 1h30m.
         #[arg(long, default_value = "12h")]
@@ -174,6 +185,18 @@ Examples:
         /// A name, for more than one workspace: devd-<user>-<NAME>.
         #[arg(long)]
         name: Option<String>,
+        /// Create the namespace only: no receiver, no pairing.
+        #[arg(long)]
+        no_receiver: bool,
+        /// How long to wait for the receiver to be ready and reachable.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+        /// Address laptops dial (HOST:PORT) instead of the Service's.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// Namespace to copy the devd-registry and devd-git Secrets from.
+        #[arg(long, value_name = "NAMESPACE", default_value = "devd")]
+        secrets_from: String,
     },
     /// List your workspaces with owner, expiry and time left.
     #[command(after_help = "\
@@ -253,8 +276,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Cmd::Workspace { cmd } = cli.cmd {
         return match cmd {
-            WorkspaceCmd::Create { ttl, name } => {
-                crate::workspace::create(name.as_deref(), &ttl).await
+            WorkspaceCmd::Create {
+                ttl,
+                name,
+                no_receiver,
+                timeout,
+                address,
+                secrets_from,
+            } => {
+                crate::workspace::create(&crate::workspace::CreateOptions {
+                    name,
+                    ttl,
+                    no_receiver,
+                    timeout,
+                    address,
+                    secrets_from,
+                })
+                .await
             }
             WorkspaceCmd::List { all, json } => crate::workspace::list(all, json).await,
             WorkspaceCmd::Extend { name, ttl } => crate::workspace::extend(&name, &ttl).await,

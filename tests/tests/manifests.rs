@@ -500,6 +500,49 @@ fn objects_are_what_the_issue_asks_for() {
     );
 }
 
+/// What `devd workspace create` applies: `manifests/workspace/receiver.json`,
+/// compiled into devd, must be the render of `manifests/receiver` (without
+/// the Secrets, which it copies from the install's namespace instead).
+/// `DEVD_BLESS_MANIFESTS=1` rewrites the file from the render.
+#[test]
+fn the_receiver_devd_applies_is_the_render_of_manifests_receiver() {
+    let env = Env::new();
+    let rendered: Vec<Value> = objects(&env.render("receiver"))
+        .into_iter()
+        .filter(|o| o["kind"] != "Secret")
+        .collect();
+    let path = root().join(devd::workspace::RECEIVER_OBJECTS_PATH);
+    if std::env::var_os("DEVD_BLESS_MANIFESTS").is_some() {
+        let text = serde_json::to_string_pretty(&rendered).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let embedded = devd::workspace::receiver_objects().expect("the embedded objects parse");
+    let embedded: Vec<Value> = embedded
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    assert!(
+        embedded == rendered,
+        "{} is not the render of manifests/receiver (edit the manifests, then \
+         DEVD_BLESS_MANIFESTS=1 cargo test -p devd-tests --test manifests -- \
+         the_receiver_devd_applies; and rebuild devd)",
+        path.display()
+    );
+    let kinds: BTreeSet<&str> = rendered.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ConfigMap",
+            "Deployment",
+            "PersistentVolumeClaim",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ])
+    );
+}
+
 // ----- RBAC against the code ------------------------------------------------
 
 /// (API group, resource[/subresource], verb)
@@ -519,6 +562,7 @@ fn resource_of(ty: &str) -> (&'static str, &'static str) {
         "Ingress" => ("networking.k8s.io", "ingresses"),
         "Namespace" => ("", "namespaces"),
         "DevBuild" => ("devd.dev", "devbuilds"),
+        "Secret" => ("", "secrets"),
         other => panic!(
             "the code calls the API for `{other}`, which this test cannot map to an RBAC \
              resource: add it to resource_of() and grant it in manifests/"
@@ -790,12 +834,13 @@ fn grants_in_scenarios(src: &str, at_least: usize) -> BTreeSet<Grant> {
     out
 }
 
-/// The grants of a Role/ClusterRole object.
+/// The grants of a Role/ClusterRole object (a rule's `resourceNames`, if
+/// any, are checked by [`named_grants`]).
 fn grants_of_role(role: &Value) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
         assert!(
-            rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
+            rule.get("nonResourceURLs").is_none(),
             "unexpected rule shape {rule}"
         );
         for g in rule["apiGroups"].as_array().unwrap() {
@@ -812,6 +857,36 @@ fn grants_of_role(role: &Value) -> BTreeSet<Grant> {
                         "{v} {g}/{r} is granted twice in {}",
                         role["metadata"]["name"]
                     );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grants a role restricts to named objects, with those names.
+fn named_grants(role: &Value) -> BTreeMap<Grant, BTreeSet<String>> {
+    let mut out: BTreeMap<Grant, BTreeSet<String>> = BTreeMap::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let Some(names) = rule.get("resourceNames") else {
+            continue;
+        };
+        let names: BTreeSet<String> = names
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        assert!(!names.is_empty(), "empty resourceNames in {rule}");
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    let g = grant(
+                        g.as_str().unwrap(),
+                        r.as_str().unwrap(),
+                        v.as_str().unwrap(),
+                    );
+                    out.entry(g).or_default().extend(names.iter().cloned());
                 }
             }
         }
@@ -854,6 +929,18 @@ fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
         std::fs::read_to_string(root().join("cluster-receiver/src/builder/kubernetes.rs")).unwrap();
     let mut needed = grants_in_code(&src);
     eprintln!("the Kubernetes backend calls: {}", show(&needed));
+    // The pairing Secret (publish.rs), its calls read the same way.
+    let publish = std::fs::read_to_string(root().join("cluster-receiver/src/publish.rs")).unwrap();
+    let pairing = grants_in_code(&publish);
+    assert_eq!(
+        pairing,
+        BTreeSet::from([
+            grant("", "secrets", "patch"),
+            grant("", "secrets", "create")
+        ]),
+        "publish.rs server-side-applies one Secret"
+    );
+    needed.extend(pairing.iter().cloned());
     // The DevBuild recorder (builder/devbuild.rs), read the same way and
     // cross-checked against its own tower-test scenarios.
     let devbuild =
@@ -901,6 +988,30 @@ fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
     let objs = objects(&env.render("."));
     let role = find(&objs, "Role", "devd-receiver");
     assert_same("Role devd-receiver", &grants_of_role(role), &needed);
+    // Secrets: only the configured pairing Secret, by name; nothing else
+    // is restricted by name (a stray resourceNames would starve the code).
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["receiver.toml"].is_string())
+        .expect("the receiver's ConfigMap");
+    let cfg = devd_receiver::config::ReceiverConfig::parse(
+        cm["data"]["receiver.toml"].as_str().unwrap(),
+        "receiver.toml",
+    )
+    .unwrap();
+    let secret = cfg
+        .kubernetes
+        .and_then(|k| k.pairing_secret)
+        .expect("config/receiver.toml sets [kubernetes] pairing_secret");
+    let named = named_grants(role);
+    let want: BTreeMap<Grant, BTreeSet<String>> = pairing
+        .iter()
+        .map(|g| (g.clone(), BTreeSet::from([secret.clone()])))
+        .collect();
+    assert_eq!(
+        named, want,
+        "the Role's secrets grants must name exactly the pairing Secret {secret}"
+    );
     let binding = find(&objs, "RoleBinding", "devd-receiver");
     assert_eq!(binding["roleRef"]["kind"], "Role");
     assert_eq!(binding["subjects"][0]["name"], "devd-receiver");

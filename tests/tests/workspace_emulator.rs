@@ -4,7 +4,15 @@
 //! labels and the owner and expiry annotations the vacuum reads, `list`
 //! shows it, `extend` moves the expiry, `devd-receiver vacuum` deletes it
 //! once the expiry has passed, and `delete` deletes only devd's
-//! namespaces.
+//! namespaces (with `--no-receiver`: the namespace only).
+//!
+//! `workspace_emulator_create_deploys_a_receiver_and_pairs` is the whole
+//! `create`: the receiver's objects applied into the new namespace, the
+//! test playing kubelet and the cloud's load balancer while the REAL
+//! `devd-receiver serve` publishes its pairing Secret into the emulator,
+//! and `[receiver]` merged into the repository's devd.local.toml. The
+//! emulator stands in for an API server because none can run here; the
+//! receiver's pod, its probes and the load balancer are played by the test.
 
 use devd_receiver::vacuum::{
     ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
@@ -42,6 +50,13 @@ impl Env<'_> {
     fn run(&self, program: &str, args: &[&str]) -> Run {
         let mut cmd = self.cmd(program, args);
         process::run(&mut cmd, self.fx.logs(), program, Duration::from_secs(60))
+    }
+
+    /// `devd` in the laptop's repository.
+    fn run_in_repo(&self, args: &[&str]) -> Run {
+        let mut cmd = self.cmd("devd", args);
+        cmd.current_dir(self.fx.laptop());
+        process::run(&mut cmd, self.fx.logs(), "devd", Duration::from_secs(60))
     }
 
     #[track_caller]
@@ -110,7 +125,10 @@ fn workspace_emulator_create_list_extend_vacuum_delete() {
 
     // create: the namespace with devd's labels, the owner and an expiry
     // about now + ttl.
-    let run = env.ok("devd", &["workspace", "create", "--ttl", "12h"]);
+    let run = env.ok(
+        "devd",
+        &["workspace", "create", "--ttl", "12h", "--no-receiver"],
+    );
     assert!(
         run.stdout.contains("created namespace devd-alice")
             && run.stdout.contains("Next:")
@@ -133,11 +151,19 @@ fn workspace_emulator_create_list_extend_vacuum_delete() {
     // A named one, and creating the same one again is refused clearly.
     env.ok(
         "devd",
-        &["workspace", "create", "--name", "feat", "--ttl", "90m"],
+        &[
+            "workspace",
+            "create",
+            "--name",
+            "feat",
+            "--ttl",
+            "90m",
+            "--no-receiver",
+        ],
     );
     let feat = get("devd-alice-feat").expect("devd-alice-feat was created");
     near(expiry(&feat), now + jiff::SignedDuration::from_mins(90));
-    let again = env.run("devd", &["workspace", "create"]);
+    let again = env.run("devd", &["workspace", "create", "--no-receiver"]);
     assert!(!again.success(), "{}", again.describe());
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
 
@@ -271,5 +297,322 @@ fn workspace_emulator_create_list_extend_vacuum_delete() {
         list.stdout.contains("no workspaces owned by"),
         "{}",
         list.stdout
+    );
+}
+
+/// A kube client for the emulator, on a runtime of its own.
+fn emulator_client(emu: &KubeEmulator) -> (tokio::runtime::Runtime, kube::Client) {
+    devd_receiver::server::install_crypto();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    });
+    (rt, client)
+}
+
+/// Poll `f` every 100 ms for up to 30 s.
+#[track_caller]
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
+    use devd_receiver::pairing::Pairing;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    let fx = Fixture::new();
+    let emu = KubeEmulator::start(&fx, "default");
+    let gitconfig = fx.root().join("workspace-gitconfig");
+    std::fs::write(&gitconfig, format!("[user]\n\temail = {OWNER}\n")).unwrap();
+    let env = Env {
+        fx: &fx,
+        emu: &emu,
+        gitconfig,
+    };
+    let (rt, client) = emulator_client(&emu);
+    let ns_name = "devd-alice";
+
+    // This laptop's settings before: another section, with a comment.
+    let local = fx.laptop().join("devd.local.toml");
+    std::fs::write(
+        &local,
+        "# my notification settings\n[notifications]\nenabled = false # quiet, please\n",
+    )
+    .unwrap();
+
+    // Without the Secrets the receiver mounts in the install's namespace,
+    // create stops before creating anything, and says where they come from.
+    let run = env.run_in_repo(&["workspace", "create", "--timeout", "20s"]);
+    assert!(!run.success(), "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("no Secret devd-registry in namespace devd")
+            && run.stderr.contains("--secrets-from"),
+        "{}",
+        run.stderr
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(rt.block_on(namespaces.get_opt(ns_name)).unwrap().is_none());
+
+    // What `kubectl apply -k manifests/` installs into `devd`.
+    let install: Api<Secret> = Api::namespaced(client.clone(), "devd");
+    for (name, ty, key) in [
+        (
+            "devd-registry",
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+        ),
+        ("devd-git", "Opaque", "ssh-privatekey"),
+    ] {
+        let s: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "devd"},
+            "type": ty, "data": {key: "c2VjcmV0"},
+        }))
+        .unwrap();
+        rt.block_on(install.create(&PostParams::default(), &s))
+            .unwrap();
+    }
+
+    // devd workspace create, in the background: it waits for the receiver.
+    let mut cmd = env.cmd(
+        "devd",
+        &["workspace", "create", "--ttl", "2h", "--timeout", "60s"],
+    );
+    cmd.current_dir(fx.laptop());
+    let mut create = process::spawn(&mut cmd, fx.logs(), "devd-create");
+
+    // The receiver's objects arrive in the namespace, labelled with it.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns_name);
+    eventually("the receiver's Deployment is applied", || {
+        rt.block_on(deployments.get_opt("devd-receiver")).unwrap()
+    });
+    // Every object of the compiled-in render, in the namespace.
+    let ns_labels = rt
+        .block_on(namespaces.get(ns_name))
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap();
+    assert_eq!(ns_labels[LABEL_WORKSPACE], "alice");
+    macro_rules! applied {
+        ($ty:ty, $name:expr) => {{
+            let api: Api<$ty> = Api::namespaced(client.clone(), ns_name);
+            let o = rt
+                .block_on(api.get_opt($name))
+                .unwrap()
+                .unwrap_or_else(|| panic!("no {} {} in {ns_name}", stringify!($ty), $name));
+            let labels = o.metadata.labels.clone().unwrap_or_default();
+            assert_eq!(o.metadata.namespace.as_deref(), Some(ns_name));
+            for key in [LABEL_WORKSPACE, "app.kubernetes.io/part-of"] {
+                assert_eq!(
+                    labels.get(key),
+                    ns_labels.get(key),
+                    "{} {} lacks the namespace's {key}",
+                    stringify!($ty),
+                    $name
+                );
+            }
+            o
+        }};
+    }
+    let deployment = applied!(Deployment, "devd-receiver");
+    applied!(Service, "devd-receiver");
+    applied!(Service, "devd-receiver-quic");
+    applied!(PersistentVolumeClaim, "devd-receiver-data");
+    applied!(ServiceAccount, "devd-receiver");
+    applied!(Role, "devd-receiver");
+    let binding = applied!(RoleBinding, "devd-receiver");
+    assert_eq!(
+        binding.subjects.unwrap()[0].namespace.as_deref(),
+        Some(ns_name),
+        "the RoleBinding binds the namespace's service account"
+    );
+    for name in ["devd-registry", "devd-git"] {
+        let s = applied!(Secret, name);
+        assert_eq!(s.data.unwrap().values().next().unwrap().0, b"secret");
+    }
+    let config_name = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
+        .expect("the Deployment mounts its ConfigMap");
+    let cm = applied!(ConfigMap, &config_name);
+    let data = cm.data.unwrap();
+    assert_eq!(
+        data["workspace"], "alice",
+        "the receiver serves the workspace"
+    );
+    assert!(
+        !data.contains_key("advertise"),
+        "the example advertise address is not the workspace's"
+    );
+
+    // The receiver: the real one, with the configuration devd applied
+    // (builds off: no registry here), its client pointed at the emulator.
+    let mut cfg: toml::Table = toml::from_str(&data["receiver.toml"]).unwrap();
+    cfg["build"]
+        .as_table_mut()
+        .unwrap()
+        .insert("backend".into(), "none".into());
+    let k = cfg["kubernetes"].as_table_mut().unwrap();
+    assert_eq!(k["pairing_secret"].as_str(), Some("devd-pairing"));
+    k.insert(
+        "kubeconfig".into(),
+        emu.kubeconfig().display().to_string().into(),
+    );
+    k.insert("namespace".into(), ns_name.into());
+    let cfg_path = fx.root().join("receiver-in-alice.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let data_dir = fx.root().join("receiver-alice-data");
+    let mut cmd = std::process::Command::new(bin("devd-receiver"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data")
+    .arg(&data_dir)
+    .arg("--config")
+    .arg(&cfg_path)
+    .args([
+        "--git-remote",
+        &fx.origin_url(),
+        "--workspace",
+        &data["workspace"],
+    ])
+    .env("RUST_LOG", "info");
+    let _receiver = process::spawn(&mut cmd, fx.logs(), "devd-receiver");
+
+    // It publishes its pairing; the test then plays kubelet (the readiness
+    // probe passes once published) and the cloud's load balancer.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns_name);
+    let published = eventually("the receiver publishes devd-pairing", || {
+        rt.block_on(secrets.get_opt("devd-pairing")).unwrap()
+    });
+    let pairing = Pairing::load(&data_dir.join("workspaces/alice/pairing.toml")).unwrap();
+    assert_eq!(
+        devd_receiver::publish::pairing_of(&published).unwrap(),
+        pairing,
+        "the Secret carries the receiver's pairing"
+    );
+    assert!(
+        create.is_running(),
+        "devd workspace create waits for the Deployment to be available"
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), ns_name);
+    rt.block_on(services.patch_status(
+        "devd-receiver-quic",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}})),
+    ))
+    .unwrap();
+    rt.block_on(deployments.patch_status(
+        "devd-receiver",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "observedGeneration": deployment.metadata.generation,
+            "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+            "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+            ],
+        }})),
+    ))
+    .unwrap();
+
+    let run = create.wait(Duration::from_secs(60));
+    assert!(
+        run.success(),
+        "{}\n--- emulator ---\n{}",
+        run.describe(),
+        process::tail(&emu.stderr(), 40)
+    );
+    for want in [
+        "created namespace devd-alice",
+        "applied the receiver into devd-alice",
+        "paired: wrote [receiver]",
+        "203.0.113.7:7447",
+        "Next: devd start",
+    ] {
+        assert!(run.stdout.contains(want), "{want}:\n{}", run.stdout);
+    }
+
+    // devd.local.toml: [receiver] with the receiver's pairing and the
+    // LoadBalancer's address; the other section and its comments stay.
+    let text = std::fs::read_to_string(&local).unwrap();
+    let written: toml::Table = toml::from_str(&text).unwrap();
+    let r = written["receiver"].as_table().unwrap();
+    assert_eq!(r["mode"].as_str(), Some("remote"));
+    assert_eq!(r["address"].as_str(), Some("203.0.113.7:7447"));
+    assert_eq!(
+        r["fingerprint"].as_str(),
+        Some(pairing.fingerprint.as_str())
+    );
+    assert_eq!(r["token"].as_str(), Some(pairing.token.as_str()));
+    assert_eq!(r["workspace"].as_str(), Some("alice"));
+    assert_eq!(written["notifications"]["enabled"].as_bool(), Some(false));
+    assert!(
+        text.contains("# my notification settings") && text.contains("# quiet, please"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "it holds the token"
+    );
+    let loaded = devd::config::Config::load(fx.laptop()).unwrap();
+    assert_eq!(loaded.receiver.address.as_deref(), Some("203.0.113.7:7447"));
+    assert!(!loaded.notifications.enabled);
+
+    // A receiver that never becomes ready: a clear timeout naming the
+    // namespace and how to look.
+    let run = env.run_in_repo(&["workspace", "create", "--name", "stuck", "--timeout", "3s"]);
+    assert!(!run.success(), "{}", run.describe());
+    for want in [
+        "did not become ready within 3s in namespace devd-alice-stuck",
+        "kubectl -n devd-alice-stuck describe deploy/devd-receiver",
+        "devd workspace delete devd-alice-stuck",
+    ] {
+        assert!(run.stderr.contains(want), "{want}:\n{}", run.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&local).unwrap(),
+        text,
+        "a failed create leaves devd.local.toml alone"
     );
 }
