@@ -1,8 +1,16 @@
-//! Frames over a QUIC bidirectional stream, for both ends: writes encoded
-//! messages, reads whole frames with the size limit enforced early.
+//! Frames over one bidirectional byte stream, for both ends: writes
+//! encoded messages, reads whole frames with the size limit enforced early.
+//! The stream is a QUIC stream or, on the TCP fallback, a TLS connection;
+//! the frames are the same.
 
 use devd_protocol::{CodecError, FrameDecoder, encode_frame};
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The sending half of a stream.
+pub type SendHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The receiving half of a stream.
+pub type RecvHalf = Box<dyn AsyncRead + Send + Unpin>;
 
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -10,27 +18,31 @@ pub enum FramedError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("connection read failed: {0}")]
-    Read(#[from] quinn::ReadError),
+    Read(std::io::Error),
     #[error("connection write failed: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(std::io::Error),
     #[error("the peer closed the stream in the middle of a frame")]
     Truncated,
 }
 
 /// A framed bidirectional stream.
 pub struct Framed {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     dec: FrameDecoder,
     buf: Vec<u8>,
 }
 
 impl Framed {
     /// Wrap a stream pair; frames above `max_frame` are refused.
-    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream, max_frame: usize) -> Self {
+    pub fn new(
+        send: impl AsyncWrite + Send + Unpin + 'static,
+        recv: impl AsyncRead + Send + Unpin + 'static,
+        max_frame: usize,
+    ) -> Self {
         Self {
-            send,
-            recv,
+            send: Box::new(send),
+            recv: Box::new(recv),
             dec: FrameDecoder::new(max_frame),
             buf: vec![0; 64 << 10],
         }
@@ -38,8 +50,7 @@ impl Framed {
 
     /// Send one message.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FramedError> {
-        self.send.write_all(&encode_frame(msg)).await?;
-        Ok(())
+        self.write(&encode_frame(msg)).await
     }
 
     /// Send several messages in one write.
@@ -48,8 +59,16 @@ impl Framed {
         for m in msgs {
             out.extend(encode_frame(m));
         }
-        self.send.write_all(&out).await?;
-        Ok(())
+        self.write(&out).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FramedError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(FramedError::Write)?;
+        // A TLS stream buffers; QUIC's flush is a no-op.
+        self.send.flush().await.map_err(FramedError::Write)
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly.
@@ -58,16 +77,18 @@ impl Framed {
             if let Some(m) = self.dec.decode()? {
                 return Ok(Some(m));
             }
-            match self.recv.read(&mut self.buf).await? {
-                Some(n) => self.dec.push(&self.buf[..n]),
-                None if self.dec.buffered() == 0 => return Ok(None),
-                None => return Err(FramedError::Truncated),
+            match self.recv.read(&mut self.buf).await {
+                Ok(0) if self.dec.buffered() == 0 => return Ok(None),
+                Ok(0) => return Err(FramedError::Truncated),
+                Ok(n) => self.dec.push(&self.buf[..n]),
+                Err(e) => return Err(FramedError::Read(e)),
             }
         }
     }
 
-    /// Finish the sending side.
-    pub fn finish(&mut self) {
-        let _ = self.send.finish();
+    /// Finish the sending side (QUIC: finish the stream; TLS: send
+    /// close_notify and shut the socket's write half).
+    pub async fn finish(&mut self) {
+        let _ = self.send.shutdown().await;
     }
 }

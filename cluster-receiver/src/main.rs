@@ -27,9 +27,13 @@ enum Cmd {
         /// Directory for all state: certificate, workspaces, blobs, worktrees.
         #[arg(long, env = "DEVD_RECEIVER_DATA")]
         data: PathBuf,
-        /// UDP address to listen on.
+        /// Address to listen on: QUIC on its UDP port and the TCP + TLS
+        /// fallback on the same TCP port.
         #[arg(long, default_value = "0.0.0.0:7447")]
         listen: SocketAddr,
+        /// Do not accept the TCP + TLS fallback (QUIC over UDP only).
+        #[arg(long, env = "DEVD_RECEIVER_NO_TCP")]
+        no_tcp: bool,
         /// Address to put in pairing files (default: the bound address).
         #[arg(long, env = "DEVD_RECEIVER_ADVERTISE")]
         advertise: Option<String>,
@@ -170,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve {
             data,
             listen,
+            no_tcp,
             advertise,
             git_remote,
             workspace,
@@ -238,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
                     advertise,
                     workspaces,
                     max_connections,
+                    tcp: !no_tcp,
                     builds,
                 },
                 cancel.clone(),

@@ -28,6 +28,10 @@ pub struct ServeOptions {
     pub advertise: Option<String>,
     pub workspaces: Vec<WorkspaceSpec>,
     pub max_connections: usize,
+    /// Also accept the TCP + TLS fallback on the same port number, for
+    /// networks that carry no UDP (office firewalls, `kubectl
+    /// port-forward`).
+    pub tcp: bool,
     /// Builds and deploys (`None`: sync only).
     pub builds: Option<Builds>,
 }
@@ -168,15 +172,19 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?,
     ));
     server_config.transport_config(transport_config());
-    let endpoint =
-        quinn::Endpoint::server(server_config, opts.listen).map_err(|source| ServeError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    let addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
+    let (udp, tcp) = bind(opts.listen, opts.tcp)?;
+    let bind_err = |source| ServeError::Bind {
         addr: opts.listen,
         source,
-    })?;
+    };
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
+    let addr = endpoint.local_addr().map_err(bind_err)?;
     let fingerprint = identity.fingerprint();
     let advertise = opts.advertise.clone().unwrap_or_else(|| addr.to_string());
     let mut workspaces = Vec::new();
@@ -193,6 +201,17 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
     }
     let tracker = TaskTracker::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    if let Some(listener) = tcp {
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()?));
+        tracker.spawn(accept_tcp(
+            listener,
+            tls,
+            registry.clone(),
+            limit.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
     {
         let endpoint = endpoint.clone();
         let registry = registry.clone();
@@ -228,4 +247,102 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         tracker,
         endpoint,
     })
+}
+
+/// Bind the UDP socket for QUIC and, with `tcp`, a TCP listener on the same
+/// port number (when `listen` asks for any port, one free for both).
+fn bind(
+    listen: SocketAddr,
+    tcp: bool,
+) -> Result<(std::net::UdpSocket, Option<tokio::net::TcpListener>), ServeError> {
+    let bind_err = |source| ServeError::Bind {
+        addr: listen,
+        source,
+    };
+    let mut attempts = 0;
+    loop {
+        let udp = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        let port = udp.local_addr().map_err(bind_err)?.port();
+        let at = SocketAddr::new(listen.ip(), port);
+        // Not SO_REUSEADDR: a listener left by another process must not be
+        // shared silently.
+        match std::net::TcpListener::bind(at) {
+            Ok(l) => {
+                l.set_nonblocking(true).map_err(bind_err)?;
+                let l = tokio::net::TcpListener::from_std(l).map_err(bind_err)?;
+                return Ok((udp, Some(l)));
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && listen.port() == 0
+                    && attempts < 20 =>
+            {
+                attempts += 1;
+            }
+            Err(source) => return Err(ServeError::Bind { addr: at, source }),
+        }
+    }
+}
+
+/// Settings for both ends of a TCP fallback connection: no Nagle delay
+/// (small request/response frames), and keep-alives so that a dead peer
+/// (a pod gone without a reset) is noticed within about 15 s, as QUIC's idle
+/// timeout does.
+pub fn tune_tcp(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive");
+    }
+}
+
+/// Accept TCP + TLS connections until `cancel` fires; each is one stream
+/// ([`crate::session::serve_tcp_stream`]) and counts against the same
+/// connection limit as QUIC connections.
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    registry: Arc<Registry>,
+    limit: Arc<tokio::sync::Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "connection limit reached; refusing");
+            continue;
+        };
+        tune_tcp(&tcp);
+        let (tls, registry, cancel) = (tls.clone(), registry.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+            };
+            let (recv, send) = tokio::io::split(stream);
+            let io = crate::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
+            crate::session::serve_tcp_stream(io, remote, registry, cancel).await;
+        });
+    }
 }

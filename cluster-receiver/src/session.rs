@@ -37,7 +37,7 @@ async fn reject(io: &mut Framed, generation: Option<u64>, r: Reject) {
         .await;
 }
 
-/// Serve one connection until the peer leaves or `cancel` fires.
+/// Serve one QUIC connection until the peer leaves or `cancel` fires.
 pub async fn serve_connection(
     conn: quinn::Connection,
     registry: Arc<Registry>,
@@ -52,16 +52,30 @@ pub async fn serve_connection(
         }
     };
     let mut io = Framed::new(send, recv, MAX_FRAME);
-    converse(&mut io, &conn, remote, registry, cancel).await;
+    converse(&mut io, Some(&conn), remote, registry, cancel).await;
     // Let the last message (often a Rejected) reach the peer before the
     // connection goes away: finish the stream and give the peer a moment.
-    io.finish();
+    io.finish().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+}
+
+/// Serve one connection of the TCP + TLS fallback. It carries a single
+/// stream that starts like a QUIC connection's first one (`Hello`, then
+/// `Welcome`); its first message after that decides what it is: syncs, or
+/// what a further QUIC stream would carry (`Subscribe`, `Logs`).
+pub async fn serve_tcp_stream(
+    mut io: Framed,
+    remote: std::net::SocketAddr,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+) {
+    converse(&mut io, None, remote, registry, cancel).await;
+    io.finish().await;
 }
 
 async fn converse(
     io: &mut Framed,
-    conn: &quinn::Connection,
+    conn: Option<&quinn::Connection>,
     remote: std::net::SocketAddr,
     registry: Arc<Registry>,
     cancel: CancellationToken,
@@ -117,10 +131,17 @@ async fn converse(
     if io.send(&welcome).await.is_err() {
         return;
     }
-    // Further streams of this (now authenticated) connection carry events.
-    let side = tokio::spawn(side_streams(conn.clone(), ws.clone(), cancel.clone()));
-    let _abort_side = AbortOnDrop(side);
+    // Further streams of this (now authenticated) QUIC connection carry
+    // events and logs.
+    let _abort_side = conn.map(|conn| {
+        AbortOnDrop(tokio::spawn(side_streams(
+            conn.clone(),
+            ws.clone(),
+            cancel.clone(),
+        )))
+    });
     let mut incoming: Option<Incoming> = None;
+    let mut first = true;
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -132,6 +153,12 @@ async fn converse(
             Err(FramedError::Read(_)) => break,
             Err(e) => return reject(io, None, framed_reject(&e)).await,
         };
+        if std::mem::take(&mut first)
+            && matches!(msg, ClientMsg::Subscribe | ClientMsg::Logs { .. })
+        {
+            // A TCP connection standing in for a further QUIC stream.
+            return side_stream(io, &ws, msg, cancel).await;
+        }
         match msg {
             ClientMsg::Changes {
                 generation,
@@ -235,22 +262,38 @@ async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: Cance
         tasks.spawn(async move {
             let mut io = Framed::new(send, recv, MAX_FRAME);
             match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
-                Ok(Ok(Some(ClientMsg::Subscribe))) => stream_events(&mut io, &ws, cancel).await,
-                Ok(Ok(Some(ClientMsg::Logs {
-                    service,
-                    build,
-                    follow,
-                }))) => stream_logs(&mut io, &ws, &service, build, follow, cancel).await,
+                Ok(Ok(Some(msg))) => side_stream(&mut io, &ws, msg, cancel).await,
                 Ok(Ok(None)) => {}
                 _ => {
                     let m = "a further stream must start with Subscribe or Logs";
                     reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
                 }
             }
-            io.finish();
+            io.finish().await;
         });
     }
     tasks.abort_all();
+}
+
+/// Serve a stream that opened with `msg`: events or logs.
+async fn side_stream(
+    io: &mut Framed,
+    ws: &Arc<Workspace>,
+    msg: ClientMsg,
+    cancel: CancellationToken,
+) {
+    match msg {
+        ClientMsg::Subscribe => stream_events(io, ws, cancel).await,
+        ClientMsg::Logs {
+            service,
+            build,
+            follow,
+        } => stream_logs(io, ws, &service, build, follow, cancel).await,
+        _ => {
+            let m = "a further stream must start with Subscribe or Logs";
+            reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
+        }
+    }
 }
 
 /// The state of every service, then each build event as it happens.

@@ -49,6 +49,10 @@ pub struct ReceiverConfig {
     pub fingerprint: Option<String>,
     pub token: Option<String>,
     pub workspace: Option<String>,
+    /// `auto` (QUIC, falling back to TCP + TLS when UDP does not get
+    /// through), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: crate::transport::TransportMode,
 }
 
 /// `[sync]`.

@@ -71,7 +71,7 @@ pub struct Handle {
     receiver: Option<devd_receiver::Running>,
     _watcher: Option<watcher::Watcher>,
     /// The uplink's current connection (for `devd logs`).
-    pub(crate) live: Arc<Mutex<Option<quinn::Connection>>>,
+    pub(crate) live: Arc<Mutex<Option<crate::transport::Link>>>,
 }
 
 fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
@@ -110,6 +110,7 @@ async fn resolve_target(
                 .clone()
                 .or_else(|| pairing.as_ref().map(|p| p.workspace.clone()))
                 .unwrap_or_else(|| "default".into()),
+            transport: r.transport,
         };
         return Ok((target, None));
     }
@@ -127,6 +128,8 @@ async fn resolve_target(
                 git_remote: remote,
             }],
             max_connections: 8,
+            // The embedded receiver is on loopback: QUIC always gets through.
+            tcp: false,
             builds: Some(devd_receiver::Builds {
                 backend: Arc::new(devd_receiver::builder::local::LocalBackend::new(
                     devd_receiver::builder::local::LocalConfig {
@@ -148,12 +151,14 @@ async fn resolve_target(
         fingerprint: running.fingerprint.clone(),
         workspace: "local".into(),
         token: ws.token().to_owned(),
+        transport: crate::transport::TransportMode::Quic,
     };
     Ok((target, Some(running)))
 }
 
 /// Start the daemon core.
 pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
+    let started = std::time::Instant::now();
     let repo = Arc::new(Repo::discover(&opts.workdir)?);
     let workdir = repo.workdir().to_owned();
     let cfg = Config::load(&workdir)?;
@@ -263,6 +268,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         status.clone(),
         lost.clone(),
         notifier,
+        started,
     ));
 
     // Uplink task.
@@ -433,10 +439,12 @@ async fn events_loop(
     status: Arc<Mutex<Status>>,
     lost: Arc<tokio::sync::Notify>,
     notifier: crate::notify::Notifier,
+    started: std::time::Instant,
 ) {
     use devd_protocol::ServiceStatus;
     use devd_protocol::message::ServerMsg;
     let mut services: Vec<ServiceStatus> = Vec::new();
+    let mut boot = crate::status::BootTracker::new(started);
     while let Some(msg) = rx.recv().await {
         let mut catalog_error = None;
         match msg {
@@ -452,6 +460,7 @@ async fn events_loop(
                 catalog_error = Some(e);
             }
             Some(ServerMsg::Event(e)) => {
+                boot.event(&e);
                 match services.iter_mut().find(|s| s.name == e.service) {
                     Some(s) => s.apply(&e),
                     None => {
@@ -472,6 +481,7 @@ async fn events_loop(
         }
         update(&status, |s| {
             s.set_services(services.iter().map(Into::into).collect());
+            s.boot = boot.status(&s.services);
             if let Some(e) = catalog_error {
                 s.catalog_error = e;
             }
@@ -529,8 +539,10 @@ async fn uplink_loop(
                 Ok(()) => {
                     reconnect = false;
                     delays = backoff();
+                    let transport = uplink.transport().map(str::to_owned);
                     update(&status, |s| {
                         s.receiver.connected = true;
+                        s.receiver.transport = transport;
                         s.receiver.last_error = None;
                     });
                 }
@@ -538,6 +550,7 @@ async fn uplink_loop(
                     let d = delays.next().unwrap_or(Duration::from_secs(5));
                     update(&status, |s| {
                         s.receiver.connected = false;
+                        s.receiver.transport = None;
                         s.receiver.last_error = Some(e.to_string());
                     });
                     retry_in = Some(d);
@@ -553,7 +566,9 @@ async fn uplink_loop(
             Ok(report) => {
                 delays = backoff();
                 let ack = uplink.acked().expect("acked after a sync");
+                let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
+                    s.receiver.transport = transport;
                     s.state = "idle".into();
                     s.generation = ack.generation;
                     // The receiver fetched the base itself: no reason to upload.
@@ -605,6 +620,7 @@ async fn uplink_loop(
                 update(&status, |s| {
                     s.state = "disconnected".into();
                     s.receiver.connected = uplink.connected();
+                    s.receiver.transport = uplink.transport().map(str::to_owned);
                     s.receiver.last_error = Some(e.to_string());
                 });
                 retry_in = Some(d);

@@ -1,14 +1,13 @@
 //! `devd logs SERVICE [--build] [--follow]`: a service's runtime log (what
 //! its container prints) or its last build's log, streamed from the
 //! receiver over the daemon's existing connection: the CLI asks the daemon
-//! on the control socket, the daemon opens a stream on its QUIC connection
+//! on the control socket, the daemon opens a stream on its connection
 //! (`ClientMsg::Logs`) and relays the chunks back line by line.
 
 use crate::config::repo_state_dir;
 use crate::control::{self, Request, Response};
 use crate::daemon::Handle;
-use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
-use devd_receiver::framed::Framed;
+use devd_protocol::message::{ClientMsg, ServerMsg};
 use std::io::Write;
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -32,11 +31,7 @@ pub async fn relay(
         .ok_or_else(|| {
             "not connected to the receiver right now; `devd status` shows why".to_string()
         })?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| format!("cannot open a stream to the receiver: {e}"))?;
-    let mut io = Framed::new(send, recv, MAX_FRAME);
+    let mut io = conn.open_side().await?;
     io.send(&ClientMsg::Logs {
         service: service.to_owned(),
         build,
@@ -47,7 +42,7 @@ pub async fn relay(
     loop {
         let msg = tokio::select! {
             _ = out.closed() => {
-                io.finish();
+                io.finish().await;
                 return Ok(());
             }
             m = io.recv::<ServerMsg>() => m,
@@ -55,7 +50,7 @@ pub async fn relay(
         match msg {
             Ok(Some(ServerMsg::Log { data })) => {
                 if out.send(data).await.is_err() {
-                    io.finish();
+                    io.finish().await;
                     return Ok(());
                 }
             }

@@ -14,6 +14,9 @@ pub struct ReceiverStatus {
     pub workspace: String,
     pub embedded: bool,
     pub connected: bool,
+    /// `quic`, or `tcp` when the TCP + TLS fallback is in use (while
+    /// connected).
+    pub transport: Option<String>,
     pub last_error: Option<String>,
 }
 
@@ -73,6 +76,99 @@ pub struct Status {
     /// Long work in progress (a full scan of a large worktree, a large
     /// upload), updated at a coarse interval; absent otherwise.
     pub progress: Option<Progress>,
+    /// How the services came up after `devd start`.
+    pub boot: Option<BootStatus>,
+}
+
+/// How the workspace came up: from the daemon's start until every declared
+/// service was deployed (or failed) for the first time, and what that took
+/// (images reused, e.g. prebuilt by `devd prebuild`, versus built).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct BootStatus {
+    /// Services declared.
+    pub services: usize,
+    /// Deployed from an image that existed already (no build).
+    pub reused: usize,
+    /// Deployed from an image built for this boot.
+    pub built: usize,
+    /// Already running when the daemon connected (a receiver that was up).
+    pub running: usize,
+    pub failed: usize,
+    /// Milliseconds from the daemon's start until the last service was
+    /// deployed or failed; absent while services are still coming up.
+    pub ms: Option<u64>,
+}
+
+/// Follows build events after the daemon's start to fill [`BootStatus`].
+#[derive(Debug)]
+pub struct BootTracker {
+    started: std::time::Instant,
+    /// Per service: built (true) or reused (false) by the events seen.
+    how: std::collections::BTreeMap<String, bool>,
+    done: Option<BootStatus>,
+}
+
+impl BootTracker {
+    /// Start counting now.
+    pub fn new(started: std::time::Instant) -> Self {
+        Self {
+            started,
+            how: Default::default(),
+            done: None,
+        }
+    }
+
+    /// Note one event.
+    pub fn event(&mut self, e: &devd_protocol::BuildEvent) {
+        use devd_protocol::EventKind;
+        match &e.kind {
+            EventKind::Built { .. } => {
+                self.how.insert(e.service.clone(), true);
+            }
+            EventKind::Reused { .. } => {
+                self.how.entry(e.service.clone()).or_insert(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// The boot as of `services` (their current states).
+    pub fn status(&mut self, services: &[ServiceView]) -> Option<BootStatus> {
+        if let Some(d) = &self.done {
+            return Some(d.clone());
+        }
+        if services.is_empty() {
+            return None;
+        }
+        let mut b = BootStatus {
+            services: services.len(),
+            ..Default::default()
+        };
+        let mut settled = 0;
+        for s in services {
+            match s.state.as_str() {
+                "deployed" => {
+                    settled += 1;
+                    match self.how.get(&s.name) {
+                        Some(true) => b.built += 1,
+                        Some(false) => b.reused += 1,
+                        None => b.running += 1,
+                    }
+                }
+                "failed" => {
+                    settled += 1;
+                    b.failed += 1;
+                }
+                _ => {}
+            }
+        }
+        if settled == services.len() {
+            b.ms = Some(self.started.elapsed().as_millis() as u64);
+            self.done = Some(b.clone());
+        }
+        Some(b)
+    }
 }
 
 impl Status {

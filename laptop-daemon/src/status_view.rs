@@ -156,6 +156,28 @@ pub fn services_table(services: &[ServiceView], opts: &Options) -> Table {
     t
 }
 
+/// `3 of 3 services up in 2.4 s · 3 reused, 0 built`.
+fn describe_boot(b: &crate::status::BootStatus) -> String {
+    let up = b.reused + b.built + b.running;
+    let mut s = match b.ms {
+        Some(ms) => format!(
+            "{up} of {} service{} up in {}",
+            b.services,
+            if b.services == 1 { "" } else { "s" },
+            human_duration(ms)
+        ),
+        None => format!("{up} of {} services up so far", b.services),
+    };
+    s.push_str(&format!(" · {} reused, {} built", b.reused, b.built));
+    if b.running > 0 {
+        s.push_str(&format!(", {} already running", b.running));
+    }
+    if b.failed > 0 {
+        s.push_str(&format!(", {} failed", b.failed));
+    }
+    s
+}
+
 /// The whole of `devd status` for a running daemon.
 pub fn render(st: &Status, opts: &Options) -> String {
     let p = Paint { color: opts.color };
@@ -177,6 +199,11 @@ pub fn render(st: &Status, opts: &Options) -> String {
         r.workspace,
         if r.embedded { " · embedded" } else { "" }
     ));
+    match r.transport.as_deref() {
+        Some("tcp") if r.connected => conn.push_str(" · over TCP + TLS (UDP did not get through)"),
+        Some(t) if r.connected => conn.push_str(&format!(" · over {}", t.to_uppercase())),
+        _ => {}
+    }
     out.push(format!("{}{conn}", p.key("receiver")));
     if let Some(e) = &r.last_error {
         out.push(format!(
@@ -238,6 +265,9 @@ pub fn render(st: &Status, opts: &Options) -> String {
         None => "none yet".into(),
     };
     out.push(format!("{}{last}", p.key("last sync")));
+    if let Some(b) = &st.boot {
+        out.push(format!("{}{}", p.key("boot"), describe_boot(b)));
+    }
     if let Some(pr) = &st.progress {
         out.push(format!("{}{}", p.key("progress"), describe(pr)));
     }

@@ -10,7 +10,7 @@ use crate::transport;
 use devd_protocol::compress::{self, BlobRef};
 use devd_protocol::message::{
     Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, INLINE_BLOB_MAX, INLINE_TOTAL_MAX,
-    MAX_FRAME, ServerMsg,
+    ServerMsg,
 };
 use devd_protocol::{ContentId, Digest, Entry, ErrorCode, Overlay, PROTOCOL_VERSION, RelPath};
 use devd_receiver::blob_store::BlobStore;
@@ -31,6 +31,8 @@ pub struct Target {
     pub fingerprint: String,
     pub workspace: String,
     pub token: String,
+    /// QUIC, TCP + TLS, or whichever gets through.
+    pub transport: transport::TransportMode,
 }
 
 /// A scanned state to send.
@@ -88,7 +90,7 @@ struct Known {
 }
 
 struct Connected {
-    conn: quinn::Connection,
+    conn: transport::Link,
     io: Framed,
 }
 
@@ -110,7 +112,7 @@ pub struct Uplink {
     /// False once the current connection's event stream ended.
     events_alive: Arc<std::sync::atomic::AtomicBool>,
     /// The current connection, for further streams (`devd logs`).
-    live: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    live: Arc<std::sync::Mutex<Option<transport::Link>>>,
     /// Where the progress of large uploads goes.
     progress: Option<crate::progress::Reporter>,
 }
@@ -259,7 +261,7 @@ impl Uplink {
     }
 
     /// The current connection, shared with whoever opens further streams.
-    pub fn live_connection(&self) -> Arc<std::sync::Mutex<Option<quinn::Connection>>> {
+    pub fn live_connection(&self) -> Arc<std::sync::Mutex<Option<transport::Link>>> {
         self.live.clone()
     }
 
@@ -275,12 +277,12 @@ impl Uplink {
     }
 
     /// Open the event stream on a fresh connection.
-    async fn subscribe(&mut self, conn: &quinn::Connection) {
+    async fn subscribe(&mut self, conn: &transport::Link) {
         let Some(tx) = self.events.clone() else {
             return;
         };
-        let mut io = match conn.open_bi().await {
-            Ok((send, recv)) => Framed::new(send, recv, MAX_FRAME),
+        let mut io = match conn.open_side().await {
+            Ok(io) => io,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the build event stream");
                 return;
@@ -292,8 +294,16 @@ impl Uplink {
         }
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         self.events_alive = alive.clone();
+        let link = conn.clone();
         tokio::spawn(async move {
-            while let Ok(Some(m)) = io.recv::<ServerMsg>().await {
+            loop {
+                let m = tokio::select! {
+                    // On TCP the event stream is a connection of its own:
+                    // it ends with the link.
+                    _ = link.closed() => break,
+                    m = io.recv::<ServerMsg>() => m,
+                };
+                let Ok(Some(m)) = m else { break };
                 if tx.send(Some(m)).is_err() {
                     return;
                 }
@@ -313,11 +323,17 @@ impl Uplink {
         &self.target
     }
 
-    /// True while connected.
-    pub fn connected(&self) -> bool {
+    /// `"quic"` or `"tcp"` while connected.
+    pub fn transport(&self) -> Option<&'static str> {
         self.conn
             .as_ref()
-            .is_some_and(|c| c.conn.close_reason().is_none())
+            .filter(|c| !c.conn.is_closed())
+            .map(|c| c.conn.transport())
+    }
+
+    /// True while connected.
+    pub fn connected(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.conn.is_closed())
     }
 
     /// The last acknowledged generation.
@@ -329,7 +345,7 @@ impl Uplink {
     pub fn disconnect(&mut self) {
         *self.live.lock().expect("live connection") = None;
         if let Some(c) = self.conn.take() {
-            c.conn.close(0u32.into(), b"bye");
+            c.conn.close();
         }
     }
 
@@ -341,14 +357,18 @@ impl Uplink {
         let addr = transport::resolve(&self.target.address)
             .await
             .map_err(|e| SyncError::Connect(e.to_string()))?;
-        let conn = transport::connect_quic(addr, &self.target.fingerprint)
-            .await
-            .map_err(|e| SyncError::Connect(e.to_string()))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| SyncError::Connect(e.to_string()))?;
-        let mut io = Framed::new(send, recv, MAX_FRAME);
+        let credentials = transport::Credentials {
+            workspace: self.target.workspace.clone(),
+            token: self.target.token.clone(),
+        };
+        let (conn, mut io) = transport::connect_link(
+            addr,
+            &self.target.fingerprint,
+            self.target.transport,
+            credentials,
+        )
+        .await
+        .map_err(|e| SyncError::Connect(e.to_string()))?;
         io.send(&ClientMsg::Hello {
             version: PROTOCOL_VERSION,
             workspace: self.target.workspace.clone(),
@@ -362,7 +382,7 @@ impl Uplink {
                 receiver,
                 ..
             }) => {
-                tracing::info!(address = %self.target.address, %receiver, acked = ?acked.map(|a| a.generation), "connected");
+                tracing::info!(address = %self.target.address, transport = conn.transport(), %receiver, acked = ?acked.map(|a| a.generation), "connected");
                 self.receiver_worktree = Some(worktree);
                 self.remote_ack = acked;
                 // Resume from whatever the receiver has, if we know it.
@@ -546,7 +566,7 @@ impl Uplink {
             .conn
             .as_mut()
             .ok_or_else(|| SyncError::Lost("not connected".into()))?;
-        let stats0 = conn.conn.stats();
+        let stats0 = conn.conn.bytes();
         let mut frames = Vec::new();
         let mut chunks = changes.chunks(CHANGES_PER_FRAME).peekable();
         if chunks.peek().is_none() {
@@ -678,13 +698,13 @@ impl Uplink {
                     self.in_flight = None;
                     let keep: HashSet<ContentId> = snap.overlay.blob_ids().collect();
                     let _ = self.refs.retain(&keep);
-                    let stats1 = self.conn.as_ref().expect("connected").conn.stats();
+                    let stats1 = self.conn.as_ref().expect("connected").conn.bytes();
                     let report = SyncReport {
                         generation,
                         overlay_digest: snap.digest.to_hex(),
                         files: files_written,
-                        bytes_sent: stats1.udp_tx.bytes - stats0.udp_tx.bytes,
-                        bytes_received: stats1.udp_rx.bytes - stats0.udp_rx.bytes,
+                        bytes_sent: stats1.0 - stats0.0,
+                        bytes_received: stats1.1 - stats0.1,
                         latency_ms: snap.noticed.elapsed().as_millis() as u64,
                         blobs_inline: n_inline as u64,
                         blobs_requested: requested as u64,

@@ -388,6 +388,7 @@ fn objects_are_what_the_issue_asks_for() {
         })
         .collect();
     assert_eq!(ports["quic"], ("UDP", 7447));
+    assert_eq!(ports["sync-tcp"], ("TCP", 7447), "the TCP + TLS fallback");
     assert_eq!(ports["http"], ("TCP", 8080));
     let mounts: BTreeMap<&str, &str> = c["volumeMounts"]
         .as_array()
@@ -440,6 +441,10 @@ fn objects_are_what_the_issue_asks_for() {
     let quic = find(&objs, "Service", "devd-receiver-quic");
     assert_eq!(quic["spec"]["type"], "LoadBalancer");
     assert_eq!(quic["spec"]["ports"][0]["protocol"], "UDP");
+    // The TCP + TLS fallback on the same port number, to the same pod port.
+    assert_eq!(quic["spec"]["ports"][1]["protocol"], "TCP");
+    assert_eq!(quic["spec"]["ports"][1]["port"], 7447);
+    assert_eq!(quic["spec"]["ports"][1]["targetPort"], "sync-tcp");
     for svc in [http, quic] {
         let sel = svc["spec"]["selector"].as_object().unwrap();
         for (k, v) in sel {
@@ -453,6 +458,7 @@ fn objects_are_what_the_issue_asks_for() {
     let quic = find(&np, "Service", "devd-receiver-quic");
     assert_eq!(quic["spec"]["type"], "NodePort");
     assert_eq!(quic["spec"]["ports"][0]["nodePort"], 30747);
+    assert_eq!(quic["spec"]["ports"][1]["nodePort"], 30747);
     for (kind, name) in [
         ("RoleBinding", "devd-receiver"),
         ("ClusterRoleBinding", "devd-vacuum"),
