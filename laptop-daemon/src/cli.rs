@@ -124,6 +124,37 @@ Examples:
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Build every service's image for a commit unless it exists (for CI).
+    #[command(after_help = "\
+For each service in the commit's devd.toml, the build context is taken from
+the commit (not the worktree) and digested as a receiver does; an image
+tagged with that digest that is already in the registry is left alone, any
+other is built with buildah (build steps first) and pushed. A workspace at
+that commit then deploys every service from these images without a build.
+Exits non-zero if a build failed.
+
+Examples:
+  devd prebuild --registry registry.example:5000            in CI, on every push to main
+  devd prebuild --registry 127.0.0.1:5000 --insecure-registry --rev origin/main
+  devd prebuild --service web --json                        one service, a JSON report")]
+    Prebuild {
+        /// The commit (any rev spec); default HEAD.
+        #[arg(long)]
+        rev: Option<String>,
+        /// Registry (host:port[/prefix]) the receivers look images up in;
+        /// without it images stay in this machine's container storage.
+        #[arg(long, env = "DEVD_REGISTRY")]
+        registry: Option<String>,
+        /// Talk plain HTTP to the registry.
+        #[arg(long)]
+        insecure_registry: bool,
+        /// Only this service (repeatable).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Your workspaces on the cluster: namespaces that expire.
     #[command(after_help = "\
 A workspace is a namespace devd-<user>[-<name>] labelled as devd's, with
@@ -299,6 +330,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             WorkspaceCmd::Delete { name } => crate::workspace::delete(&name).await,
         };
     }
+    if let Cmd::Prebuild {
+        rev,
+        registry,
+        insecure_registry,
+        services,
+        json,
+    } = cli.cmd
+    {
+        let dir = match cli.dir {
+            Some(d) => d,
+            None => std::env::current_dir()?,
+        };
+        let opts = crate::prebuild::Options {
+            dir,
+            rev,
+            registry,
+            insecure_registry,
+            services,
+        };
+        let report = crate::prebuild::run(&opts, |line| {
+            if !json {
+                println!("{}", crate::prebuild::describe(line));
+            }
+        })
+        .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{}: {} built, {} present, {} failed in {:.1} s",
+                &report.commit[..12],
+                report.built,
+                report.present,
+                report.failed,
+                report.ms as f64 / 1000.0
+            );
+        }
+        anyhow::ensure!(report.failed == 0, "{} build(s) failed", report.failed);
+        return Ok(());
+    }
     let ctx = Ctx::new(cli.dir)?;
     match cli.cmd {
         Cmd::Init {
@@ -321,7 +392,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             build,
             follow,
         } => crate::logs::logs(&ctx.workdir, &ctx.home, &service, build, follow).await,
-        Cmd::Completions { .. } | Cmd::Workspace { .. } => unreachable!("handled above"),
+        Cmd::Completions { .. } | Cmd::Workspace { .. } | Cmd::Prebuild { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Run => run_foreground(&ctx).await,
     }
 }

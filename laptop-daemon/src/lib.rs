@@ -30,6 +30,7 @@ pub mod hash_cache;
 pub mod init;
 pub mod logs;
 pub mod notify;
+pub mod prebuild;
 pub mod progress;
 pub mod repo;
 pub mod scanner;

@@ -252,6 +252,16 @@ impl Repo {
         self.head_of(&self.handle()?)
     }
 
+    /// The commit `rev` (any rev spec: a branch, a tag, a hash, `HEAD~2`)
+    /// names.
+    pub fn resolve(&self, rev: &str) -> Result<CommitId, RepoError> {
+        let repo = self.handle()?;
+        let id = repo
+            .rev_parse_single(format!("{rev}^{{commit}}").as_str())
+            .map_err(|e| self.read_err(format!("the commit {rev:?}"), &e))?;
+        Ok(git_oid(&id))
+    }
+
     /// The sync base: merge-base(HEAD, upstream), where the upstream is the
     /// current branch's upstream, else `refs/remotes/origin/HEAD`, else
     /// `configured` (any rev spec). A candidate that does not resolve or has
