@@ -174,7 +174,11 @@ fn prebuild_pushes_each_image_once_and_a_fresh_workspace_deploys_every_service_w
             Some(digest),
             "{name}: the reported image is not the pushed manifest"
         );
-        assert_eq!(registry.tags(&repo), std::slice::from_ref(tag), "{name}: one image");
+        assert_eq!(
+            registry.tags(&repo),
+            std::slice::from_ref(tag),
+            "{name}: one image"
+        );
     }
     assert_eq!(first["built"], 3);
 
