@@ -17,8 +17,10 @@
 use devd_receiver::vacuum::{
     ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
 };
+use devd_tests::containers::http_get;
 use devd_tests::kmock::KubeEmulator;
 use devd_tests::process::{self, Run};
+use devd_tests::receiver::ReceiverOpts;
 use devd_tests::{Fixture, bin};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -495,27 +497,12 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     k.insert("namespace".into(), ns_name.into());
     let cfg_path = fx.root().join("receiver-in-alice.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
-    let data_dir = fx.root().join("receiver-alice-data");
-    let mut cmd = std::process::Command::new(bin("devd-receiver"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--data")
-    .arg(&data_dir)
-    .arg("--config")
-    .arg(&cfg_path)
-    .args([
-        "--git-remote",
-        &fx.origin_url(),
-        "--workspace",
-        &data["workspace"],
-    ])
-    .env("RUST_LOG", "info");
-    let _receiver = process::spawn(&mut cmd, fx.logs(), "devd-receiver");
+    let rx = fx.receiver_with(ReceiverOpts {
+        workspace: data["workspace"].clone(),
+        config: Some(cfg_path),
+        args: vec!["--http-listen".into(), "127.0.0.1:0".into()],
+        ..Default::default()
+    });
 
     // It publishes its pairing; the test then plays kubelet (the readiness
     // probe passes once published) and the cloud's load balancer.
@@ -523,12 +510,17 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     let published = eventually("the receiver publishes devd-pairing", || {
         rt.block_on(secrets.get_opt("devd-pairing")).unwrap()
     });
-    let pairing = Pairing::load(&data_dir.join("workspaces/alice/pairing.toml")).unwrap();
+    let pairing = Pairing::load(&rx.pairing_path()).unwrap();
     assert_eq!(
         devd_receiver::publish::pairing_of(&published).unwrap(),
         pairing,
         "the Secret carries the receiver's pairing"
     );
+    // Published, so ready: the readiness probe the test plays kubelet for.
+    let readyz = format!("http://{}/readyz", rx.http_addr());
+    eventually("the receiver is ready once published", || {
+        (http_get(&readyz).unwrap().0 == 200).then_some(())
+    });
     assert!(
         create.is_running(),
         "devd workspace create waits for the Deployment to be available"
@@ -614,5 +606,66 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
         std::fs::read_to_string(&local).unwrap(),
         text,
         "a failed create leaves devd.local.toml alone"
+    );
+}
+
+/// A receiver that cannot write its pairing Secret (here: its API server
+/// refuses connections) serves /healthz but is not ready, so its
+/// Deployment never turns available with the pairing missing, and it logs
+/// why and keeps trying.
+#[test]
+fn workspace_emulator_receiver_is_not_ready_until_its_pairing_is_published() {
+    let fx = Fixture::new();
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = fx.root().join("dead-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: dead\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: dead\n  user: {{}}\n\
+             contexts:\n- name: dead\n  context:\n    cluster: dead\n    user: dead\n    namespace: devd-alice\n\
+             current-context: dead\n"
+        ),
+    )
+    .unwrap();
+    let config = fx.root().join("receiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[build]\nbackend = \"none\"\n[kubernetes]\npairing_secret = \"devd-pairing\"\nkubeconfig = \"{}\"\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let rx = fx.receiver_with(ReceiverOpts {
+        workspace: "alice".into(),
+        config: Some(config),
+        args: vec!["--http-listen".into(), "127.0.0.1:0".into()],
+        ..Default::default()
+    });
+    let base = format!("http://{}", rx.http_addr());
+    assert_eq!(http_get(&format!("{base}/healthz")).unwrap().0, 200);
+    eventually("the receiver logs the failed publish", || {
+        rx.stderr()
+            .contains("cannot write the pairing Secret devd-alice/devd-pairing")
+            .then_some(())
+    });
+    // Still not ready after a retry or two.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        http_get(&format!("{base}/readyz")).unwrap().0,
+        503,
+        "ready without its pairing published"
+    );
+    assert!(
+        rx.stderr().matches("pairing not published").count() >= 2,
+        "it retries:\n{}",
+        rx.stderr()
     );
 }
