@@ -208,6 +208,7 @@ Examples:
   devd workspace create                   namespace devd-<user>, for 12h
   devd workspace create --name feat --ttl 2d   devd-<user>-feat, for 2 days
   devd workspace create --address 127.0.0.1:7447   dial a port-forward
+  devd workspace create --node-port       no LoadBalancer: a node's address and a nodePort
   devd workspace create --no-receiver     the namespace only")]
     Create {
         /// How long it lives: 12h, 90m, 2d, 1h30m.
@@ -228,6 +229,11 @@ Examples:
         /// Namespace to copy the devd-registry and devd-git Secrets from.
         #[arg(long, value_name = "NAMESPACE", default_value = "devd")]
         secrets_from: String,
+        /// Expose the receiver's QUIC Service as a NodePort (the cluster
+        /// picks the port; laptops dial a node's address) instead of a
+        /// LoadBalancer.
+        #[arg(long)]
+        node_port: bool,
     },
     /// List your workspaces with owner, expiry and time left.
     #[command(after_help = "\
@@ -314,6 +320,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 timeout,
                 address,
                 secrets_from,
+                node_port,
             } => {
                 crate::workspace::create(&crate::workspace::CreateOptions {
                     name,
@@ -322,6 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     timeout,
                     address,
                     secrets_from,
+                    node_port,
                 })
                 .await
             }

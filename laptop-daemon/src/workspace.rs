@@ -303,6 +303,8 @@ pub struct CreateOptions {
     pub address: Option<String>,
     /// `--secrets-from`: the namespace holding [`COPIED_SECRETS`].
     pub secrets_from: String,
+    /// `--node-port`: the QUIC Service as a NodePort, not a LoadBalancer.
+    pub node_port: bool,
 }
 
 /// `devd workspace create`.
@@ -387,6 +389,7 @@ pub async fn create(opts: &CreateOptions) -> anyhow::Result<()> {
         client,
         namespace: ns_name.clone(),
         workspace,
+        node_port: opts.node_port,
     };
     let paired = receiver
         .deploy_and_pair(objects, secrets, opts, timeout, &root)
@@ -495,6 +498,7 @@ struct Receiver {
     client: kube::Client,
     namespace: String,
     workspace: String,
+    node_port: bool,
 }
 
 /// What pairing wrote.
@@ -560,10 +564,14 @@ fn is_wildcard(address: &str) -> bool {
 /// label added, the RoleBinding's subject in it, the ConfigMap naming
 /// the workspace. Also the pairing Secret's name from the receiver's
 /// configuration.
+///
+/// With `node_port`, the QUIC Service becomes a NodePort whose port the
+/// cluster picks (a fixed one would collide between workspaces).
 fn prepare(
     objects: Vec<DynamicObject>,
     namespace: &str,
     workspace: &str,
+    node_port: bool,
 ) -> anyhow::Result<(Vec<DynamicObject>, String)> {
     let mut pairing_secret = None;
     let mut out = Vec::new();
@@ -576,6 +584,14 @@ fn prepare(
         labels.insert(LABEL_WORKSPACE.to_owned(), workspace.to_owned());
         labels.insert(LABEL_PART_OF.to_owned(), "devd".to_owned());
         match kind.as_str() {
+            "Service" if node_port && o.metadata.name.as_deref() == Some(QUIC_SERVICE) => {
+                o.data["spec"]["type"] = "NodePort".into();
+                if let Some(ports) = o.data["spec"]["ports"].as_array_mut() {
+                    for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
+                        p.remove("nodePort");
+                    }
+                }
+            }
             "RoleBinding" => {
                 if let Some(subjects) = o.data["subjects"].as_array_mut() {
                     for s in subjects {
@@ -621,7 +637,7 @@ impl Receiver {
     }
 
     fn prepare(&self, objects: Vec<DynamicObject>) -> anyhow::Result<(Vec<DynamicObject>, String)> {
-        prepare(objects, &self.namespace, &self.workspace)
+        prepare(objects, &self.namespace, &self.workspace, self.node_port)
     }
 
     async fn apply(&self, o: &DynamicObject) -> anyhow::Result<()> {
@@ -1091,7 +1107,8 @@ mod tests {
 
     #[test]
     fn the_compiled_in_receiver_is_prepared_for_the_namespace() {
-        let (objs, secret) = prepare(receiver_objects().unwrap(), "devd-alice", "alice").unwrap();
+        let (objs, secret) =
+            prepare(receiver_objects().unwrap(), "devd-alice", "alice", false).unwrap();
         assert_eq!(secret, "devd-pairing");
         let kinds: Vec<&str> = objs
             .iter()
@@ -1127,6 +1144,30 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn node_port_makes_the_quic_service_a_node_port_the_cluster_numbers() {
+        let (objs, _) = prepare(receiver_objects().unwrap(), "devd-alice", "alice", true).unwrap();
+        let quic = objs
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(QUIC_SERVICE))
+            .unwrap();
+        assert_eq!(quic.data["spec"]["type"], "NodePort");
+        for p in quic.data["spec"]["ports"].as_array().unwrap() {
+            assert!(p.get("nodePort").is_none(), "{p}");
+        }
+        let http = objs
+            .iter()
+            .find(|o| {
+                o.metadata.name.as_deref() == Some("devd-receiver")
+                    && o.types.as_ref().unwrap().kind == "Service"
+            })
+            .unwrap();
+        assert_eq!(
+            http.data["spec"]["type"], "ClusterIP",
+            "only the QUIC Service"
+        );
     }
 
     #[test]

@@ -340,7 +340,7 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     use devd_receiver::pairing::Pairing;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{
-        ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+        ConfigMap, Node, PersistentVolumeClaim, Secret, Service, ServiceAccount,
     };
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
@@ -607,6 +607,98 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
         text,
         "a failed create leaves devd.local.toml alone"
     );
+
+    // --node-port: the QUIC Service is a NodePort whose port the cluster
+    // numbers (the test plays the API server's allocation), and devd dials
+    // a node's ExternalIP at it.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "10.0.0.5"},
+            {"type": "ExternalIP", "address": "198.51.100.9"},
+        ]},
+    }))
+    .unwrap();
+    rt.block_on(nodes.create(&PostParams::default(), &node))
+        .unwrap();
+    let np_ns = "devd-alice-np";
+    let mut cmd = env.cmd(
+        "devd",
+        &[
+            "workspace",
+            "create",
+            "--name",
+            "np",
+            "--node-port",
+            "--timeout",
+            "60s",
+        ],
+    );
+    cmd.current_dir(fx.laptop());
+    let create = process::spawn(&mut cmd, fx.logs(), "devd-create-np");
+    let np_deployments: Api<Deployment> = Api::namespaced(client.clone(), np_ns);
+    let np_deployment = eventually("the np receiver's Deployment is applied", || {
+        rt.block_on(np_deployments.get_opt("devd-receiver"))
+            .unwrap()
+    });
+    let np_services: Api<Service> = Api::namespaced(client.clone(), np_ns);
+    let quic = rt.block_on(np_services.get("devd-receiver-quic")).unwrap();
+    let spec = quic.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    let mut ports = serde_json::to_value(spec.ports.unwrap()).unwrap();
+    for p in ports.as_array_mut().unwrap() {
+        assert!(p.get("nodePort").is_none(), "the cluster picks it: {p}");
+        p["nodePort"] = 31234.into();
+    }
+    rt.block_on(np_services.patch(
+        "devd-receiver-quic",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ports": ports}})),
+    ))
+    .unwrap();
+    let np_cms: Api<ConfigMap> = Api::namespaced(client.clone(), np_ns);
+    let np_workspace =
+        rt.block_on(np_cms.get(&config_name)).unwrap().data.unwrap()["workspace"].clone();
+    assert_eq!(np_workspace, "alice-np");
+    cfg["kubernetes"]
+        .as_table_mut()
+        .unwrap()
+        .insert("namespace".into(), np_ns.into());
+    let np_cfg = fx.root().join("receiver-in-alice-np.toml");
+    std::fs::write(&np_cfg, toml::to_string(&cfg).unwrap()).unwrap();
+    let np_rx = fx.receiver_with(ReceiverOpts {
+        workspace: np_workspace,
+        data: Some(fx.root().join("rx-np")),
+        config: Some(np_cfg),
+        ..Default::default()
+    });
+    let np_secrets: Api<Secret> = Api::namespaced(client.clone(), np_ns);
+    eventually("the np receiver publishes devd-pairing", || {
+        rt.block_on(np_secrets.get_opt("devd-pairing")).unwrap()
+    });
+    rt.block_on(np_deployments.patch_status(
+        "devd-receiver",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "observedGeneration": np_deployment.metadata.generation,
+            "conditions": [{"type": "Available", "status": "True"}],
+        }})),
+    ))
+    .unwrap();
+    let run = create.wait(Duration::from_secs(60));
+    assert!(run.success(), "{}", run.describe());
+    assert!(
+        run.stdout.contains("198.51.100.9:31234"),
+        "a node's ExternalIP and the nodePort:\n{}",
+        run.stdout
+    );
+    let written: toml::Table = toml::from_str(&std::fs::read_to_string(&local).unwrap()).unwrap();
+    let r = written["receiver"].as_table().unwrap();
+    assert_eq!(r["address"].as_str(), Some("198.51.100.9:31234"));
+    assert_eq!(r["workspace"].as_str(), Some("alice-np"));
+    assert_eq!(r["token"].as_str(), Some(np_rx.pairing().token.as_str()));
+    assert_eq!(written["notifications"]["enabled"].as_bool(), Some(false));
 }
 
 /// A receiver that cannot write its pairing Secret (here: its API server
