@@ -19,6 +19,10 @@ need an API server to do:
 - serves Namespaces, a cluster-scoped resource kmock's path parser reads
   as a namespace prefix: /api/v1/namespaces and /api/v1/namespaces/NAME
   (and its status and finalize subresources) are the Namespace objects.
+- serves devd's own custom resources as an install does (`kubectl apply -k
+  manifests/` applies the CRDs): every CustomResourceDefinition in
+  manifests/crd/ is registered (group, versions, plural, kind, scope), so
+  e.g. DevBuilds can be listed before the first one exists.
 
 It stays what kmock is otherwise: lists ignore label selectors, patches
 merge naively (lists replaced), and no controller runs — the test sets Job
@@ -162,6 +166,35 @@ class Emulator(kmock.KubernetesEmulator):
         return aiohttp.web.Response(text=text, content_type="text/plain")
 
 
+def _register_crds(emulator):
+    import pathlib
+
+    try:
+        import yaml  # PyYAML, which kubernetes-validate brings too
+    except ImportError:
+        sys.exit("launcher.py reads manifests/crd/ with PyYAML: pip install pyyaml "
+                 "(or kubernetes-validate, as scripts/test.sh does)")
+
+    crds = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "crd"
+    for path in sorted(crds.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec, names = doc["spec"], doc["spec"]["names"]
+            for version in spec["versions"]:
+                if not version.get("served", True):
+                    continue
+                emulator.resources[(spec["group"], version["name"], names["plural"])] = {
+                    "kind": names["kind"],
+                    "singular": names.get("singular", names["kind"].lower()),
+                    "namespaced": spec["scope"] == "Namespaced",
+                    "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+                    "shortnames": names.get("shortNames", []),
+                    "categories": names.get("categories", []),
+                    "subresources": sorted(version.get("subresources", {})),
+                }
+
+
 def _merge(into, changes):
     for k, v in changes.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
@@ -182,6 +215,7 @@ async def main():
 
     emulator = Emulator()
     emulator.resources.load_bundled()
+    _register_crds(emulator)
     async with emulator, kmock.Server(emulator, port=args.port or None) as server:
         print(f"listening on http://{server.host}:{server.port}", flush=True)
         await stop.wait()
