@@ -861,6 +861,7 @@ impl Receiver {
                     let host = self.node_address().await.with_context(|| {
                         format!("finding a node to reach nodePort {node_port} of Service {QUIC_SERVICE} on; pass --address NODE:{node_port} instead")
                     })?;
+                    self.align_tcp_node_port(&svc, port.port, node_port).await;
                     return Ok((
                         host_port(&host, node_port),
                         format!("a node and the nodePort of Service {QUIC_SERVICE}"),
@@ -868,6 +869,44 @@ impl Receiver {
                 }
                 _ => return fallback(),
             }
+        }
+    }
+
+    /// The TCP + TLS fallback listens on the QUIC port's number, so its
+    /// nodePort must be the UDP one's too; a cluster numbers the two
+    /// independently. Set it, or warn that only UDP reaches this workspace.
+    async fn align_tcp_node_port(&self, svc: &Service, port: i32, node_port: i32) {
+        let mut ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        let mut changed = false;
+        for p in ports.iter_mut() {
+            if p.protocol.as_deref() == Some("TCP")
+                && p.port == port
+                && p.node_port != Some(node_port)
+            {
+                p.node_port = Some(node_port);
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
+        let patch = serde_json::json!({"spec": {"ports": ports}});
+        match services
+            .patch(QUIC_SERVICE, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => println!(
+                "set the TCP fallback's nodePort of Service {QUIC_SERVICE} to {node_port}, the UDP one's"
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot give the TCP fallback of Service {QUIC_SERVICE} in {} nodePort {node_port} (the UDP one's): {e}; where UDP is blocked this workspace is unreachable",
+                self.namespace
+            ),
         }
     }
 

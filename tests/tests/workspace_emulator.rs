@@ -646,11 +646,20 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     let quic = rt.block_on(np_services.get("devd-receiver-quic")).unwrap();
     let spec = quic.spec.unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    // Numbered per protocol: UDP and the TCP fallback differ at first.
     let mut ports = serde_json::to_value(spec.ports.unwrap()).unwrap();
     for p in ports.as_array_mut().unwrap() {
         assert!(p.get("nodePort").is_none(), "the cluster picks it: {p}");
-        p["nodePort"] = 31234.into();
+        p["nodePort"] = if p["protocol"] == "UDP" { 31234 } else { 31999 }.into();
     }
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["protocol"] == "TCP"),
+        "the TCP fallback's port: {ports}"
+    );
     rt.block_on(np_services.patch(
         "devd-receiver-quic",
         &PatchParams::default(),
@@ -698,6 +707,16 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     assert_eq!(r["address"].as_str(), Some("198.51.100.9:31234"));
     assert_eq!(r["workspace"].as_str(), Some("alice-np"));
     assert_eq!(r["token"].as_str(), Some(np_rx.pairing().token.as_str()));
+    // The TCP fallback listens on the same number: its nodePort follows.
+    let quic = rt.block_on(np_services.get("devd-receiver-quic")).unwrap();
+    for p in quic.spec.unwrap().ports.unwrap() {
+        assert_eq!(p.node_port, Some(31234), "{p:?}");
+    }
+    assert!(
+        run.stdout.contains("TCP fallback's nodePort"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(written["notifications"]["enabled"].as_bool(), Some(false));
 }
 
