@@ -12,7 +12,10 @@
 //!   `Reused` (an image for the context digest existed: no build), and
 //!   `Failed` → `Failed` with the error. `Unchanged` (the context digest is
 //!   what runs already, nothing to build) deletes it. Statuses are merge
-//!   patches of the `/status` subresource.
+//!   patches of the `/status` subresource. A service's next build is
+//!   queued while one runs, so events of two builds interleave; each lands
+//!   on its own DevBuild, and a queued one that the running build's
+//!   snapshot covered (it never runs on its own) is deleted.
 //! - A failed write is logged and the build goes on; with the CRD not
 //!   installed (404) or not granted (403) the warning says what to do.
 //! - Garbage collection: after each creation, the workspace's DevBuilds of
@@ -28,7 +31,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -207,13 +210,45 @@ fn rfc3339(at_ms: u64) -> Option<String> {
 /// no such service any more).
 pub type Repositories = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// The DevBuild a service's build in progress is recorded in.
+/// The DevBuild a build not yet ended is recorded in.
 #[derive(Debug, Clone)]
 struct Open {
     name: String,
+    /// The generation that queued it.
+    generation: u64,
     /// The `Started` event's time, once started.
     started_ms: Option<u64>,
     context: Option<String>,
+}
+
+/// One service's DevBuilds not yet ended. The pipeline runs one build per
+/// service at a time and queues the next while it runs, so events of two
+/// builds interleave: `Queued` (next) can come between `Started` and
+/// `Built` (current).
+#[derive(Debug, Default)]
+struct Service {
+    /// Queued, oldest first. More than one when an edit queued a build
+    /// while the previous trigger was waiting for its snapshot; one
+    /// snapshot then covers both.
+    queued: VecDeque<Open>,
+    /// Started, not ended.
+    running: Option<Open>,
+    /// The last build ended well and its deploy runs: a `Failed` now is the
+    /// deploy's, not a build's.
+    deploying: bool,
+}
+
+impl Service {
+    /// The oldest queued build, which a snapshot of `generation` starts,
+    /// and the other queued ones that snapshot covers too.
+    fn take_covered(&mut self, generation: u64) -> (Option<Open>, Vec<Open>) {
+        let first = self.queued.pop_front();
+        let (covered, later): (VecDeque<Open>, VecDeque<Open>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|o| o.generation <= generation);
+        self.queued = later;
+        (first, covered.into())
+    }
 }
 
 /// Records one workspace's builds as DevBuild objects.
@@ -223,7 +258,7 @@ pub struct Recorder {
     workspace: String,
     keep: usize,
     repositories: Repositories,
-    open: HashMap<String, Open>,
+    open: HashMap<String, Service>,
     /// The last write failed (warn once, not per event).
     failing: bool,
 }
@@ -272,20 +307,24 @@ impl Recorder {
         let service = e.service.as_str();
         match &e.kind {
             EventKind::Queued => {
-                self.open.remove(service);
-                self.begin(e).await;
+                if let Some(open) = self.begin(e).await {
+                    self.service(service).queued.push_back(open);
+                }
             }
             EventKind::Started { context, tag } => {
-                if !self.open.contains_key(service) {
-                    // The Queued event was missed (the recorder lagged).
-                    self.begin(e).await;
-                }
-                let Some(open) = self.open.get_mut(service) else {
+                let (first, covered) = self.service(service).take_covered(e.generation);
+                self.delete_all(covered).await;
+                let open = match first {
+                    Some(o) => Some(o),
+                    // The Queued event was missed (the recorder lagged, or
+                    // the create failed): record the build from here.
+                    None => self.begin(e).await,
+                };
+                let Some(mut open) = open else {
                     return;
                 };
                 open.started_ms = Some(e.at_ms);
                 open.context = Some(context.clone());
-                let name = open.name.clone();
                 let status = DevBuildStatus {
                     phase: Some(Phase::Running),
                     built_generation: Some(e.generation),
@@ -294,10 +333,14 @@ impl Recorder {
                     start_time: rfc3339(e.at_ms),
                     ..Default::default()
                 };
+                let name = open.name.clone();
+                let svc = self.service(service);
+                svc.running = Some(open);
+                svc.deploying = false;
                 self.write_status(&name, &status).await;
             }
             EventKind::Reused { context, image } => {
-                let Some(open) = self.open.remove(service) else {
+                let Some(open) = self.end_running(service) else {
                     return;
                 };
                 let status = DevBuildStatus {
@@ -312,7 +355,7 @@ impl Recorder {
                 self.write_status(&open.name, &status).await;
             }
             EventKind::Built { image, duration_ms } => {
-                let Some(open) = self.open.remove(service) else {
+                let Some(open) = self.end_running(service) else {
                     return;
                 };
                 let status = DevBuildStatus {
@@ -330,11 +373,19 @@ impl Recorder {
                 self.write_status(&open.name, &status).await;
             }
             EventKind::Failed { error, .. } => {
-                // A deploy failure after Succeeded/Reused finds nothing open:
-                // the build itself went well.
-                let Some(open) = self.open.remove(service) else {
-                    return;
+                let svc = self.service(service);
+                let (open, covered) = match svc.running.take() {
+                    Some(o) => (o, Vec::new()),
+                    // The deploy after a build that went well: the
+                    // DevBuild stays as it ended.
+                    None if std::mem::take(&mut svc.deploying) => return,
+                    // Before Started: the context snapshot failed.
+                    None => match svc.take_covered(e.generation) {
+                        (Some(o), covered) => (o, covered),
+                        (None, _) => return,
+                    },
                 };
+                self.delete_all(covered).await;
                 let status = DevBuildStatus {
                     phase: Some(Phase::Failed),
                     job_name: open
@@ -349,20 +400,39 @@ impl Recorder {
                 self.write_status(&open.name, &status).await;
             }
             EventKind::Unchanged { .. } => {
-                if let Some(open) = self.open.remove(service) {
-                    self.delete(&open.name).await;
-                }
+                // Nothing to build: no build happened, no DevBuild stays.
+                let (first, covered) = self.service(service).take_covered(e.generation);
+                self.delete_all(first.into_iter().chain(covered).collect())
+                    .await;
             }
-            EventKind::Deployed { .. } => {}
+            EventKind::Deployed { .. } => {
+                self.service(service).deploying = false;
+            }
+        }
+    }
+
+    fn service(&mut self, name: &str) -> &mut Service {
+        self.open.entry(name.to_owned()).or_default()
+    }
+
+    /// The running build ended (its deploy comes next).
+    fn end_running(&mut self, service: &str) -> Option<Open> {
+        let svc = self.service(service);
+        let open = svc.running.take()?;
+        svc.deploying = true;
+        Some(open)
+    }
+
+    async fn delete_all(&mut self, builds: Vec<Open>) {
+        for b in builds {
+            self.delete(&b.name).await;
         }
     }
 
     /// Create the DevBuild of a newly queued build (phase Pending), then
     /// collect the service's old ones.
-    async fn begin(&mut self, e: &BuildEvent) {
-        let Some(repository) = (self.repositories)(&e.service) else {
-            return;
-        };
+    async fn begin(&mut self, e: &BuildEvent) -> Option<Open> {
+        let repository = (self.repositories)(&e.service)?;
         let name = object_name(&self.workspace, &e.service, e.generation, e.at_ms);
         let mut obj = DevBuild::new(
             &name,
@@ -375,22 +445,20 @@ impl Recorder {
         );
         obj.metadata.labels = Some(self.labels(&e.service));
         if !self.create(&obj).await {
-            return;
+            return None;
         }
-        self.open.insert(
-            e.service.clone(),
-            Open {
-                name: name.clone(),
-                started_ms: None,
-                context: None,
-            },
-        );
         let pending = DevBuildStatus {
             phase: Some(Phase::Pending),
             ..Default::default()
         };
         self.write_status(&name, &pending).await;
         self.collect_garbage(&e.service, &name).await;
+        Some(Open {
+            name,
+            generation: e.generation,
+            started_ms: None,
+            context: None,
+        })
     }
 
     fn labels(&self, service: &str) -> BTreeMap<String, String> {
@@ -684,6 +752,16 @@ mod request_shape_tests {
         }
     }
 
+    impl Recorder {
+        /// Builds recorded and not ended.
+        fn in_flight(&self) -> usize {
+            self.open
+                .values()
+                .map(|s| s.queued.len() + usize::from(s.running.is_some()))
+                .sum()
+        }
+    }
+
     fn recorder(keep: usize) -> (Recorder, Api) {
         let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let repositories: Repositories =
@@ -793,7 +871,7 @@ mod request_shape_tests {
             log_tail: Vec::new(),
         };
         let r = record_quietly(r, event("web", 5, T0 + 44_000, failed)).await;
-        assert!(!r.failing && r.open.is_empty());
+        assert!(!r.failing && r.in_flight() == 0);
     }
 
     #[tokio::test]
@@ -865,7 +943,123 @@ mod request_shape_tests {
             &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
         );
         let r = task.await.unwrap();
-        assert!(!r.failing && r.open.is_empty());
+        assert!(!r.failing && r.in_flight() == 0);
+    }
+
+    /// The pipeline queues a service's next build while one runs, and one
+    /// snapshot can cover two queued triggers: events of different builds
+    /// interleave, and each lands on its own DevBuild.
+    #[tokio::test]
+    async fn devbuild_request_shape_interleaved_builds_of_one_service() {
+        let (r, mut api) = recorder(20);
+        let name = |g: u64, at: u64| format!("alice-web-{g}-{}", T0 + at);
+        let built = |g: u64, at: u64| {
+            event(
+                "web",
+                g,
+                T0 + at,
+                EventKind::Built {
+                    image: IMAGE.into(),
+                    duration_ms: 100,
+                },
+            )
+        };
+        let failed = |g: u64, at: u64, error: &str| {
+            event(
+                "web",
+                g,
+                T0 + at,
+                EventKind::Failed {
+                    error: error.into(),
+                    log_tail: Vec::new(),
+                },
+            )
+        };
+        let deployed = |g: u64, at: u64| {
+            event(
+                "web",
+                g,
+                T0 + at,
+                EventKind::Deployed {
+                    image: IMAGE.into(),
+                    url: None,
+                    total_ms: 1,
+                },
+            )
+        };
+
+        // Build 1 runs; an edit queues build 2 meanwhile.
+        let task = record(r, event("web", 1, T0, EventKind::Queued));
+        api.queued(Vec::new()).await;
+        let r = task.await.unwrap();
+        let task = record(r, started(1, T0 + 10));
+        assert_eq!(api.status_patch(&name(1, 0)).await["phase"], "Running");
+        let r = task.await.unwrap();
+        let task = record(r, event("web", 2, T0 + 20, EventKind::Queued));
+        api.queued(Vec::new()).await;
+        let r = task.await.unwrap();
+        // Build 1 ends: its own DevBuild, not the queued one.
+        let task = record(r, built(1, 30));
+        assert_eq!(api.status_patch(&name(1, 0)).await["phase"], "Succeeded");
+        let r = task.await.unwrap();
+        let r = record_quietly(r, deployed(1, 40)).await;
+        let task = record(r, started(2, T0 + 50));
+        assert_eq!(api.status_patch(&name(2, 20)).await["phase"], "Running");
+        let r = task.await.unwrap();
+        let task = record(r, failed(2, 60, "build of web failed: Kaniko failed"));
+        let status = api.status_patch(&name(2, 20)).await;
+        assert_eq!(status["phase"], "Failed");
+        let r = task.await.unwrap();
+
+        // Two triggers queued before one snapshot (of generation 4) covers
+        // both: the older becomes that build, the other is deleted.
+        let task = record(r, event("web", 3, T0 + 100, EventKind::Queued));
+        api.queued(Vec::new()).await;
+        let r = task.await.unwrap();
+        let task = record(r, event("web", 4, T0 + 110, EventKind::Queued));
+        api.queued(Vec::new()).await;
+        let r = task.await.unwrap();
+        let task = record(r, started(4, T0 + 120));
+        let delete = api.next().await;
+        delete.expect(
+            Method::DELETE,
+            &format!(
+                "/apis/devd.dev/v1alpha1/namespaces/dev/devbuilds/{}",
+                name(4, 110)
+            ),
+            &[],
+        );
+        delete.reply(
+            200,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        );
+        let running = api.status_patch(&name(3, 100)).await;
+        assert_eq!(
+            (&running["phase"], &running["builtGeneration"]),
+            (&json!("Running"), &json!(4))
+        );
+        let r = task.await.unwrap();
+        let task = record(r, built(4, 130));
+        assert_eq!(api.status_patch(&name(3, 100)).await["phase"], "Succeeded");
+        let r = task.await.unwrap();
+
+        // Build 5 is queued while 4 deploys, and 4's deploy fails: that is
+        // not build 5's failure (nor 4's: its build went well).
+        let task = record(r, event("web", 5, T0 + 140, EventKind::Queued));
+        api.queued(Vec::new()).await;
+        let r = task.await.unwrap();
+        let r = record_quietly(r, failed(4, 150, "deploy of web failed: rollout")).await;
+        assert_eq!(r.in_flight(), 1, "build 5 still queued");
+        // Build 5's context snapshot fails before it starts.
+        let task = record(r, failed(5, 160, "cannot snapshot the build context"));
+        let status = api.status_patch(&name(5, 140)).await;
+        assert_eq!(
+            status,
+            json!({"phase": "Failed", "error": "cannot snapshot the build context",
+                   "completionTime": "2025-11-28T03:20:00.16Z"})
+        );
+        let r = task.await.unwrap();
+        assert!(!r.failing && r.in_flight() == 0);
     }
 
     fn stored(name: &str, workspace: &str, generation: u64, created: &str) -> Value {
@@ -926,7 +1120,7 @@ mod request_shape_tests {
                     "code": 404}),
         );
         let r = task.await.unwrap();
-        assert!(r.failing && r.open.is_empty());
+        assert!(r.failing && r.in_flight() == 0);
         // Started tries again (the CRD may have been installed since).
         let task = record(r, started(1, T0 + 10));
         let create = api.next().await;
