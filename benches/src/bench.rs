@@ -41,11 +41,14 @@ pub enum Scenario {
     Churn,
     /// Save → deployed with real builds ([`crate::deploy`]).
     Deploy,
+    /// A fresh workspace's boot with and without prebuilt images
+    /// ([`crate::boot`]).
+    Boot,
 }
 
 impl Scenario {
     /// All, in the order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Latency,
         Scenario::Bytes,
         Scenario::ColdStart,
@@ -53,12 +56,13 @@ impl Scenario {
         Scenario::Bulk,
         Scenario::Churn,
         Scenario::Deploy,
+        Scenario::Boot,
     ];
 
     /// Does it run on the generated repository (with rsync baselines)?
-    /// Scenario 7 runs on `examples/demo` instead.
+    /// Scenarios 7 and 8 run on `examples/demo` (and its copies) instead.
     pub fn uses_generated_repo(self) -> bool {
-        self != Scenario::Deploy
+        !matches!(self, Scenario::Deploy | Scenario::Boot)
     }
 
     /// Key in `results.json` and the table.
@@ -71,6 +75,7 @@ impl Scenario {
             Scenario::Bulk => "5 bulk change",
             Scenario::Churn => "6 churn (git checkout)",
             Scenario::Deploy => "7 save → deployed",
+            Scenario::Boot => "8 fresh workspace boot",
         }
     }
 }
@@ -99,6 +104,10 @@ pub struct Config {
     pub deploy_edits: usize,
     pub deploy_reverts: usize,
     pub deploy_registry: bool,
+    /// Scenario 8: repetitions of each variant, and whether the generated
+    /// 10-service repository boots too.
+    pub boot_reps: usize,
+    pub boot_large: bool,
     pub work: PathBuf,
     pub devd_bin: PathBuf,
     pub command: String,
@@ -127,6 +136,8 @@ impl Config {
                 deploy_edits: 5,
                 deploy_reverts: 2,
                 deploy_registry: false,
+                boot_reps: 1,
+                boot_large: false,
                 work,
                 devd_bin,
                 command,
@@ -151,6 +162,8 @@ impl Config {
                 deploy_edits: 15,
                 deploy_reverts: 5,
                 deploy_registry: true,
+                boot_reps: 3,
+                boot_large: true,
                 work,
                 devd_bin,
                 command,

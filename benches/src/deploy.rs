@@ -193,7 +193,7 @@ struct Outcome {
     variants: Vec<VariantRun>,
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .trim()
@@ -205,7 +205,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// `buildah --version; podman --version; runc --version` (first lines).
-fn tool_versions() -> String {
+pub(crate) fn tool_versions() -> String {
     ["buildah", "podman", "runc"]
         .iter()
         .filter_map(|t| {
@@ -218,12 +218,12 @@ fn tool_versions() -> String {
 }
 
 /// `examples/demo` in this source tree.
-fn demo_dir() -> PathBuf {
+pub(crate) fn demo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
 }
 
 /// The `devd-receiver` binary next to `devd`.
-fn receiver_bin(cfg: &Config) -> PathBuf {
+pub(crate) fn receiver_bin(cfg: &Config) -> PathBuf {
     cfg.devd_bin.parent().map_or_else(
         || PathBuf::from("devd-receiver"),
         |d| d.join("devd-receiver"),
@@ -346,7 +346,7 @@ fn measure(cfg: &Config, out: &mut Outcome) -> anyhow::Result<()> {
         let mut d = Devd::new(&cfg.devd_bin, &home, &laptop).with_env(env.env());
         let t = Instant::now();
         d.start()?;
-        let services = wait_all_deployed(&d)?;
+        let services = wait_all_deployed(&d, Duration::from_millis(100))?;
         run.startup_ms = Some(ms(t.elapsed()));
         let web = find(&services, SERVICE).context("devd status lists no web service")?;
         let url = web["url"]
@@ -443,11 +443,21 @@ fn measure(cfg: &Config, out: &mut Outcome) -> anyhow::Result<()> {
 
 /// A bare origin holding `examples/demo` as its first commit on `main`.
 fn make_origin(dir: &Path) -> anyhow::Result<PathBuf> {
+    make_origin_with(dir, "examples/demo", |seed| copy_dir(&demo_dir(), seed))
+}
+
+/// A bare origin (`dir/origin.git`) whose first commit on `main`
+/// (`message`) holds what `fill` writes into the (empty) seed worktree.
+pub(crate) fn make_origin_with(
+    dir: &Path,
+    message: &str,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
     let origin = dir.join("origin.git");
     let seed = dir.join("seed");
     git(dir, &["init", "-q", "--bare", "-b", "main", "origin.git"])?;
     git(dir, &["init", "-q", "-b", "main", "seed"])?;
-    copy_dir(&demo_dir(), &seed)?;
+    fill(&seed)?;
     let user = [
         "-c",
         "user.name=devd benches",
@@ -455,7 +465,7 @@ fn make_origin(dir: &Path) -> anyhow::Result<PathBuf> {
         "user.email=benches@devd.invalid",
     ];
     git(&seed, &["add", "-A"])?;
-    let commit: Vec<&str> = [&user[..], &["commit", "-q", "-m", "examples/demo"]].concat();
+    let commit: Vec<&str> = [&user[..], &["commit", "-q", "-m", message]].concat();
     git(&seed, &commit)?;
     git(
         &seed,
@@ -464,7 +474,7 @@ fn make_origin(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(origin)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
         let e = e?;
@@ -503,8 +513,9 @@ fn failure(s: &Value) -> String {
     )
 }
 
-/// Wait until every declared service is deployed; fail on a failed build.
-fn wait_all_deployed(d: &Devd) -> anyhow::Result<Vec<Value>> {
+/// Wait until every declared service is deployed, polling `devd status`
+/// every `poll`; fail on a failed build.
+pub(crate) fn wait_all_deployed(d: &Devd, poll: Duration) -> anyhow::Result<Vec<Value>> {
     let t = Instant::now();
     loop {
         let list = services(d)?;
@@ -517,7 +528,7 @@ fn wait_all_deployed(d: &Devd) -> anyhow::Result<Vec<Value>> {
         if t.elapsed() > Duration::from_secs(300) {
             bail!("not every service was deployed within 300 s: {list:?}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(poll);
     }
 }
 

@@ -75,6 +75,11 @@ impl Devd {
         serde_json::from_str(out.trim()).with_context(|| format!("parsing devd sync: {out}"))
     }
 
+    /// `devd ARGS…` in the repository (e.g. `prebuild`); its stdout.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        output(self.cmd().args(args)).with_context(|| format!("devd {}", args.join(" ")))
+    }
+
     /// The acknowledged generation.
     pub fn generation(&self) -> anyhow::Result<u64> {
         Ok(self.status()?["generation"].as_u64().unwrap_or(0))

@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use devd_benches::bench::{self, Bench, Config, Scenario};
-use devd_benches::{deploy, report};
+use devd_benches::{boot, deploy, report};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,8 @@ enum Which {
     Churn,
     /// 7: save → deployed (examples/demo, real buildah/podman builds).
     Deploy,
+    /// 8: a fresh workspace boots, without and with `devd prebuild`.
+    Boot,
 }
 
 /// devd end-to-end benchmarks, each with its baseline measured in the same run.
@@ -34,7 +36,7 @@ enum Which {
     about,
     after_help = "Build the binaries first: cargo build --release --bins\n\
                   Scenario 7 (deploy) also needs buildah, podman, runc, busybox-static and, for its\n\
-                  registry variant, docker-registry and devd-receiver.\n\
+                  registry variant, docker-registry and devd-receiver; scenario 8 (boot) needs all of them.\n\
                   Example: cargo run --release -p devd-benches -- all --quick --out target/bench-quick"
 )]
 struct Args {
@@ -72,6 +74,14 @@ struct Args {
     /// docker-registry) too; default: in full runs only.
     #[arg(long, value_name = "BOOL")]
     deploy_registry: Option<bool>,
+    /// Override how many times scenario 8 boots each variant (default: 1
+    /// quick, 3 full).
+    #[arg(long)]
+    boot_reps: Option<usize>,
+    /// Boot the generated 10-service repository in scenario 8 too; default:
+    /// in full runs only.
+    #[arg(long, value_name = "BOOL")]
+    boot_large: Option<bool>,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +105,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Bulk => [Scenario::Bulk].into(),
         Which::Churn => [Scenario::Churn].into(),
         Which::Deploy => [Scenario::Deploy].into(),
+        Which::Boot => [Scenario::Boot].into(),
     };
     let started = std::time::Instant::now();
     let devd_bin = match args.devd_bin {
@@ -139,6 +150,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(r) = args.deploy_registry {
         cfg.deploy_registry = r;
     }
+    if let Some(n) = args.boot_reps {
+        cfg.boot_reps = n.max(1);
+    }
+    if let Some(l) = args.boot_large {
+        cfg.boot_large = l;
+    }
     let on_repo: BTreeSet<Scenario> = which
         .iter()
         .copied()
@@ -148,6 +165,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if which.contains(&Scenario::Deploy) {
         deploy::check_tools(&cfg)?;
     }
+    if which.contains(&Scenario::Boot) {
+        boot::check_tools(&cfg)?;
+    }
     let mut results = if on_repo.is_empty() {
         bench::new_results(&cfg)
     } else {
@@ -155,6 +175,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if which.contains(&Scenario::Deploy) {
         deploy::run(&cfg, &mut results);
+    }
+    if which.contains(&Scenario::Boot) {
+        boot::run(&cfg, &mut results);
     }
     results.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()

@@ -52,8 +52,15 @@ pub fn targets(r: &Results) -> String {
 pub fn markdown(r: &Results, svg_name: &str) -> String {
     let m = &r.machine;
     let mut s = String::new();
-    let on_repo = r.rows.iter().any(|row| !row.scenario.starts_with('7'));
-    let deploy = r.rows.iter().any(|row| row.scenario.starts_with('7'));
+    // Scenarios 1–6 run on the generated repository; 7 and 8 on the demo.
+    let has = |first: &[char]| {
+        r.rows
+            .iter()
+            .any(|row| row.scenario.starts_with(|c| first.contains(&c)))
+    };
+    let on_repo = has(&['1', '2', '3', '4', '5', '6']);
+    let deploy = has(&['7']);
+    let boot = has(&['8']);
     if on_repo {
         let _ = writeln!(
             s,
@@ -74,10 +81,18 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
              encryption and ACKs included), rsync's are its `--stats` totals.\n\n",
         );
     } else {
+        let which: Vec<&str> = [
+            (deploy, "scenario 7, save → deployed"),
+            (boot, "scenario 8, fresh workspace boot"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         let _ = writeln!(
             s,
-            "## Benchmark results ({} run: scenario 7, save → deployed)\n",
-            r.mode
+            "## Benchmark results ({} run: {})\n",
+            r.mode,
+            which.join("; ")
         );
         s.push_str(
             "Ratio: how many times devd is better (or worse) than the baseline measured in the \
@@ -86,6 +101,10 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
     }
     if deploy {
         s.push_str(crate::deploy::NOTES);
+        s.push_str("\n\n");
+    }
+    if boot {
+        s.push_str(crate::boot::NOTES);
         s.push_str("\n\n");
     }
     s.push_str(&table(r));
