@@ -11,6 +11,9 @@
 //!   killed on drop.
 //! - [`http_get`]: a tiny blocking HTTP/1.0 client for what a deployed
 //!   container serves and for the registry API.
+//! - [`receiver_pushing_to`]: a `devd-receiver` whose local backend builds
+//!   in a [`ContainerEnv`] and pushes to a [`Registry`], paired with the
+//!   fixture's laptop.
 //!
 //! No base image can be pulled on these machines: [`ContainerEnv::build_busybox_base`]
 //! builds [`BUSYBOX_IMAGE`] from Debian's `busybox-static`, and the test
@@ -496,6 +499,35 @@ fn parse_podman_ps(json: &str) -> Result<Vec<ContainerInfo>> {
             })
         })
         .collect()
+}
+
+/// A `devd-receiver` started with `opts` whose local backend builds with
+/// `cenv`'s storage and looks up and pushes images in `registry`; the
+/// laptop's `devd.local.toml` points at it (with [`crate::FAST_SYNC`]).
+pub fn receiver_pushing_to<'a>(
+    fx: &'a crate::Fixture,
+    cenv: &ContainerEnv,
+    registry: &Registry,
+    opts: crate::ReceiverOpts,
+) -> crate::Receiver<'a> {
+    let config = fx.root().join(format!("receiver-{}.toml", opts.workspace));
+    std::fs::write(
+        &config,
+        format!(
+            "[build]\nbackend = \"local\"\nregistry = \"{}\"\ninsecure_registry = true\nconcurrency = 2\n",
+            registry.addr()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+    let mut env = cenv.env();
+    env.extend(opts.env.iter().cloned());
+    let rx = fx.receiver_with(crate::ReceiverOpts {
+        config: Some(config),
+        env,
+        ..opts
+    });
+    fx.write_local_config(&format!("{}{}", rx.config_toml(), crate::FAST_SYNC));
+    rx
 }
 
 /// Debian's `docker-registry` serving on a free loopback port, its data

@@ -4,7 +4,9 @@
 //! reports. The repository is `examples/demo` (web, api with a
 //! .dockerignore, greeter with a `shared/` input).
 
-use devd_tests::containers::{ContainerEnv, Registry, http_get, require_container_tools};
+use devd_tests::containers::{
+    ContainerEnv, Registry, http_get, receiver_pushing_to, require_container_tools,
+};
 use devd_tests::{Devd, FAST_SYNC, Fixture, ReceiverOpts, Service, wait_until};
 use std::time::Duration;
 
@@ -18,31 +20,6 @@ fn service(devd: &Devd<'_>, name: &str) -> Service {
     devd.status()
         .service(name)
         .unwrap_or_else(|| panic!("devd status lists no service {name:?}"))
-}
-
-/// A `devd-receiver` with the local backend pushing to `registry`, and the
-/// laptop's `devd.local.toml` pointing at it.
-fn receiver_pushing_to<'a>(
-    fx: &'a Fixture,
-    cenv: &ContainerEnv,
-    registry: &Registry,
-) -> devd_tests::Receiver<'a> {
-    let config = fx.root().join("receiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[build]\nbackend = \"local\"\nregistry = \"{}\"\ninsecure_registry = true\nconcurrency = 2\n",
-            registry.addr()
-        ),
-    )
-    .unwrap();
-    let rx = fx.receiver_with(ReceiverOpts {
-        config: Some(config),
-        env: cenv.env(),
-        ..Default::default()
-    });
-    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    rx
 }
 
 fn get(url: &str, path: &str) -> String {
@@ -60,7 +37,7 @@ fn local_backend_rebuilds_exactly_the_affected_services_reuses_images_and_keeps_
     let cenv = ContainerEnv::new(fx.root());
     cenv.build_busybox_base();
     let registry = Registry::start(fx.root(), fx.logs());
-    let _rx = receiver_pushing_to(&fx, &cenv, &registry);
+    let _rx = receiver_pushing_to(&fx, &cenv, &registry, ReceiverOpts::default());
     let devd = fx.devd().with_env(cenv.env());
     devd.start_wait();
 
@@ -292,7 +269,7 @@ fn edits_during_a_build_queue_exactly_one_follow_up_build_with_the_latest_state(
     let cenv = ContainerEnv::new(fx.root());
     cenv.build_busybox_base();
     let registry = Registry::start(fx.root(), fx.logs());
-    let _rx = receiver_pushing_to(&fx, &cenv, &registry);
+    let _rx = receiver_pushing_to(&fx, &cenv, &registry, ReceiverOpts::default());
     let devd = fx.devd().with_env(cenv.env());
     devd.start_wait();
     let web0 = devd.wait_service("web", "deployed", DEPLOY_TIMEOUT, |s| s.state == "deployed");

@@ -9,8 +9,10 @@
 use devd::transport::{Credentials, TransportMode, connect_link};
 use devd_protocol::message::{ClientMsg, ServerMsg};
 use devd_protocol::{BuildEvent, EventKind, PROTOCOL_VERSION};
-use devd_tests::containers::{ContainerEnv, Registry, http_get, require_container_tools};
-use devd_tests::{Devd, FAST_SYNC, Fixture, Receiver, ReceiverOpts};
+use devd_tests::containers::{
+    ContainerEnv, Registry, http_get, receiver_pushing_to, require_container_tools,
+};
+use devd_tests::{Devd, Fixture, Receiver, ReceiverOpts};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -84,32 +86,20 @@ impl EventLog {
     }
 }
 
-/// A receiver (workspace `workspace`, its own data) with the local backend
-/// looking up and pushing images in `registry`; the laptop paired with it.
+/// A receiver for workspace `workspace` with its own (empty) data, looking
+/// up and pushing images in `registry`; the laptop paired with it.
 fn fresh_workspace<'a>(
     fx: &'a Fixture,
     cenv: &ContainerEnv,
     registry: &Registry,
     workspace: &str,
 ) -> Receiver<'a> {
-    let config = fx.root().join(format!("receiver-{workspace}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[build]\nbackend = \"local\"\nregistry = \"{}\"\ninsecure_registry = true\nconcurrency = 2\n",
-            registry.addr()
-        ),
-    )
-    .unwrap();
-    let rx = fx.receiver_with(ReceiverOpts {
+    let opts = ReceiverOpts {
         workspace: workspace.into(),
         data: Some(fx.root().join(format!("rx-{workspace}"))),
-        config: Some(config),
-        env: cenv.env(),
         ..Default::default()
-    });
-    fx.write_local_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    rx
+    };
+    receiver_pushing_to(fx, cenv, registry, opts)
 }
 
 fn prebuild(devd: &Devd<'_>, registry: &Registry) -> Value {
