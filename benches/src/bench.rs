@@ -162,7 +162,7 @@ impl Config {
                 deploy_edits: 15,
                 deploy_reverts: 5,
                 deploy_registry: true,
-                boot_reps: 3,
+                boot_reps: 5,
                 boot_large: true,
                 work,
                 devd_bin,

@@ -75,7 +75,7 @@ struct Args {
     #[arg(long, value_name = "BOOL")]
     deploy_registry: Option<bool>,
     /// Override how many times scenario 8 boots each variant (default: 1
-    /// quick, 3 full).
+    /// quick, 5 full).
     #[arg(long)]
     boot_reps: Option<usize>,
     /// Boot the generated 10-service repository in scenario 8 too; default:
