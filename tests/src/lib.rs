@@ -12,6 +12,8 @@
 //!   expected overlay digest computed independently of devd.
 //! - [`content`]: deterministic bulk content (random bytes, text files).
 //! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
+//! - [`kube_cluster`]: a Kubernetes cluster played against that emulator
+//!   (kubelet, Kaniko, rollouts), with receiver and daemon on top.
 //! - [`containers`]: private buildah/podman storage per test, a local
 //!   `docker-registry`, a tiny HTTP client for what containers serve.
 //! - [`desktop`]: a private D-Bus session bus, Xvfb and dunst, and what
@@ -29,6 +31,7 @@ pub mod content;
 pub mod daemon;
 pub mod desktop;
 pub mod kmock;
+pub mod kube_cluster;
 pub mod process;
 pub mod receiver;
 pub mod repo;
