@@ -103,11 +103,16 @@ fn fresh_workspace<'a>(
 }
 
 fn prebuild(devd: &Devd<'_>, registry: &Registry) -> Value {
+    prebuild_into(devd, &registry.addr())
+}
+
+/// `devd prebuild --registry REGISTRY --insecure-registry --json`.
+fn prebuild_into(devd: &Devd<'_>, registry: &str) -> Value {
     let run = devd.run_timeout(
         &[
             "prebuild",
             "--registry",
-            &registry.addr(),
+            registry,
             "--insecure-registry",
             "--json",
         ],
@@ -259,4 +264,35 @@ fn prebuild_pushes_each_image_once_and_a_fresh_workspace_deploys_every_service_w
     ))
     .unwrap();
     assert!(body.contains("web v1, edited"), "{body}");
+}
+
+#[test]
+fn prebuild_into_a_registry_path_prefix_finds_its_images_the_second_time() {
+    require_container_tools();
+    let fx = Fixture::from_example("demo");
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let registry = Registry::start(fx.root(), fx.logs());
+    let devd = fx.devd().with_env(cenv.env());
+    // A team's prefix in a plain-HTTP registry: lookups must go to the
+    // registry host over HTTP too, or every run rebuilds everything.
+    let prefixed = format!("{}/team", registry.addr());
+    let first = prebuild_into(&devd, &prefixed);
+    assert_eq!(first["built"], 3, "{first}");
+    for (name, (_, image, tag)) in outcomes(&first) {
+        assert!(
+            image.starts_with(&format!("{prefixed}/demo/{name}@sha256:")),
+            "{image}"
+        );
+        assert!(
+            registry.has_tag(&format!("team/demo/{name}"), &tag),
+            "{name}"
+        );
+    }
+    let second = prebuild_into(&devd, &prefixed);
+    assert_eq!(
+        (second["built"].as_u64(), second["present"].as_u64()),
+        (Some(0), Some(3)),
+        "the second run did not find the images under the prefix: {second}"
+    );
 }

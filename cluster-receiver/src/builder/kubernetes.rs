@@ -522,7 +522,7 @@ impl KubernetesBackend {
     }
 
     fn registry_for(&self, repository: &str) -> Arc<RegistryClient> {
-        let host = repository.split('/').next().unwrap_or_default().to_owned();
+        let host = super::registry_host(repository).to_owned();
         let mut map = self.registries.lock().expect("registry clients");
         map.entry(host.clone())
             .or_insert_with(|| {

@@ -146,8 +146,10 @@ impl LocalBackend {
     /// A backend; nothing is checked until it is used.
     pub fn new(cfg: LocalConfig) -> Self {
         let registry = cfg.registry.as_ref().map(|r| {
+            // Keyed by host: a registry with a path prefix
+            // (`host:port/team`) is still spoken to over plain HTTP.
             let insecure = if cfg.insecure_registry {
-                vec![r.clone()]
+                vec![super::registry_host(r).to_owned()]
             } else {
                 Vec::new()
             };

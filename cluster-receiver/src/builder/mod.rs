@@ -153,6 +153,13 @@ pub fn has_registry_host(image: &str) -> bool {
     })
 }
 
+/// The registry host (`host[:port]`) of a registry or repository reference
+/// such as `127.0.0.1:5000/team/web`: what a plain-HTTP exception or a
+/// credential is keyed by (a path prefix is not part of it).
+pub fn registry_host(reference: &str) -> &str {
+    reference.split('/').next().unwrap_or(reference)
+}
+
 /// `repository` for `image` given an optional default registry: an image
 /// that names its registry is kept; otherwise it goes under `registry`
 /// (or under `localhost/` when there is none: local storage only).
@@ -181,6 +188,19 @@ mod tests {
         assert_eq!(
             qualify("r.example.com/x", Some("other:1")),
             "r.example.com/x"
+        );
+        assert_eq!(
+            qualify("demo/web", Some("127.0.0.1:5000/team/")),
+            "127.0.0.1:5000/team/demo/web"
+        );
+        assert_eq!(registry_host("127.0.0.1:5000/team"), "127.0.0.1:5000");
+        assert_eq!(
+            registry_host("127.0.0.1:5000/team/demo/web"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            registry_host("registry.example.com"),
+            "registry.example.com"
         );
         assert_eq!(tail("a\n\nb\nc\n", 2), ["b", "c"]);
     }
