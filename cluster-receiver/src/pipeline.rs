@@ -4,7 +4,8 @@
 //! - Affected services: a changed path under the service's context or one
 //!   of its inputs, a new or edited catalog entry, or (once, after start)
 //!   a service with nothing deployed.
-//! - Queue: builds share `concurrency` slots; each service has at most one
+//! - Queue: image builds share `concurrency` slots (lookups of existing
+//!   images and deploys do not wait for one); each service has at most one
 //!   build in flight and at most one queued behind it. Edits during a build
 //!   replace the queued one (superseded builds never run).
 //! - A build starts by copying the service's context out of the worktree
@@ -304,9 +305,6 @@ impl Pipeline {
             }) else {
                 return;
             };
-            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
-                return;
-            };
             self.build_once(&name, trigger).await;
         }
     }
@@ -441,6 +439,12 @@ impl Pipeline {
                 image
             }
             None => {
+                // Only image builds count against `[build] concurrency`:
+                // a reused image's lookup and every deploy run at once, so
+                // a fresh workspace of prebuilt images comes up in one round.
+                let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+                    return Err(Failure::new("the receiver is shutting down"));
+                };
                 let log = self.dir.join(name).join("build.log");
                 let _ = std::fs::write(&log, b"");
                 let started = Instant::now();
