@@ -12,6 +12,16 @@
 //! insecure_registry = true       # plain HTTP / no TLS verification
 //! bind = "127.0.0.1"             # local backend: address of service URLs
 //!
+//! [git]
+//! token_file = "/etc/devd/git/token"
+//!                                # read access token for http(s):// git
+//!                                # remotes, sent as HTTP Basic auth
+//!                                # `x-access-token:TOKEN` (GitHub, GitLab,
+//!                                # Gitea); read at every fetch, never
+//!                                # logged. --git-token-file /
+//!                                # DEVD_RECEIVER_GIT_TOKEN_FILE override it.
+//!                                # ssh:// remotes use ssh's own keys
+//!
 //! # Only with backend = "kubernetes". The receiver also needs
 //! # `--http-listen ADDR`: build pods download their context from it.
 //! [kubernetes]
@@ -175,12 +185,22 @@ pub struct KubernetesConfig {
     pub pairing_secret: Option<String>,
 }
 
+/// `[git]`: how the receiver reaches the git remote.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// File holding the token for `http(s)://` remotes.
+    pub token_file: Option<PathBuf>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverConfig {
     #[serde(default)]
     pub build: BuildConfig,
+    #[serde(default)]
+    pub git: GitConfig,
     pub kubernetes: Option<KubernetesConfig>,
 }
 

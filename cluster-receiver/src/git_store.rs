@@ -3,7 +3,12 @@
 //!
 //! [`read_tree`] and [`read_blob`] work on any `gix` repository. [`GitStore`]
 //! is a bare repository owned by the receiver into which base commits are
-//! fetched one at a time, shallowly (depth 1), from a fixed remote URL.
+//! fetched one at a time, shallowly (depth 1), from a fixed remote URL:
+//! `file://`, `ssh://` (credentials from ssh's own configuration),
+//! `git://`, or `http(s)://` with an optional token read from a file
+//! ([`GitStore::with_token_file`]) and sent as HTTP Basic auth
+//! `x-access-token:TOKEN`. Neither the token nor credentials in the URL
+//! ever appear in logs or errors ([`redact_url`]).
 
 use devd_protocol::{CommitId, GitOid, RelPath};
 use gix::bstr::ByteSlice;
@@ -45,13 +50,28 @@ pub enum GitError {
     )]
     Store { dir: PathBuf, detail: String },
     #[error(
-        "invalid remote URL {url:?}: {detail}; configure a URL such as file:///path/to/origin.git or ssh://host/repo.git"
+        "invalid remote URL {url:?}: {detail}; configure a URL such as file:///path/to/origin.git, ssh://host/repo.git or https://host/repo.git"
     )]
     InvalidUrl { url: String, detail: String },
+    #[error(
+        "cannot read the git token file {} for remote {url}: {detail}; mount the token there (the `token` key of the devd-git Secret) or remove [git] token_file / DEVD_RECEIVER_GIT_TOKEN_FILE",
+        path.display()
+    )]
+    TokenFile {
+        path: PathBuf,
+        url: String,
+        detail: String,
+    },
     #[error(
         "remote {url} is unreachable or denied access while fetching commit {commit}: {detail}; check the remote URL, the network and the credentials of the receiver"
     )]
     RemoteUnreachable {
+        url: String,
+        commit: CommitId,
+        detail: String,
+    },
+    #[error("remote {url} denied access while fetching commit {commit}: {detail}")]
+    AccessDenied {
         url: String,
         commit: CommitId,
         detail: String,
@@ -261,7 +281,57 @@ pub struct GitStore {
     repo: gix::ThreadSafeRepository,
     dir: PathBuf,
     remote_url: String,
+    /// File holding the HTTP token, read at every fetch (a rotated Secret
+    /// takes effect without a restart).
+    token_file: Option<PathBuf>,
     fetch_lock: Mutex<()>,
+}
+
+/// `url` with any userinfo (`user:password@`) replaced by `***@`, for logs
+/// and error messages. Works on scp-like ssh URLs too (`user@host:path`
+/// keeps its user: no secret there).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            // `ssh://git@host/..`: a user name alone is not a secret.
+            if !userinfo.contains(':') && !url.starts_with("http") {
+                return url.to_owned();
+            }
+            format!("{}***@{}", &url[..scheme_end + 3], &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The password of `scheme://user:password@host/..`, if any.
+fn url_password(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+fn is_http(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// The `Authorization` header carrying `token` as HTTP Basic auth with the
+/// user `x-access-token` (accepted by GitHub, GitLab and Gitea; other
+/// servers ignore the user name of a token).
+fn basic_auth_header(token: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+    )
 }
 
 /// Server messages (and gix wording) meaning "the wanted object does not exist".
@@ -281,8 +351,8 @@ impl GitStore {
     /// Open the bare repository at `dir`, creating it (and `dir`) if absent.
     pub fn open_or_init(dir: &Path, remote_url: &str) -> Result<Self, GitError> {
         gix::url::parse(remote_url.as_bytes().as_bstr()).map_err(|e| GitError::InvalidUrl {
-            url: remote_url.to_owned(),
-            detail: e.to_string(),
+            url: redact_url(remote_url),
+            detail: e.to_string().replace(remote_url, &redact_url(remote_url)),
         })?;
         let store_err = |detail: String| GitError::Store {
             dir: dir.to_path_buf(),
@@ -323,8 +393,43 @@ impl GitStore {
             repo,
             dir: dir.to_path_buf(),
             remote_url: remote_url.to_owned(),
+            token_file: None,
             fetch_lock: Mutex::new(()),
         })
+    }
+
+    /// Send the token in `path` (trimmed) to `http(s)://` remotes. The file
+    /// is read at every fetch; a missing or empty file fails the fetch. It
+    /// is checked once here so that a wrong path stops the start.
+    pub fn with_token_file(mut self, path: Option<PathBuf>) -> Result<Self, GitError> {
+        if let Some(p) = &path {
+            self.read_token(p)?;
+            if !is_http(&self.remote_url) {
+                tracing::warn!(
+                    url = %redact_url(&self.remote_url),
+                    "a git token file is configured but the remote is not http(s)://; the token is not used"
+                );
+            }
+        }
+        self.token_file = path;
+        Ok(self)
+    }
+
+    fn read_token(&self, path: &Path) -> Result<String, GitError> {
+        let err = |detail: String| GitError::TokenFile {
+            path: path.to_path_buf(),
+            url: redact_url(&self.remote_url),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(err("the file is empty".into()));
+        }
+        if token.contains(['\r', '\n']) {
+            return Err(err("the token spans several lines".into()));
+        }
+        Ok(token.to_owned())
     }
 
     /// The URL base commits are fetched from.
@@ -354,26 +459,88 @@ impl GitStore {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let url = self.remote_url.clone();
+        // The URL as shown in errors and logs.
+        let url = redact_url(&self.remote_url);
+        let http = is_http(&self.remote_url);
+        if http {
+            // reqwest's rustls has no provider of its own (no aws-lc-rs):
+            // it uses the process-wide ring provider.
+            crate::server::install_crypto();
+        }
+        let token = match &self.token_file {
+            Some(p) if http => Some(self.read_token(p)?),
+            _ => None,
+        };
+        // gix's messages may quote the URL or (never seen, but cheap to
+        // rule out) a header: scrub both secrets from every detail.
+        let url_password = url_password(&self.remote_url);
+        let scrub = |detail: String| {
+            let mut d = detail.replace(self.remote_url.as_str(), &url);
+            for secret in [token.as_deref(), url_password.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                d = d.replace(secret, "***");
+            }
+            d
+        };
         let repo = self.repo();
         let hex = c.to_hex();
         let refspec = format!("+{hex}:refs/devd/base/{hex}");
-        let unreachable = |e: gix::Error| GitError::RemoteUnreachable {
-            url: url.clone(),
-            commit: c,
-            detail: describe(&e),
+        let denied_hint = if token.is_some() {
+            "the remote rejected the token (HTTP 401): check that the token in the git token file is valid, not expired, and grants read access to this repository"
+        } else {
+            "the remote requires authentication (HTTP 401) and no token is configured: set [git] token_file (or DEVD_RECEIVER_GIT_TOKEN_FILE) to a file holding a read-only access token"
+        };
+        let unreachable = |e: gix::Error| {
+            let detail = scrub(describe(&e));
+            if detail.contains(denied_hint) {
+                GitError::AccessDenied {
+                    url: url.clone(),
+                    commit: c,
+                    detail: denied_hint.to_owned(),
+                }
+            } else {
+                GitError::RemoteUnreachable {
+                    url: url.clone(),
+                    commit: c,
+                    detail,
+                }
+            }
         };
         let remote = repo
-            .remote_at(url.as_str())
+            .remote_at(self.remote_url.as_str())
             .and_then(|r| r.with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch))
             .map_err(|e| GitError::InvalidUrl {
                 url: url.clone(),
-                detail: describe(&e),
+                detail: scrub(describe(&e)),
             })?
             .with_fetch_tags(gix::remote::fetch::Tags::None);
-        let connection = remote
+        let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(unreachable)?;
+        // Never run git credential helpers or prompt (the receiver has no
+        // terminal): the token file is the only source of credentials, so
+        // a 401 ends the fetch with a message saying what to fix.
+        connection.set_credentials(move |action| match action {
+            gix::credentials::helper::Action::Get(_) => {
+                Err(gix::error::unauthenticated(denied_hint).into())
+            }
+            _ => Ok(None),
+        });
+        if let Some(t) = &token {
+            let mut opts = repo
+                .transport_options(self.remote_url.as_str(), None)
+                .map_err(unreachable)?
+                .and_then(|o| {
+                    o.downcast::<gix::protocol::transport::client::blocking_io::http::Options>()
+                        .ok()
+                })
+                .map(|o| *o)
+                .unwrap_or_default();
+            opts.extra_headers.push(basic_auth_header(t));
+            connection = connection.with_transport_options(Box::new(opts));
+        }
         let prepare = connection
             .prepare_fetch(
                 gix::progress::Discard,
@@ -385,9 +552,15 @@ impl GitStore {
             .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
             .receive(gix::progress::Discard, &interrupt)
             .map_err(|e| {
-                let detail = describe(&e);
+                let detail = scrub(describe(&e));
                 let lower = detail.to_lowercase();
-                if NOT_FOUND_MARKERS.iter().any(|m| lower.contains(m)) {
+                if detail.contains(denied_hint) {
+                    GitError::AccessDenied {
+                        url: url.clone(),
+                        commit: c,
+                        detail: denied_hint.to_owned(),
+                    }
+                } else if NOT_FOUND_MARKERS.iter().any(|m| lower.contains(m)) {
                     GitError::CommitNotOnRemote {
                         url: url.clone(),
                         commit: c,
@@ -417,7 +590,7 @@ impl GitStore {
         };
         tracing::info!(
             commit = %c,
-            url = %self.remote_url,
+            url = %url,
             objects = received,
             ms = started.elapsed().as_millis() as u64,
             "fetched base commit"
@@ -776,6 +949,75 @@ mod tests {
             GitStore::open_or_init(&o.work.join("dir"), &o.url),
             Err(GitError::Store { .. })
         ));
+    }
+
+    /// Errors of http(s) fetches name the remote but never the token nor a
+    /// password in the URL. Port 1 on loopback refuses connections; the
+    /// https case also builds the TLS client (rustls with ring, no
+    /// aws-lc-rs).
+    #[test]
+    fn http_fetch_errors_hide_the_token_and_url_credentials() {
+        let o = origin();
+        let token_file = o.root.join("token");
+        std::fs::write(&token_file, "tok-SECRET-1\n").unwrap();
+        for (i, url) in [
+            "http://127.0.0.1:1/origin.git",
+            "https://127.0.0.1:1/origin.git",
+            "http://x-access-token:PW-SECRET-2@127.0.0.1:1/origin.git",
+            "https://x-access-token:PW-SECRET-2@127.0.0.1:1/origin.git",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let store = GitStore::open_or_init(&o.root.join(format!("s{i}")), url)
+                .unwrap()
+                .with_token_file(Some(token_file.clone()))
+                .unwrap();
+            let err = store.fetch_commit(o.commits[1]).unwrap_err();
+            let msg = format!("{err} {err:?}");
+            assert!(
+                matches!(err, GitError::RemoteUnreachable { .. }),
+                "{url}: {msg}"
+            );
+            assert!(msg.contains(&redact_url(url)), "{url}: {msg}");
+            assert!(!msg.contains("SECRET"), "{url}: {msg}");
+        }
+        // A missing token file stops the start, naming the file.
+        let err = GitStore::open_or_init(&o.root.join("s9"), "https://h/a.git")
+            .unwrap()
+            .with_token_file(Some(o.root.join("no-such-token")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-token"), "{err}");
+    }
+
+    #[test]
+    fn redact_url_hides_credentials_only() {
+        for (url, want) in [
+            (
+                "https://user:s3cret@git.example/a.git",
+                "https://***@git.example/a.git",
+            ),
+            (
+                "https://s3cret@git.example:8443/a.git",
+                "https://***@git.example:8443/a.git",
+            ),
+            ("http://127.0.0.1:9/a.git", "http://127.0.0.1:9/a.git"),
+            ("https://git.example/a@b.git", "https://git.example/a@b.git"),
+            ("ssh://git@host/repo.git", "ssh://git@host/repo.git"),
+            ("ssh://git:pw@host/repo.git", "ssh://***@host/repo.git"),
+            ("git@host:repo.git", "git@host:repo.git"),
+            ("file:///srv/origin.git", "file:///srv/origin.git"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        assert_eq!(
+            url_password("https://u:p%40ss@h/a.git").as_deref(),
+            Some("p%40ss")
+        );
+        assert_eq!(url_password("https://tok@h/a.git"), None);
+        let h = basic_auth_header("tok");
+        assert_eq!(h, "Authorization: Basic eC1hY2Nlc3MtdG9rZW46dG9r");
     }
 
     #[test]

@@ -40,6 +40,11 @@ enum Cmd {
         /// Git remote the base commits are fetched from (for --workspace).
         #[arg(long, env = "DEVD_RECEIVER_GIT_REMOTE")]
         git_remote: Option<String>,
+        /// File holding a read access token for http(s):// git remotes
+        /// (sent as HTTP Basic auth `x-access-token:TOKEN`); overrides
+        /// `[git] token_file` of --config.
+        #[arg(long, env = "DEVD_RECEIVER_GIT_TOKEN_FILE")]
+        git_token_file: Option<PathBuf>,
         /// Name of the workspace served with --git-remote.
         #[arg(long, env = "DEVD_RECEIVER_WORKSPACE", default_value = "default")]
         workspace: String,
@@ -177,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             no_tcp,
             advertise,
             git_remote,
+            git_token_file,
             workspace,
             also,
             max_connections,
@@ -185,11 +191,17 @@ async fn main() -> anyhow::Result<()> {
             http_listen,
         } => {
             init_tracing(json_logs);
+            let cfg = match &config {
+                Some(p) => devd_receiver::config::ReceiverConfig::load(p)?,
+                None => Default::default(),
+            };
+            let git_token_file = git_token_file.or_else(|| cfg.git.token_file.clone());
             let mut workspaces = Vec::new();
             if let Some(remote) = git_remote {
                 workspaces.push(WorkspaceSpec {
                     name: workspace,
                     git_remote: remote,
+                    git_token_file: git_token_file.clone(),
                 });
             }
             for a in also {
@@ -199,16 +211,13 @@ async fn main() -> anyhow::Result<()> {
                 workspaces.push(WorkspaceSpec {
                     name: name.into(),
                     git_remote: remote.into(),
+                    git_token_file: git_token_file.clone(),
                 });
             }
             anyhow::ensure!(
                 !workspaces.is_empty(),
                 "no workspace: pass --git-remote URL (and optionally --workspace NAME)"
             );
-            let cfg = match &config {
-                Some(p) => devd_receiver::config::ReceiverConfig::load(p)?,
-                None => Default::default(),
-            };
             let cancel = CancellationToken::new();
             let mut ops = None;
             let http = match http_listen {

@@ -17,6 +17,9 @@ use tokio_util::task::TaskTracker;
 pub struct WorkspaceSpec {
     pub name: String,
     pub git_remote: String,
+    /// File holding the token sent to an `http(s)://` git remote (HTTP
+    /// Basic auth, user `x-access-token`); read at every fetch.
+    pub git_token_file: Option<PathBuf>,
 }
 
 /// How to run a receiver.
@@ -157,8 +160,16 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
     };
     let mut registry = Registry::new();
     for w in &opts.workspaces {
-        let (d, name, remote) = (data.clone(), w.name.clone(), w.git_remote.clone());
-        let ws = tokio::task::spawn_blocking(move || Workspace::open(&d, &name, &remote)).await??;
+        let (d, name, remote, token) = (
+            data.clone(),
+            w.name.clone(),
+            w.git_remote.clone(),
+            w.git_token_file.clone(),
+        );
+        let ws = tokio::task::spawn_blocking(move || {
+            Workspace::open(&d, &name, &remote, token.as_deref())
+        })
+        .await??;
         let ws = Arc::new(ws);
         if let Some(b) = &opts.builds {
             let p = crate::pipeline::Pipeline::start(&ws, b.backend.clone(), b.concurrency).await;

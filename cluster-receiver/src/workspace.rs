@@ -150,7 +150,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Workspace {
     /// Open (creating on first use) workspace `name` under `data_dir`, and
     /// finish any apply a crash interrupted. Blocking.
-    pub fn open(data_dir: &Path, name: &str, git_remote: &str) -> Result<Self, WorkspaceError> {
+    /// `git_token_file`: the HTTP token for an `http(s)://` remote.
+    pub fn open(
+        data_dir: &Path,
+        name: &str,
+        git_remote: &str,
+        git_token_file: Option<&Path>,
+    ) -> Result<Self, WorkspaceError> {
         let dir = data_dir.join("workspaces").join(name);
         let io = |source| WorkspaceError::Io {
             name: name.to_owned(),
@@ -172,7 +178,10 @@ impl Workspace {
         let mut ws = Self {
             name: name.to_owned(),
             token,
-            git: Arc::new(GitStore::open_or_init(&dir.join("repo.git"), git_remote)?),
+            git: Arc::new(
+                GitStore::open_or_init(&dir.join("repo.git"), git_remote)?
+                    .with_token_file(git_token_file.map(Path::to_path_buf))?,
+            ),
             blobs: BlobStore::open(&dir.join("blobs"))?,
             journal: Journal::new(&dir),
             worktree: Worktree {

@@ -126,6 +126,9 @@ async fn resolve_target(
             workspaces: vec![devd_receiver::WorkspaceSpec {
                 name: "local".into(),
                 git_remote: remote,
+                // The laptop's own credentials are not the receiver's: a
+                // private https origin falls back to uploading the base.
+                git_token_file: None,
             }],
             max_connections: 8,
             // The embedded receiver is on loopback: QUIC always gets through.

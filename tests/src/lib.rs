@@ -8,6 +8,8 @@
 //! - [`repo`]: the git fixture (bare origin + laptop clone) and file helpers.
 //! - [`daemon`]: driving the `devd` CLI (start, sync, status, stop).
 //! - [`receiver`]: a separate `devd-receiver serve` process.
+//! - [`git_http`]: a smart-HTTP git server (`git http-backend`) on loopback
+//!   that requires a token.
 //! - [`worktree`]: snapshots of worktrees, their comparison, and the
 //!   expected overlay digest computed independently of devd.
 //! - [`content`]: deterministic bulk content (random bytes, text files).
@@ -30,6 +32,7 @@ pub mod containers;
 pub mod content;
 pub mod daemon;
 pub mod desktop;
+pub mod git_http;
 pub mod kmock;
 pub mod kube_cluster;
 pub mod process;
