@@ -398,38 +398,52 @@ impl GitStore {
         })
     }
 
-    /// Send the token in `path` (trimmed) to `http(s)://` remotes. The file
-    /// is read at every fetch; a missing or empty file fails the fetch. It
-    /// is checked once here so that a wrong path stops the start.
+    /// Send the token in `path` (trimmed) to `http(s)://` remotes; other
+    /// remotes ignore it. The file is read at every fetch; an empty or
+    /// missing file means no token (like an empty deploy key: public
+    /// repositories, or laptops upload the base; a Secret without the
+    /// `token` key mounts no file), and a 401 then names the file. An
+    /// unreadable file stops the start.
     pub fn with_token_file(mut self, path: Option<PathBuf>) -> Result<Self, GitError> {
-        if let Some(p) = &path {
-            self.read_token(p)?;
-            if !is_http(&self.remote_url) {
-                tracing::warn!(
-                    url = %redact_url(&self.remote_url),
-                    "a git token file is configured but the remote is not http(s)://; the token is not used"
-                );
-            }
+        if let Some(p) = &path
+            && is_http(&self.remote_url)
+        {
+            let token = self.read_token(p)?;
+            tracing::info!(
+                url = %redact_url(&self.remote_url),
+                token_file = %p.display(),
+                "{}",
+                if token.is_some() {
+                    "git remote: sending the token from the token file"
+                } else {
+                    "git remote: the token file is missing or empty, no token is sent"
+                }
+            );
         }
         self.token_file = path;
         Ok(self)
     }
 
-    fn read_token(&self, path: &Path) -> Result<String, GitError> {
+    /// The token in `path`; `None` if the file is empty or absent.
+    fn read_token(&self, path: &Path) -> Result<Option<String>, GitError> {
         let err = |detail: String| GitError::TokenFile {
             path: path.to_path_buf(),
             url: redact_url(&self.remote_url),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
         let token = text.trim();
         if token.is_empty() {
-            return Err(err("the file is empty".into()));
+            return Ok(None);
         }
         if token.contains(['\r', '\n']) {
             return Err(err("the token spans several lines".into()));
         }
-        Ok(token.to_owned())
+        Ok(Some(token.to_owned()))
     }
 
     /// The URL base commits are fetched from.
@@ -468,7 +482,7 @@ impl GitStore {
             crate::server::install_crypto();
         }
         let token = match &self.token_file {
-            Some(p) if http => Some(self.read_token(p)?),
+            Some(p) if http => self.read_token(p)?,
             _ => None,
         };
         // gix's messages may quote the URL or (never seen, but cheap to
@@ -487,11 +501,18 @@ impl GitStore {
         let repo = self.repo();
         let hex = c.to_hex();
         let refspec = format!("+{hex}:refs/devd/base/{hex}");
-        let denied_hint = if token.is_some() {
-            "the remote rejected the token (HTTP 401): check that the token in the git token file is valid, not expired, and grants read access to this repository"
-        } else {
-            "the remote requires authentication (HTTP 401) and no token is configured: set [git] token_file (or DEVD_RECEIVER_GIT_TOKEN_FILE) to a file holding a read-only access token"
+        let denied_hint = match (&token, &self.token_file) {
+            (Some(_), Some(p)) => format!(
+                "the remote rejected the token (HTTP 401): check that the token in {} is valid, not expired, and grants read access to this repository",
+                p.display()
+            ),
+            (None, Some(p)) => format!(
+                "the remote requires authentication (HTTP 401) and the git token file {} is missing or empty: put a read-only access token there (the `token` key of the devd-git Secret)",
+                p.display()
+            ),
+            _ => "the remote requires authentication (HTTP 401) and no token is configured: set [git] token_file (or DEVD_RECEIVER_GIT_TOKEN_FILE) to a file holding a read-only access token".to_owned(),
         };
+        let denied_hint = denied_hint.as_str();
         let unreachable = |e: gix::Error| {
             let detail = scrub(describe(&e));
             if detail.contains(denied_hint) {
@@ -522,9 +543,10 @@ impl GitStore {
         // Never run git credential helpers or prompt (the receiver has no
         // terminal): the token file is the only source of credentials, so
         // a 401 ends the fetch with a message saying what to fix.
+        let hint = denied_hint.to_owned();
         connection.set_credentials(move |action| match action {
             gix::credentials::helper::Action::Get(_) => {
-                Err(gix::error::unauthenticated(denied_hint).into())
+                Err(gix::error::unauthenticated(hint.clone()).into())
             }
             _ => Ok(None),
         });
@@ -982,13 +1004,30 @@ mod tests {
             assert!(msg.contains(&redact_url(url)), "{url}: {msg}");
             assert!(!msg.contains("SECRET"), "{url}: {msg}");
         }
-        // A missing token file stops the start, naming the file.
+        // An unreadable token file stops the start, naming the file.
         let err = GitStore::open_or_init(&o.root.join("s9"), "https://h/a.git")
             .unwrap()
-            .with_token_file(Some(o.root.join("no-such-token")))
+            .with_token_file(Some(o.root.clone()))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no-such-token"), "{err}");
+        assert!(
+            err.contains("token file") && err.contains(&o.root.display().to_string()),
+            "{err}"
+        );
+        // Other remotes ignore it; an empty file means no token.
+        GitStore::open_or_init(&o.root.join("s10"), &o.url)
+            .unwrap()
+            .with_token_file(Some(o.root.join("no-such-token")))
+            .unwrap()
+            .fetch_commit(o.commits[1])
+            .unwrap();
+        std::fs::write(&token_file, "\n").unwrap();
+        for f in [token_file, o.root.join("no-such-token")] {
+            GitStore::open_or_init(&o.root.join("s11"), "https://h/a.git")
+                .unwrap()
+                .with_token_file(Some(f))
+                .unwrap();
+        }
     }
 
     #[test]

@@ -179,3 +179,43 @@ fn a_rejected_token_is_reported_without_the_token_and_the_laptop_uploads_the_bas
     );
     assert!(!store_has(&rx, &status.base));
 }
+
+/// No token at all (the file is configured but absent, as when the Secret
+/// has no `token` key): the receiver never prompts or runs credential
+/// helpers; the fetch fails at once, naming the remote and the file.
+#[test]
+fn a_missing_token_is_reported_naming_the_file() {
+    let fx = Fixture::new();
+    let server = serve_origin(&fx);
+    let url = server.url("origin.git");
+    let token_file = fx.root().join("no-such-token");
+    let rx = Receiver::start(
+        &fx,
+        ReceiverOpts {
+            git_remote: Some(url.clone()),
+            args: vec!["--git-token-file".into(), token_file.display().to_string()],
+            ..Default::default()
+        },
+    );
+    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let status = devd.status();
+    assert_eq!(status.base_mode, "uploaded", "status: {}", status.raw);
+    let reason = status.raw["base_mode_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&url)
+            && reason.contains("requires authentication")
+            && reason.contains(&token_file.display().to_string()),
+        "the reason should name the remote and the missing token file: {reason}"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| !r.authorized && r.status == 401),
+        "{:#?}",
+        server.requests()
+    );
+}

@@ -48,6 +48,7 @@ impl Env {
             ("dockerconfig.json", r#"{"auths": {}}"#),
             ("git-ssh-key", "placeholder\n"),
             ("known_hosts", "placeholder\n"),
+            ("git-token", "placeholder\n"),
         ] {
             std::fs::write(secrets.join(f), content).unwrap();
         }
@@ -418,6 +419,7 @@ fn objects_are_what_the_issue_asks_for() {
     let toml = cm["data"]["receiver.toml"].as_str().unwrap();
     let cfg = devd_receiver::config::ReceiverConfig::parse(toml, "receiver.toml")
         .unwrap_or_else(|e| panic!("the ConfigMap's receiver.toml is refused: {e}"));
+    let cfg_git_token_file = cfg.git.token_file.clone();
     let k = cfg.kubernetes.unwrap();
     assert_eq!(k.context_url.as_deref(), Some("http://devd-receiver:8080"));
     assert_eq!(k.registry_secret.as_deref(), Some("devd-registry"));
@@ -428,7 +430,18 @@ fn objects_are_what_the_issue_asks_for() {
     assert_eq!(registry["type"], "kubernetes.io/dockerconfigjson");
     assert!(registry["data"][".dockerconfigjson"].is_string());
     let git = find(&objs, "Secret", "devd-git");
-    assert!(git["data"]["ssh-privatekey"].is_string() && git["data"]["known_hosts"].is_string());
+    for key in ["ssh-privatekey", "known_hosts", "token"] {
+        assert!(git["data"][key].is_string(), "devd-git lacks {key}");
+    }
+    // [git] token_file is where the Deployment mounts devd-git's token.
+    assert_eq!(
+        cfg_git_token_file.as_deref(),
+        Some(std::path::Path::new("/etc/devd/git/token"))
+    );
+    assert_eq!(
+        volumes[mounts["/etc/devd/git"]]["secret"]["secretName"],
+        "devd-git"
+    );
     let pvc = find(&objs, "PersistentVolumeClaim", "devd-receiver-data");
     assert_eq!(
         pvc["spec"]["accessModes"],
