@@ -2,11 +2,14 @@
 //! behind a small HTTP/1.1 server, requiring a token as HTTP Basic auth
 //! (`Authorization: Basic base64(USER:TOKEN)`, any user), like GitHub or
 //! GitLab with an access token. Records every request it answered.
+//! [`GitHttpServer::start_tls`] serves HTTPS with a fresh self-signed
+//! certificate (rustls with ring), whose PEM a client trusts through
+//! `SSL_CERT_FILE`.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +34,9 @@ pub struct Request {
 /// A running server; stops accepting on drop.
 pub struct GitHttpServer {
     addr: SocketAddr,
+    scheme: &'static str,
+    /// The self-signed certificate (PEM) of an HTTPS server.
+    cert_pem: Option<String>,
     requests: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
 }
@@ -46,6 +52,33 @@ impl GitHttpServer {
     /// Serve the bare repositories under `project_root` (URL path
     /// `/NAME.git`) on 127.0.0.1, accepting only `token` (any user name).
     pub fn start(project_root: &Path, token: &str) -> Result<Self> {
+        Self::start_with(project_root, token, None)
+    }
+
+    /// Like [`start`](Self::start), over TLS with a self-signed certificate
+    /// for `127.0.0.1` and `localhost` ([`cert_pem`](Self::cert_pem)).
+    pub fn start_tls(project_root: &Path, token: &str) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])?;
+        let pem = ck.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("private key: {e}"))?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)?;
+        let mut server = Self::start_with(project_root, token, Some(Arc::new(config)))?;
+        server.cert_pem = Some(pem);
+        Ok(server)
+    }
+
+    fn start_with(
+        project_root: &Path,
+        token: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self> {
         anyhow::ensure!(
             Path::new(HTTP_BACKEND).is_file(),
             "{HTTP_BACKEND} is missing: install git (Debian's git package ships it)"
@@ -64,13 +97,30 @@ impl GitHttpServer {
             requests: requests.clone(),
         });
         let stop_flag = stop.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             while !stop_flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let shared = shared.clone();
+                        let (shared, tls) = (shared.clone(), tls.clone());
                         std::thread::spawn(move || {
-                            if let Err(e) = serve_connection(stream, &shared) {
+                            let served = stream
+                                .set_nonblocking(false)
+                                .and_then(|()| {
+                                    stream.set_read_timeout(Some(Duration::from_secs(60)))
+                                })
+                                .map_err(anyhow::Error::from)
+                                .and_then(|()| match tls {
+                                    None => serve_connection(stream, &shared),
+                                    Some(config) => {
+                                        let conn = rustls::ServerConnection::new(config)?;
+                                        serve_connection(
+                                            rustls::StreamOwned::new(conn, stream),
+                                            &shared,
+                                        )
+                                    }
+                                });
+                            if let Err(e) = served {
                                 eprintln!("git http server: {e:#}");
                             }
                         });
@@ -87,14 +137,22 @@ impl GitHttpServer {
         });
         Ok(Self {
             addr,
+            scheme,
+            cert_pem: None,
             requests,
             stop,
         })
     }
 
-    /// `http://127.0.0.1:PORT/NAME` for the repository `NAME` under the root.
+    /// `http(s)://127.0.0.1:PORT/NAME` for the repository `NAME` under the
+    /// root.
     pub fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}", self.addr)
+        format!("{}://{}/{name}", self.scheme, self.addr)
+    }
+
+    /// The certificate of an HTTPS server, PEM.
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
     }
 
     /// Every request answered so far, in order.
@@ -110,15 +168,16 @@ impl Drop for GitHttpServer {
 }
 
 /// Requests on one connection, until the client closes it.
-fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+fn serve_connection(stream: impl Read + Write, shared: &Shared) -> Result<()> {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A TLS client may hang up without close_notify.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
         let line = line.trim_end();
         if line.is_empty() {
@@ -194,6 +253,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
             head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
+        let writer = reader.get_mut();
         writer.write_all(head.as_bytes())?;
         writer.write_all(&reply_body)?;
         writer.flush()?;

@@ -219,3 +219,70 @@ fn a_missing_token_is_reported_naming_the_file() {
         server.requests()
     );
 }
+
+/// HTTPS: the same fetch over TLS (the server's self-signed certificate is
+/// trusted through `SSL_CERT_FILE`), with reqwest's rustls on the ring
+/// provider the receiver installs.
+#[test]
+fn receiver_fetches_the_base_over_https_with_the_token() {
+    let fx = Fixture::new();
+    let origin = fx.origin();
+    let server = GitHttpServer::start_tls(origin.parent().unwrap(), TOKEN)
+        .expect("start the git https server");
+    let url = server.url("origin.git");
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = fx.root().join("git-server-ca.pem");
+    std::fs::write(&ca, server.cert_pem().unwrap()).unwrap();
+    let token_file = fx.root().join("git-token");
+    write_token(&token_file, TOKEN);
+    let rx = Receiver::start(
+        &fx,
+        ReceiverOpts {
+            git_remote: Some(url.clone()),
+            args: vec!["--git-token-file".into(), token_file.display().to_string()],
+            env: vec![("SSL_CERT_FILE".into(), ca.display().to_string())],
+            ..Default::default()
+        },
+    );
+    edit_laptop(&fx);
+    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let status = devd.status();
+    assert_eq!(status.base_mode, "fetched", "status: {}", status.raw);
+    assert!(store_has(&rx, &status.base));
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "POST"
+            && r.target == "/origin.git/git-upload-pack"
+            && r.authorized
+            && r.status == 200),
+        "no authorized upload-pack POST over HTTPS: {requests:#?}"
+    );
+    assert!(
+        !rx.stderr().contains(TOKEN),
+        "the token leaked into the log"
+    );
+
+    // The certificate is verified: with this process's roots (which lack
+    // the fresh self-signed certificate) the same fetch fails, naming the
+    // remote, not the token.
+    let store = devd_receiver::git_store::GitStore::open_or_init(
+        &fx.root().join("untrusting-store.git"),
+        &url,
+    )
+    .unwrap()
+    .with_token_file(Some(token_file))
+    .unwrap();
+    let base = devd_protocol::GitOid::from_hex(&status.base).unwrap();
+    let err = store.fetch_commit(base).unwrap_err().to_string();
+    assert!(
+        err.contains(&url) && !err.contains(TOKEN),
+        "an untrusted certificate must fail the fetch: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("certificate") || err.to_lowercase().contains("issuer"),
+        "the error should say why: {err}"
+    );
+}
