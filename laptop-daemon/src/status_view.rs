@@ -199,10 +199,12 @@ pub fn render(st: &Status, opts: &Options) -> String {
         r.workspace,
         if r.embedded { " · embedded" } else { "" }
     ));
+    // The embedded receiver is always QUIC on loopback: not worth a word.
     match r.transport.as_deref() {
-        Some("tcp") if r.connected => conn.push_str(" · over TCP + TLS (UDP did not get through)"),
-        Some(t) if r.connected => conn.push_str(&format!(" · over {}", t.to_uppercase())),
-        _ => {}
+        _ if r.embedded || !r.connected => {}
+        Some("tcp") => conn.push_str(" · over TCP + TLS (UDP did not get through)"),
+        Some(t) => conn.push_str(&format!(" · over {}", t.to_uppercase())),
+        None => {}
     }
     out.push(format!("{}{conn}", p.key("receiver")));
     if let Some(e) = &r.last_error {
