@@ -25,6 +25,8 @@
 //!   namespaces.
 //! - [`publish`]: the pairing in a Secret, for `devd workspace create`.
 
+#[cfg(test)]
+mod api_mock;
 pub mod archive;
 pub mod blob_store;
 pub mod builder;

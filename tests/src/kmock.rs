@@ -135,6 +135,29 @@ impl KubeEmulator {
         &self.kubeconfig
     }
 
+    /// A kube client for the emulator, built (and later driven) on `rt`.
+    pub fn client_on(&self, rt: &tokio::runtime::Runtime) -> kube::Client {
+        devd_receiver::server::install_crypto();
+        rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+                .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("a kube config for the emulator");
+            kube::Client::try_from(cfg).expect("a kube client for the emulator")
+        })
+    }
+
+    /// A current-thread runtime and a kube client for the emulator on it.
+    pub fn client(&self) -> (tokio::runtime::Runtime, kube::Client) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let client = self.client_on(&rt);
+        (rt, client)
+    }
+
     /// The emulator's log so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()

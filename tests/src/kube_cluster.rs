@@ -93,20 +93,12 @@ impl Cluster {
     /// Connect to `emu` and start the kubelet for namespace `ns`, pushing
     /// to `registry` and fetching contexts under `<root>/kubelet`.
     pub fn start(emu: &KubeEmulator, ns: &str, registry: &Registry, root: &Path) -> Self {
-        devd_receiver::server::install_crypto();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let kubeconfig = emu.kubeconfig().to_owned();
-        let client = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            kube::Client::try_from(cfg).unwrap()
-        });
+        let client = emu.client_on(&rt);
         let cluster = Self {
             rt,
             client,

@@ -5,7 +5,7 @@
 //! laptop's status.
 
 use devd_tests::git_http::GitHttpServer;
-use devd_tests::{FAST_SYNC, Fixture, Receiver, ReceiverOpts, assert_worktrees_equal};
+use devd_tests::{Devd, FAST_SYNC, Fixture, Receiver, ReceiverOpts, assert_worktrees_equal};
 use std::path::Path;
 
 const TOKEN: &str = "devd-test-token-5b2e91c4d7";
@@ -29,6 +29,17 @@ fn edit_laptop(fx: &Fixture) {
 
 fn write_token(path: &Path, token: &str) {
     std::fs::write(path, format!("{token}\n")).expect("write the token file");
+}
+
+/// The daemon paired with `rx`, started, once the receiver's worktree
+/// equals the laptop's (whether it fetched the base or the laptop uploaded
+/// it).
+fn start_daemon<'a>(fx: &'a Fixture, rx: &Receiver<'a>) -> Devd<'a> {
+    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    devd
 }
 
 /// `git cat-file -e` in the receiver's bare store.
@@ -67,10 +78,7 @@ fn receiver_fetches_the_base_over_http_with_the_token_from_its_config() {
         },
     );
     edit_laptop(&fx);
-    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    let devd = fx.devd();
-    devd.start_wait();
-    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let devd = start_daemon(&fx, &rx);
 
     let status = devd.status();
     assert_eq!(
@@ -139,11 +147,8 @@ fn a_rejected_token_is_reported_without_the_token_and_the_laptop_uploads_the_bas
         },
     );
     edit_laptop(&fx);
-    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    let devd = fx.devd();
-    devd.start_wait();
     // The laptop fell back to uploading the base content.
-    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let devd = start_daemon(&fx, &rx);
 
     let status = devd.status();
     assert_eq!(status.base_mode, "uploaded", "status: {}", status.raw);
@@ -197,10 +202,7 @@ fn a_missing_token_is_reported_naming_the_file() {
             ..Default::default()
         },
     );
-    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    let devd = fx.devd();
-    devd.start_wait();
-    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let devd = start_daemon(&fx, &rx);
     let status = devd.status();
     assert_eq!(status.base_mode, "uploaded", "status: {}", status.raw);
     let reason = status.raw["base_mode_reason"].as_str().unwrap_or_default();
@@ -245,10 +247,7 @@ fn receiver_fetches_the_base_over_https_with_the_token() {
         },
     );
     edit_laptop(&fx);
-    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
-    let devd = fx.devd();
-    devd.start_wait();
-    assert_worktrees_equal(fx.laptop(), &rx.worktree());
+    let devd = start_daemon(&fx, &rx);
     let status = devd.status();
     assert_eq!(status.base_mode, "fetched", "status: {}", status.raw);
     assert!(store_has(&rx, &status.base));

@@ -46,18 +46,7 @@ fn vacuum(fx: &Fixture, emu: &KubeEmulator, args: &[&str]) -> Run {
 fn vacuum_emulator_deletes_only_expired_namespaces_carrying_devds_labels() {
     let fx = Fixture::new();
     let emu = KubeEmulator::start(&fx, "default");
-    devd_receiver::server::install_crypto();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    });
+    let (rt, client) = emu.client();
     let api: Api<Namespace> = Api::all(client);
     let cases = [
         // (name, labels, annotations, deleted?)

@@ -97,18 +97,7 @@ fn workspace_emulator_create_list_extend_vacuum_delete() {
         emu: &emu,
         gitconfig,
     };
-    devd_receiver::server::install_crypto();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    });
+    let (rt, client) = emu.client();
     let api: Api<Namespace> = Api::all(client);
     let get = |name: &str| rt.block_on(api.get_opt(name)).unwrap();
 
@@ -302,23 +291,6 @@ fn workspace_emulator_create_list_extend_vacuum_delete() {
     );
 }
 
-/// A kube client for the emulator, on a runtime of its own.
-fn emulator_client(emu: &KubeEmulator) -> (tokio::runtime::Runtime, kube::Client) {
-    devd_receiver::server::install_crypto();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    });
-    (rt, client)
-}
-
 /// Poll `f` every 100 ms for up to 30 s.
 #[track_caller]
 fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -353,7 +325,7 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
         emu: &emu,
         gitconfig,
     };
-    let (rt, client) = emulator_client(&emu);
+    let (rt, client) = emu.client();
     let ns_name = "devd-alice";
 
     // This laptop's settings before: another section, with a comment.

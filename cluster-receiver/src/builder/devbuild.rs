@@ -629,74 +629,18 @@ mod tests {
 #[cfg(test)]
 mod request_shape_tests {
     use super::*;
-    use http::{Method, Request, Response};
-    use kube::client::Body;
+    use http::Method;
     use serde_json::{Value, json};
-    use tower_test::mock;
 
     const IMAGE: &str = "r.example.com:5000/demo/web@sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
 
-    struct Call {
-        method: Method,
-        path: String,
-        query: String,
-        content_type: String,
-        body: Value,
-        send: mock::SendResponse<Response<Body>>,
-    }
+    use crate::api_mock::{ApiMock, Call};
 
-    impl Call {
-        #[track_caller]
-        fn expect(&self, method: Method, path: &str, query: &[&str]) {
-            assert_eq!((&self.method, self.path.as_str()), (&method, path));
-            for q in query {
-                assert!(
-                    self.query.split('&').any(|p| p == *q),
-                    "{method} {path}: query {:?} lacks {q}",
-                    self.query
-                );
-            }
-        }
-
-        fn reply(self, status: u16, body: &Value) {
-            let body = Body::from(serde_json::to_vec(body).unwrap());
-            let response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(body)
-                .unwrap();
-            self.send.send_response(response);
-        }
-    }
-
-    struct Api(mock::Handle<Request<Body>, Response<Body>>);
+    struct Api(ApiMock);
 
     impl Api {
         async fn next(&mut self) -> Call {
-            let (req, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-                .await
-                .expect("the recorder made no request within 10 s")
-                .expect("the recorder dropped its client");
-            let content_type = req
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            let (method, path, query) = (
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                req.uri().query().unwrap_or_default().to_owned(),
-            );
-            let bytes = req.into_body().collect_bytes().await.unwrap();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            Call {
-                method,
-                path,
-                query,
-                content_type,
-                body,
-                send,
-            }
+            self.0.next().await
         }
 
         /// The next request is a merge patch of `name`'s status; its status.
@@ -763,12 +707,11 @@ mod request_shape_tests {
     }
 
     fn recorder(keep: usize) -> (Recorder, Api) {
-        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (client, api) = ApiMock::pair();
         let repositories: Repositories =
             Arc::new(|s: &str| (s != "gone").then(|| format!("r.example.com:5000/demo/{s}")));
-        let client = Client::new(svc, "default");
         let r = Recorder::new(client, "dev", "alice", keep, repositories);
-        (r, Api(handle))
+        (r, Api(api))
     }
 
     fn event(service: &str, generation: u64, at_ms: u64, kind: EventKind) -> BuildEvent {

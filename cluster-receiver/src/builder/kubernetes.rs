@@ -1622,119 +1622,11 @@ mod request_shape_tests {
     use super::*;
     use crate::catalog::Catalog;
     use crate::context::ContextSnapshot;
-    use http::{Method, Request, Response};
-    use kube::client::Body;
-    use tower_test::mock;
-
-    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+    use http::Method;
 
     const DIGEST: &str = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
 
-    struct Call {
-        method: Method,
-        path: String,
-        query: String,
-        content_type: String,
-        body: Value,
-        send: mock::SendResponse<Response<Body>>,
-    }
-
-    impl Call {
-        fn reply(self, status: u16, body: &Value) {
-            self.send.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(body).unwrap()))
-                    .unwrap(),
-            );
-        }
-
-        fn ok(self, body: &Value) {
-            self.reply(200, body)
-        }
-
-        fn text(self, text: &str) {
-            self.send.send_response(
-                Response::builder()
-                    .status(200)
-                    .body(Body::from(text.as_bytes().to_vec()))
-                    .unwrap(),
-            );
-        }
-
-        fn not_found(self) {
-            self.reply(
-                404,
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "reason": "NotFound", "message": "not found", "code": 404}),
-            )
-        }
-
-        /// Assert method and path; `query` must contain each `k=v`.
-        #[track_caller]
-        fn expect(&self, method: Method, path: &str, query: &[&str]) {
-            assert_eq!(
-                (&self.method, self.path.as_str()),
-                (&method, path),
-                "query {}",
-                self.query
-            );
-            for q in query {
-                assert!(
-                    self.query.split('&').any(|p| p == *q),
-                    "{method} {path}: query {:?} lacks {q}",
-                    self.query
-                );
-            }
-        }
-
-        #[track_caller]
-        fn expect_apply(&self, path: &str) {
-            self.expect(Method::PATCH, path, &["fieldManager=devd", "force=true"]);
-            assert_eq!(self.content_type, "application/apply-patch+yaml");
-            assert!(
-                self.body["apiVersion"].is_string() && self.body["kind"].is_string(),
-                "an apply body needs apiVersion and kind: {}",
-                self.body
-            );
-        }
-    }
-
-    struct Mock(Handle);
-
-    impl Mock {
-        async fn next(&mut self) -> Call {
-            let (req, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-                .await
-                .expect("the backend made no request within 10 s")
-                .expect("the backend dropped its client");
-            let (method, path, query) = (
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                req.uri().query().unwrap_or_default().to_owned(),
-            );
-            let content_type = req
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            let bytes = req.into_body().collect_bytes().await.unwrap();
-            let body = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).expect("a JSON body")
-            };
-            Call {
-                method,
-                path,
-                query,
-                content_type,
-                body,
-                send,
-            }
-        }
-    }
+    type Mock = crate::api_mock::ApiMock;
 
     struct Setup {
         backend: Arc<KubernetesBackend>,
@@ -1743,8 +1635,7 @@ mod request_shape_tests {
     }
 
     fn setup(adjust: impl FnOnce(&mut Settings)) -> (Setup, Mock) {
-        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(svc, "default");
+        let (client, mock) = Mock::pair();
         let dir = tempfile::tempdir().unwrap();
         let shelf = ContextShelf::new(&dir.path().join("shelf")).unwrap();
         let mut s = Settings::new(
@@ -1762,7 +1653,7 @@ mod request_shape_tests {
                 shelf,
                 dir,
             },
-            Mock(handle),
+            mock,
         )
     }
 
