@@ -66,11 +66,13 @@ pub enum Verdict {
     Expired(jiff::Timestamp),
 }
 
-fn label<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
+/// The value of `ns`'s label `key`.
+pub fn label<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
     ns.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-fn annotation<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
+/// The value of `ns`'s annotation `key`.
+pub fn annotation<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
     ns.metadata
         .annotations
         .as_ref()?
@@ -78,9 +80,15 @@ fn annotation<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// Whether `ns` carries both labels of a devd workspace (the only
+/// namespaces the vacuum may delete, and the ones `devd workspace` lists).
+pub fn is_workspace(ns: &Namespace) -> bool {
+    label(ns, LABEL_MANAGED_BY) == Some("devd") && label(ns, LABEL_WORKSPACE).is_some()
+}
+
 /// The verdict on `ns` at `now`.
 pub fn verdict(ns: &Namespace, now: jiff::Timestamp) -> Verdict {
-    if label(ns, LABEL_MANAGED_BY) != Some("devd") || label(ns, LABEL_WORKSPACE).is_none() {
+    if !is_workspace(ns) {
         return Verdict::NotWorkspace;
     }
     if ns.metadata.deletion_timestamp.is_some()

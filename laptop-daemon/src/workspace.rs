@@ -33,7 +33,8 @@
 use anyhow::{Context, bail};
 use devd_receiver::pairing::Pairing;
 use devd_receiver::vacuum::{
-    ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
+    ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE, annotation,
+    is_workspace, label,
 };
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -204,23 +205,6 @@ pub struct WorkspaceView {
     pub seconds_left: Option<i64>,
     /// Whether the expiry has passed.
     pub expired: bool,
-}
-
-fn label<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
-    ns.metadata.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-fn annotation<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
-    ns.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-/// Whether `ns` carries the labels the vacuum requires of a workspace.
-pub fn is_workspace(ns: &Namespace) -> bool {
-    label(ns, LABEL_MANAGED_BY) == Some("devd") && label(ns, LABEL_WORKSPACE).is_some()
 }
 
 fn view(ns: &Namespace, now: Timestamp) -> WorkspaceView {
