@@ -1,0 +1,900 @@
+//! The laptop end of the sync exchange.
+//!
+//! A [`Sender`] lives as long as the daemon and outlives connections. It
+//! remembers what the receiver acknowledged (the [`Ack`] and the overlay it
+//! stands for), which generation is in flight, and what the receiver said in
+//! its last `Welcome`. From those it decides, for each [`Snapshot`] the
+//! scanner produces:
+//!
+//! - nothing to send, when the receiver already has the snapshot (also right
+//!   after a daemon restart: the receiver's `Welcome` ack is *adopted* when
+//!   its digest and base equal the snapshot's);
+//! - otherwise a new generation (numbers only grow, also across restarts,
+//!   because they continue from the `Welcome` ack): the delta against the
+//!   last acknowledged overlay, or the full overlay when nothing is known.
+//!
+//! One sync goes: [`Request::Measure`] (file sizes, to pick candidates for
+//! inline blobs) → [`Request::Encode`] (read and encode the candidates) →
+//! `Changes` frames (small blobs inline) and one `Commit` → the receiver's
+//! `Need` → more [`Request::Encode`]s, 16 ids at a time, and `BlobChunk`
+//! frames → `Applied` (checked against the expected ack) or `Rejected`.
+//! `OutOfSync` and `DigestMismatch` are healed once per sync by forgetting
+//! the acknowledged state and resending the full overlay (which still only
+//! uploads blobs the receiver lacks).
+//!
+//! The driver: `connect()` and write the `Hello`, feed the `Welcome` to
+//! [`Sender::handle_message`], then for each snapshot call
+//! [`Sender::start_sync`] and loop: write [`Sender::poll_transmit`] frames,
+//! act on [`Sender::poll_event`], answer [`Sender::poll_request`], and read
+//! the next frame with [`Sender::poll_timeout`] as deadline, until the
+//! event is [`SenderEvent::Synced`], [`SenderEvent::UpToDate`] or
+//! [`SenderEvent::Failed`].
+
+use super::UsageError;
+use crate::content_id::ContentId;
+use crate::message::{
+    Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, ErrorCode, INLINE_BLOB_MAX,
+    INLINE_TOTAL_MAX, ServerMsg,
+};
+use crate::overlay::{Change, Digest, Entry, Overlay};
+use crate::path::RelPath;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the receiver may take to answer a `Commit` or a blob.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Ids of a `Need` encoded per [`Request::Encode`] (bounds memory).
+pub const NEED_BATCH: usize = 16;
+/// Files up to this size on disk are encoded as inline candidates.
+const CANDIDATE_FILE_MAX: u64 = 4 * INLINE_BLOB_MAX as u64;
+/// Candidates stop once their sizes on disk reach this total.
+const CANDIDATE_TOTAL_MAX: u64 = 4 * INLINE_TOTAL_MAX as u64;
+
+/// A scanned state to bring the receiver to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub base: Base,
+    pub overlay: Arc<Overlay>,
+    /// `overlay.digest()`, computed once.
+    pub digest: Digest,
+}
+
+impl Snapshot {
+    /// The snapshot of `overlay` on `base`.
+    pub fn new(base: Base, overlay: Arc<Overlay>) -> Self {
+        let digest = overlay.digest();
+        Self {
+            base,
+            overlay,
+            digest,
+        }
+    }
+
+    /// True if `ack` acknowledges this very state.
+    fn is_acked_by(&self, ack: &Ack) -> bool {
+        ack.digest == self.digest && ack.base == self.base
+    }
+}
+
+/// One file to read, verify against `id` and encode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeItem {
+    pub path: RelPath,
+    pub id: ContentId,
+    /// The content this path had in the acknowledged overlay: the receiver
+    /// has it, so it may serve as the patch reference (if the driver kept a
+    /// copy). Otherwise the base tree's version of `path` may.
+    pub previous: Option<ContentId>,
+}
+
+/// I/O the sender needs done; answer each with the matching `handle_*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The size on disk of each path (`symlink_metadata`, `None` if it
+    /// cannot be read), in order: answer with [`Sender::handle_sizes`].
+    Measure(Vec<RelPath>),
+    /// Read, verify and encode each file, in order: answer with
+    /// [`Sender::handle_encoded`].
+    Encode(Vec<EncodeItem>),
+}
+
+/// Why the driver could not encode a file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The file is gone or its content no longer has the expected id.
+    #[error("{0} changed while it was being sent; rescanning")]
+    Changed(RelPath),
+}
+
+/// Why a connection attempt or a sync failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The receiver answered `Hello` with a refusal.
+    #[error("receiver refused the connection ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    /// The receiver refused the generation.
+    #[error("receiver refused ({code:?}): {message}")]
+    Rejected { code: ErrorCode, message: String },
+    /// The receiver cannot fetch the base commit: upload the base instead.
+    #[error("receiver cannot fetch the base commit: {0}")]
+    BaseUnavailable(String),
+    /// The connection ended, or the receiver stopped answering.
+    #[error("connection to the receiver lost: {0}")]
+    Lost(String),
+    /// A file changed while it was being sent.
+    #[error("{0} changed while it was being sent; rescanning")]
+    Changed(RelPath),
+    /// The receiver said something that makes no sense here.
+    #[error("unexpected answer from the receiver: {0}")]
+    Protocol(String),
+}
+
+impl SyncError {
+    /// True if the connection cannot be trusted after this failure: the
+    /// sender closes it, and the driver should drop it. Refusals after
+    /// which the receiver closes its end count too, so the next attempt
+    /// reports the refusal again rather than a closed stream.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            SyncError::Rejected { code, .. } => matches!(
+                code,
+                ErrorCode::Storage
+                    | ErrorCode::BadBlob
+                    | ErrorCode::TooLarge
+                    | ErrorCode::Malformed
+                    | ErrorCode::Internal
+            ),
+            SyncError::BaseUnavailable(_) => false,
+            SyncError::Refused { .. }
+            | SyncError::Lost(_)
+            | SyncError::Changed(_)
+            | SyncError::Protocol(_) => true,
+        }
+    }
+}
+
+/// What one successful sync did (the driver adds byte counts and latency).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    pub generation: u64,
+    pub digest: Digest,
+    /// Files the receiver wrote or removed.
+    pub files_written: u64,
+    pub apply_ms: u64,
+    pub blobs_inline: u64,
+    pub blobs_requested: u64,
+    /// The whole overlay was sent (no acknowledged parent).
+    pub full: bool,
+}
+
+/// A blob the receiver asked for, for progress reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestedBlob {
+    pub id: ContentId,
+    /// Where its content is read from (`None`: an id the sender never
+    /// offered; the sync fails).
+    pub path: Option<RelPath>,
+    /// Its raw length, when it is already encoded.
+    pub raw_len: Option<u64>,
+}
+
+/// What happened, for the driver to act on or log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver welcomed us. `resumed`: the sender knows the state the
+    /// receiver acknowledged, so the next sync is a delta; `false` with an
+    /// `acked` means the next sync is a full overlay (or an adoption).
+    Connected {
+        receiver: String,
+        worktree: String,
+        acked: Option<Ack>,
+        resumed: bool,
+    },
+    /// The connection attempt failed; the sender is disconnected.
+    ConnectFailed(SyncError),
+    /// The receiver already had the snapshot (after a daemon restart):
+    /// its ack is now the acknowledged state.
+    Adopted(Ack),
+    /// The receiver diverged: the full overlay follows.
+    Resending { code: ErrorCode, message: String },
+    /// The receiver asked for these blobs.
+    BlobsRequested(Vec<RequestedBlob>),
+    /// A requested blob was queued for sending.
+    BlobSent { id: ContentId, raw_len: u64 },
+    /// The sync ended without sending: the receiver has the snapshot.
+    UpToDate,
+    /// The sync ended: the receiver applied the snapshot.
+    Synced(SyncReport),
+    /// The sync ended in failure (see [`SyncError::closes_connection`]).
+    Failed(SyncError),
+}
+
+/// An acknowledged (or expected) ack and the overlay it stands for.
+#[derive(Clone, Debug)]
+struct Known {
+    ack: Ack,
+    overlay: Arc<Overlay>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conn {
+    Closed,
+    AwaitingWelcome,
+    Open,
+}
+
+/// A frame, or a blob still to be cut into `BlobChunk` frames (cut one at
+/// a time as the driver polls, so a large blob is not copied at once).
+#[derive(Debug)]
+enum Outgoing {
+    Msg(ClientMsg),
+    Blob { blob: Blob, offset: usize },
+}
+
+/// One sync: the snapshot, and the generation being sent for it.
+#[derive(Debug)]
+struct Sync {
+    snap: Snapshot,
+    /// 0, or 1 for the full resend after a divergence.
+    attempt: u8,
+    cur: Generation,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for [`Sender::handle_sizes`].
+    Measuring,
+    /// Waiting for the encoded inline candidates.
+    EncodingInline,
+    /// Frames are out; waiting for the receiver until `deadline`.
+    Awaiting { deadline: Instant },
+    /// Waiting for the encoded blobs of the current `Need` batch.
+    EncodingRequested,
+}
+
+/// One generation on its way.
+#[derive(Debug)]
+struct Generation {
+    expected: Known,
+    parent: Option<u64>,
+    /// The acknowledged overlay the delta starts from (empty when full).
+    old: Arc<Overlay>,
+    /// The delta; taken when the frames are built.
+    changes: Vec<Change>,
+    /// Content id → a path with that content (the last one in the delta).
+    by_id: HashMap<ContentId, RelPath>,
+    /// Each content id with the first path that has it, in delta order.
+    unique: Vec<(RelPath, ContentId)>,
+    candidates: Vec<(RelPath, ContentId)>,
+    /// Encoded blobs not sent inline, kept for the receiver's `Need`.
+    stash: HashMap<ContentId, Blob>,
+    /// Ids the receiver asked for in this generation.
+    asked: HashSet<ContentId>,
+    /// `Need` batches not handled yet, and the one being encoded.
+    batches: VecDeque<Vec<ContentId>>,
+    current: Vec<ContentId>,
+    phase: Phase,
+    blobs_inline: u64,
+    blobs_requested: u64,
+}
+
+/// The laptop end of the sync exchange (see the module documentation).
+#[derive(Debug)]
+pub struct Sender {
+    workspace: String,
+    token: String,
+    acked: Option<Known>,
+    in_flight: Option<Known>,
+    remote_ack: Option<Ack>,
+    conn: Conn,
+    sync: Option<Sync>,
+    transmit: VecDeque<Outgoing>,
+    requests: VecDeque<Request>,
+    events: VecDeque<SenderEvent>,
+}
+
+impl Sender {
+    /// A sender for `workspace`, authenticating with `token`, that knows
+    /// nothing about the receiver yet.
+    pub fn new(workspace: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            workspace: workspace.into(),
+            token: token.into(),
+            acked: None,
+            in_flight: None,
+            remote_ack: None,
+            conn: Conn::Closed,
+            sync: None,
+            transmit: VecDeque::new(),
+            requests: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The last generation the receiver acknowledged to this sender.
+    pub fn acked(&self) -> Option<Ack> {
+        self.acked.as_ref().map(|k| k.ack)
+    }
+
+    /// What the receiver last reported as applied (`Welcome` or `Applied`).
+    pub fn remote_ack(&self) -> Option<Ack> {
+        self.remote_ack
+    }
+
+    /// The generation sent but not yet acknowledged, if any.
+    pub fn in_flight(&self) -> Option<Ack> {
+        self.in_flight.as_ref().map(|k| k.ack)
+    }
+
+    /// True once the receiver welcomed us, until the connection ends.
+    pub fn is_connected(&self) -> bool {
+        self.conn == Conn::Open
+    }
+
+    /// True while a sync is in progress.
+    pub fn is_syncing(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Start a new connection: queues the `Hello`. Anything about the
+    /// previous connection (frames, a sync in progress) is dropped; the
+    /// acknowledged state is kept for resuming.
+    pub fn connect(&mut self) {
+        self.transmit.clear();
+        self.requests.clear();
+        self.sync = None;
+        self.conn = Conn::AwaitingWelcome;
+        self.transmit.push_back(Outgoing::Msg(ClientMsg::Hello {
+            version: crate::PROTOCOL_VERSION,
+            workspace: self.workspace.clone(),
+            token: self.token.clone(),
+        }));
+    }
+
+    /// The connection ended (closed by the peer, a read or write failed,
+    /// or the driver dropped it). A sync in progress fails with
+    /// [`SyncError::Lost`]; the generation in flight is remembered, so a
+    /// reconnect can resume from it if the receiver applied it.
+    pub fn handle_connection_lost(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        match self.conn {
+            Conn::Closed => {}
+            Conn::AwaitingWelcome => {
+                self.events
+                    .push_back(SenderEvent::ConnectFailed(SyncError::Lost(reason)));
+            }
+            Conn::Open => {
+                if self.sync.take().is_some() {
+                    self.events
+                        .push_back(SenderEvent::Failed(SyncError::Lost(reason)));
+                }
+            }
+        }
+        self.conn = Conn::Closed;
+        self.requests.clear();
+    }
+
+    /// Bring the receiver to `snap`. Ends with [`SenderEvent::UpToDate`],
+    /// [`SenderEvent::Synced`] or [`SenderEvent::Failed`].
+    pub fn start_sync(&mut self, snap: Snapshot, now: Instant) -> Result<(), UsageError> {
+        if self.conn != Conn::Open {
+            return Err(self.misuse("start_sync"));
+        }
+        if self.sync.is_some() {
+            return Err(self.misuse("start_sync"));
+        }
+        // After a daemon restart the receiver may already have exactly this
+        // state: adopt it instead of resending anything.
+        if self.acked.is_none()
+            && let Some(r) = self.remote_ack
+            && snap.is_acked_by(&r)
+        {
+            self.acked = Some(Known {
+                ack: r,
+                overlay: snap.overlay.clone(),
+            });
+            self.events.push_back(SenderEvent::Adopted(r));
+        }
+        self.begin(snap, 0, now);
+        Ok(())
+    }
+
+    /// A frame from the receiver.
+    pub fn handle_message(&mut self, msg: ServerMsg, now: Instant) -> Result<(), UsageError> {
+        match self.conn {
+            Conn::Closed => Err(self.misuse("handle_message")),
+            Conn::AwaitingWelcome => {
+                self.welcome(msg);
+                Ok(())
+            }
+            Conn::Open => {
+                let Some(sync) = &self.sync else {
+                    // Nothing is expected between syncs.
+                    self.fail(SyncError::Protocol(format!("{msg:?}")));
+                    return Ok(());
+                };
+                if !matches!(sync.cur.phase, Phase::Awaiting { .. }) {
+                    return Err(self.misuse("handle_message"));
+                }
+                self.answer(msg, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The sizes asked for by [`Request::Measure`], in the same order.
+    pub fn handle_sizes(
+        &mut self,
+        sizes: Vec<Option<u64>>,
+        now: Instant,
+    ) -> Result<(), UsageError> {
+        let misuse = self.misuse("handle_sizes");
+        let Some(sync) = self.sync.as_mut() else {
+            return Err(misuse);
+        };
+        let cur = &mut sync.cur;
+        if !matches!(cur.phase, Phase::Measuring) || sizes.len() != cur.unique.len() {
+            return Err(misuse);
+        }
+        // Files small enough on disk are encoded up front; those whose
+        // encoding fits inline ride with the delta.
+        let mut candidate_bytes = 0u64;
+        for ((path, id), size) in cur.unique.iter().zip(sizes) {
+            let len = size.unwrap_or(0);
+            if len <= CANDIDATE_FILE_MAX && candidate_bytes < CANDIDATE_TOTAL_MAX {
+                candidate_bytes += len;
+                cur.candidates.push((path.clone(), *id));
+            }
+        }
+        if cur.candidates.is_empty() {
+            self.send_frames(Vec::new(), now);
+        } else {
+            let items = cur
+                .candidates
+                .iter()
+                .map(|(path, id)| encode_item(&cur.old, path, *id))
+                .collect();
+            cur.phase = Phase::EncodingInline;
+            self.requests.push_back(Request::Encode(items));
+        }
+        Ok(())
+    }
+
+    /// The blobs asked for by [`Request::Encode`], in the same order, or
+    /// the first file that could not be encoded.
+    pub fn handle_encoded(
+        &mut self,
+        result: Result<Vec<Blob>, EncodeError>,
+        now: Instant,
+    ) -> Result<(), UsageError> {
+        let misuse = self.misuse("handle_encoded");
+        let Some(sync) = self.sync.as_mut() else {
+            return Err(misuse);
+        };
+        let cur = &mut sync.cur;
+        let wanted: Vec<ContentId> = match cur.phase {
+            Phase::EncodingInline => cur.candidates.iter().map(|(_, id)| *id).collect(),
+            Phase::EncodingRequested => todo_ids(cur),
+            _ => return Err(misuse),
+        };
+        let blobs = match result {
+            Ok(blobs) => blobs,
+            Err(EncodeError::Changed(path)) => {
+                self.fail(SyncError::Changed(path));
+                return Ok(());
+            }
+        };
+        if blobs.len() != wanted.len() || blobs.iter().zip(&wanted).any(|(b, id)| b.id != *id) {
+            return Err(misuse);
+        }
+        if matches!(cur.phase, Phase::EncodingInline) {
+            let mut inline = Vec::new();
+            let mut inline_bytes = 0;
+            for blob in blobs {
+                if blob.data.len() <= INLINE_BLOB_MAX
+                    && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
+                {
+                    inline_bytes += blob.data.len();
+                    inline.push(blob);
+                } else {
+                    cur.stash.insert(blob.id, blob);
+                }
+            }
+            self.send_frames(inline, now);
+        } else {
+            for blob in blobs {
+                cur.stash.insert(blob.id, blob);
+            }
+            let batch = std::mem::take(&mut cur.current);
+            if self.send_batch(batch) {
+                self.next_batches(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`Sender::handle_timeout`] wants to be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.sync.as_ref().map(|s| &s.cur.phase) {
+            Some(Phase::Awaiting { deadline }) => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Time passed: fails the sync if the receiver has not answered in time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|d| now >= d) {
+            let secs = ANSWER_TIMEOUT.as_secs();
+            self.fail(SyncError::Lost(format!(
+                "no answer from the receiver within {secs} s"
+            )));
+        }
+    }
+
+    /// The next frame to write.
+    pub fn poll_transmit(&mut self) -> Option<ClientMsg> {
+        match self.transmit.front_mut()? {
+            Outgoing::Msg(_) => match self.transmit.pop_front() {
+                Some(Outgoing::Msg(m)) => Some(m),
+                _ => unreachable!("front is a message"),
+            },
+            Outgoing::Blob { blob, offset } => {
+                let end = (*offset + CHUNK).min(blob.data.len());
+                let msg = ClientMsg::BlobChunk {
+                    id: blob.id,
+                    encoding: blob.encoding,
+                    raw_len: blob.raw_len,
+                    total: blob.data.len() as u64,
+                    offset: *offset as u64,
+                    data: blob.data[*offset..end].to_vec(),
+                };
+                if end >= blob.data.len() {
+                    self.transmit.pop_front();
+                } else {
+                    *offset = end;
+                }
+                Some(msg)
+            }
+        }
+    }
+
+    /// The next I/O to do; its answer must come before the next frame is
+    /// read.
+    pub fn poll_request(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    fn misuse(&self, input: &'static str) -> UsageError {
+        let state = match (&self.conn, self.sync.as_ref().map(|s| &s.cur.phase)) {
+            (Conn::Closed, _) => "not connected",
+            (Conn::AwaitingWelcome, _) => "waiting for the Welcome",
+            (Conn::Open, None) => "idle",
+            (Conn::Open, Some(Phase::Measuring)) => "measuring files",
+            (Conn::Open, Some(Phase::EncodingInline | Phase::EncodingRequested)) => {
+                "encoding blobs"
+            }
+            (Conn::Open, Some(Phase::Awaiting { .. })) => "waiting for the receiver",
+        };
+        UsageError {
+            input,
+            machine: "sender",
+            state,
+        }
+    }
+
+    /// The answer to `Hello`.
+    fn welcome(&mut self, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Welcome {
+                acked,
+                worktree,
+                receiver,
+                ..
+            } => {
+                self.remote_ack = acked;
+                // Resume from whatever the receiver has, if we know it.
+                let matches =
+                    |k: &Option<Known>| k.as_ref().filter(|k| Some(k.ack) == acked).cloned();
+                self.acked = matches(&self.acked).or_else(|| matches(&self.in_flight));
+                self.in_flight = None;
+                self.conn = Conn::Open;
+                self.events.push_back(SenderEvent::Connected {
+                    receiver,
+                    worktree,
+                    acked,
+                    resumed: self.acked.is_some(),
+                });
+            }
+            ServerMsg::Rejected { code, message, .. } => {
+                self.conn = Conn::Closed;
+                self.events
+                    .push_back(SenderEvent::ConnectFailed(SyncError::Refused {
+                        code,
+                        message,
+                    }));
+            }
+            other => {
+                self.conn = Conn::Closed;
+                self.events
+                    .push_back(SenderEvent::ConnectFailed(SyncError::Protocol(format!(
+                        "{other:?}"
+                    ))));
+            }
+        }
+    }
+
+    /// Start attempt `attempt` of a sync to `snap`: nothing, if the
+    /// acknowledged state is the snapshot, else a new generation.
+    fn begin(&mut self, snap: Snapshot, attempt: u8, now: Instant) {
+        if let Some(k) = &self.acked
+            && snap.is_acked_by(&k.ack)
+        {
+            self.sync = None;
+            self.events.push_back(SenderEvent::UpToDate);
+            return;
+        }
+        let (parent, old) = match &self.acked {
+            Some(k) => (Some(k.ack.generation), k.overlay.clone()),
+            None => (None, Arc::new(Overlay::new())),
+        };
+        // Generations only grow, also across daemon restarts.
+        let last = self
+            .acked
+            .as_ref()
+            .map(|k| k.ack.generation)
+            .max(self.remote_ack.map(|a| a.generation));
+        let generation = last.unwrap_or(0) + 1;
+        let changes = Overlay::diff(&old, &snap.overlay);
+        let mut by_id = HashMap::new();
+        let mut unique = Vec::new();
+        for c in &changes {
+            if let Some(Entry::File { id, .. }) = &c.entry
+                && by_id.insert(*id, c.path.clone()).is_none()
+            {
+                unique.push((c.path.clone(), *id));
+            }
+        }
+        let expected = Known {
+            ack: Ack {
+                generation,
+                digest: snap.digest,
+                base: snap.base,
+            },
+            overlay: snap.overlay.clone(),
+        };
+        let measure = !unique.is_empty();
+        if measure {
+            self.requests.push_back(Request::Measure(
+                unique.iter().map(|(p, _)| p.clone()).collect(),
+            ));
+        }
+        self.sync = Some(Sync {
+            snap,
+            attempt,
+            cur: Generation {
+                expected,
+                parent,
+                old,
+                changes,
+                by_id,
+                unique,
+                candidates: Vec::new(),
+                stash: HashMap::new(),
+                asked: HashSet::new(),
+                batches: VecDeque::new(),
+                current: Vec::new(),
+                phase: Phase::Measuring,
+                blobs_inline: 0,
+                blobs_requested: 0,
+            },
+        });
+        if !measure {
+            self.send_frames(Vec::new(), now);
+        }
+    }
+
+    /// Queue the delta (`Changes` frames, the inline blobs on the last one)
+    /// and the `Commit`, then wait for the receiver.
+    fn send_frames(&mut self, inline: Vec<Blob>, now: Instant) {
+        let sync = self.sync.as_mut().expect("a sync in progress");
+        let cur = &mut sync.cur;
+        let generation = cur.expected.ack.generation;
+        cur.blobs_inline = inline.len() as u64;
+        let mut inline = Some(inline);
+        let mut changes = std::mem::take(&mut cur.changes).into_iter().peekable();
+        loop {
+            let chunk: Vec<Change> = changes.by_ref().take(CHANGES_PER_FRAME).collect();
+            let last = changes.peek().is_none();
+            let blobs = if last {
+                inline.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            self.transmit.push_back(Outgoing::Msg(ClientMsg::Changes {
+                generation,
+                changes: chunk,
+                blobs,
+            }));
+            if last {
+                break;
+            }
+        }
+        self.transmit.push_back(Outgoing::Msg(ClientMsg::Commit {
+            generation,
+            parent: cur.parent,
+            base: sync.snap.base,
+            digest: sync.snap.digest,
+            entries: sync.snap.overlay.len() as u64,
+        }));
+        self.in_flight = Some(cur.expected.clone());
+        cur.phase = Phase::Awaiting {
+            deadline: now + ANSWER_TIMEOUT,
+        };
+    }
+
+    /// A message while waiting for the receiver.
+    fn answer(&mut self, msg: ServerMsg, now: Instant) {
+        let sync = self.sync.as_mut().expect("a sync in progress");
+        match msg {
+            ServerMsg::Need { ids, .. } => {
+                let cur = &mut sync.cur;
+                cur.blobs_requested += ids.len() as u64;
+                let asked = ids
+                    .iter()
+                    .map(|id| RequestedBlob {
+                        id: *id,
+                        path: cur.by_id.get(id).cloned(),
+                        raw_len: cur.stash.get(id).map(|b| b.raw_len),
+                    })
+                    .collect();
+                self.events.push_back(SenderEvent::BlobsRequested(asked));
+                cur.batches
+                    .extend(ids.chunks(NEED_BATCH).map(<[ContentId]>::to_vec));
+                self.next_batches(now);
+            }
+            ServerMsg::Applied {
+                ack,
+                files_written,
+                apply_ms,
+            } => {
+                let cur = &sync.cur;
+                if ack != cur.expected.ack {
+                    let m = format!("applied {ack:?}, expected {:?}", cur.expected.ack);
+                    self.fail(SyncError::Protocol(m));
+                    return;
+                }
+                let report = SyncReport {
+                    generation: ack.generation,
+                    digest: ack.digest,
+                    files_written,
+                    apply_ms,
+                    blobs_inline: cur.blobs_inline,
+                    blobs_requested: cur.blobs_requested,
+                    full: cur.parent.is_none(),
+                };
+                self.acked = Some(cur.expected.clone());
+                self.remote_ack = Some(ack);
+                self.in_flight = None;
+                self.sync = None;
+                self.events.push_back(SenderEvent::Synced(report));
+            }
+            ServerMsg::Rejected { code, message, .. } => {
+                self.in_flight = None;
+                let diverged = matches!(code, ErrorCode::OutOfSync | ErrorCode::DigestMismatch);
+                if diverged && sync.attempt == 0 {
+                    let snap = self.sync.take().expect("a sync in progress").snap;
+                    self.events
+                        .push_back(SenderEvent::Resending { code, message });
+                    self.acked = None;
+                    self.begin(snap, 1, now);
+                } else if code == ErrorCode::BaseUnavailable {
+                    self.fail(SyncError::BaseUnavailable(message));
+                } else {
+                    self.fail(SyncError::Rejected { code, message });
+                }
+            }
+            other => self.fail(SyncError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Handle queued `Need` batches until one needs encoding, then wait for
+    /// the receiver again.
+    fn next_batches(&mut self, now: Instant) {
+        loop {
+            let Some(sync) = self.sync.as_mut() else {
+                return;
+            };
+            let cur = &mut sync.cur;
+            let Some(batch) = cur.batches.pop_front() else {
+                cur.phase = Phase::Awaiting {
+                    deadline: now + ANSWER_TIMEOUT,
+                };
+                return;
+            };
+            if let Some(id) = batch
+                .iter()
+                .find(|id| !cur.stash.contains_key(id) && !cur.by_id.contains_key(id))
+            {
+                let m = format!("receiver asked for unknown blob {id}");
+                self.fail(SyncError::Protocol(m));
+                return;
+            }
+            cur.current = batch;
+            let todo = todo_ids(cur);
+            if todo.is_empty() {
+                let batch = std::mem::take(&mut cur.current);
+                if !self.send_batch(batch) {
+                    return;
+                }
+                continue;
+            }
+            let items = todo
+                .iter()
+                .map(|id| encode_item(&cur.old, &cur.by_id[id], *id))
+                .collect();
+            cur.phase = Phase::EncodingRequested;
+            self.requests.push_back(Request::Encode(items));
+            return;
+        }
+    }
+
+    /// Queue the blobs of one `Need` batch, all of them encoded by now.
+    /// False if the sync failed (an id asked for twice).
+    fn send_batch(&mut self, batch: Vec<ContentId>) -> bool {
+        let cur = &mut self.sync.as_mut().expect("a sync in progress").cur;
+        for id in batch {
+            let blob = match cur.stash.remove(&id) {
+                Some(blob) if cur.asked.insert(id) => blob,
+                _ => {
+                    let m = format!("receiver asked twice for blob {id}");
+                    self.fail(SyncError::Protocol(m));
+                    return false;
+                }
+            };
+            self.events.push_back(SenderEvent::BlobSent {
+                id,
+                raw_len: blob.raw_len,
+            });
+            self.transmit.push_back(Outgoing::Blob { blob, offset: 0 });
+        }
+        true
+    }
+
+    /// End the sync (or the idle connection) with `error`.
+    fn fail(&mut self, error: SyncError) {
+        self.sync = None;
+        self.requests.clear();
+        if error.closes_connection() {
+            self.conn = Conn::Closed;
+        }
+        self.events.push_back(SenderEvent::Failed(error));
+    }
+}
+
+/// Ids of the current batch that still need encoding, each once, in order.
+fn todo_ids(cur: &Generation) -> Vec<ContentId> {
+    let mut seen = HashSet::new();
+    cur.current
+        .iter()
+        .filter(|id| !cur.stash.contains_key(id) && !cur.asked.contains(id) && seen.insert(**id))
+        .copied()
+        .collect()
+}
+
+fn encode_item(old: &Overlay, path: &RelPath, id: ContentId) -> EncodeItem {
+    let previous = match old.get(path) {
+        Some(Entry::File { id, .. }) => Some(*id),
+        _ => None,
+    };
+    EncodeItem {
+        path: path.clone(),
+        id,
+        previous,
+    }
+}
