@@ -636,3 +636,600 @@ fn rejected(generation: Option<u64>, r: Reject) -> ServerMsg {
         message: r.message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Encoding;
+    use crate::content_id::GitOid;
+    use crate::overlay::Entry;
+    use crate::path::RelPath;
+
+    fn id(n: u8) -> ContentId {
+        ContentId([n; 32])
+    }
+
+    fn hello(version: u32) -> ClientMsg {
+        ClientMsg::Hello {
+            version,
+            workspace: "alice".into(),
+            token: "tok".into(),
+        }
+    }
+
+    fn accepted() -> AuthAnswer {
+        AuthAnswer::Accepted {
+            receiver: "devd-receiver test".into(),
+            acked: None,
+            worktree: "/w".into(),
+        }
+    }
+
+    fn change(path: &str, n: u8) -> Change {
+        Change {
+            path: RelPath::new(path).unwrap(),
+            entry: Some(Entry::File {
+                id: id(n),
+                exec: false,
+            }),
+        }
+    }
+
+    fn changes(generation: u64, c: Vec<Change>, blobs: Vec<Blob>) -> ClientMsg {
+        ClientMsg::Changes {
+            generation,
+            changes: c,
+            blobs,
+        }
+    }
+
+    fn commit(generation: u64) -> ClientMsg {
+        ClientMsg::Commit {
+            generation,
+            parent: None,
+            base: Base::Commit(GitOid([1; 20])),
+            digest: Digest([2; 32]),
+            entries: 1,
+        }
+    }
+
+    fn chunk(n: u8, total: u64, offset: u64, data: Vec<u8>) -> ClientMsg {
+        ClientMsg::BlobChunk {
+            id: id(n),
+            encoding: Encoding::Raw,
+            raw_len: total,
+            total,
+            offset,
+            data,
+        }
+    }
+
+    fn rejected_frame(r: &mut Receiver) -> (Option<u64>, ErrorCode, String) {
+        match r.poll_transmit() {
+            Some(ServerMsg::Rejected {
+                generation,
+                code,
+                message,
+            }) => (generation, code, message),
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+    }
+
+    /// A receiver past Welcome.
+    fn open(now: Instant, limits: Limits) -> Receiver {
+        let mut r = Receiver::with_limits(limits, now);
+        r.handle_message(hello(crate::PROTOCOL_VERSION), now)
+            .unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::Authenticate {
+                workspace: "alice".into(),
+                token: "tok".into()
+            })
+        );
+        r.handle_auth(accepted()).unwrap();
+        assert_eq!(
+            r.poll_transmit(),
+            Some(ServerMsg::Welcome {
+                version: crate::PROTOCOL_VERSION,
+                receiver: "devd-receiver test".into(),
+                acked: None,
+                worktree: "/w".into(),
+            })
+        );
+        r
+    }
+
+    /// A receiver that sent `Need` for `ids` of generation 1 at `now`.
+    fn receiving(now: Instant, ids: Vec<ContentId>) -> Receiver {
+        let mut r = open(now, Limits::default());
+        r.handle_message(commit(1), now).unwrap();
+        assert!(matches!(
+            r.poll_event(),
+            Some(ReceiverEvent::Prepare { .. })
+        ));
+        r.handle_prepared(Ok(ids.clone()), now).unwrap();
+        assert_eq!(
+            r.poll_transmit(),
+            Some(ServerMsg::Need { generation: 1, ids })
+        );
+        r
+    }
+
+    #[test]
+    fn hello_deadline_is_the_time_given_plus_ten_seconds() {
+        let t0 = Instant::now();
+        let mut r = Receiver::new(t0);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        r.handle_timeout(t0 + Duration::from_millis(9_999));
+        assert!(!r.is_closed());
+        assert_eq!(r.poll_transmit(), None);
+        r.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(
+            rejected_frame(&mut r),
+            (None, ErrorCode::Malformed, "no Hello within 10 s".into())
+        );
+        assert!(r.is_closed());
+    }
+
+    #[test]
+    fn wrong_version_is_refused_before_authentication() {
+        let now = Instant::now();
+        let mut r = Receiver::new(now);
+        r.handle_message(hello(99), now).unwrap();
+        assert_eq!(r.poll_event(), None);
+        let (generation, code, message) = rejected_frame(&mut r);
+        assert_eq!((generation, code), (None, ErrorCode::Version));
+        assert!(message.contains("protocol version 99"), "{message}");
+        assert!(r.is_closed());
+    }
+
+    #[test]
+    fn first_message_must_be_hello() {
+        let now = Instant::now();
+        let mut r = Receiver::new(now);
+        r.handle_message(commit(1), now).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (
+                None,
+                ErrorCode::Malformed,
+                "the first message must be Hello".into()
+            )
+        );
+        assert!(r.is_closed());
+    }
+
+    #[test]
+    fn bad_token_and_unknown_workspace_are_refused() {
+        for (answer, want) in [
+            (AuthAnswer::WrongToken, ErrorCode::Unauthorized),
+            (AuthAnswer::UnknownWorkspace, ErrorCode::UnknownWorkspace),
+        ] {
+            let now = Instant::now();
+            let mut r = Receiver::new(now);
+            r.handle_message(hello(crate::PROTOCOL_VERSION), now)
+                .unwrap();
+            assert!(matches!(
+                r.poll_event(),
+                Some(ReceiverEvent::Authenticate { .. })
+            ));
+            assert_eq!(r.poll_timeout(), None, "no deadline while authenticating");
+            r.handle_auth(answer).unwrap();
+            let (generation, code, message) = rejected_frame(&mut r);
+            assert_eq!((generation, code), (None, want));
+            assert!(message.contains("\"alice\""), "{message}");
+            assert!(r.is_closed());
+        }
+    }
+
+    #[test]
+    fn subscribe_or_logs_first_is_a_side_stream_later_it_is_refused() {
+        let now = Instant::now();
+        let logs = ClientMsg::Logs {
+            service: "web".into(),
+            build: false,
+            follow: true,
+        };
+        for first in [ClientMsg::Subscribe, logs] {
+            let mut r = open(now, Limits::default());
+            r.handle_message(first.clone(), now).unwrap();
+            assert_eq!(r.poll_event(), Some(ReceiverEvent::SideStream(first)));
+            assert_eq!(r.poll_transmit(), None);
+            assert!(r.handle_message(commit(1), now).is_err());
+        }
+        let mut r = open(now, Limits::default());
+        r.handle_message(changes(1, vec![], vec![]), now).unwrap();
+        r.handle_message(ClientMsg::Subscribe, now).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (
+                None,
+                ErrorCode::Malformed,
+                "unexpected message outside of a blob request".into()
+            )
+        );
+        assert!(r.is_closed());
+    }
+
+    #[test]
+    fn changes_accumulate_into_one_prepare_request() {
+        let now = Instant::now();
+        let mut r = open(now, Limits::default());
+        let b = Blob {
+            id: id(1),
+            encoding: Encoding::Raw,
+            raw_len: 3,
+            data: vec![1, 2, 3],
+        };
+        r.handle_message(changes(1, vec![change("a", 1)], vec![]), now)
+            .unwrap();
+        r.handle_message(changes(1, vec![change("b", 2)], vec![b.clone()]), now)
+            .unwrap();
+        r.handle_message(commit(1), now).unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::Prepare {
+                header: CommitHeader {
+                    generation: 1,
+                    parent: None,
+                    base: Base::Commit(GitOid([1; 20])),
+                    digest: Digest([2; 32]),
+                    entries: 1,
+                },
+                incoming: Incoming {
+                    generation: 1,
+                    changes: vec![change("a", 1), change("b", 2)],
+                    blobs: vec![b],
+                    inline_bytes: 3,
+                }
+            })
+        );
+        assert_eq!(r.generation(), Some(1));
+        assert!(r.handle_message(commit(2), now).is_err(), "busy preparing");
+    }
+
+    #[test]
+    fn changes_or_commit_for_another_generation_end_the_session() {
+        let now = Instant::now();
+        let mut r = open(now, Limits::default());
+        r.handle_message(changes(1, vec![change("a", 1)], vec![]), now)
+            .unwrap();
+        r.handle_message(changes(2, vec![], vec![]), now).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (
+                Some(2),
+                ErrorCode::Malformed,
+                "changes for generation 2 while 1 is open".into()
+            )
+        );
+        assert!(r.is_closed());
+        let mut r = open(now, Limits::default());
+        r.handle_message(changes(1, vec![], vec![]), now).unwrap();
+        r.handle_message(commit(3), now).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (
+                Some(3),
+                ErrorCode::Malformed,
+                "commit of generation 3 while 1 is open".into()
+            )
+        );
+    }
+
+    #[test]
+    fn too_many_changes_or_inline_bytes_end_the_session() {
+        let now = Instant::now();
+        let limits = Limits {
+            max_changes: 2,
+            max_inline_bytes: 4,
+            ..Limits::default()
+        };
+        let mut r = open(now, limits);
+        r.handle_message(
+            changes(1, vec![change("a", 1), change("b", 1)], vec![]),
+            now,
+        )
+        .unwrap();
+        r.handle_message(changes(1, vec![change("c", 1)], vec![]), now)
+            .unwrap();
+        let (generation, code, _) = rejected_frame(&mut r);
+        assert_eq!((generation, code), (Some(1), ErrorCode::TooLarge));
+        assert!(r.is_closed());
+        let mut r = open(now, limits);
+        let b = Blob {
+            id: id(1),
+            encoding: Encoding::Raw,
+            raw_len: 5,
+            data: vec![0; 5],
+        };
+        r.handle_message(changes(1, vec![], vec![b]), now).unwrap();
+        let (_, code, _) = rejected_frame(&mut r);
+        assert_eq!(code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn refused_prepare_or_finish_keeps_the_session() {
+        let now = Instant::now();
+        let mut r = open(now, Limits::default());
+        r.handle_message(commit(1), now).unwrap();
+        r.poll_event();
+        r.handle_prepared(Err(Reject::new(ErrorCode::OutOfSync, "parent")), now)
+            .unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::OutOfSync, "parent".into())
+        );
+        assert!(!r.is_closed());
+        // The laptop resends; nothing is missing; finishing fails.
+        r.handle_message(commit(1), now).unwrap();
+        r.poll_event();
+        r.handle_prepared(Ok(vec![]), now).unwrap();
+        assert_eq!(r.poll_transmit(), None, "no Need when nothing is missing");
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::Finish { generation: 1 })
+        );
+        r.handle_finished(Err(Reject::new(ErrorCode::Storage, "disk")))
+            .unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::Storage, "disk".into())
+        );
+        assert!(!r.is_closed());
+        // And once more, applied.
+        r.handle_message(commit(2), now).unwrap();
+        r.poll_event();
+        r.handle_prepared(Ok(vec![]), now).unwrap();
+        r.poll_event();
+        let ack = Ack {
+            generation: 2,
+            digest: Digest([2; 32]),
+            base: Base::Uploaded,
+        };
+        r.handle_finished(Ok(Applied {
+            ack,
+            files_written: 3,
+            apply_ms: 4,
+        }))
+        .unwrap();
+        assert_eq!(
+            r.poll_transmit(),
+            Some(ServerMsg::Applied {
+                ack,
+                files_written: 3,
+                apply_ms: 4
+            })
+        );
+    }
+
+    #[test]
+    fn chunks_are_reassembled_stored_and_then_finished() {
+        let t0 = Instant::now();
+        let mut r = receiving(t0, vec![id(1), id(2)]);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        let t1 = t0 + Duration::from_secs(30);
+        r.handle_message(chunk(1, 5, 0, vec![1, 1]), t1).unwrap();
+        assert_eq!(r.poll_event(), None);
+        assert_eq!(r.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+        r.handle_message(chunk(1, 5, 2, vec![1, 1, 1]), t1).unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::StoreBlob(Blob {
+                id: id(1),
+                encoding: Encoding::Raw,
+                raw_len: 5,
+                data: vec![1; 5]
+            }))
+        );
+        assert_eq!(r.poll_timeout(), None, "no deadline while storing");
+        assert!(r.handle_message(chunk(2, 1, 0, vec![2]), t1).is_err());
+        r.handle_blob_stored(Ok(()), t1).unwrap();
+        // An empty blob is one empty chunk.
+        r.handle_message(chunk(2, 0, 0, vec![]), t1).unwrap();
+        assert!(matches!(
+            r.poll_event(),
+            Some(ReceiverEvent::StoreBlob(Blob { data, .. })) if data.is_empty()
+        ));
+        r.handle_blob_stored(Ok(()), t1).unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::Finish { generation: 1 })
+        );
+        assert_eq!(r.poll_transmit(), None);
+    }
+
+    /// Feed `msgs` to a receiver waiting for blob 1 (5 bytes) and return
+    /// the refusal that ended the session.
+    fn fatal_after(msgs: Vec<ClientMsg>) -> (Option<u64>, ErrorCode, String) {
+        let now = Instant::now();
+        let mut r = receiving(now, vec![id(1)]);
+        for m in msgs {
+            r.handle_message(m, now).unwrap();
+        }
+        let out = rejected_frame(&mut r);
+        assert!(r.is_closed());
+        assert_eq!(r.poll_event(), None, "nothing is stored");
+        out
+    }
+
+    #[test]
+    fn chunk_checks_end_the_session() {
+        let id1 = id(1);
+        let cases = [
+            (
+                vec![chunk(1, 5, 2, vec![1])],
+                ErrorCode::Malformed,
+                format!("blob {id1}: chunk out of order"),
+            ),
+            (
+                vec![chunk(1, 5, 0, vec![1]), chunk(1, 5, 2, vec![1])],
+                ErrorCode::Malformed,
+                format!("blob {id1}: chunk out of order"),
+            ),
+            (
+                vec![chunk(9, 5, 0, vec![1])],
+                ErrorCode::Malformed,
+                format!("blob {} was not requested", id(9)),
+            ),
+            (
+                vec![chunk(1, 5, 0, vec![1; 6])],
+                ErrorCode::Malformed,
+                format!("blob {id1}: more bytes than announced"),
+            ),
+            (
+                vec![chunk(1, (1 << 30) + 1, 0, vec![1])],
+                ErrorCode::TooLarge,
+                format!("blob {id1} is too large"),
+            ),
+            (
+                vec![commit(2)],
+                ErrorCode::Malformed,
+                "expected blob chunks".into(),
+            ),
+        ];
+        for (msgs, code, message) in cases {
+            assert_eq!(fatal_after(msgs), (Some(1), code, message));
+        }
+        // The encoding may not change between chunks of one blob.
+        let mut other = chunk(1, 5, 1, vec![1]);
+        if let ClientMsg::BlobChunk { encoding, .. } = &mut other {
+            *encoding = Encoding::Zstd;
+        }
+        let (_, code, message) = fatal_after(vec![chunk(1, 5, 0, vec![1]), other]);
+        assert_eq!(code, ErrorCode::Malformed);
+        assert!(message.ends_with("chunk out of order"));
+        // A blob's encoding may be up to twice its raw size, not more.
+        let mut big = chunk(1, 0, 0, vec![]);
+        if let ClientMsg::BlobChunk { raw_len, total, .. } = &mut big {
+            *raw_len = 10;
+            *total = (2 << 30) + 1;
+        }
+        assert_eq!(fatal_after(vec![big]).1, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_complete_blob_sent_again_was_not_requested() {
+        let now = Instant::now();
+        let mut r = receiving(now, vec![id(1), id(2)]);
+        r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
+        assert!(matches!(r.poll_event(), Some(ReceiverEvent::StoreBlob(_))));
+        r.handle_blob_stored(Ok(()), now).unwrap();
+        r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
+        let (_, code, message) = rejected_frame(&mut r);
+        assert_eq!(code, ErrorCode::Malformed);
+        assert!(message.ends_with("was not requested"));
+    }
+
+    #[test]
+    fn idle_blob_transfer_times_out() {
+        let t0 = Instant::now();
+        let mut r = receiving(t0, vec![id(1)]);
+        r.handle_timeout(t0 + Duration::from_secs(59));
+        assert!(!r.is_closed());
+        r.handle_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(
+            rejected_frame(&mut r),
+            (
+                Some(1),
+                ErrorCode::Malformed,
+                "blob transfer stalled".into()
+            )
+        );
+        assert!(r.is_closed());
+    }
+
+    #[test]
+    fn a_blob_that_cannot_be_stored_ends_the_session() {
+        let now = Instant::now();
+        let mut r = receiving(now, vec![id(1), id(2)]);
+        r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
+        r.poll_event();
+        r.handle_blob_stored(Err(Reject::new(ErrorCode::BadBlob, "hash")), now)
+            .unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::BadBlob, "hash".into())
+        );
+        assert!(r.is_closed());
+        assert_eq!(r.poll_event(), None, "no Finish");
+    }
+
+    #[test]
+    fn stream_end_and_read_errors() {
+        let now = Instant::now();
+        // Between syncs: the session just ends.
+        let mut r = open(now, Limits::default());
+        r.handle_stream_end();
+        assert!(r.is_closed());
+        assert_eq!(r.poll_transmit(), None);
+        let mut r = open(now, Limits::default());
+        r.handle_read_failed("reset");
+        assert!(r.is_closed());
+        assert_eq!(r.poll_transmit(), None);
+        // While blobs are expected it is refused.
+        let mut r = receiving(now, vec![id(1)]);
+        r.handle_stream_end();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::Malformed, "stream ended".into())
+        );
+        let mut r = receiving(now, vec![id(1)]);
+        r.handle_read_failed("reset");
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::Malformed, "reset".into())
+        );
+        // Before Hello: a read error is refused, an end is not.
+        let mut r = Receiver::new(now);
+        r.handle_read_failed("reset");
+        assert_eq!(
+            rejected_frame(&mut r),
+            (None, ErrorCode::Malformed, "reset".into())
+        );
+        let mut r = Receiver::new(now);
+        r.handle_stream_end();
+        assert!(r.is_closed());
+        assert_eq!(r.poll_transmit(), None);
+    }
+
+    #[test]
+    fn undecodable_frames_end_the_session() {
+        let now = Instant::now();
+        let mut dec = crate::codec::FrameDecoder::new(16);
+        dec.push(&[0, 0, 1, 0]);
+        let err = dec.decode::<ClientMsg>().unwrap_err();
+        let mut r = open(now, Limits::default());
+        r.handle_bad_frame(Reject::from(&err));
+        let (generation, code, message) = rejected_frame(&mut r);
+        assert_eq!((generation, code), (None, ErrorCode::TooLarge));
+        assert!(message.contains("256"), "{message}");
+        assert!(r.is_closed());
+        let mut r = receiving(now, vec![id(1)]);
+        r.handle_bad_frame(Reject::new(ErrorCode::Malformed, "truncated"));
+        assert_eq!(
+            rejected_frame(&mut r),
+            (Some(1), ErrorCode::Malformed, "truncated".into())
+        );
+    }
+
+    #[test]
+    fn answers_nobody_asked_for_are_usage_errors() {
+        let now = Instant::now();
+        let mut r = Receiver::new(now);
+        let e = r.handle_prepared(Ok(vec![]), now).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "handle_prepared is not expected while the receiver is waiting for Hello"
+        );
+        assert!(r.handle_auth(accepted()).is_err());
+        let mut r = open(now, Limits::default());
+        assert!(r.handle_blob_stored(Ok(()), now).is_err());
+        assert!(
+            r.handle_finished(Err(Reject::new(ErrorCode::Internal, "x")))
+                .is_err()
+        );
+        assert_eq!(r.poll_transmit(), None);
+    }
+}

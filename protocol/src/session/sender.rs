@@ -898,3 +898,685 @@ fn encode_item(old: &Overlay, path: &RelPath, id: ContentId) -> EncodeItem {
         previous,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content_id::GitOid;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    fn id(n: u8) -> ContentId {
+        ContentId([n; 32])
+    }
+
+    fn base() -> Base {
+        Base::Commit(GitOid([1; 20]))
+    }
+
+    /// A snapshot of files `(path, n)` with content id `[n; 32]`.
+    fn snap(files: &[(&str, u8)]) -> Snapshot {
+        let o: Overlay = files
+            .iter()
+            .map(|(path, n)| {
+                (
+                    p(path),
+                    Entry::File {
+                        id: id(*n),
+                        exec: false,
+                    },
+                )
+            })
+            .collect();
+        Snapshot::new(base(), Arc::new(o))
+    }
+
+    fn blob(n: u8, len: usize) -> Blob {
+        Blob {
+            id: id(n),
+            encoding: crate::compress::Encoding::Raw,
+            raw_len: len as u64,
+            data: vec![n; len],
+        }
+    }
+
+    fn welcome(acked: Option<Ack>) -> ServerMsg {
+        ServerMsg::Welcome {
+            version: crate::PROTOCOL_VERSION,
+            receiver: "r".into(),
+            acked,
+            worktree: "/w".into(),
+        }
+    }
+
+    fn drain(s: &mut Sender) -> (Vec<ClientMsg>, Vec<SenderEvent>) {
+        let frames = std::iter::from_fn(|| s.poll_transmit()).collect();
+        let events = std::iter::from_fn(|| s.poll_event()).collect();
+        (frames, events)
+    }
+
+    fn connected(acked: Option<Ack>, now: Instant) -> Sender {
+        let mut s = Sender::new("alice", "tok");
+        s.connect();
+        s.handle_message(welcome(acked), now).unwrap();
+        let (frames, events) = drain(&mut s);
+        assert_eq!(
+            frames,
+            vec![ClientMsg::Hello {
+                version: crate::PROTOCOL_VERSION,
+                workspace: "alice".into(),
+                token: "tok".into(),
+            }]
+        );
+        assert!(matches!(events[..], [SenderEvent::Connected { .. }]));
+        s
+    }
+
+    /// Start a sync of `snap`, answer the size and encode requests with
+    /// `sizes` and blobs of those sizes; the frames sent.
+    fn send(s: &mut Sender, snap: Snapshot, sizes: &[u64], now: Instant) -> Vec<ClientMsg> {
+        s.start_sync(snap, now).unwrap();
+        if let Some(Request::Measure(paths)) = s.poll_request() {
+            assert_eq!(paths.len(), sizes.len());
+            s.handle_sizes(sizes.iter().map(|n| Some(*n)).collect(), now)
+                .unwrap();
+        }
+        if let Some(Request::Encode(items)) = s.poll_request() {
+            let blobs = items.iter().map(|it| blob(it.id.0[0], 10)).collect();
+            s.handle_encoded(Ok(blobs), now).unwrap();
+        }
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    fn applied(generation: u64, snap: &Snapshot) -> ServerMsg {
+        ServerMsg::Applied {
+            ack: Ack {
+                generation,
+                digest: snap.digest,
+                base: snap.base,
+            },
+            files_written: 1,
+            apply_ms: 2,
+        }
+    }
+
+    fn failed(s: &mut Sender) -> SyncError {
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        match events.last() {
+            Some(SenderEvent::Failed(e)) => e.clone(),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_sync_is_full_with_inline_blobs_and_report() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let sn = snap(&[("a", 1), ("b", 2)]);
+        let frames = send(&mut s, sn.clone(), &[10, 10], now);
+        let [
+            ClientMsg::Changes {
+                generation: 1,
+                changes,
+                blobs,
+            },
+            ClientMsg::Commit {
+                generation: 1,
+                parent: None,
+                digest,
+                entries: 2,
+                ..
+            },
+        ] = &frames[..]
+        else {
+            panic!("unexpected frames {frames:?}");
+        };
+        assert_eq!(changes.len(), 2);
+        assert_eq!(
+            blobs.iter().map(|b| b.id).collect::<Vec<_>>(),
+            [id(1), id(2)]
+        );
+        assert_eq!(*digest, sn.digest);
+        assert_eq!(s.in_flight().map(|a| a.generation), Some(1));
+        s.handle_message(applied(1, &sn), now).unwrap();
+        let (_, events) = drain(&mut s);
+        assert_eq!(
+            events,
+            vec![SenderEvent::Synced(SyncReport {
+                generation: 1,
+                digest: sn.digest,
+                files_written: 1,
+                apply_ms: 2,
+                blobs_inline: 2,
+                blobs_requested: 0,
+                full: true,
+            })]
+        );
+        assert_eq!(s.acked().map(|a| a.generation), Some(1));
+        assert_eq!(s.in_flight(), None);
+    }
+
+    #[test]
+    fn delta_carries_previous_ids_for_patches() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let one = snap(&[("a", 1), ("b", 2)]);
+        send(&mut s, one.clone(), &[10, 10], now);
+        s.handle_message(applied(1, &one), now).unwrap();
+        drain(&mut s);
+        let two = snap(&[("a", 3), ("b", 2)]);
+        s.start_sync(two, now).unwrap();
+        assert_eq!(s.poll_request(), Some(Request::Measure(vec![p("a")])));
+        s.handle_sizes(vec![Some(10)], now).unwrap();
+        assert_eq!(
+            s.poll_request(),
+            Some(Request::Encode(vec![EncodeItem {
+                path: p("a"),
+                id: id(3),
+                previous: Some(id(1)),
+            }]))
+        );
+        s.handle_encoded(Ok(vec![blob(3, 10)]), now).unwrap();
+        let (frames, _) = drain(&mut s);
+        assert!(matches!(
+            &frames[..],
+            [
+                ClientMsg::Changes { generation: 2, changes, .. },
+                ClientMsg::Commit { generation: 2, parent: Some(1), entries: 2, .. }
+            ] if changes.len() == 1 && changes[0].path == p("a")
+        ));
+    }
+
+    #[test]
+    fn adopts_the_receivers_state_and_sends_nothing() {
+        let now = Instant::now();
+        let sn = snap(&[("a", 1)]);
+        let ack = Ack {
+            generation: 41,
+            digest: sn.digest,
+            base: sn.base,
+        };
+        let mut s = connected(Some(ack), now);
+        s.start_sync(sn, now).unwrap();
+        let (frames, events) = drain(&mut s);
+        assert!(frames.is_empty());
+        assert_eq!(
+            events,
+            vec![SenderEvent::Adopted(ack), SenderEvent::UpToDate]
+        );
+        assert_eq!(s.poll_request(), None);
+        assert_eq!(s.acked(), Some(ack));
+        // The next change is a delta on generation 41, numbered 42.
+        let frames = send(&mut s, snap(&[("a", 2)]), &[10], now);
+        assert!(matches!(
+            frames.last(),
+            Some(ClientMsg::Commit {
+                generation: 42,
+                parent: Some(41),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_receiver_state_means_full_overlay_with_growing_generation() {
+        let now = Instant::now();
+        let other = Ack {
+            generation: 9,
+            digest: Digest([7; 32]),
+            base: base(),
+        };
+        let mut s = Sender::new("alice", "tok");
+        s.connect();
+        s.handle_message(welcome(Some(other)), now).unwrap();
+        let (_, events) = drain(&mut s);
+        assert_eq!(
+            events,
+            vec![SenderEvent::Connected {
+                receiver: "r".into(),
+                worktree: "/w".into(),
+                acked: Some(other),
+                resumed: false,
+            }]
+        );
+        let frames = send(&mut s, snap(&[("a", 1)]), &[10], now);
+        assert!(matches!(
+            frames.last(),
+            Some(ClientMsg::Commit {
+                generation: 10,
+                parent: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn resumes_from_the_generation_in_flight_if_the_receiver_applied_it() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let one = snap(&[("a", 1)]);
+        send(&mut s, one.clone(), &[10], now);
+        s.handle_connection_lost("gone");
+        assert_eq!(failed(&mut s), SyncError::Lost("gone".into()));
+        assert!(!s.is_connected());
+        let applied_ack = Ack {
+            generation: 1,
+            digest: one.digest,
+            base: one.base,
+        };
+        s.connect();
+        s.handle_message(welcome(Some(applied_ack)), now).unwrap();
+        let (_, events) = drain(&mut s);
+        assert!(matches!(
+            events[..],
+            [SenderEvent::Connected { resumed: true, .. }]
+        ));
+        assert_eq!(s.acked(), Some(applied_ack));
+        s.start_sync(one, now).unwrap();
+        let (frames, events) = drain(&mut s);
+        assert!(frames.is_empty());
+        assert_eq!(events, vec![SenderEvent::UpToDate]);
+    }
+
+    #[test]
+    fn divergence_is_healed_once_with_a_full_resend() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let one = snap(&[("a", 1), ("b", 2)]);
+        send(&mut s, one.clone(), &[10, 10], now);
+        s.handle_message(applied(1, &one), now).unwrap();
+        drain(&mut s);
+        let two = snap(&[("a", 1), ("b", 3)]);
+        send(&mut s, two.clone(), &[10], now);
+        let reject = |code| ServerMsg::Rejected {
+            generation: Some(2),
+            code,
+            message: "diverged".into(),
+        };
+        s.handle_message(reject(ErrorCode::DigestMismatch), now)
+            .unwrap();
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![SenderEvent::Resending {
+                code: ErrorCode::DigestMismatch,
+                message: "diverged".into()
+            }]
+        );
+        assert_eq!(s.acked(), None);
+        // The full overlay: both files measured, no previous ids.
+        assert_eq!(
+            s.poll_request(),
+            Some(Request::Measure(vec![p("a"), p("b")]))
+        );
+        s.handle_sizes(vec![Some(10), Some(10)], now).unwrap();
+        let Some(Request::Encode(items)) = s.poll_request() else {
+            panic!("encode request expected");
+        };
+        assert!(items.iter().all(|i| i.previous.is_none()));
+        s.handle_encoded(Ok(vec![blob(1, 10), blob(3, 10)]), now)
+            .unwrap();
+        let (frames, _) = drain(&mut s);
+        assert!(matches!(
+            frames.last(),
+            Some(ClientMsg::Commit {
+                generation: 2,
+                parent: None,
+                entries: 2,
+                ..
+            })
+        ));
+        // A second divergence in the same sync is reported.
+        s.handle_message(reject(ErrorCode::OutOfSync), now).unwrap();
+        assert_eq!(
+            failed(&mut s),
+            SyncError::Rejected {
+                code: ErrorCode::OutOfSync,
+                message: "diverged".into()
+            }
+        );
+        assert!(s.is_connected(), "divergence does not close the connection");
+        assert_eq!(s.in_flight(), None);
+    }
+
+    #[test]
+    fn base_unavailable_is_its_own_outcome_and_keeps_the_connection() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        send(&mut s, snap(&[("a", 1)]), &[10], now);
+        s.handle_message(
+            ServerMsg::Rejected {
+                generation: Some(1),
+                code: ErrorCode::BaseUnavailable,
+                message: "no such commit".into(),
+            },
+            now,
+        )
+        .unwrap();
+        let e = failed(&mut s);
+        assert_eq!(e, SyncError::BaseUnavailable("no such commit".into()));
+        assert!(!e.closes_connection());
+        assert!(s.is_connected());
+        assert!(!s.is_syncing());
+    }
+
+    #[test]
+    fn closing_refusals_close_the_connection() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        send(&mut s, snap(&[("a", 1)]), &[10], now);
+        s.handle_message(
+            ServerMsg::Rejected {
+                generation: Some(1),
+                code: ErrorCode::Storage,
+                message: "disk full".into(),
+            },
+            now,
+        )
+        .unwrap();
+        assert!(failed(&mut s).closes_connection());
+        assert!(!s.is_connected());
+        assert!(s.start_sync(snap(&[("a", 1)]), now).is_err());
+    }
+
+    #[test]
+    fn need_sends_stashed_and_freshly_encoded_blobs_in_chunks() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        // "big" is a candidate whose encoding is too large for inline;
+        // "huge" is too large on disk to be a candidate.
+        let sn = snap(&[("big", 1), ("huge", 2), ("small", 3)]);
+        s.start_sync(sn.clone(), now).unwrap();
+        assert!(matches!(s.poll_request(), Some(Request::Measure(_))));
+        let huge = CANDIDATE_FILE_MAX + 1;
+        s.handle_sizes(vec![Some(100_000), Some(huge), Some(5)], now)
+            .unwrap();
+        let Some(Request::Encode(items)) = s.poll_request() else {
+            panic!("encode request expected");
+        };
+        assert_eq!(
+            items.iter().map(|i| i.id).collect::<Vec<_>>(),
+            [id(1), id(3)]
+        );
+        let big = blob(1, INLINE_BLOB_MAX + 1);
+        s.handle_encoded(Ok(vec![big.clone(), blob(3, 5)]), now)
+            .unwrap();
+        let (frames, _) = drain(&mut s);
+        assert!(matches!(
+            &frames[0],
+            ClientMsg::Changes { blobs, .. } if blobs.len() == 1 && blobs[0].id == id(3)
+        ));
+        s.handle_message(
+            ServerMsg::Need {
+                generation: 1,
+                ids: vec![id(1), id(2)],
+            },
+            now,
+        )
+        .unwrap();
+        // "big" is in the stash; only "huge" is read now.
+        assert_eq!(
+            s.poll_request(),
+            Some(Request::Encode(vec![EncodeItem {
+                path: p("huge"),
+                id: id(2),
+                previous: None,
+            }]))
+        );
+        assert_eq!(s.poll_timeout(), None, "no deadline while encoding");
+        let huge_blob = blob(2, 2 * CHUNK + 5);
+        s.handle_encoded(Ok(vec![huge_blob.clone()]), now).unwrap();
+        let (frames, events) = drain(&mut s);
+        let chunks: Vec<(ContentId, u64, u64, usize)> = frames
+            .iter()
+            .map(|f| match f {
+                ClientMsg::BlobChunk {
+                    id,
+                    total,
+                    offset,
+                    data,
+                    ..
+                } => (*id, *total, *offset, data.len()),
+                other => panic!("chunk expected, got {other:?}"),
+            })
+            .collect();
+        let big_len = big.data.len() as u64;
+        let huge_len = huge_blob.data.len() as u64;
+        assert_eq!(
+            chunks,
+            vec![
+                (id(1), big_len, 0, big.data.len()),
+                (id(2), huge_len, 0, CHUNK),
+                (id(2), huge_len, CHUNK as u64, CHUNK),
+                (id(2), huge_len, 2 * CHUNK as u64, 5),
+            ]
+        );
+        let reassembled: Vec<u8> = frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientMsg::BlobChunk { id: i, data, .. } if *i == id(2) => Some(data.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(reassembled, huge_blob.data);
+        assert!(events.contains(&SenderEvent::BlobsRequested(vec![
+            RequestedBlob {
+                id: id(1),
+                path: Some(p("big")),
+                raw_len: Some(big.raw_len),
+            },
+            RequestedBlob {
+                id: id(2),
+                path: Some(p("huge")),
+                raw_len: None,
+            },
+        ])));
+        s.handle_message(applied(1, &sn), now).unwrap();
+        let (_, events) = drain(&mut s);
+        assert!(matches!(
+            &events[..],
+            [SenderEvent::Synced(r)] if r.blobs_inline == 1 && r.blobs_requested == 2
+        ));
+    }
+
+    #[test]
+    fn need_is_encoded_in_batches_of_sixteen() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let names: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, u8)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u8 + 1))
+            .collect();
+        s.start_sync(snap(&files), now).unwrap();
+        assert!(matches!(s.poll_request(), Some(Request::Measure(_))));
+        // Nothing is a candidate: everything is requested.
+        s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1); 20], now)
+            .unwrap();
+        drain(&mut s);
+        let ids: Vec<ContentId> = (1..=20).map(id).collect();
+        s.handle_message(
+            ServerMsg::Need {
+                generation: 1,
+                ids: ids.clone(),
+            },
+            now,
+        )
+        .unwrap();
+        let mut sent = Vec::new();
+        for want in [16, 4] {
+            let Some(Request::Encode(items)) = s.poll_request() else {
+                panic!("encode request expected");
+            };
+            assert_eq!(items.len(), want);
+            let blobs = items.iter().map(|i| blob(i.id.0[0], 3)).collect();
+            s.handle_encoded(Ok(blobs), now).unwrap();
+            for f in std::iter::from_fn(|| s.poll_transmit()) {
+                if let ClientMsg::BlobChunk { id, .. } = f {
+                    sent.push(id);
+                }
+            }
+        }
+        assert_eq!(sent, ids);
+        assert_eq!(s.poll_timeout(), Some(now + ANSWER_TIMEOUT));
+    }
+
+    #[test]
+    fn unknown_or_repeated_need_ids_fail_the_sync() {
+        let now = Instant::now();
+        for (ids, want) in [
+            (vec![id(9)], "receiver asked for unknown blob"),
+            (vec![id(1), id(1)], "receiver asked twice for blob"),
+        ] {
+            let mut s = connected(None, now);
+            s.start_sync(snap(&[("a", 1)]), now).unwrap();
+            s.poll_request();
+            s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1)], now)
+                .unwrap();
+            drain(&mut s);
+            s.handle_message(ServerMsg::Need { generation: 1, ids }, now)
+                .unwrap();
+            if let Some(Request::Encode(items)) = s.poll_request() {
+                assert_eq!(items.len(), 1, "a repeated id is encoded once");
+                s.handle_encoded(Ok(vec![blob(1, 3)]), now).unwrap();
+            }
+            match failed(&mut s) {
+                SyncError::Protocol(m) => assert!(m.starts_with(want), "{m}"),
+                other => panic!("protocol error expected, got {other:?}"),
+            }
+            assert!(!s.is_connected());
+        }
+        // Asked again in a later Need of the same generation.
+        let mut s = connected(None, now);
+        s.start_sync(snap(&[("a", 1)]), now).unwrap();
+        s.poll_request();
+        s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1)], now)
+            .unwrap();
+        drain(&mut s);
+        let need = ServerMsg::Need {
+            generation: 1,
+            ids: vec![id(1)],
+        };
+        s.handle_message(need.clone(), now).unwrap();
+        let Some(Request::Encode(_)) = s.poll_request() else {
+            panic!("encode request expected");
+        };
+        s.handle_encoded(Ok(vec![blob(1, 3)]), now).unwrap();
+        assert_eq!(drain(&mut s).0.len(), 1);
+        s.handle_message(need, now).unwrap();
+        assert_eq!(s.poll_request(), None, "nothing is encoded again");
+        assert!(matches!(failed(&mut s), SyncError::Protocol(m) if m.contains("twice")));
+    }
+
+    #[test]
+    fn applied_must_match_the_expected_ack() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        let sn = snap(&[("a", 1)]);
+        send(&mut s, sn.clone(), &[10], now);
+        s.handle_message(applied(2, &sn), now).unwrap();
+        assert!(matches!(failed(&mut s), SyncError::Protocol(m) if m.starts_with("applied")));
+        assert_eq!(s.acked(), None);
+        assert_eq!(s.in_flight().map(|a| a.generation), Some(1));
+    }
+
+    #[test]
+    fn answer_timeout_uses_the_clock_it_is_given() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        send(&mut s, snap(&[("a", 1)]), &[10], now);
+        assert_eq!(s.poll_timeout(), Some(now + ANSWER_TIMEOUT));
+        s.handle_timeout(now + ANSWER_TIMEOUT - Duration::from_millis(1));
+        assert!(s.is_syncing());
+        s.handle_timeout(now + ANSWER_TIMEOUT);
+        assert_eq!(
+            failed(&mut s),
+            SyncError::Lost("no answer from the receiver within 600 s".into())
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn changed_file_fails_the_sync_before_anything_is_sent() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        s.start_sync(snap(&[("a", 1)]), now).unwrap();
+        s.poll_request();
+        s.handle_sizes(vec![Some(4)], now).unwrap();
+        s.poll_request();
+        s.handle_encoded(Err(EncodeError::Changed(p("a"))), now)
+            .unwrap();
+        let (frames, events) = drain(&mut s);
+        assert!(frames.is_empty());
+        assert_eq!(
+            events,
+            vec![SenderEvent::Failed(SyncError::Changed(p("a")))]
+        );
+        assert_eq!(s.in_flight(), None);
+    }
+
+    #[test]
+    fn refusal_of_hello_and_misuse_are_reported() {
+        let now = Instant::now();
+        let mut s = Sender::new("alice", "bad");
+        assert!(s.start_sync(snap(&[]), now).is_err());
+        s.connect();
+        s.handle_message(
+            ServerMsg::Rejected {
+                generation: None,
+                code: ErrorCode::Unauthorized,
+                message: "wrong token".into(),
+            },
+            now,
+        )
+        .unwrap();
+        let (_, events) = drain(&mut s);
+        assert_eq!(
+            events,
+            vec![SenderEvent::ConnectFailed(SyncError::Refused {
+                code: ErrorCode::Unauthorized,
+                message: "wrong token".into()
+            })]
+        );
+        let err = s.handle_sizes(vec![], now).unwrap_err();
+        assert_eq!(err.input, "handle_sizes");
+        assert_eq!(err.state, "not connected");
+        let mut s = connected(None, now);
+        s.start_sync(snap(&[("a", 1)]), now).unwrap();
+        assert!(s.start_sync(snap(&[("a", 1)]), now).is_err(), "busy");
+        assert!(s.handle_encoded(Ok(vec![]), now).is_err(), "not asked yet");
+        assert!(s.handle_sizes(vec![], now).is_err(), "wrong count");
+    }
+
+    #[test]
+    fn empty_delta_is_one_empty_changes_frame_and_a_commit() {
+        let now = Instant::now();
+        let mut s = connected(None, now);
+        // The empty overlay on a new base: nothing to measure or encode.
+        let sn = Snapshot::new(Base::Uploaded, Arc::new(Overlay::new()));
+        s.start_sync(sn, now).unwrap();
+        assert_eq!(s.poll_request(), None);
+        let (frames, _) = drain(&mut s);
+        assert_eq!(
+            frames,
+            vec![
+                ClientMsg::Changes {
+                    generation: 1,
+                    changes: vec![],
+                    blobs: vec![]
+                },
+                ClientMsg::Commit {
+                    generation: 1,
+                    parent: None,
+                    base: Base::Uploaded,
+                    digest: Overlay::new().digest(),
+                    entries: 0
+                }
+            ]
+        );
+    }
+}
