@@ -30,15 +30,15 @@
 //! event is [`SenderEvent::Synced`], [`SenderEvent::UpToDate`] or
 //! [`SenderEvent::Failed`].
 
+mod plan;
+
 use super::UsageError;
 use crate::content_id::ContentId;
-use crate::message::{
-    Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, ErrorCode, INLINE_BLOB_MAX,
-    INLINE_TOTAL_MAX, ServerMsg,
-};
-use crate::overlay::{Change, Digest, Entry, Overlay};
+use crate::message::{Ack, Base, Blob, CHUNK, ClientMsg, ErrorCode, ServerMsg};
+use crate::overlay::{Digest, Overlay};
 use crate::path::RelPath;
-use std::collections::{HashMap, HashSet, VecDeque};
+use plan::{Generation, Known, Phase};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,6 @@ use std::time::{Duration, Instant};
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Ids of a `Need` encoded per [`Request::Encode`] (bounds memory).
 pub const NEED_BATCH: usize = 16;
-/// Files up to this size on disk are encoded as inline candidates.
-const CANDIDATE_FILE_MAX: u64 = 4 * INLINE_BLOB_MAX as u64;
-/// Candidates stop once their sizes on disk reach this total.
-const CANDIDATE_TOTAL_MAX: u64 = 4 * INLINE_TOTAL_MAX as u64;
-
 /// A scanned state to bring the receiver to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -210,13 +205,6 @@ pub enum SenderEvent {
     Failed(SyncError),
 }
 
-/// An acknowledged (or expected) ack and the overlay it stands for.
-#[derive(Clone, Debug)]
-struct Known {
-    ack: Ack,
-    overlay: Arc<Overlay>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Conn {
     Closed,
@@ -239,44 +227,6 @@ struct Sync {
     /// 0, or 1 for the full resend after a divergence.
     attempt: u8,
     cur: Generation,
-}
-
-#[derive(Debug)]
-enum Phase {
-    /// Waiting for [`Sender::handle_sizes`].
-    Measuring,
-    /// Waiting for the encoded inline candidates.
-    EncodingInline,
-    /// Frames are out; waiting for the receiver until `deadline`.
-    Awaiting { deadline: Instant },
-    /// Waiting for the encoded blobs of the current `Need` batch.
-    EncodingRequested,
-}
-
-/// One generation on its way.
-#[derive(Debug)]
-struct Generation {
-    expected: Known,
-    parent: Option<u64>,
-    /// The acknowledged overlay the delta starts from (empty when full).
-    old: Arc<Overlay>,
-    /// The delta; taken when the frames are built.
-    changes: Vec<Change>,
-    /// Content id → a path with that content (the last one in the delta).
-    by_id: HashMap<ContentId, RelPath>,
-    /// Each content id with the first path that has it, in delta order.
-    unique: Vec<(RelPath, ContentId)>,
-    candidates: Vec<(RelPath, ContentId)>,
-    /// Encoded blobs not sent inline, kept for the receiver's `Need`.
-    stash: HashMap<ContentId, Blob>,
-    /// Ids the receiver asked for in this generation.
-    asked: HashSet<ContentId>,
-    /// `Need` batches not handled yet, and the one being encoded.
-    batches: VecDeque<Vec<ContentId>>,
-    current: Vec<ContentId>,
-    phase: Phase,
-    blobs_inline: u64,
-    blobs_requested: u64,
 }
 
 /// The laptop end of the sync exchange (see the module documentation).
@@ -434,27 +384,17 @@ impl Sender {
             return Err(misuse);
         };
         let cur = &mut sync.cur;
-        if !matches!(cur.phase, Phase::Measuring) || sizes.len() != cur.unique.len() {
+        if !matches!(cur.phase, Phase::Measuring) {
             return Err(misuse);
         }
         // Files small enough on disk are encoded up front; those whose
         // encoding fits inline ride with the delta.
-        let mut candidate_bytes = 0u64;
-        for ((path, id), size) in cur.unique.iter().zip(sizes) {
-            let len = size.unwrap_or(0);
-            if len <= CANDIDATE_FILE_MAX && candidate_bytes < CANDIDATE_TOTAL_MAX {
-                candidate_bytes += len;
-                cur.candidates.push((path.clone(), *id));
-            }
-        }
-        if cur.candidates.is_empty() {
+        let Some(items) = cur.pick_candidates(sizes) else {
+            return Err(misuse);
+        };
+        if items.is_empty() {
             self.send_frames(Vec::new(), now);
         } else {
-            let items = cur
-                .candidates
-                .iter()
-                .map(|(path, id)| encode_item(&cur.old, path, *id))
-                .collect();
             cur.phase = Phase::EncodingInline;
             self.requests.push_back(Request::Encode(items));
         }
@@ -473,11 +413,10 @@ impl Sender {
             return Err(misuse);
         };
         let cur = &mut sync.cur;
-        let wanted: Vec<ContentId> = match cur.phase {
-            Phase::EncodingInline => cur.candidates.iter().map(|(_, id)| *id).collect(),
-            Phase::EncodingRequested => todo_ids(cur),
-            _ => return Err(misuse),
-        };
+        if !matches!(cur.phase, Phase::EncodingInline | Phase::EncodingRequested) {
+            return Err(misuse);
+        }
+        let wanted = cur.encoding();
         let blobs = match result {
             Ok(blobs) => blobs,
             Err(EncodeError::Changed(path)) => {
@@ -489,23 +428,10 @@ impl Sender {
             return Err(misuse);
         }
         if matches!(cur.phase, Phase::EncodingInline) {
-            let mut inline = Vec::new();
-            let mut inline_bytes = 0;
-            for blob in blobs {
-                if blob.data.len() <= INLINE_BLOB_MAX
-                    && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
-                {
-                    inline_bytes += blob.data.len();
-                    inline.push(blob);
-                } else {
-                    cur.stash.insert(blob.id, blob);
-                }
-            }
+            let inline = cur.split_inline(blobs);
             self.send_frames(inline, now);
         } else {
-            for blob in blobs {
-                cur.stash.insert(blob.id, blob);
-            }
+            cur.stash(blobs);
             let batch = std::mem::take(&mut cur.current);
             if self.send_batch(batch) {
                 self.next_batches(now);
@@ -639,61 +565,13 @@ impl Sender {
             self.events.push_back(SenderEvent::UpToDate);
             return;
         }
-        let (parent, old) = match &self.acked {
-            Some(k) => (Some(k.ack.generation), k.overlay.clone()),
-            None => (None, Arc::new(Overlay::new())),
-        };
-        // Generations only grow, also across daemon restarts.
-        let last = self
-            .acked
-            .as_ref()
-            .map(|k| k.ack.generation)
-            .max(self.remote_ack.map(|a| a.generation));
-        let generation = last.unwrap_or(0) + 1;
-        let changes = Overlay::diff(&old, &snap.overlay);
-        let mut by_id = HashMap::new();
-        let mut unique = Vec::new();
-        for c in &changes {
-            if let Some(Entry::File { id, .. }) = &c.entry
-                && by_id.insert(*id, c.path.clone()).is_none()
-            {
-                unique.push((c.path.clone(), *id));
-            }
-        }
-        let expected = Known {
-            ack: Ack {
-                generation,
-                digest: snap.digest,
-                base: snap.base,
-            },
-            overlay: snap.overlay.clone(),
-        };
-        let measure = !unique.is_empty();
+        let cur = Generation::new(&snap, self.acked.as_ref(), self.remote_ack);
+        let to_measure = cur.to_measure();
+        let measure = !to_measure.is_empty();
         if measure {
-            self.requests.push_back(Request::Measure(
-                unique.iter().map(|(p, _)| p.clone()).collect(),
-            ));
+            self.requests.push_back(Request::Measure(to_measure));
         }
-        self.sync = Some(Sync {
-            snap,
-            attempt,
-            cur: Generation {
-                expected,
-                parent,
-                old,
-                changes,
-                by_id,
-                unique,
-                candidates: Vec::new(),
-                stash: HashMap::new(),
-                asked: HashSet::new(),
-                batches: VecDeque::new(),
-                current: Vec::new(),
-                phase: Phase::Measuring,
-                blobs_inline: 0,
-                blobs_requested: 0,
-            },
-        });
+        self.sync = Some(Sync { snap, attempt, cur });
         if !measure {
             self.send_frames(Vec::new(), now);
         }
@@ -703,37 +581,10 @@ impl Sender {
     /// and the `Commit`, then wait for the receiver.
     fn send_frames(&mut self, inline: Vec<Blob>, now: Instant) {
         let sync = self.sync.as_mut().expect("a sync in progress");
-        let cur = &mut sync.cur;
-        let generation = cur.expected.ack.generation;
-        cur.blobs_inline = inline.len() as u64;
-        let mut inline = Some(inline);
-        let mut changes = std::mem::take(&mut cur.changes).into_iter().peekable();
-        loop {
-            let chunk: Vec<Change> = changes.by_ref().take(CHANGES_PER_FRAME).collect();
-            let last = changes.peek().is_none();
-            let blobs = if last {
-                inline.take().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            self.transmit.push_back(Outgoing::Msg(ClientMsg::Changes {
-                generation,
-                changes: chunk,
-                blobs,
-            }));
-            if last {
-                break;
-            }
-        }
-        self.transmit.push_back(Outgoing::Msg(ClientMsg::Commit {
-            generation,
-            parent: cur.parent,
-            base: sync.snap.base,
-            digest: sync.snap.digest,
-            entries: sync.snap.overlay.len() as u64,
-        }));
-        self.in_flight = Some(cur.expected.clone());
-        cur.phase = Phase::Awaiting {
+        let frames = sync.cur.frames(inline, &sync.snap);
+        self.transmit.extend(frames.into_iter().map(Outgoing::Msg));
+        self.in_flight = Some(sync.cur.expected.clone());
+        sync.cur.phase = Phase::Awaiting {
             deadline: now + ANSWER_TIMEOUT,
         };
     }
@@ -743,19 +594,8 @@ impl Sender {
         let sync = self.sync.as_mut().expect("a sync in progress");
         match msg {
             ServerMsg::Need { ids, .. } => {
-                let cur = &mut sync.cur;
-                cur.blobs_requested += ids.len() as u64;
-                let asked = ids
-                    .iter()
-                    .map(|id| RequestedBlob {
-                        id: *id,
-                        path: cur.by_id.get(id).cloned(),
-                        raw_len: cur.stash.get(id).map(|b| b.raw_len),
-                    })
-                    .collect();
+                let asked = sync.cur.need(&ids);
                 self.events.push_back(SenderEvent::BlobsRequested(asked));
-                cur.batches
-                    .extend(ids.chunks(NEED_BATCH).map(<[ContentId]>::to_vec));
                 self.next_batches(now);
             }
             ServerMsg::Applied {
@@ -817,16 +657,13 @@ impl Sender {
                 };
                 return;
             };
-            if let Some(id) = batch
-                .iter()
-                .find(|id| !cur.stash.contains_key(id) && !cur.by_id.contains_key(id))
-            {
+            if let Some(id) = cur.unknown(&batch) {
                 let m = format!("receiver asked for unknown blob {id}");
                 self.fail(SyncError::Protocol(m));
                 return;
             }
             cur.current = batch;
-            let todo = todo_ids(cur);
+            let todo = cur.todo_ids();
             if todo.is_empty() {
                 let batch = std::mem::take(&mut cur.current);
                 if !self.send_batch(batch) {
@@ -834,12 +671,9 @@ impl Sender {
                 }
                 continue;
             }
-            let items = todo
-                .iter()
-                .map(|id| encode_item(&cur.old, &cur.by_id[id], *id))
-                .collect();
             cur.phase = Phase::EncodingRequested;
-            self.requests.push_back(Request::Encode(items));
+            self.requests
+                .push_back(Request::Encode(cur.encode_items(&todo)));
             return;
         }
     }
@@ -849,9 +683,9 @@ impl Sender {
     fn send_batch(&mut self, batch: Vec<ContentId>) -> bool {
         let cur = &mut self.sync.as_mut().expect("a sync in progress").cur;
         for id in batch {
-            let blob = match cur.stash.remove(&id) {
-                Some(blob) if cur.asked.insert(id) => blob,
-                _ => {
+            let blob = match cur.take_requested(id) {
+                Some(blob) => blob,
+                None => {
                     let m = format!("receiver asked twice for blob {id}");
                     self.fail(SyncError::Protocol(m));
                     return false;
@@ -877,32 +711,12 @@ impl Sender {
     }
 }
 
-/// Ids of the current batch that still need encoding, each once, in order.
-fn todo_ids(cur: &Generation) -> Vec<ContentId> {
-    let mut seen = HashSet::new();
-    cur.current
-        .iter()
-        .filter(|id| !cur.stash.contains_key(id) && !cur.asked.contains(id) && seen.insert(**id))
-        .copied()
-        .collect()
-}
-
-fn encode_item(old: &Overlay, path: &RelPath, id: ContentId) -> EncodeItem {
-    let previous = match old.get(path) {
-        Some(Entry::File { id, .. }) => Some(*id),
-        _ => None,
-    };
-    EncodeItem {
-        path: path.clone(),
-        id,
-        previous,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::content_id::GitOid;
+    use crate::message::INLINE_BLOB_MAX;
+    use crate::overlay::Entry;
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s).unwrap()
@@ -1290,7 +1104,7 @@ mod tests {
         let sn = snap(&[("big", 1), ("huge", 2), ("small", 3)]);
         s.start_sync(sn.clone(), now).unwrap();
         assert!(matches!(s.poll_request(), Some(Request::Measure(_))));
-        let huge = CANDIDATE_FILE_MAX + 1;
+        let huge = plan::CANDIDATE_FILE_MAX + 1;
         s.handle_sizes(vec![Some(100_000), Some(huge), Some(5)], now)
             .unwrap();
         let Some(Request::Encode(items)) = s.poll_request() else {
@@ -1395,7 +1209,7 @@ mod tests {
         s.start_sync(snap(&files), now).unwrap();
         assert!(matches!(s.poll_request(), Some(Request::Measure(_))));
         // Nothing is a candidate: everything is requested.
-        s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1); 20], now)
+        s.handle_sizes(vec![Some(plan::CANDIDATE_FILE_MAX + 1); 20], now)
             .unwrap();
         drain(&mut s);
         let ids: Vec<ContentId> = (1..=20).map(id).collect();
@@ -1435,7 +1249,7 @@ mod tests {
             let mut s = connected(None, now);
             s.start_sync(snap(&[("a", 1)]), now).unwrap();
             s.poll_request();
-            s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1)], now)
+            s.handle_sizes(vec![Some(plan::CANDIDATE_FILE_MAX + 1)], now)
                 .unwrap();
             drain(&mut s);
             s.handle_message(ServerMsg::Need { generation: 1, ids }, now)
@@ -1454,7 +1268,7 @@ mod tests {
         let mut s = connected(None, now);
         s.start_sync(snap(&[("a", 1)]), now).unwrap();
         s.poll_request();
-        s.handle_sizes(vec![Some(CANDIDATE_FILE_MAX + 1)], now)
+        s.handle_sizes(vec![Some(plan::CANDIDATE_FILE_MAX + 1)], now)
             .unwrap();
         drain(&mut s);
         let need = ServerMsg::Need {
