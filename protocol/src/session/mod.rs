@@ -32,6 +32,8 @@ pub mod receiver;
 pub mod sender;
 
 #[cfg(test)]
+mod legacy;
+#[cfg(test)]
 mod pair;
 #[cfg(test)]
 mod tests;

@@ -201,7 +201,9 @@ pub enum SenderEvent {
     UpToDate,
     /// The sync ended: the receiver applied the snapshot.
     Synced(SyncReport),
-    /// The sync ended in failure (see [`SyncError::closes_connection`]).
+    /// The sync ended in failure (see [`SyncError::closes_connection`]),
+    /// or the receiver sent something between syncs (then a
+    /// [`SyncError::Protocol`] with no sync in progress).
     Failed(SyncError),
 }
 
