@@ -19,8 +19,13 @@
 //! `Need` → more [`Request::Encode`]s, 16 ids at a time, and `BlobChunk`
 //! frames → `Applied` (checked against the expected ack) or `Rejected`.
 //! `OutOfSync` and `DigestMismatch` are healed once per sync by forgetting
-//! the acknowledged state and resending the full overlay (which still only
-//! uploads blobs the receiver lacks).
+//! the acknowledged state and resending the full overlay (small blobs ride
+//! inline again; larger ones are only uploaded if the receiver asks).
+//!
+//! After [`SenderEvent::Failed`] any outstanding request is void: the driver
+//! drops its answer. [`SyncError::closes_connection`] says whether the
+//! driver should also drop the connection (the sender already considers it
+//! closed).
 //!
 //! The driver: `connect()` and write the `Hello`, feed the `Welcome` to
 //! [`Sender::handle_message`], then for each snapshot call
