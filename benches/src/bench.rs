@@ -30,7 +30,7 @@ pub use summary::describe_ratio;
 use summary::{dir_size, git_diff_zstd, log_breakdown};
 pub(crate) use summary::{ms_field, parse_ts, strip_ansi};
 
-/// The scenarios of the issue.
+/// The benchmark scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scenario {
     Latency,
@@ -47,7 +47,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    /// All, in the issue's order.
+    /// All, in the order the report shows them.
     pub const ALL: [Scenario; 8] = [
         Scenario::Latency,
         Scenario::Bytes,

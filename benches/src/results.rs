@@ -1,5 +1,5 @@
 //! What a run produces: rows of the table (devd figure, baseline figure,
-//! ratio), the checks against the issue's targets, the raw samples, and
+//! ratio), the checks against devd's performance targets, the raw samples, and
 //! the machine it ran on. Serialized as `results.json`.
 
 use serde::Serialize;
@@ -73,7 +73,8 @@ impl Row {
     }
 }
 
-/// One target of the issue and whether this run met it.
+/// One performance target (e.g. edit → applied under 100 ms) and whether
+/// this run met it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetCheck {
     pub target: String,

@@ -28,7 +28,8 @@ fn pct(v: &[f64], p: f64) -> Option<f64> {
     opt(&s, |s| percentile(s, p))
 }
 
-/// `git diff -- rel | zstd -3`, in bytes: the paper's way of shipping a change.
+/// `git diff -- rel | zstd -3`, in bytes: what a tool that ships diff files
+/// (a patch per change, compressed) would send.
 pub(super) fn git_diff_zstd(repo: &Path, rel: &str) -> anyhow::Result<f64> {
     let diff = git(repo, &["diff", "--", rel])?;
     Ok(zstd::encode_all(diff.as_bytes(), 3)?.len() as f64)
@@ -230,7 +231,7 @@ impl Bench {
             let s = Scenario::Bytes.key();
             let small = opt(&m.bytes_devd_small, median);
             let big = opt(&m.bytes_devd_big, median);
-            let zd = "git diff | zstd -3 (the paper's diff files)";
+            let zd = "git diff | zstd -3 (a compressed patch per change)";
             rows.push(Row::new(
                 s,
                 format!(
