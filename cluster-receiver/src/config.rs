@@ -243,7 +243,7 @@ impl ReceiverConfig {
             .kubernetes
             .as_ref()
             .and_then(|k| k.pairing_secret.as_ref())
-            && !crate::catalog::valid_dns_label(name, 253)
+            && !devd_sync::catalog::valid_dns_label(name, 253)
         {
             return Err(ConfigError::Invalid(format!(
                 "{path}: [kubernetes] pairing_secret = {name:?} is not a Secret name (lower-case letters, digits, '-')"
@@ -270,7 +270,7 @@ impl ReceiverConfig {
             );
         }
         if let Some(ns) = &k.namespace
-            && !crate::catalog::valid_dns_label(ns, 63)
+            && !devd_sync::catalog::valid_dns_label(ns, 63)
         {
             return invalid(format!(
                 "[kubernetes] namespace = {ns:?} is not a namespace name (lower-case letters, digits, '-')"
@@ -374,7 +374,7 @@ impl ReceiverConfig {
 /// namespace the receiver works in.
 pub async fn kube_client(k: &KubernetesConfig) -> Result<(kube::Client, String), ConfigError> {
     let invalid = ConfigError::Invalid;
-    crate::server::install_crypto();
+    devd_sync::net::install_crypto();
     let kube_config = match &k.kubeconfig {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)

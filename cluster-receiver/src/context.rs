@@ -12,7 +12,7 @@
 //! or empty directories, so any checkout of the same commit — CI's, a
 //! colleague's — yields the same digest, and so the same image tag.
 
-use crate::catalog::Service;
+use devd_sync::catalog::Service;
 use crate::dockerignore::{DockerIgnore, IgnoreError};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -293,7 +293,7 @@ pub fn snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use devd_sync::catalog::Catalog;
 
     fn write(root: &Path, rel: &str, text: &str) {
         let p = root.join(rel);
@@ -375,14 +375,14 @@ mod tests {
             s1.digest
         );
         // Every part of a build step counts, and the order of the steps.
-        let step = |name: &str, command: &[&str]| crate::catalog::Step {
+        let step = |name: &str, command: &[&str]| devd_sync::catalog::Step {
             name: name.into(),
             image: "busybox:stable".into(),
             command: command.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             workdir: None,
         };
-        let with_steps = |n: u32, steps: Vec<crate::catalog::Step>| {
+        let with_steps = |n: u32, steps: Vec<devd_sync::catalog::Step>| {
             let mut c2 = c.clone();
             c2.services[0].steps = steps;
             snap(r, &c2, n).digest

@@ -155,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_verifies_and_unpacks() {
-        crate::server::install_crypto();
+        devd_sync::net::install_crypto();
         let d = tempfile::tempdir().unwrap();
         let ctx = d.path().join("ctx");
         std::fs::create_dir_all(ctx.join("www")).unwrap();

@@ -10,36 +10,14 @@
 //! `x-access-token:TOKEN`. Neither the token nor credentials in the URL
 //! ever appear in logs or errors ([`redact_url`]).
 
-use devd_protocol::{CommitId, GitOid, RelPath};
+use devd_protocol::tree::BaseTree;
+use devd_protocol::{CommitId, GitOid};
+use devd_sync::git::{describe, read_blob, read_tree, to_oid};
 use gix::bstr::ByteSlice;
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-
-/// What a tree entry is in the worktree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A regular file (mode 100644).
-    File,
-    /// An executable file (mode 100755).
-    Exec,
-    /// A symbolic link (mode 120000); the blob holds the target.
-    Symlink,
-}
-
-/// One file of a commit's tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TreeEntry {
-    /// The blob holding the content (or the symlink target).
-    pub oid: GitOid,
-    /// File, executable or symlink.
-    pub kind: EntryKind,
-}
-
-/// Every file of a commit, by worktree-relative path. Submodules are absent.
-pub type BaseTree = BTreeMap<RelPath, TreeEntry>;
 
 /// Why a git operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,186 +69,9 @@ pub enum GitError {
         store: PathBuf,
         detail: String,
     },
-    #[error("commit {commit} is not in the repository at {}; fetch it first", repo.display())]
-    MissingCommit { commit: CommitId, repo: PathBuf },
-    #[error("{what} {oid} is not in the repository at {}; the base commit must be fetched first", repo.display())]
-    MissingObject {
-        what: &'static str,
-        oid: GitOid,
-        repo: PathBuf,
-    },
-    #[error("object {oid} in the repository at {} is a {actual}, not a {expected}", repo.display())]
-    WrongKind {
-        oid: GitOid,
-        expected: &'static str,
-        actual: String,
-        repo: PathBuf,
-    },
-    #[error(
-        "cannot read {what} {oid} from the repository at {}: {detail}; the object database may be damaged, re-fetch the base or re-clone",
-        repo.display()
-    )]
-    Read {
-        what: &'static str,
-        oid: GitOid,
-        repo: PathBuf,
-        detail: String,
-    },
-}
-
-/// The full chain of a gix error on one line (gix's `Display` shows only the
-/// outermost message).
-fn describe(err: &gix::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in err.iter_errors() {
-        let s = e.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p == &s) {
-            parts.push(s);
-        }
-    }
-    if parts.is_empty() {
-        err.to_string()
-    } else {
-        parts.join(": ")
-    }
-}
-
-fn to_oid(oid: GitOid) -> gix::ObjectId {
-    gix::ObjectId::Sha1(oid.0)
-}
-
-fn from_oid(oid: &gix::oid) -> GitOid {
-    let mut out = [0u8; 20];
-    // SHA-1 only (the workspace enables the `sha1` feature alone).
-    out.copy_from_slice(&oid.as_bytes()[..20]);
-    GitOid(out)
-}
-
-/// Read the whole tree of `commit`, recursively. Submodules (gitlinks) are
-/// skipped; a path [`RelPath`] rejects (e.g. non-UTF-8, or inside `.git`)
-/// is skipped with a warning.
-pub fn read_tree(repo: &gix::Repository, commit: CommitId) -> Result<BaseTree, GitError> {
-    let repo_dir = repo.git_dir().to_path_buf();
-    let read_err = |what: &'static str, oid: GitOid, e: &gix::Error| GitError::Read {
-        what,
-        oid,
-        repo: repo_dir.clone(),
-        detail: describe(e),
-    };
-    let obj = match repo.try_find_object(to_oid(commit)) {
-        Ok(Some(obj)) => obj,
-        Ok(None) => {
-            return Err(GitError::MissingCommit {
-                commit,
-                repo: repo_dir,
-            });
-        }
-        Err(e) => return Err(read_err("commit", commit, &e)),
-    };
-    if obj.kind != gix::objs::Kind::Commit {
-        return Err(GitError::WrongKind {
-            oid: commit,
-            expected: "commit",
-            actual: obj.kind.to_string(),
-            repo: repo_dir,
-        });
-    }
-    let tree_id = obj
-        .into_commit()
-        .tree_id()
-        .map_err(|e| read_err("commit", commit, &e))?
-        .detach();
-    let tree_oid = from_oid(&tree_id);
-    let tree = match repo.try_find_object(tree_id) {
-        Ok(Some(obj)) if obj.kind == gix::objs::Kind::Tree => obj.into_tree(),
-        Ok(Some(obj)) => {
-            return Err(GitError::WrongKind {
-                oid: tree_oid,
-                expected: "tree",
-                actual: obj.kind.to_string(),
-                repo: repo_dir,
-            });
-        }
-        Ok(None) => {
-            return Err(GitError::MissingObject {
-                what: "tree",
-                oid: tree_oid,
-                repo: repo_dir,
-            });
-        }
-        Err(e) => return Err(read_err("tree", tree_oid, &e)),
-    };
-    let mut recorder = gix::traverse::tree::Recorder::default();
-    tree.traverse()
-        .breadthfirst(&mut recorder)
-        .map_err(|e| read_err("tree", tree_oid, &e))?;
-
-    let mut out = BaseTree::new();
-    for entry in recorder.records {
-        use gix::objs::tree::EntryKind as K;
-        let kind = match entry.mode.kind() {
-            K::Tree => continue,
-            K::Commit => {
-                tracing::debug!(path = %entry.filepath, "skipping submodule (gitlink) in base tree");
-                continue;
-            }
-            K::Blob => EntryKind::File,
-            K::BlobExecutable => EntryKind::Exec,
-            K::Link => EntryKind::Symlink,
-        };
-        let path = match entry.filepath.to_str() {
-            Ok(p) => p.to_owned(),
-            Err(_) => {
-                tracing::warn!(path = %entry.filepath, %commit, "skipping non-UTF-8 path in base tree");
-                continue;
-            }
-        };
-        match RelPath::new(path) {
-            Ok(rel) => {
-                out.insert(
-                    rel,
-                    TreeEntry {
-                        oid: from_oid(&entry.oid),
-                        kind,
-                    },
-                );
-            }
-            Err(e) => tracing::warn!(%commit, "skipping path in base tree: {e}"),
-        }
-    }
-    Ok(out)
-}
-
-/// Read the content of blob `oid`.
-pub fn read_blob(repo: &gix::Repository, oid: GitOid) -> Result<Vec<u8>, GitError> {
-    match repo.try_find_object(to_oid(oid)) {
-        Ok(Some(obj)) if obj.kind == gix::objs::Kind::Blob => Ok(obj.detach().data),
-        Ok(Some(obj)) => Err(GitError::WrongKind {
-            oid,
-            expected: "blob",
-            actual: obj.kind.to_string(),
-            repo: repo.git_dir().to_path_buf(),
-        }),
-        Ok(None) => Err(GitError::MissingObject {
-            what: "blob",
-            oid,
-            repo: repo.git_dir().to_path_buf(),
-        }),
-        Err(e) => Err(GitError::Read {
-            what: "blob",
-            oid,
-            repo: repo.git_dir().to_path_buf(),
-            detail: describe(&e),
-        }),
-    }
-}
-
-/// Git's blob id of `data` (SHA-1 over `"blob <len>\0"` followed by `data`),
-/// as `git hash-object` computes it.
-pub fn git_blob_oid(data: &[u8]) -> GitOid {
-    let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, data)
-        .expect("SHA-1 of an in-memory buffer");
-    from_oid(&id)
+    /// The base commit or one of its objects could not be read.
+    #[error(transparent)]
+    Read(#[from] devd_sync::git::ReadError),
 }
 
 /// A bare repository owned by the receiver, holding the base commits fetched
@@ -479,7 +280,7 @@ impl GitStore {
         if http {
             // reqwest's rustls has no provider of its own (no aws-lc-rs):
             // it uses the process-wide ring provider.
-            crate::server::install_crypto();
+            devd_sync::net::install_crypto();
         }
         let token = match &self.token_file {
             Some(p) if http => self.read_token(p)?,
@@ -622,12 +423,12 @@ impl GitStore {
 
     /// The whole tree of commit `c`, which must be in the store.
     pub fn tree(&self, c: CommitId) -> Result<BaseTree, GitError> {
-        read_tree(&self.repo(), c)
+        Ok(read_tree(&self.repo(), c)?)
     }
 
     /// The content of blob `oid`.
     pub fn blob(&self, oid: GitOid) -> Result<Vec<u8>, GitError> {
-        read_blob(&self.repo(), oid)
+        Ok(read_blob(&self.repo(), oid)?)
     }
 
     /// A fresh handle for the calling thread.
@@ -639,6 +440,9 @@ impl GitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devd_protocol::RelPath;
+    use devd_protocol::tree::{EntryKind, TreeEntry};
+    use devd_sync::git::git_blob_oid;
     use std::collections::BTreeMap;
     use std::process::Command;
     use tempfile::TempDir;
@@ -959,10 +763,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                GitError::WrongKind {
+                GitError::Read(devd_sync::git::ReadError::WrongKind {
                     expected: "blob",
                     ..
-                }
+                })
             ),
             "{err:?}"
         );

@@ -28,26 +28,20 @@
 #[cfg(test)]
 mod api_mock;
 pub mod archive;
-pub mod blob_store;
 pub mod builder;
-pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod dockerignore;
 pub mod fetch;
-pub mod framed;
-pub mod fsutil;
 pub mod git_store;
 pub mod http;
 pub mod materialize;
 pub mod metrics;
-pub mod pairing;
 pub mod pipeline;
 pub mod publish;
 pub mod server;
 pub mod session;
 pub mod state;
-pub mod tls;
 pub mod vacuum;
 pub mod workspace;
 

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             json_logs,
         } => {
             init_tracing(json_logs);
-            devd_receiver::server::install_crypto();
+            devd_sync::net::install_crypto();
             let config = match &kubeconfig {
                 Some(p) => {
                     let kc = kube::config::Kubeconfig::read_from(p)
@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::FetchContext { url, blake3, dest } => {
             init_tracing(false);
-            devd_receiver::server::install_crypto();
+            devd_sync::net::install_crypto();
             let f = devd_receiver::fetch::fetch_context(&url, &dest, &blake3).await?;
             println!(
                 "fetched {} bytes, {} entries into {}",

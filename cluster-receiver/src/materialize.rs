@@ -7,10 +7,11 @@
 //! always either its old or its new version; replaying a transition is
 //! idempotent, which is what crash recovery relies on.
 
-use crate::blob_store::BlobStore;
-use crate::git_store::{BaseTree, EntryKind, GitStore, read_blob};
-use devd_protocol::{ContentId, Entry, GitOid, Overlay, RelPath};
-use std::collections::BTreeSet;
+use devd_sync::blob_store::BlobStore;
+use crate::git_store::GitStore;
+use devd_protocol::view::{Desired, Source, SymlinkTarget, View, ViewError, touched};
+use devd_protocol::{GitOid, RelPath};
+use devd_sync::git::read_blob;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,14 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Errors while validating or materializing.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
-    #[error("path {path} conflicts with {other}: {why}")]
-    Conflict {
-        path: RelPath,
-        other: RelPath,
-        why: &'static str,
-    },
-    #[error("symlink {path} has an invalid target (empty or containing NUL)")]
-    BadSymlink { path: RelPath },
+    #[error(transparent)]
+    View(#[from] ViewError),
     #[error("writing {path} in the worktree: {source}")]
     Io {
         path: String,
@@ -35,148 +30,6 @@ pub enum MaterializeError {
     },
     #[error("content for {path} is missing: {why}")]
     Source { path: RelPath, why: String },
-}
-
-/// Where a file's content comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Blob(ContentId),
-    Git(GitOid),
-}
-
-/// The desired state of one path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Desired<'a> {
-    Absent,
-    File { source: Source, exec: bool },
-    Symlink(SymlinkTarget<'a>),
-}
-
-/// A symlink's target, borrowed from an overlay or read from git.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SymlinkTarget<'a> {
-    Text(&'a str),
-    Git(GitOid),
-}
-
-/// A worktree state: the base tree with the overlay on top.
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub tree: &'a BaseTree,
-    pub overlay: &'a Overlay,
-}
-
-impl<'a> View<'a> {
-    /// The desired state of `path`.
-    pub fn desired(&self, path: &RelPath) -> Desired<'a> {
-        match self.overlay.get(path) {
-            Some(Entry::File { id, exec }) => Desired::File {
-                source: Source::Blob(*id),
-                exec: *exec,
-            },
-            Some(Entry::Symlink { target }) => Desired::Symlink(SymlinkTarget::Text(target)),
-            Some(Entry::Deleted) => Desired::Absent,
-            None => match self.tree.get(path) {
-                None => Desired::Absent,
-                Some(t) => match t.kind {
-                    EntryKind::File => Desired::File {
-                        source: Source::Git(t.oid),
-                        exec: false,
-                    },
-                    EntryKind::Exec => Desired::File {
-                        source: Source::Git(t.oid),
-                        exec: true,
-                    },
-                    EntryKind::Symlink => Desired::Symlink(SymlinkTarget::Git(t.oid)),
-                },
-            },
-        }
-    }
-
-    /// Check that this state can exist on a filesystem: no file or symlink
-    /// is the parent of another present path. Run before anything is
-    /// written, so a hostile overlay (a symlink `l` plus a file `l/x`) is
-    /// refused without side effects.
-    pub fn validate(&self) -> Result<(), MaterializeError> {
-        for (path, entry) in self.overlay.iter() {
-            match entry {
-                Entry::Deleted => continue,
-                Entry::Symlink { target } if target.is_empty() || target.contains('\0') => {
-                    return Err(MaterializeError::BadSymlink { path: path.clone() });
-                }
-                _ => {}
-            }
-            let mut anc = path.parent();
-            while let Some(a) = anc {
-                if self.desired(&a) != Desired::Absent {
-                    return Err(MaterializeError::Conflict {
-                        path: path.clone(),
-                        other: a,
-                        why: "a parent directory is a file or symlink",
-                    });
-                }
-                anc = a.parent();
-            }
-            for (below, _) in self.tree.range(path.clone()..) {
-                if !below.as_str().starts_with(path.as_str()) {
-                    break;
-                }
-                if below != path
-                    && below.starts_with(path)
-                    && self.desired(below) != Desired::Absent
-                {
-                    return Err(MaterializeError::Conflict {
-                        path: below.clone(),
-                        other: path.clone(),
-                        why: "it lies below a file or symlink",
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Paths whose desired state may differ between `old` and `new`.
-pub fn touched(old: &View<'_>, new: &View<'_>, same_base: bool) -> BTreeSet<RelPath> {
-    let mut out: BTreeSet<RelPath> = BTreeSet::new();
-    out.extend(old.overlay.iter().map(|(p, _)| p.clone()));
-    out.extend(new.overlay.iter().map(|(p, _)| p.clone()));
-    if !same_base {
-        let mut a = old.tree.iter().peekable();
-        let mut b = new.tree.iter().peekable();
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((pa, _)), None) => {
-                    out.insert((*pa).clone());
-                    a.next();
-                }
-                (None, Some((pb, _))) => {
-                    out.insert((*pb).clone());
-                    b.next();
-                }
-                (Some((pa, ea)), Some((pb, eb))) => match pa.cmp(pb) {
-                    std::cmp::Ordering::Less => {
-                        out.insert((*pa).clone());
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        out.insert((*pb).clone());
-                        b.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if ea != eb {
-                            out.insert((*pa).clone());
-                        }
-                        a.next();
-                        b.next();
-                    }
-                },
-            }
-        }
-    }
-    out
 }
 
 /// Threads writing files during a large transition.
@@ -489,7 +342,8 @@ impl Worktree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::git_store::TreeEntry;
+    use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
+    use devd_protocol::{ContentId, Entry, Overlay};
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s).unwrap()

@@ -16,7 +16,7 @@
 //!   restarted receiver neither rebuilds nor redeploys.
 
 use crate::builder::{Backend, BuildRequest, Failure};
-use crate::catalog::{Catalog, Service};
+use devd_sync::catalog::{Catalog, Service};
 use crate::context::{self, tag_for};
 use crate::workspace::Workspace;
 use devd_protocol::RelPath;
@@ -134,7 +134,7 @@ impl Pipeline {
     fn save_record(&self, service: &str, rec: DeployedRecord) {
         let mut all = self.load_records();
         all.insert(service.to_owned(), rec);
-        if let Err(e) = crate::fsutil::write_atomic(
+        if let Err(e) = devd_sync::fsutil::write_atomic(
             &self.records_path(),
             serde_json::to_string_pretty(&all)
                 .unwrap_or_default()
@@ -225,7 +225,7 @@ impl Pipeline {
     /// holds the workspace lock (the worktree is at that generation).
     pub fn on_applied(self: &Arc<Self>, generation: u64, changed: &[RelPath]) {
         let since = Instant::now();
-        let catalog_touched = changed.iter().any(|p| p.as_str() == crate::catalog::FILE);
+        let catalog_touched = changed.iter().any(|p| p.as_str() == devd_sync::catalog::FILE);
         let redefined = if catalog_touched {
             self.reload_catalog()
         } else {

@@ -3,7 +3,7 @@
 //! A receiver in a cluster writes its pairing file on its volume, where no
 //! laptop can read it. With `[kubernetes] pairing_secret = "devd-pairing"`
 //! it also server-side-applies a Secret of that name in its namespace with
-//! the pairing's fields as keys ([`KEYS`]): `address` (the advertised or
+//! the pairing's fields as keys ([`devd_sync::pairing::KEYS`]): `address` (the advertised or
 //! bound address), `fingerprint`, `workspace` and `token`. The developer's
 //! `devd workspace create` reads it with their own credentials.
 //!
@@ -17,19 +17,16 @@
 //! the nodePort), which `devd workspace create` reads from the Service.
 
 use crate::config::{ConfigError, ReceiverConfig};
-use crate::pairing::Pairing;
-use k8s_openapi::ByteString;
+use devd_sync::pairing::{Pairing, secret};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use std::collections::BTreeMap;
+use kube::api::{Api, Patch, PatchParams};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Server-side-apply field manager of the Secret.
 pub const FIELD_MANAGER: &str = "devd-receiver";
 /// The Secret's keys, one per pairing field.
-pub const KEYS: [&str; 4] = ["address", "fingerprint", "workspace", "token"];
 /// Longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -49,7 +46,7 @@ pub enum PublishError {
         source: kube::Error,
     },
     #[error(transparent)]
-    Pairing(#[from] crate::pairing::PairingError),
+    Pairing(#[from] devd_sync::pairing::PairingError),
 }
 
 /// After [`crate::start`]: publish the pairing of `running`'s one workspace
@@ -96,77 +93,12 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// The Secret for `pairing`: the pairing's fields as data, devd's labels.
-pub fn secret(name: &str, pairing: &Pairing) -> Secret {
-    let values = [
-        &pairing.address,
-        &pairing.fingerprint,
-        &pairing.workspace,
-        &pairing.token,
-    ];
-    let data = KEYS
-        .iter()
-        .zip(values)
-        .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-        .collect();
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/name".to_owned(),
-                    "devd-receiver".to_owned(),
-                ),
-                (
-                    "app.kubernetes.io/component".to_owned(),
-                    "pairing".to_owned(),
-                ),
-                ("app.kubernetes.io/part-of".to_owned(), "devd".to_owned()),
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "devd-receiver".to_owned(),
-                ),
-            ])),
-            ..Default::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(data),
-        ..Default::default()
-    }
-}
-
 /// The one pairing a Secret publishes: `pairings` must be exactly one.
 pub fn one(pairings: &[Pairing]) -> Result<&Pairing, PublishError> {
     match pairings {
         [p] => Ok(p),
         _ => Err(PublishError::Workspaces(pairings.len())),
     }
-}
-
-/// Read a pairing back from the Secret's data (what `devd workspace
-/// create` does); the error names the first missing, empty or non-UTF-8
-/// key.
-pub fn pairing_of(secret: &Secret) -> Result<Pairing, &'static str> {
-    let get = |k: &'static str| -> Result<String, &'static str> {
-        let from_data = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| String::from_utf8(b.0.clone()).map_err(|_| k));
-        let from_string_data = secret.string_data.as_ref().and_then(|d| d.get(k)).cloned();
-        match (from_data, from_string_data) {
-            (Some(v), _) => v,
-            (None, Some(v)) => Ok(v),
-            (None, None) => Err(k),
-        }
-        .and_then(|v| if v.is_empty() { Err(k) } else { Ok(v) })
-    };
-    Ok(Pairing {
-        address: get("address")?,
-        fingerprint: get("fingerprint")?,
-        workspace: get("workspace")?,
-        token: get("token")?,
-    })
 }
 
 impl Publisher {
@@ -249,6 +181,7 @@ mod request_shape_tests {
     //! The Secret write against a tower-test mock of the API server (no
     //! cluster runs here): its method, path, query, content type and body.
     use super::*;
+    use devd_sync::pairing::pairing_of;
     use http::{Request, Response};
     use kube::client::Body;
     use serde_json::{Value, json};

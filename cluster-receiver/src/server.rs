@@ -1,9 +1,9 @@
 //! The QUIC server: endpoint, connection limit, workspaces, pairing files,
 //! and a drain on shutdown.
 
-use crate::pairing::Pairing;
+use devd_sync::pairing::Pairing;
 use crate::session::serve_connection;
-use crate::tls::{Identity, TlsError};
+use devd_sync::tls::{Identity, TlsError};
 use crate::workspace::{Registry, Workspace, WorkspaceError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub enum ServeError {
     #[error("invalid workspace name {0:?}: use letters, digits, '-' and '_'")]
     BadName(String),
     #[error(transparent)]
-    Pairing(#[from] crate::pairing::PairingError),
+    Pairing(#[from] devd_sync::pairing::PairingError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -102,34 +102,6 @@ impl Running {
     }
 }
 
-/// Install ring as rustls' process-wide provider (once; later calls no-op).
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn transport() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    // A dead peer (UDP: no reset) is noticed after the idle timeout; the
-    // keep-alives keep a live but busy peer (a long apply) from timing out.
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    t.max_idle_timeout(Some(
-        Duration::from_secs(10)
-            .try_into()
-            .expect("valid idle timeout"),
-    ));
-    t.stream_receive_window((32u32 << 20).into());
-    t.receive_window((64u32 << 20).into());
-    t.send_window(64 << 20);
-    t.max_concurrent_bidi_streams(4u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    t
-}
-
-/// The QUIC transport settings shared by both ends.
-pub fn transport_config() -> Arc<quinn::TransportConfig> {
-    Arc::new(transport())
-}
-
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
@@ -147,7 +119,7 @@ pub fn pairing_path(data_dir: &Path, workspace: &str) -> PathBuf {
 
 /// Start serving; connections are handled until `cancel` fires.
 pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Running, ServeError> {
-    install_crypto();
+    devd_sync::net::install_crypto();
     for w in &opts.workspaces {
         if !valid_name(&w.name) {
             return Err(ServeError::BadName(w.name.clone()));
@@ -182,7 +154,7 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?,
     ));
-    server_config.transport_config(transport_config());
+    server_config.transport_config(devd_sync::net::transport_config());
     let (udp, tcp) = bind(opts.listen, opts.tcp)?;
     let bind_err = |source| ServeError::Bind {
         addr: opts.listen,
@@ -298,21 +270,6 @@ fn bind(
     }
 }
 
-/// Settings for both ends of a TCP fallback connection: no Nagle delay
-/// (small request/response frames), and keep-alives so that a dead peer
-/// (a pod gone without a reset) is noticed within about 15 s, as QUIC's idle
-/// timeout does.
-pub fn tune_tcp(tcp: &tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(5))
-        .with_interval(Duration::from_secs(2))
-        .with_retries(4);
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(error = %e, "cannot set TCP keep-alive");
-    }
-}
-
 /// Accept TCP + TLS connections until `cancel` fires; each is one stream
 /// ([`crate::session::serve_tcp_stream`]) and counts against the same
 /// connection limit as QUIC connections.
@@ -341,7 +298,7 @@ async fn accept_tcp(
             tracing::warn!(%remote, "connection limit reached; refusing");
             continue;
         };
-        tune_tcp(&tcp);
+        devd_sync::net::tune_tcp(&tcp);
         let (tls, registry, cancel) = (tls.clone(), registry.clone(), cancel.clone());
         tracker.spawn(async move {
             let _permit = permit;
@@ -352,7 +309,7 @@ async fn accept_tcp(
                 Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
             };
             let (recv, send) = tokio::io::split(stream);
-            let io = crate::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
+            let io = devd_sync::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
             crate::session::serve_tcp_stream(io, remote, registry, cancel).await;
         });
     }

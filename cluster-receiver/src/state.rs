@@ -74,7 +74,7 @@ impl Journal {
 
     fn write(path: &Path, state: &SyncState) -> Result<(), StateError> {
         let bytes = postcard::to_stdvec(state).expect("state serializes");
-        crate::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| StateError::Io {
+        devd_sync::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| StateError::Io {
             path: path.display().to_string(),
             source,
         })
@@ -100,7 +100,7 @@ impl Journal {
 
     fn flush(&self) -> Result<(), StateError> {
         let dir = self.committed.parent().unwrap_or(Path::new("."));
-        crate::fsutil::sync_fs(dir).map_err(|source| StateError::Io {
+        devd_sync::fsutil::sync_fs(dir).map_err(|source| StateError::Io {
             path: dir.display().to_string(),
             source,
         })
@@ -115,7 +115,7 @@ impl Journal {
             source,
         };
         std::fs::rename(&self.pending, &self.committed).map_err(io)?;
-        crate::fsutil::sync_dir(self.committed.parent().unwrap_or(Path::new("."))).map_err(io)
+        devd_sync::fsutil::sync_dir(self.committed.parent().unwrap_or(Path::new("."))).map_err(io)
     }
 
     /// Forget a pending state that was never started.

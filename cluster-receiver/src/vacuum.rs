@@ -1,20 +1,7 @@
 //! `devd-receiver vacuum`: delete expired workspace namespaces.
 //!
-//! A workspace namespace (the paper's Gatekeeper, §5.2; created from
-//! `manifests/workspace/`) carries devd's labels and an owner and an expiry
-//! annotation:
-//!
-//! ```yaml
-//! metadata:
-//!   labels:
-//!     app.kubernetes.io/managed-by: devd
-//!     dev.devd/workspace: alice
-//!   annotations:
-//!     dev.devd/owner: alice@example.com
-//!     dev.devd/expires-at: "2026-11-30T18:00:00Z"   # RFC 3339
-//! ```
-//!
-//! The vacuum deletes a namespace only if it has **both labels** and an
+//! A workspace namespace carries devd's labels and an owner and an expiry
+//! annotation (see [`devd_sync::labels`]). The vacuum deletes a namespace only if it has **both labels** and an
 //! expiry in the past. Anything else is kept: a namespace without the
 //! labels (even with the annotation), without an expiry or with one it
 //! cannot parse (logged), not expired yet, or already terminating. The
@@ -22,23 +9,10 @@
 //! workspace extended (or re-created) between the list and the delete is
 //! not deleted.
 
+use devd_sync::labels::{ANNOTATION_EXPIRES, ANNOTATION_OWNER, annotation, is_workspace, selector};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
-
-/// Label every devd-managed object carries.
-pub const LABEL_MANAGED_BY: &str = crate::builder::kubernetes::LABEL_MANAGED_BY;
-/// Label naming the workspace a namespace is for.
-pub const LABEL_WORKSPACE: &str = crate::builder::kubernetes::LABEL_WORKSPACE;
-/// Annotation naming who the workspace belongs to.
-pub const ANNOTATION_OWNER: &str = "dev.devd/owner";
-/// Annotation with the workspace's expiry (RFC 3339, e.g. `2026-11-30T18:00:00Z`).
-pub const ANNOTATION_EXPIRES: &str = "dev.devd/expires-at";
-
-/// The label selector of workspace namespaces.
-pub fn selector() -> String {
-    format!("{LABEL_MANAGED_BY}=devd,{LABEL_WORKSPACE}")
-}
 
 /// Errors of a vacuum run.
 #[derive(Debug, thiserror::Error)]
@@ -64,26 +38,6 @@ pub enum Verdict {
     Terminating,
     /// Expired at this time: delete.
     Expired(jiff::Timestamp),
-}
-
-/// The value of `ns`'s label `key`.
-pub fn label<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
-    ns.metadata.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-/// The value of `ns`'s annotation `key`.
-pub fn annotation<'a>(ns: &'a Namespace, key: &str) -> Option<&'a str> {
-    ns.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-/// Whether `ns` carries both labels of a devd workspace (the only
-/// namespaces the vacuum may delete, and the ones `devd workspace` lists).
-pub fn is_workspace(ns: &Namespace) -> bool {
-    label(ns, LABEL_MANAGED_BY) == Some("devd") && label(ns, LABEL_WORKSPACE).is_some()
 }
 
 /// The verdict on `ns` at `now`.
@@ -213,6 +167,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use devd_sync::labels::{LABEL_MANAGED_BY, LABEL_WORKSPACE};
     use super::*;
     use serde_json::json;
 

@@ -3,9 +3,11 @@
 //! finish). Callers hold [`Workspace::lock`] across the steps, so syncs of
 //! one workspace never interleave.
 
-use crate::blob_store::{BlobError, BlobStore};
-use crate::git_store::{BaseTree, GitError, GitStore};
-use crate::materialize::{MaterializeError, Sources, View, Worktree};
+use devd_sync::blob_store::{BlobError, BlobStore};
+use crate::git_store::{GitError, GitStore};
+use crate::materialize::{MaterializeError, Sources, Worktree};
+use devd_protocol::tree::BaseTree;
+use devd_protocol::view::View;
 use crate::state::{Journal, StateError, SyncState};
 use devd_protocol::compress::{self, BlobRef, Encoding};
 use devd_protocol::message::{Ack, Base, Blob};
@@ -58,9 +60,7 @@ impl Reject {
 impl From<MaterializeError> for Reject {
     fn from(e: MaterializeError) -> Self {
         let code = match &e {
-            MaterializeError::Conflict { .. } | MaterializeError::BadSymlink { .. } => {
-                ErrorCode::BadPath
-            }
+            MaterializeError::View(_) => ErrorCode::BadPath,
             MaterializeError::Io { .. } => ErrorCode::Storage,
             MaterializeError::Source { .. } => ErrorCode::Internal,
         };
@@ -168,7 +168,7 @@ impl Workspace {
             Ok(t) => t.trim().to_owned(),
             Err(_) => {
                 let t = random_token().map_err(io)?;
-                crate::fsutil::write_atomic(&token_path, t.as_bytes(), Some(0o600)).map_err(io)?;
+                devd_sync::fsutil::write_atomic(&token_path, t.as_bytes(), Some(0o600)).map_err(io)?;
                 t
             }
         };
@@ -393,7 +393,7 @@ impl Workspace {
             tree: &tree,
             overlay: &overlay,
         };
-        view.validate()?;
+        view.validate().map_err(MaterializeError::from)?;
         // Inline blobs, then what is still missing.
         for blob in incoming.blobs {
             self.store_blob(blob).await?;

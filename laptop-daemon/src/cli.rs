@@ -350,33 +350,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(d) => d,
             None => std::env::current_dir()?,
         };
-        let opts = crate::prebuild::Options {
-            dir,
-            rev,
-            registry,
-            insecure_registry,
-            services,
-        };
-        let report = crate::prebuild::run(&opts, |line| {
-            if !json {
-                println!("{}", crate::prebuild::describe(line));
-            }
-        })
-        .await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!(
-                "{}: {} built, {} present, {} failed in {:.1} s",
-                &report.commit[..12],
-                report.built,
-                report.present,
-                report.failed,
-                report.ms as f64 / 1000.0
+        #[cfg(not(feature = "embedded"))]
+        {
+            let _ = (dir, rev, registry, insecure_registry, services, json);
+            anyhow::bail!(
+                "this devd was built without the cargo feature `embedded`, which `devd prebuild` needs (it builds with the receiver's local backend)"
             );
         }
-        anyhow::ensure!(report.failed == 0, "{} build(s) failed", report.failed);
-        return Ok(());
+        #[cfg(feature = "embedded")]
+        {
+            let opts = crate::prebuild::Options {
+                dir,
+                rev,
+                registry,
+                insecure_registry,
+                services,
+            };
+            let report = crate::prebuild::run(&opts, |line| {
+                if !json {
+                    println!("{}", crate::prebuild::describe(line));
+                }
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: {} built, {} present, {} failed in {:.1} s",
+                    &report.commit[..12],
+                    report.built,
+                    report.present,
+                    report.failed,
+                    report.ms as f64 / 1000.0
+                );
+            }
+            anyhow::ensure!(report.failed == 0, "{} build(s) failed", report.failed);
+            return Ok(());
+        }
     }
     let ctx = Ctx::new(cli.dir)?;
     match cli.cmd {
@@ -790,7 +800,7 @@ impl Screen {
 
 fn init(ctx: &Ctx, yes: bool, force: bool, dry_run: bool) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
-    let path = ctx.workdir.join(devd_receiver::catalog::FILE);
+    let path = ctx.workdir.join(devd_sync::catalog::FILE);
     if path.exists() && !force && !dry_run {
         bail!(
             "{} already exists; rerun with --force to replace it (or --dry-run to only see the proposal)",

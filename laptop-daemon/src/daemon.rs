@@ -12,13 +12,30 @@ use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
 use backon::BackoffBuilder;
 use devd_protocol::message::{Ack, Base};
-use devd_receiver::pairing::Pairing;
+use devd_sync::pairing::Pairing;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+#[cfg(feature = "embedded")]
+use crate::embedded::Embedded;
+
+/// Built without the embedded receiver, there is never one to hold.
+#[cfg(not(feature = "embedded"))]
+enum Embedded {}
+
+#[cfg(not(feature = "embedded"))]
+impl Embedded {
+    fn worktree(&self) -> PathBuf {
+        match *self {}
+    }
+    async fn drain(self, _grace: Duration) {
+        match self {}
+    }
+}
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +45,15 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Pairing(#[from] devd_receiver::pairing::PairingError),
+    Pairing(#[from] devd_sync::pairing::PairingError),
+    #[cfg(feature = "embedded")]
     #[error("embedded receiver: {0}")]
     Receiver(#[from] devd_receiver::server::ServeError),
+    #[cfg(not(feature = "embedded"))]
+    #[error(
+        "this devd was built without the embedded receiver (cargo feature `embedded`): set [receiver] mode = \"remote\" in devd.local.toml, or install devd with default features"
+    )]
+    NoEmbeddedReceiver,
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("state directory {path}: {source}")]
@@ -68,7 +91,7 @@ pub struct Handle {
     acked_rx: watch::Receiver<Option<(Ack, Option<SyncReport>)>>,
     pub cancel: CancellationToken,
     tracker: TaskTracker,
-    receiver: Option<devd_receiver::Running>,
+    receiver: Option<Embedded>,
     _watcher: Option<watcher::Watcher>,
     /// The uplink's current connection (for `devd logs`).
     pub(crate) live: Arc<Mutex<Option<crate::transport::Link>>>,
@@ -91,7 +114,7 @@ async fn resolve_target(
     repo: &Repo,
     state_dir: &Path,
     cancel: &CancellationToken,
-) -> Result<(Target, Option<devd_receiver::Running>), DaemonError> {
+) -> Result<(Target, Option<Embedded>), DaemonError> {
     let r = &cfg.receiver;
     if r.mode == ReceiverMode::Remote {
         let pairing = match &r.pairing {
@@ -114,49 +137,16 @@ async fn resolve_target(
         };
         return Ok((target, None));
     }
-    let remote = match repo.origin_url() {
-        Some(u) => u,
-        None => format!("file://{}", repo.git_dir().display()),
-    };
-    let running = devd_receiver::start(
-        devd_receiver::ServeOptions {
-            data_dir: state_dir.join("receiver"),
-            listen: "127.0.0.1:0".parse().expect("loopback"),
-            advertise: None,
-            workspaces: vec![devd_receiver::WorkspaceSpec {
-                name: "local".into(),
-                git_remote: remote,
-                // The laptop's own credentials are not the receiver's: a
-                // private https origin falls back to uploading the base.
-                git_token_file: None,
-            }],
-            max_connections: 8,
-            // The embedded receiver is on loopback: QUIC always gets through.
-            tcp: false,
-            builds: Some(devd_receiver::Builds {
-                backend: Arc::new(devd_receiver::builder::local::LocalBackend::new(
-                    devd_receiver::builder::local::LocalConfig {
-                        registry: None,
-                        insecure_registry: false,
-                        bind: std::net::Ipv4Addr::LOCALHOST.into(),
-                        state_dir: state_dir.join("receiver").join("local-backend"),
-                    },
-                )),
-                concurrency: 2,
-            }),
-        },
-        cancel.child_token(),
-    )
-    .await?;
-    let ws = running.registry.get("local").expect("local workspace");
-    let target = Target {
-        address: running.addr.to_string(),
-        fingerprint: running.fingerprint.clone(),
-        workspace: "local".into(),
-        token: ws.token().to_owned(),
-        transport: crate::transport::TransportMode::Quic,
-    };
-    Ok((target, Some(running)))
+    #[cfg(feature = "embedded")]
+    {
+        let embedded = crate::embedded::Embedded::start(repo, state_dir, cancel).await?;
+        Ok((embedded.target(), Some(embedded)))
+    }
+    #[cfg(not(feature = "embedded"))]
+    {
+        let _ = (repo, state_dir, cancel);
+        Err(DaemonError::NoEmbeddedReceiver)
+    }
 }
 
 /// Start the daemon core.
@@ -184,8 +174,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
             embedded: receiver.is_some(),
             worktree: receiver
                 .as_ref()
-                .and_then(|r| r.workspaces.first())
-                .map(|w| w.2.display().to_string()),
+                .map(|r| r.worktree().display().to_string()),
             ..Default::default()
         },
         ..Default::default()

@@ -81,7 +81,7 @@ impl HashCache {
             return Ok(());
         }
         let bytes = postcard::to_stdvec(&self).expect("cache serializes");
-        devd_receiver::fsutil::write_atomic(path, &bytes, Some(0o600))?;
+        devd_sync::fsutil::write_atomic(path, &bytes, Some(0o600))?;
         self.dirty = false;
         Ok(())
     }
@@ -123,7 +123,7 @@ impl HashCache {
     pub fn hash(&mut self, rel: &str, stamp: Stamp, data: &[u8]) -> Hashes {
         let h = Hashes {
             id: ContentId::of(data),
-            git: devd_receiver::git_store::git_blob_oid(data),
+            git: devd_sync::git::git_blob_oid(data),
         };
         self.put(rel, stamp, h);
         h

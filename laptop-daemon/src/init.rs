@@ -9,7 +9,7 @@
 //! outside its context but that exist at the repository root become
 //! `inputs` (devd adds them to the context at their repository path).
 
-use devd_receiver::catalog::{Catalog, CatalogError, valid_dns_label};
+use devd_sync::catalog::{Catalog, CatalogError, valid_dns_label};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -4,10 +4,13 @@
 //! Map of the crate:
 //! - [`cli`]: arguments and commands (`init`, `start`, `stop`, `sync`,
 //!   `status`, `logs`, `completions`, `run`).
+//! - `prebuild` (feature `embedded`): `devd prebuild`, images built for CI.
 //! - [`init`]: `devd init`, a `devd.toml` proposed from the Dockerfiles.
 //! - [`status_view`]: `devd status` for people: header block and services table.
 //! - [`progress`]: progress of long scans and uploads, published and drawn.
 //! - [`daemon`]: wires watcher → scanner → uplink, and the embedded receiver.
+//! - `embedded` (cargo feature `embedded`, default): the receiver run in
+//!   this process on loopback, with the local backend.
 //! - [`watcher`]: notify events turned into scan triggers.
 //! - [`scanner`]: the overlay (worktree vs base), full or path-limited.
 //! - [`hash_cache`]: persisted content hashes keyed by stat data.
@@ -26,10 +29,13 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod hash_cache;
 pub mod init;
 pub mod logs;
 pub mod notify;
+#[cfg(feature = "embedded")]
 pub mod prebuild;
 pub mod progress;
 pub mod repo;

@@ -5,7 +5,8 @@
 //! while it runs; the configuration is re-read when `.git/config` changes.
 
 use devd_protocol::{CommitId, GitOid};
-use devd_receiver::git_store::{self, BaseTree, GitError};
+use devd_protocol::tree::BaseTree;
+use devd_sync::git::{self as git_store, ReadError as GitError, describe};
 use gix::bstr::ByteSlice;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -104,22 +105,6 @@ impl std::fmt::Debug for Repo {
             .field("workdir", &self.workdir)
             .field("git_dir", &self.git_dir)
             .finish()
-    }
-}
-
-/// The full chain of a gix error on one line.
-fn describe(err: &gix::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in err.iter_errors() {
-        let s = e.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p == &s) {
-            parts.push(s);
-        }
-    }
-    if parts.is_empty() {
-        err.to_string()
-    } else {
-        parts.join(": ")
     }
 }
 
@@ -521,7 +506,7 @@ impl Repo {
 mod tests {
     use super::*;
     use devd_protocol::RelPath;
-    use devd_receiver::git_store::EntryKind;
+    use devd_protocol::tree::EntryKind;
     use std::process::Command;
     use tempfile::TempDir;
 

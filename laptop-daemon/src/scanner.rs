@@ -13,7 +13,7 @@ use crate::hash_cache::{HashCache, Stamp};
 use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
 use devd_protocol::message::Base;
 use devd_protocol::{Entry, Overlay, RelPath};
-use devd_receiver::git_store::{BaseTree, EntryKind, TreeEntry};
+use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -347,7 +347,7 @@ impl Scanner {
             };
             if let Some(b) = base
                 && b.kind == EntryKind::Symlink
-                && devd_receiver::git_store::git_blob_oid(target.as_bytes()) == b.oid
+                && devd_sync::git::git_blob_oid(target.as_bytes()) == b.oid
             {
                 return Ok(None);
             }

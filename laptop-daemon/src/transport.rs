@@ -13,7 +13,7 @@
 
 use devd_protocol::PROTOCOL_VERSION;
 use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
-use devd_receiver::framed::Framed;
+use devd_sync::framed::Framed;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -48,7 +48,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = devd_receiver::tls::fingerprint(end_entity);
+        let got = devd_sync::tls::fingerprint(end_entity);
         if got.eq_ignore_ascii_case(&self.fingerprint) {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -116,7 +116,7 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, ConnectError> {
 /// The TLS client configuration: TLS 1.3, the pinned certificate, ALPN
 /// `devd/1`, no early data.
 fn client_tls(fingerprint_hex: &str) -> Result<rustls::ClientConfig, rustls::Error> {
-    devd_receiver::server::install_crypto();
+    devd_sync::net::install_crypto();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -149,7 +149,7 @@ pub async fn connect_quic(
     let quic =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(devd_receiver::server::transport_config());
+    cfg.transport_config(devd_sync::net::transport_config());
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().expect("addr")
     } else {
@@ -397,7 +397,7 @@ async fn tcp_stream(
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| err(format!("TCP: {e}")))?;
-        devd_receiver::server::tune_tcp(&tcp);
+        devd_sync::net::tune_tcp(&tcp);
         let counted = Counted {
             inner: tcp,
             sent: sent.clone(),

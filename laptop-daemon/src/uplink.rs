@@ -13,9 +13,9 @@ use devd_protocol::message::{
     ServerMsg,
 };
 use devd_protocol::{ContentId, Digest, Entry, ErrorCode, Overlay, PROTOCOL_VERSION, RelPath};
-use devd_receiver::blob_store::BlobStore;
-use devd_receiver::framed::{Framed, FramedError};
-use devd_receiver::git_store::{BaseTree, EntryKind};
+use devd_sync::blob_store::BlobStore;
+use devd_sync::framed::{Framed, FramedError};
+use devd_protocol::tree::{BaseTree, EntryKind};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //!
 //! A workspace is a Namespace `devd-<user>` (or `devd-<user>-<name>`)
 //! carrying devd's labels and the owner and expiry annotations exactly as
-//! the receiver's vacuum ([`devd_receiver::vacuum`]) reads them: once the
+//! the receiver's vacuum reads them ([`devd_sync::labels`]): once the
 //! expiry has passed, the vacuum deletes it. The cluster is the one of the
 //! developer's kubeconfig (`KUBECONFIG`, else `~/.kube/config`).
 //!
@@ -18,7 +18,7 @@
 //!    the namespace, the workspace's name and label filled in;
 //! 3. waits for the receiver's Deployment to be available — the receiver
 //!    is ready only once it has published its pairing in the Secret
-//!    `[kubernetes] pairing_secret` names ([`devd_receiver::publish`]);
+//!    `[kubernetes] pairing_secret` names;
 //! 4. reads that Secret (fingerprint, workspace, token) and works out the
 //!    address to dial from the QUIC Service, not from the receiver, which
 //!    only knows its pod's address: a LoadBalancer's ingress IP or hostname
@@ -31,8 +31,8 @@
 //! `create --no-receiver` makes the namespace only.
 
 use anyhow::{Context, bail};
-use devd_receiver::pairing::Pairing;
-use devd_receiver::vacuum::{
+use devd_sync::pairing::Pairing;
+use devd_sync::labels::{
     ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE, annotation,
     is_workspace, label,
 };
@@ -231,7 +231,7 @@ fn rfc3339(t: Timestamp) -> String {
 }
 
 async fn client() -> anyhow::Result<kube::Client> {
-    devd_receiver::server::install_crypto();
+    devd_sync::net::install_crypto();
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration: set KUBECONFIG or write ~/.kube/config")?;
@@ -592,9 +592,8 @@ fn prepare(
                     d.remove("advertise");
                 }
                 let toml = data["receiver.toml"].as_str().unwrap_or_default();
-                let cfg =
-                    devd_receiver::config::ReceiverConfig::parse(toml, RECEIVER_OBJECTS_PATH)?;
-                pairing_secret = cfg.kubernetes.and_then(|k| k.pairing_secret);
+                pairing_secret = devd_sync::pairing::secret_name_in_receiver_toml(toml)
+                    .with_context(|| format!("the receiver.toml in {RECEIVER_OBJECTS_PATH}"))?;
             }
             _ => {}
         }
@@ -748,7 +747,7 @@ impl Receiver {
                 )
             })?;
             if let Some(s) = s {
-                let p = devd_receiver::publish::pairing_of(&s).map_err(|key| {
+                let p = devd_sync::pairing::pairing_of(&s).map_err(|key| {
                     anyhow::anyhow!(
                         "the pairing Secret {secret_name} in {ns} has no usable `{key}`; is the receiver's image as new as devd?"
                     )
@@ -951,7 +950,7 @@ pub fn write_receiver(root: &Path, address: &str, p: &Pairing) -> anyhow::Result
     ] {
         table[k] = toml_edit::value(v);
     }
-    devd_receiver::fsutil::write_atomic(&path, doc.to_string().as_bytes(), Some(0o600))
+    devd_sync::fsutil::write_atomic(&path, doc.to_string().as_bytes(), Some(0o600))
         .with_context(|| format!("writing {}", path.display()))?;
     crate::config::Config::load(root)
         .with_context(|| format!("{} as written does not load", path.display()))?;
@@ -964,7 +963,7 @@ pub fn write_receiver(root: &Path, address: &str, p: &Pairing) -> anyhow::Result
 pub async fn list(all: bool, json: bool) -> anyhow::Result<()> {
     let caller = Caller::detect()?;
     let api: Api<Namespace> = Api::all(client().await?);
-    let selector = devd_receiver::vacuum::selector();
+    let selector = devd_sync::labels::selector();
     let items = api
         .list(&ListParams::default().labels(&selector))
         .await

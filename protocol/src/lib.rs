@@ -9,6 +9,10 @@
 //! - [`message`]: the messages both sides exchange, and protocol limits.
 //! - [`event`]: build and deploy events, per-service state.
 //! - [`codec`]: length-delimited postcard frames with a maximum size.
+//! - [`tree`]: a commit's files by path (git blob id, file/exec/symlink).
+//! - [`view`]: a worktree state (base tree + overlay), its validity, and
+//!   the paths a transition between two states touches.
+//! - [`session`]: the two ends of the sync exchange as sans-IO state machines.
 
 pub mod codec;
 pub mod compress;
@@ -17,6 +21,9 @@ pub mod event;
 pub mod message;
 pub mod overlay;
 pub mod path;
+pub mod session;
+pub mod tree;
+pub mod view;
 
 pub use codec::{CodecError, FrameDecoder, encode_frame};
 pub use compress::{BlobRef, CompressError, Encoding};

@@ -1,7 +1,7 @@
 //! The service catalog: the `[services.NAME]` tables of `devd.toml` at the
-//! repository root (the paper's Application resource). The receiver reads
-//! it from the materialized worktree, so the catalog of a generation is the
-//! one the laptop had when it saved.
+//! repository root: what each service is built from and how it runs. The
+//! receiver reads it from the materialized worktree, so the catalog of a
+//! generation is the one the laptop had when it saved.
 //!
 //! ```toml
 //! [services.web]
@@ -19,7 +19,7 @@
 //! VERSION = "dev"
 //!
 //! [[services.web.steps]]       # run in order on the build context, before
-//! name = "test"                # the image build (the paper's buildSteps)
+//! name = "test"                # the image build (tests, code generation)
 //! image = "busybox:stable"     # any image reference
 //! command = ["sh", "-c", "./run-tests.sh"]   # argv; replaces the entrypoint
 //! workdir = "src"              # relative to the context (default: its root)

@@ -137,7 +137,7 @@ impl KubeEmulator {
 
     /// A kube client for the emulator, built (and later driven) on `rt`.
     pub fn client_on(&self, rt: &tokio::runtime::Runtime) -> kube::Client {
-        devd_receiver::server::install_crypto();
+        devd_sync::net::install_crypto();
         rt.block_on(async {
             let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
                 .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));

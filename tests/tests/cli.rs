@@ -5,7 +5,7 @@
 //! a real terminal (tmux) shows of `devd start --wait` and
 //! `devd status --watch`.
 
-use devd_receiver::catalog::{Catalog, Run as RunSpec};
+use devd_sync::catalog::{Catalog, Run as RunSpec};
 use devd_tests::containers::{ContainerEnv, http_get, require_container_tools};
 use devd_tests::terminal::Tmux;
 use devd_tests::{Devd, Fixture, bin, random_bytes, wait_until};

@@ -14,7 +14,7 @@
 //!   generic helpers too), cross-checked against the request paths its
 //!   tower-test scenarios assert, and compared both ways with the Role. The
 //!   vacuum's ClusterRole is checked the same way against `vacuum.rs`.
-//! - What the issue asks of the objects: one replica with `Recreate`, the
+//! - What the receiver needs of its objects: one replica with `Recreate`, the
 //!   security context, probes, volumes, Services, labels.
 
 use devd_tests::kmock::python;
@@ -497,15 +497,15 @@ fn objects_are_what_the_issue_asks_for() {
     );
     assert!(wns["metadata"]["labels"]["dev.devd/workspace"].is_string());
     let ann = &wns["metadata"]["annotations"];
-    assert!(ann[devd_receiver::vacuum::ANNOTATION_OWNER].is_string());
-    let expires = ann[devd_receiver::vacuum::ANNOTATION_EXPIRES]
+    assert!(ann[devd_sync::labels::ANNOTATION_OWNER].is_string());
+    let expires = ann[devd_sync::labels::ANNOTATION_EXPIRES]
         .as_str()
         .unwrap();
     assert!(
         expires.ends_with('Z') && expires.contains('T'),
         "RFC 3339: {expires}"
     );
-    let selector = devd_receiver::vacuum::selector();
+    let selector = devd_sync::labels::selector();
     for term in selector.split(',') {
         let key = term.split('=').next().unwrap();
         assert!(

@@ -14,7 +14,7 @@
 //! emulator stands in for an API server because none can run here; the
 //! receiver's pod, its probes and the load balancer are played by the test.
 
-use devd_receiver::vacuum::{
+use devd_sync::labels::{
     ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
 };
 use devd_tests::containers::http_get;
@@ -309,7 +309,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
-    use devd_receiver::pairing::Pairing;
+    use devd_sync::pairing::Pairing;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{
         ConfigMap, Node, PersistentVolumeClaim, Secret, Service, ServiceAccount,
@@ -484,7 +484,7 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     });
     let pairing = Pairing::load(&rx.pairing_path()).unwrap();
     assert_eq!(
-        devd_receiver::publish::pairing_of(&published).unwrap(),
+        devd_sync::pairing::pairing_of(&published).unwrap(),
         pairing,
         "the Secret carries the receiver's pairing"
     );

@@ -39,7 +39,7 @@
 
 use super::registry::{Credentials, RegistryClient};
 use super::{Backend, BuildRequest, Deployment as Deployed, Failure, tail};
-use crate::catalog::{Expose, Run, Service};
+use devd_sync::catalog::{Expose, Run, Service};
 use crate::http::ContextShelf;
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -57,11 +57,7 @@ use std::time::{Duration, Instant};
 
 /// Server-side-apply field manager.
 pub const FIELD_MANAGER: &str = "devd";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_SERVICE: &str = "dev.devd/service";
-pub const LABEL_WORKSPACE: &str = "dev.devd/workspace";
-/// First 40 hex digits of the context digest (label values stop at 63).
-pub const LABEL_CONTEXT: &str = "dev.devd/context";
+pub use devd_sync::labels::{LABEL_CONTEXT, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_WORKSPACE};
 /// The whole context digest and the generation, on the Job.
 pub const ANNOTATION_CONTEXT: &str = "dev.devd/context-digest";
 pub const ANNOTATION_GENERATION: &str = "dev.devd/generation";
@@ -1494,7 +1490,7 @@ mod tests {
         let long = job_name(&"a".repeat(40), u64::MAX, &d);
         assert!(long.len() <= 63, "{long}");
         assert!(long.ends_with(&format!("-{}-01234567", u64::MAX)), "{long}");
-        assert!(crate::catalog::valid_dns_label(&long, 63), "{long}");
+        assert!(devd_sync::catalog::valid_dns_label(&long, 63), "{long}");
         let dashy = job_name(&format!("{}-b", "a".repeat(22)), u64::MAX, &d);
         assert!(!dashy.contains("--"), "{dashy}");
         assert_eq!(label_value("-my_ws-"), "my_ws");
@@ -1620,7 +1616,7 @@ mod tests {
 #[cfg(test)]
 mod request_shape_tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use devd_sync::catalog::Catalog;
     use crate::context::ContextSnapshot;
     use http::Method;
 

@@ -19,7 +19,7 @@
 
 use super::registry::RegistryClient;
 use super::{Backend, BuildRequest, Deployment, Failure, tail};
-use crate::catalog::{Run, Service, Step};
+use devd_sync::catalog::{Run, Service, Step};
 use devd_protocol::event::LOG_TAIL_LINES;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -184,7 +184,7 @@ impl LocalBackend {
             .unwrap_or_default();
         map.insert(key.to_owned(), port);
         let _ = std::fs::create_dir_all(&self.cfg.state_dir);
-        if let Err(e) = crate::fsutil::write_atomic(
+        if let Err(e) = devd_sync::fsutil::write_atomic(
             &path,
             serde_json::to_string_pretty(&map)
                 .unwrap_or_default()

@@ -14,7 +14,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod registry;
 
-use crate::catalog::Service;
+use devd_sync::catalog::Service;
 use crate::context::ContextSnapshot;
 use std::path::PathBuf;
 

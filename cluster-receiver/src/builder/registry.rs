@@ -24,7 +24,7 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// `insecure`: registries (`host:port`) spoken to over plain HTTP.
     pub fn new(insecure: Vec<String>, credentials: Option<Credentials>) -> Self {
-        crate::server::install_crypto();
+        devd_sync::net::install_crypto();
         let client = Client::new(oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure),
             ..Default::default()
