@@ -35,6 +35,9 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+say "Architecture: crate edges point one way (protocol <- devd-sync <- devd, devd-receiver; devd builds without the receiver), no module circles, no file over 800 lines before its tests"
+python3 scripts/architecture.py
+
 say "cargo clippy and the tray's unit tests with devd's optional tray feature (the default build leaves ksni out)"
 cargo clippy --workspace --all-targets --features devd/tray -- -D warnings
 cargo test -p devd --features tray --lib --test tray -- tray
