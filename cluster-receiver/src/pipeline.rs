@@ -16,12 +16,12 @@
 //!   restarted receiver neither rebuilds nor redeploys.
 
 use crate::builder::{Backend, BuildRequest, Failure};
-use devd_sync::catalog::{Catalog, Service};
 use crate::context::{self, tag_for};
 use crate::workspace::Workspace;
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 use devd_protocol::message::ServerMsg;
+use devd_sync::catalog::{Catalog, Service};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
@@ -225,7 +225,9 @@ impl Pipeline {
     /// holds the workspace lock (the worktree is at that generation).
     pub fn on_applied(self: &Arc<Self>, generation: u64, changed: &[RelPath]) {
         let since = Instant::now();
-        let catalog_touched = changed.iter().any(|p| p.as_str() == devd_sync::catalog::FILE);
+        let catalog_touched = changed
+            .iter()
+            .any(|p| p.as_str() == devd_sync::catalog::FILE);
         let redefined = if catalog_touched {
             self.reload_catalog()
         } else {

@@ -1,10 +1,10 @@
 //! The QUIC server: endpoint, connection limit, workspaces, pairing files,
 //! and a drain on shutdown.
 
-use devd_sync::pairing::Pairing;
 use crate::session::serve_connection;
-use devd_sync::tls::{Identity, TlsError};
 use crate::workspace::{Registry, Workspace, WorkspaceError};
+use devd_sync::pairing::Pairing;
+use devd_sync::tls::{Identity, TlsError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

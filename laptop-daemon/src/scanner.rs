@@ -12,8 +12,8 @@
 use crate::hash_cache::{HashCache, Stamp};
 use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
 use devd_protocol::message::Base;
-use devd_protocol::{Entry, Overlay, RelPath};
 use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
+use devd_protocol::{Entry, Overlay, RelPath};
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -31,11 +31,11 @@
 //! `create --no-receiver` makes the namespace only.
 
 use anyhow::{Context, bail};
-use devd_sync::pairing::Pairing;
 use devd_sync::labels::{
     ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE, annotation,
     is_workspace, label,
 };
+use devd_sync::pairing::Pairing;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{

@@ -498,9 +498,7 @@ fn objects_are_what_the_issue_asks_for() {
     assert!(wns["metadata"]["labels"]["dev.devd/workspace"].is_string());
     let ann = &wns["metadata"]["annotations"];
     assert!(ann[devd_sync::labels::ANNOTATION_OWNER].is_string());
-    let expires = ann[devd_sync::labels::ANNOTATION_EXPIRES]
-        .as_str()
-        .unwrap();
+    let expires = ann[devd_sync::labels::ANNOTATION_EXPIRES].as_str().unwrap();
     assert!(
         expires.ends_with('Z') && expires.contains('T'),
         "RFC 3339: {expires}"

@@ -6,9 +6,7 @@
 //! ignores label selectors, so this also proves the vacuum checks the
 //! labels itself.
 
-use devd_sync::labels::{
-    ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
-};
+use devd_sync::labels::{ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE};
 use devd_tests::kmock::KubeEmulator;
 use devd_tests::process::{self, Run};
 use devd_tests::{Fixture, bin};

@@ -14,9 +14,7 @@
 //! emulator stands in for an API server because none can run here; the
 //! receiver's pod, its probes and the load balancer are played by the test.
 
-use devd_sync::labels::{
-    ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE,
-};
+use devd_sync::labels::{ANNOTATION_EXPIRES, ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_WORKSPACE};
 use devd_tests::containers::http_get;
 use devd_tests::kmock::KubeEmulator;
 use devd_tests::process::{self, Run};

@@ -39,9 +39,9 @@
 
 use super::registry::{Credentials, RegistryClient};
 use super::{Backend, BuildRequest, Deployment as Deployed, Failure, tail};
-use devd_sync::catalog::{Expose, Run, Service};
 use crate::http::ContextShelf;
 use devd_protocol::event::LOG_TAIL_LINES;
+use devd_sync::catalog::{Expose, Run, Service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
@@ -1616,8 +1616,8 @@ mod tests {
 #[cfg(test)]
 mod request_shape_tests {
     use super::*;
-    use devd_sync::catalog::Catalog;
     use crate::context::ContextSnapshot;
+    use devd_sync::catalog::Catalog;
     use http::Method;
 
     const DIGEST: &str = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";

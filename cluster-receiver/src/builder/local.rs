@@ -19,8 +19,8 @@
 
 use super::registry::RegistryClient;
 use super::{Backend, BuildRequest, Deployment, Failure, tail};
-use devd_sync::catalog::{Run, Service, Step};
 use devd_protocol::event::LOG_TAIL_LINES;
+use devd_sync::catalog::{Run, Service, Step};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

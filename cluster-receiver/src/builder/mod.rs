@@ -14,8 +14,8 @@ pub mod kubernetes;
 pub mod local;
 pub mod registry;
 
-use devd_sync::catalog::Service;
 use crate::context::ContextSnapshot;
+use devd_sync::catalog::Service;
 use std::path::PathBuf;
 
 /// A failed build or deploy: what went wrong and the end of the log.
