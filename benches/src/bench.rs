@@ -15,10 +15,11 @@ use crate::results::{Machine, Results};
 use crate::rng::Rng;
 use crate::rsync::{RsyncDaemon, RsyncRun};
 use crate::util::{
-    Expect, clock_ticks, compare_trees, flush_disk, git, human_bytes, human_ms, median, output,
-    percentile, proc_cpu_ticks, proc_status_kb, wait_for, which,
+    Expect, clock_ticks, compare_trees, flush_disk, human_bytes, human_ms, median, percentile,
+    proc_cpu_ticks, proc_status_kb, wait_for,
 };
 use anyhow::{Context, bail};
+use devd_testkit::{find_program, git, output};
 use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -233,10 +234,10 @@ pub struct Bench {
 /// generated repository); the error says what to install.
 pub fn check_tools(cfg: &Config, rsync: bool) -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    if which("git").is_none() {
+    if find_program("git").is_none() {
         missing.push("git (apt-get install -y git)");
     }
-    if rsync && which("rsync").is_none() {
+    if rsync && find_program("rsync").is_none() {
         missing.push("rsync 3.2+ for the baseline (apt-get install -y rsync)");
     }
     if !missing.is_empty() {
@@ -318,9 +319,15 @@ pub fn machine(work: &Path) -> Machine {
         container_tools: String::new(),
         loadavg_start: read("/proc/loadavg").trim().to_owned(),
         loadavg_end: String::new(),
-        devd_commit: git(manifest, &["describe", "--always", "--dirty"])
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into()),
+        // The user's own git, not the fixtures' hermetic one: a checkout
+        // owned by someone else needs their `safe.directory`.
+        devd_commit: output(
+            Command::new("git")
+                .current_dir(manifest)
+                .args(["describe", "--always", "--dirty"]),
+        )
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into()),
         devd_binary: String::new(),
     }
 }

@@ -30,14 +30,15 @@
 //! page (so 10 distinct contexts and images).
 
 use crate::bench::{Config, Scenario};
-use crate::containers::{self, ContainerEnv, Registry};
 use crate::deploy::{
-    copy_dir, demo_dir, loadavg, make_origin_with, receiver_bin, tool_versions, wait_all_deployed,
+    copy_dir, demo_dir, loadavg, make_origin_with, receiver_bin, start_registry, tool_versions,
+    wait_all_deployed,
 };
 use crate::devd::{Devd, Receiver};
 use crate::results::{Figure, Results, Row};
-use crate::util::{git, human_ms, percentile};
+use crate::util::{human_ms, percentile};
 use anyhow::{Context, bail};
+use devd_testkit::{ContainerEnv, Registry, check_container_tools, git};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -190,7 +191,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Check what scenario 8 needs; the error says what to install or build.
 pub fn check_tools(cfg: &Config) -> anyhow::Result<()> {
-    containers::check_tools(true)?;
+    check_container_tools(true).context("scenario 8 (boot)")?;
     if !demo_dir().join("devd.toml").is_file() {
         bail!(
             "scenario 8 needs the demo repository at {}",
@@ -276,7 +277,7 @@ fn measure(cfg: &Config, out: &mut Vec<RepoRun>) -> anyhow::Result<()> {
             let rep = run.reps.last_mut().expect("just pushed");
             // A pushes what it builds: B and the prebuild get another,
             // empty registry.
-            let registry = Registry::start(&rdir.join(format!("registry-a{r}")))?;
+            let registry = start_registry(&rdir.join(format!("registry-a{r}")))?;
             eprintln!(
                 "boot ({}, {}/{}): A, fresh workspace, no image in the registry …",
                 repo.name(),
@@ -300,7 +301,7 @@ fn measure(cfg: &Config, out: &mut Vec<RepoRun>) -> anyhow::Result<()> {
             rep.cold = Some(a);
             drop(registry);
 
-            let registry = Registry::start(&rdir.join(format!("registry-b{r}")))?;
+            let registry = start_registry(&rdir.join(format!("registry-b{r}")))?;
             eprintln!("   CI: devd prebuild into an empty registry …");
             let (first, again) = lab.prebuild(&registry, &format!("ci{r}"))?;
             eprintln!(
@@ -357,8 +358,8 @@ struct Lab<'a> {
 impl Lab<'_> {
     /// A fresh container storage (busybox base only) named `name`.
     fn storage(&self, name: &str) -> anyhow::Result<ContainerEnv> {
-        let env = ContainerEnv::new(&self.dir.join(format!("containers-{name}")))?;
-        env.build_busybox_base()?;
+        let env = ContainerEnv::in_dir(&self.dir.join(format!("containers-{name}")))?;
+        env.try_build_busybox_base()?;
         Ok(env)
     }
 
@@ -440,7 +441,7 @@ impl Lab<'_> {
             let out = d.run(&[
                 "prebuild",
                 "--registry",
-                registry.addr(),
+                &registry.addr(),
                 "--insecure-registry",
                 "--json",
             ])?;

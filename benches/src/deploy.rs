@@ -25,11 +25,14 @@
 //! removed at the end, on errors too ([`ContainerEnv`]'s drop).
 
 use crate::bench::{Config, Scenario};
-use crate::containers::{self, ContainerEnv, Registry, free_port};
 use crate::devd::{Devd, Receiver};
 use crate::results::{Figure, Results, Row};
-use crate::util::{git, http_get, human_ms, median, percentile};
+use crate::util::{human_ms, median, percentile};
 use anyhow::{Context, bail};
+use devd_testkit::process::Logs;
+use devd_testkit::{
+    ContainerEnv, Registry, check_container_tools, find_program, free_port, git, http_get_within,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -209,8 +212,9 @@ pub(crate) fn tool_versions() -> String {
     ["buildah", "podman", "runc"]
         .iter()
         .filter_map(|t| {
-            let bin = containers::find_program(t)?;
-            let out = crate::util::output(std::process::Command::new(bin).arg("--version")).ok()?;
+            let bin = find_program(t)?;
+            let out =
+                devd_testkit::output(std::process::Command::new(bin).arg("--version")).ok()?;
             Some(out.lines().next()?.trim().to_owned())
         })
         .collect::<Vec<_>>()
@@ -230,9 +234,15 @@ pub(crate) fn receiver_bin(cfg: &Config) -> PathBuf {
     )
 }
 
+/// Debian's `docker-registry` on 127.0.0.1 with its data and logs under
+/// `dir`.
+pub(crate) fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
+    Registry::try_start(dir, &Logs::new(dir.join("logs")))
+}
+
 /// Check what scenario 7 needs; the error says what to install or build.
 pub fn check_tools(cfg: &Config) -> anyhow::Result<()> {
-    containers::check_tools(cfg.deploy_registry)?;
+    check_container_tools(cfg.deploy_registry).context("scenario 7 (deploy)")?;
     if !demo_dir().join("devd.toml").is_file() {
         bail!(
             "scenario 7 needs the demo repository at {}",
@@ -281,9 +291,9 @@ fn measure(cfg: &Config, out: &mut Outcome) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     // Dropped last: removes every container and the storage, whatever
     // happens below.
-    let env = ContainerEnv::new(&dir.join("containers"))?;
+    let env = ContainerEnv::in_dir(&dir.join("containers"))?;
     eprintln!("deploy: building the busybox base image in private storage …");
-    env.build_busybox_base()?;
+    env.try_build_busybox_base()?;
     let origin = make_origin(&dir)?;
     let v1 = std::fs::read_to_string(demo_dir().join(FILE))?;
     if !v1.contains(LINE) {
@@ -316,7 +326,7 @@ fn measure(cfg: &Config, out: &mut Outcome) -> anyhow::Result<()> {
         let home = dir.join(format!("home-{}", v.name()));
         // Declared before the daemon: stopped after it.
         let (_registry, _receiver) = if v == Variant::Registry {
-            let reg = Registry::start(&dir.join("registry"))?;
+            let reg = start_registry(&dir.join("registry"))?;
             let rx_config = dir.join("receiver.toml");
             std::fs::write(
                 &rx_config,
@@ -547,7 +557,7 @@ fn wait_served(url: &str, marker: &str, t0: Instant, timeout: Duration) -> anyho
     let mut failing_since: Option<Instant> = None;
     let mut last: String;
     loop {
-        let r = http_get(url, Duration::from_secs(2));
+        let r = http_get_within(url, Duration::from_secs(2));
         let now = Instant::now();
         if matches!(r, Ok((200, _))) {
             if let Some(f) = failing_since.take() {
@@ -712,17 +722,17 @@ impl<'a> Manual<'a> {
             std::thread::spawn(move || wait_served(&url, &marker, t0, DEPLOY_TIMEOUT))
         };
         std::fs::write(&path, content)?;
-        self.env.run(
+        self.env.output(
             "buildah",
             &["bud", "--isolation", "chroot", "-t", &image, &ctx],
         )?;
         let build = t0.elapsed();
         if let Some(old) = self.current.take() {
-            self.env.run("podman", &["rm", "-f", "-t", "0", &old])?;
+            self.env.output("podman", &["rm", "-f", "-t", "0", &old])?;
         }
         let rm = t0.elapsed();
         let publish = format!("127.0.0.1:{}:8080", self.port);
-        self.env.run(
+        self.env.output(
             "podman",
             &["run", "-d", "--name", &name, "-p", &publish, &image],
         )?;
@@ -743,7 +753,7 @@ impl<'a> Manual<'a> {
 
     fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(old) = self.current.take() {
-            self.env.run("podman", &["rm", "-f", "-t", "0", &old])?;
+            self.env.output("podman", &["rm", "-f", "-t", "0", &old])?;
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! exactly as a developer runs it, with its embedded receiver on loopback;
 //! and, for scenario 7, a separate `devd-receiver serve` ([`Receiver`]).
 
-use crate::util::output;
 use anyhow::{Context, bail};
+use devd_testkit::output;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +16,7 @@ pub struct Devd {
     bin: PathBuf,
     home: PathBuf,
     repo: PathBuf,
-    env: Vec<(String, PathBuf)>,
+    env: Vec<(String, String)>,
     running: bool,
 }
 
@@ -34,7 +34,7 @@ impl Devd {
 
     /// More environment for every `devd` command (and so for the daemon
     /// and its embedded receiver): e.g. the private container storage.
-    pub fn with_env(mut self, env: Vec<(String, PathBuf)>) -> Self {
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
         self.env = env;
         self
     }
@@ -179,7 +179,7 @@ impl Receiver {
         git_remote: &str,
         workspace: &str,
         config: &Path,
-        env: &[(String, PathBuf)],
+        env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data)?;
         let (out, err) = (data.join("receiver.out"), data.join("receiver.err"));

@@ -11,8 +11,9 @@
 //! `git add`, which would take minutes on 100k files.
 
 use crate::rng::Rng;
-use crate::util::{git, run_with_stdin};
+use crate::util::run_with_stdin;
 use anyhow::{Context, bail};
+use devd_testkit::git;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,8 @@
 //! module, and `rsync -a --delete --stats` runs of the laptop worktree
 //! (without `.git`, which devd never syncs either) into it.
 
-use crate::util::output;
 use anyhow::{Context, bail};
+use devd_testkit::{free_port, output};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,12 +32,6 @@ impl RsyncRun {
     pub fn bytes(&self) -> u64 {
         self.bytes_sent + self.bytes_received
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl RsyncDaemon {

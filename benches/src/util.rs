@@ -1,33 +1,14 @@
-//! Running commands, reading `/proc`, comparing trees, waiting for files,
-//! a tiny HTTP GET.
+//! Running commands with stdin, reading `/proc`, comparing trees, waiting
+//! for files, statistics and human units. (Running commands, git, HTTP GET
+//! and containers: [`devd_testkit`].)
 
 use anyhow::{Context, bail};
+use devd_testkit::output;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Run `git args` in `dir`; stdout on success, stderr in the error.
-pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    output(Command::new("git").current_dir(dir).args(args))
-}
-
-/// Run a command; stdout on success, a message with stderr otherwise.
-pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Run a command with `input` on stdin.
 pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> anyhow::Result<()> {
@@ -56,14 +37,6 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> anyhow::Result<()> {
 /// step does not slow down the next measured one.
 pub fn flush_disk() {
     let _ = Command::new("sync").status();
-}
-
-/// Is `tool` on PATH?
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat` times.
@@ -216,45 +189,6 @@ pub fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// `GET url` (plain `http://host:port/path`) over HTTP/1.0: the status and
-/// the body (lossily UTF-8). `timeout` bounds the connect and each read.
-pub fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    use std::io::Read;
-    use std::net::{TcpStream, ToSocketAddrs};
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs"))?;
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-    let addr = authority
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {authority}"))?
-        .next()
-        .with_context(|| format!("{authority} resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: devd-benches\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("{url}: no end of headers in {} bytes", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("{url}: bad status line in {head:?}"))?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&raw[split + 4..]).into_owned(),
-    ))
-}
-
 /// Percentile (nearest rank) of sorted `v`.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -313,26 +247,6 @@ mod tests {
         let (t, _) = proc_cpu_ticks(std::process::id()).unwrap();
         let _ = t;
         assert!(proc_status_kb(std::process::id(), "VmRSS").unwrap() > 0);
-    }
-
-    #[test]
-    fn http_get_reads_status_and_body() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.0 404 Not Found\r\nX-A: b\r\n\r\nnot here\n")
-                .unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        });
-        let (status, body) =
-            http_get(&format!("http://{addr}/a/b"), Duration::from_secs(5)).unwrap();
-        assert_eq!((status, body.as_str()), (404, "not here\n"));
-        assert!(server.join().unwrap().starts_with("GET /a/b HTTP/1.0\r\n"));
-        assert!(http_get("https://x/", Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Locating the binaries under test in the cargo target directory.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 /// Path of the binary `name` (`devd` or `devd-receiver`) next to the test
 /// executable: `target/debug/deps/<test>` → `target/debug/<name>`.
@@ -25,4 +26,19 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `bin(name)` as a command with the environment every devd process of a
+/// test gets: `RUST_LOG` from `DEVD_TEST_LOG` (default: debug, but quiet
+/// QUIC, TLS and git internals), backtraces, no colors in the logs.
+pub fn devd_command(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("DEVD_TEST_LOG")
+            .unwrap_or_else(|_| "debug,quinn_proto=info,rustls=info,gix=info".into()),
+    )
+    .env("RUST_BACKTRACE", "1")
+    .env("NO_COLOR", "1");
+    cmd
 }

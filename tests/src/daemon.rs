@@ -1,6 +1,6 @@
 //! Driving the `devd` CLI with the fixture's `DEVD_HOME`.
 
-use crate::bins::bin;
+use crate::bins::devd_command;
 use crate::process::{self, Background, Run};
 use crate::repo::Fixture;
 use crate::worktree::assert_worktrees_equal;
@@ -52,17 +52,10 @@ impl<'a> Devd<'a> {
 
     /// A `devd <args>` command in the repository, with `DEVD_HOME` set.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("devd"));
+        let mut cmd = devd_command("devd");
         cmd.args(args)
             .current_dir(&self.repo)
-            .env("DEVD_HOME", self.fx.home())
-            .env(
-                "RUST_LOG",
-                std::env::var("DEVD_TEST_LOG")
-                    .unwrap_or_else(|_| "debug,quinn_proto=info,rustls=info,gix=info".into()),
-            )
-            .env("RUST_BACKTRACE", "1")
-            .env("NO_COLOR", "1");
+            .env("DEVD_HOME", self.fx.home());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

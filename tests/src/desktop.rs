@@ -8,6 +8,7 @@
 //! Every process is stopped on drop (SIGTERM, then SIGKILL), also when the
 //! test panics; a panicking test prints their logs.
 
+use crate::process::find_program;
 use serde_json::Value;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,10 @@ const TOOLS: [&str; 6] = [
 /// Panic with the packages to install unless the tools are all present.
 #[track_caller]
 pub fn require_desktop_tools() {
-    let missing: Vec<&str> = TOOLS.into_iter().filter(|t| !in_path(t)).collect();
+    let missing: Vec<&str> = TOOLS
+        .into_iter()
+        .filter(|t| find_program(t).is_none())
+        .collect();
     assert!(
         missing.is_empty(),
         "the notification tests need a private desktop session; missing: {}.\n\
@@ -39,13 +43,6 @@ pub fn require_desktop_tools() {
          (scripts/test.sh does this).",
         missing.join(", ")
     );
-}
-
-fn in_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/bin", "/usr/sbin"].map(PathBuf::from))
-        .any(|d| d.join(program).is_file())
 }
 
 /// One `Notify` call seen on the bus, and the id the server answered.

@@ -1,9 +1,15 @@
 //! End-to-end fixtures for devd: real binaries, real QUIC on loopback, real
 //! git repositories in temporary directories.
 //!
+//! What does not know devd (commands with captured output, hermetic git,
+//! container storage, the registry, the HTTP client) lives in
+//! [`devd_testkit`], shared with the benchmarks; this crate re-exports it
+//! and adds the devd fixtures on top.
+//!
 //! Map of the crate:
 //! - [`bins`]: locating the `devd` and `devd-receiver` binaries.
-//! - [`process`]: running commands with output captured to files, timeouts.
+//! - [`process`]: running commands with output captured to files, timeouts
+//!   (re-exported from [`devd_testkit::process`]).
 //! - [`wait`]: polling helpers for watcher-driven outcomes.
 //! - [`repo`]: the git fixture (bare origin + laptop clone) and file helpers.
 //! - [`daemon`]: driving the `devd` CLI (start, sync, status, stop).
@@ -17,7 +23,8 @@
 //! - [`kube_cluster`]: a Kubernetes cluster played against that emulator
 //!   (kubelet, Kaniko, rollouts), with receiver and daemon on top.
 //! - [`containers`]: private buildah/podman storage per test, a local
-//!   `docker-registry`, a tiny HTTP client for what containers serve.
+//!   `docker-registry`, a tiny HTTP client for what containers serve (from
+//!   [`devd_testkit`]), and a receiver that pushes to that registry.
 //! - [`desktop`]: a private D-Bus session bus, Xvfb and dunst, and what
 //!   notifications reached them.
 //! - [`terminal`]: a private tmux server, to read what devd draws on a
@@ -35,7 +42,7 @@ pub mod desktop;
 pub mod git_http;
 pub mod kmock;
 pub mod kube_cluster;
-pub mod process;
+pub use devd_testkit::process;
 pub mod receiver;
 pub mod repo;
 pub mod terminal;

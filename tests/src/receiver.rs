@@ -1,6 +1,6 @@
 //! A separate `devd-receiver serve` process.
 
-use crate::bins::bin;
+use crate::bins::devd_command;
 use crate::process::{Logs, cmdline, tail};
 use crate::repo::Fixture;
 use std::fs::File;
@@ -70,7 +70,7 @@ impl<'a> Receiver<'a> {
     pub fn start(fx: &'a Fixture, opts: ReceiverOpts) -> Self {
         let data = opts.data.clone().unwrap_or_else(|| fx.root().join("rx"));
         std::fs::create_dir_all(&data).expect("create receiver data dir");
-        let mut cmd = Command::new(bin("devd-receiver"));
+        let mut cmd = devd_command("devd-receiver");
         cmd.arg("serve")
             .arg("--data")
             .arg(&data)
@@ -80,14 +80,7 @@ impl<'a> Receiver<'a> {
                 &opts.git_remote.clone().unwrap_or_else(|| fx.origin_url()),
             ])
             .args(["--workspace", &opts.workspace])
-            .args(&opts.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("DEVD_TEST_LOG")
-                    .unwrap_or_else(|_| "debug,quinn_proto=info,rustls=info,gix=info".into()),
-            )
-            .env("RUST_BACKTRACE", "1")
-            .env("NO_COLOR", "1");
+            .args(&opts.args);
         if let Some(c) = &opts.config {
             cmd.arg("--config").arg(c);
         }

@@ -24,7 +24,6 @@ use crate::process::{Logs, tail};
 use crate::receiver::{Receiver, ReceiverOpts};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// `[sync]` section making the watcher react quickly.
 pub const FAST_SYNC: &str = "[sync]\ndebounce_ms = 20\n";
@@ -418,27 +417,10 @@ fn configure_clone(dir: &Path) {
     git_in(dir, &["config", "advice.detachedHead", "false"]);
 }
 
-/// Run git in `dir` with hermetic configuration; stdout on success.
+/// Run git in `dir` with hermetic configuration ([`devd_testkit::git`])
+/// and the tests' commit identity; stdout on success, panic otherwise.
 pub fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(USER)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run git: {e}"));
-    assert!(
-        out.status.success(),
-        "git {} failed in {}: {}\n{}{}",
-        args.join(" "),
-        dir.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("git output is utf-8")
+    let args: Vec<&str> = USER.iter().chain(args).copied().collect();
+    devd_testkit::git(dir, &args)
+        .unwrap_or_else(|e| panic!("git failed in {}: {e:#}", dir.display()))
 }

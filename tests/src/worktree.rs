@@ -11,7 +11,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// One path's state.
@@ -70,11 +70,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// The laptop's visible worktree (see the module docs).
     pub fn of_laptop(repo: &Path) -> io::Result<Self> {
-        let out = Command::new("git")
+        let out = devd_testkit::git_command(repo)
             .args(["ls-files", "-z", "-c", "-o", "--exclude-standard"])
-            .current_dir(repo)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .output()?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
@@ -289,9 +286,8 @@ fn base_tree(repo: &Path, base: &str) -> BTreeMap<String, Node> {
             items.push((path.to_owned(), mode.to_owned(), oid.to_owned()));
         }
     }
-    let mut child = Command::new("git")
+    let mut child = devd_testkit::git_command(repo)
         .args(["cat-file", "--batch"])
-        .current_dir(repo)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -66,7 +66,7 @@ impl Env {
     /// `kubectl kustomize manifests/<sub>` as YAML.
     #[track_caller]
     fn render(&self, sub: &str) -> String {
-        let kubectl = which("kubectl").unwrap_or_else(|| {
+        let kubectl = process::find_program("kubectl").unwrap_or_else(|| {
             panic!(
                 "the manifest tests render kustomizations with `kubectl kustomize` (kubectl's \
                  built-in kustomize, offline); install kubectl"
@@ -107,13 +107,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Panic with the install hint unless kubernetes-validate is importable.

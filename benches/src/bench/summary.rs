@@ -3,7 +3,8 @@
 
 use super::{Bench, Scenario};
 use crate::results::{Figure, Row, TargetCheck};
-use crate::util::{git, human_bytes, human_ms, median, percentile};
+use crate::util::{human_bytes, human_ms, median, percentile};
+use devd_testkit::git;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

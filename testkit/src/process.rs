@@ -1,9 +1,12 @@
-//! Running commands with their output captured to files.
+//! Finding programs and running commands.
 //!
-//! Output goes to files, never to pipes: `devd start` leaves a daemon
-//! behind that may inherit the descriptors, and a pipe would then never
-//! reach end-of-file.
+//! [`run`] and [`spawn`] capture output to files, never to pipes: `devd
+//! start` leaves a daemon behind that may inherit the descriptors, and a
+//! pipe would then never reach end-of-file. [`output`] reads pipes, for
+//! short commands that leave nothing behind (git, buildah, podman as the
+//! benchmarks' manual baseline runs them).
 
+use anyhow::{Context, bail};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -88,12 +91,54 @@ impl Run {
         )
     }
 
+    /// An error with the full account unless the command succeeded.
+    pub fn check(&self) -> anyhow::Result<&Self> {
+        if !self.success() {
+            bail!("command failed\n{}", self.describe());
+        }
+        Ok(self)
+    }
+
     /// Panic with the full account unless the command succeeded.
     #[track_caller]
     pub fn assert_success(&self) -> &Self {
         assert!(self.success(), "command failed\n{}", self.describe());
         self
     }
+}
+
+/// Run a command to completion with its output in pipes: stdout on
+/// success, an error naming the command, its status, stderr (and the end
+/// of stdout, if any) otherwise.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            if stdout.trim().is_empty() {
+                String::new()
+            } else {
+                format!("\n--- stdout ---\n{}", tail(stdout.trim(), 50))
+            }
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `program` in `PATH`, else in the usual bin and sbin directories (runc
+/// lives in /usr/sbin, which a non-root `PATH` often lacks).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The last `lines` lines of `s`.
@@ -132,23 +177,29 @@ pub struct Background {
     started: Instant,
 }
 
-/// Start `cmd` with stdin closed and output captured under `logs`.
+/// Start `cmd` with stdin closed and output captured under `logs`; panics
+/// if it cannot start.
 pub fn spawn(cmd: &mut Command, logs: &Logs, label: &str) -> Background {
+    try_spawn(cmd, logs, label).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// [`spawn`], with an error instead of a panic.
+pub fn try_spawn(cmd: &mut Command, logs: &Logs, label: &str) -> anyhow::Result<Background> {
     let (stdout, stderr) = logs.next_pair(label);
     let line = cmdline(cmd);
     let child = cmd
         .stdin(Stdio::null())
-        .stdout(File::create(&stdout).expect("create stdout log"))
-        .stderr(File::create(&stderr).expect("create stderr log"))
+        .stdout(File::create(&stdout).context("create stdout log")?)
+        .stderr(File::create(&stderr).context("create stderr log")?)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {line}: {e}"));
-    Background {
+        .with_context(|| format!("cannot start {line}"))?;
+    Ok(Background {
         child: Some(child),
         cmdline: line,
         stdout,
         stderr,
         started: Instant::now(),
-    }
+    })
 }
 
 /// Run `cmd` to completion, killing it after `timeout`.
