@@ -57,8 +57,9 @@ pub use names::*;
 pub use settings::{BuildResources, DEFAULT_KANIKO_IMAGE, Settings, parse_docker_config};
 pub use state::{JobState, RolloutState, container_image, job_state, rollout_state, valid_digest};
 
+use super::devbuild::{Recorder, Repositories};
 use super::registry::{Credentials, RegistryClient};
-use super::{Backend, BuildRequest, Deployment as Deployed, Failure};
+use super::{Backend, BuildRequest, Deployment as Deployed, Failure, Observation};
 use crate::http::ContextShelf;
 use devd_sync::catalog::{Expose, Run, Service};
 use job::append_log;
@@ -435,24 +436,31 @@ impl Backend for KubernetesBackend {
     }
 
     /// Every build of the workspace becomes a DevBuild resource
-    /// ([`super::devbuild`]), written by a task beside the pipeline.
-    fn observe(&self, workspace: &str, pipeline: &Arc<crate::pipeline::Pipeline>) {
+    /// ([`super::devbuild`]), written by a task beside the pipeline that
+    /// ends when the pipeline is gone or the receiver shuts down.
+    fn observe(&self, o: Observation) {
         if self.s.devbuilds_per_service == 0 {
             return;
         }
-        let weak = Arc::downgrade(pipeline);
         let registry = self.s.registry.clone();
-        let repositories: super::devbuild::Repositories = Arc::new(move |service: &str| {
-            let s = weak.upgrade()?.service(service)?;
+        let services = o.services;
+        let repositories: Repositories = Arc::new(move |service: &str| {
+            let s = services(service)?;
             Some(super::qualify(&s.image, Some(&registry)))
         });
-        let recorder = super::devbuild::Recorder::new(
+        let recorder = Recorder::new(
             self.client.clone(),
             &self.s.namespace,
-            workspace,
+            &o.workspace,
             self.s.devbuilds_per_service,
             repositories,
         );
-        tokio::spawn(recorder.run(pipeline.subscribe()));
+        let (events, cancel) = (o.events, o.cancel);
+        o.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = recorder.run(events) => {}
+            }
+        });
     }
 }
