@@ -6,7 +6,7 @@ use super::KubernetesBackend;
 use super::names::{
     FETCH_CONTAINER, KANIKO_CONTAINER, LABEL_WORKSPACE, label_value, step_container,
 };
-use super::state::{JobState, fatal_waiting, has_label, job_state, terminated};
+use super::state::{JobState, Stuck, Terminated, has_label, job_state, stuck, terminated};
 use super::{api_failure, is_status};
 use crate::builder::{BuildRequest, Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
@@ -135,7 +135,12 @@ impl KubernetesBackend {
             }
             match self.job_pod(name).await {
                 Ok(Some(pod)) => {
-                    if let Some((container, reason, message)) = fatal_waiting(&pod) {
+                    if let Some(Stuck {
+                        container,
+                        reason,
+                        message,
+                    }) = stuck(&pod)
+                    {
                         self.delete_job(name).await;
                         return Err(Failure::new(format!(
                             "build pod of Job {name} cannot start: container {container}: {reason}: {message}"
@@ -178,19 +183,22 @@ impl KubernetesBackend {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let failed_init = terminated(&pod, true)
             .into_iter()
-            .find(|(_, code, _, _)| *code != 0);
-        let (container, code, why, term_msg) = match failed_init {
+            .find(|t| t.exit_code != 0);
+        let Terminated {
+            container,
+            exit_code: code,
+            reason: why,
+            message: term_msg,
+        } = match failed_init {
             Some(t) => t,
             None => terminated(&pod, false)
                 .into_iter()
-                .find(|(n, _, _, _)| n == KANIKO_CONTAINER)
-                .unwrap_or_else(|| {
-                    (
-                        KANIKO_CONTAINER.to_owned(),
-                        -1,
-                        String::new(),
-                        String::new(),
-                    )
+                .find(|t| t.container == KANIKO_CONTAINER)
+                .unwrap_or_else(|| Terminated {
+                    container: KANIKO_CONTAINER.to_owned(),
+                    exit_code: -1,
+                    reason: String::new(),
+                    message: String::new(),
                 }),
         };
         let mut log = self.log_tail(&pod_name, &container, false).await;

@@ -225,8 +225,8 @@ impl Backend for KubernetesBackend {
                 append_log(&req.log, &log);
                 let message = terminated(&pod, false)
                     .into_iter()
-                    .find(|(n, ..)| n == KANIKO_CONTAINER)
-                    .map(|(_, _, _, m)| m.trim().to_owned())
+                    .find(|t| t.container == KANIKO_CONTAINER)
+                    .map(|t| t.message.trim().to_owned())
                     .unwrap_or_default();
                 if !valid_digest(&message) {
                     return Err(Failure::with_log(

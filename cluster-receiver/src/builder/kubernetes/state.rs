@@ -122,8 +122,20 @@ pub fn container_image(d: &Deployment, name: &str) -> Option<String> {
         .clone()
 }
 
-/// A terminated container of a pod: (name, exit code, reason, message).
-pub(super) fn terminated(pod: &Pod, init: bool) -> Vec<(String, i32, String, String)> {
+/// A container of a pod that has terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminated {
+    pub container: String,
+    pub exit_code: i32,
+    /// e.g. `Completed`, `Error`, `OOMKilled` (empty when not given).
+    pub reason: String,
+    /// The termination message: Kaniko's image digest, or the end of the
+    /// log (`FallbackToLogsOnError`) when it failed without writing one.
+    pub message: String,
+}
+
+/// The terminated init containers (`init`) or main containers of a pod.
+pub fn terminated(pod: &Pod, init: bool) -> Vec<Terminated> {
     let Some(st) = &pod.status else {
         return Vec::new();
     };
@@ -136,19 +148,28 @@ pub(super) fn terminated(pod: &Pod, init: bool) -> Vec<(String, i32, String, Str
         .flatten()
         .filter_map(|c| {
             let t = c.state.as_ref()?.terminated.as_ref()?;
-            Some((
-                c.name.clone(),
-                t.exit_code,
-                t.reason.clone().unwrap_or_default(),
-                t.message.clone().unwrap_or_default(),
-            ))
+            Some(Terminated {
+                container: c.name.clone(),
+                exit_code: t.exit_code,
+                reason: t.reason.clone().unwrap_or_default(),
+                message: t.message.clone().unwrap_or_default(),
+            })
         })
         .collect()
 }
 
-/// A container of the pod stuck in a state that will not resolve:
-/// (container, reason, message).
-pub(super) fn fatal_waiting(pod: &Pod) -> Option<(String, String, String)> {
+/// A container of a pod waiting in a state that will not resolve by
+/// waiting longer (see `FATAL_WAITING`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    pub container: String,
+    /// e.g. `ImagePullBackOff`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// The first container of the pod (init containers first) that is stuck.
+pub fn stuck(pod: &Pod) -> Option<Stuck> {
     let st = pod.status.as_ref()?;
     st.init_container_statuses
         .iter()
@@ -157,12 +178,10 @@ pub(super) fn fatal_waiting(pod: &Pod) -> Option<(String, String, String)> {
         .find_map(|c| {
             let w = c.state.as_ref()?.waiting.as_ref()?;
             let reason = w.reason.clone().unwrap_or_default();
-            FATAL_WAITING.contains(&reason.as_str()).then(|| {
-                (
-                    c.name.clone(),
-                    reason,
-                    w.message.clone().unwrap_or_default(),
-                )
+            FATAL_WAITING.contains(&reason.as_str()).then(|| Stuck {
+                container: c.name.clone(),
+                reason,
+                message: w.message.clone().unwrap_or_default(),
             })
         })
 }
