@@ -36,13 +36,13 @@
 //!   applied back, so what ran before keeps running.
 //!
 //! Images are always referenced as `repo@sha256:…`.
-
 //!
 //! Files: [`settings`] (configuration and docker config), [`names`] (object
 //! names and label values, shared with the DevBuild recorder), [`objects`]
 //! (the JSON of Jobs, Deployments, Services, Ingresses), [`state`] (what a
 //! Job, pod or rollout says about itself), `job` (running a build Job),
-//! `rollout` (applies and the rollout wait), and this file: the backend.
+//! `rollout` (applies and the rollout wait), `request_shape_tests`, and
+//! this file: the backend.
 
 mod job;
 pub mod names;
@@ -50,8 +50,6 @@ pub mod objects;
 mod rollout;
 pub mod settings;
 pub mod state;
-#[cfg(test)]
-mod tests;
 
 pub use names::*;
 pub use settings::{BuildResources, DEFAULT_KANIKO_IMAGE, Settings, parse_docker_config};
@@ -464,3 +462,8 @@ impl Backend for KubernetesBackend {
         });
     }
 }
+
+// Last in the file: tools that read the backend's code stop at the first
+// `#[cfg(test)]`.
+#[cfg(test)]
+mod request_shape_tests;
