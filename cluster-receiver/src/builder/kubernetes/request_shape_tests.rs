@@ -1032,3 +1032,54 @@ async fn specs_round_trip_through_the_api_types() {
     back["spec"].as_object_mut().unwrap().remove("selector");
     assert_eq!(back, patch);
 }
+
+/// The DevBuild recorder runs on the receiver's task tracker, so a drain
+/// waits for it; it ends on cancellation or when the pipeline (the sender
+/// of the events) is gone. With no DevBuilds to keep, nothing runs.
+#[tokio::test]
+async fn observe_runs_the_recorder_on_the_tracker_until_cancelled() {
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    let observation = |tasks: &TaskTracker, cancel: &CancellationToken| {
+        let (events, rx) = tokio::sync::broadcast::channel(4);
+        let o = Observation {
+            workspace: "alice".into(),
+            events: rx,
+            services: Arc::new(|_: &str| None),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        };
+        (events, o)
+    };
+    let (st, _api) = setup(|_| {});
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (_events, o) = observation(&tasks, &cancel);
+    st.backend.observe(o);
+    assert_eq!(tasks.len(), 1, "the recorder is tracked");
+    tasks.close();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), tasks.wait())
+            .await
+            .is_err(),
+        "the recorder runs while the pipeline does"
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("cancellation ends the recorder");
+
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (events, o) = observation(&tasks, &cancel);
+    st.backend.observe(o);
+    tasks.close();
+    drop(events);
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("the recorder ends with the pipeline's events");
+
+    let (st, _api) = setup(|s| s.devbuilds_per_service = 0);
+    let tasks = TaskTracker::new();
+    let (_events, o) = observation(&tasks, &CancellationToken::new());
+    st.backend.observe(o);
+    assert_eq!(tasks.len(), 0, "no DevBuilds kept, no recorder");
+}
