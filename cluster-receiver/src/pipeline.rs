@@ -15,7 +15,7 @@
 //! - What is deployed is remembered (`builds/deployed.json`), so a
 //!   restarted receiver neither rebuilds nor redeploys.
 
-use crate::builder::{Backend, BuildRequest, Failure};
+use crate::builder::{Backend, BuildRequest, Failure, Observation};
 use crate::context::{self, tag_for};
 use crate::workspace::Workspace;
 use devd_protocol::RelPath;
@@ -90,11 +90,15 @@ fn now_ms() -> u64 {
 
 impl Pipeline {
     /// A pipeline for `ws` with `concurrency` build slots. Reads what was
-    /// deployed before and asks the backend whether it still runs.
+    /// deployed before and asks the backend whether it still runs. A task
+    /// the backend runs beside the builds is spawned on `tasks` and stops
+    /// on `cancel`.
     pub async fn start(
         ws: &Arc<Workspace>,
         backend: Arc<dyn Backend>,
         concurrency: usize,
+        tasks: &tokio_util::task::TaskTracker,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
         let dir = ws.dir().join("builds");
         let _ = std::fs::create_dir_all(&dir);
@@ -111,7 +115,14 @@ impl Pipeline {
             seq: Default::default(),
         });
         // Before any build is queued (Kubernetes: DevBuild resources).
-        p.backend.observe(&ws.name, &p);
+        let weak = Arc::downgrade(&p);
+        p.backend.observe(Observation {
+            workspace: ws.name.clone(),
+            events: p.subscribe(),
+            services: Arc::new(move |name: &str| weak.upgrade()?.service(name)),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        });
         {
             let _guard = ws.lock().await;
             p.reload_catalog();

@@ -130,6 +130,7 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         let d = data.join("tls");
         tokio::task::spawn_blocking(move || Identity::load_or_create(&d)).await??
     };
+    let tracker = TaskTracker::new();
     let mut registry = Registry::new();
     for w in &opts.workspaces {
         let (d, name, remote, token) = (
@@ -144,7 +145,14 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         .await??;
         let ws = Arc::new(ws);
         if let Some(b) = &opts.builds {
-            let p = crate::pipeline::Pipeline::start(&ws, b.backend.clone(), b.concurrency).await;
+            let p = crate::pipeline::Pipeline::start(
+                &ws,
+                b.backend.clone(),
+                b.concurrency,
+                &tracker,
+                &cancel,
+            )
+            .await;
             ws.set_pipeline(p);
         }
         registry.insert(w.name.clone(), ws);
@@ -182,7 +190,6 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         .save(&path)?;
         workspaces.push((name.clone(), path, ws.worktree_path().to_owned()));
     }
-    let tracker = TaskTracker::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     if let Some(listener) = tcp {
         let tls = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()?));

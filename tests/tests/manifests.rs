@@ -9,7 +9,7 @@
 //! - A misspelled field fails that validation (and passes without
 //!   `--strict`, which is why it is on).
 //! - The receiver's Role grants exactly the API calls of the Kubernetes
-//!   backend: they are read from `cluster-receiver/src/builder/kubernetes.rs`
+//!   backend: they are read from `cluster-receiver/src/builder/kubernetes/`
 //!   (every `Api<Kind>` binding and the methods called on it, through the
 //!   generic helpers too), cross-checked against the request paths its
 //!   tower-test scenarios assert, and compared both ways with the Role. The
@@ -764,8 +764,8 @@ fn grants_in_code(src: &str) -> BTreeSet<Grant> {
         .collect()
 }
 
-/// The grants the tower-test scenarios of a file (kubernetes.rs,
-/// devbuild.rs) exercise: each asserted request path and method; at least
+/// The grants the tower-test scenarios of a file (kubernetes/'s
+/// request_shape_tests.rs, devbuild.rs) exercise: each asserted request path and method; at least
 /// `at_least` of them.
 fn grants_in_scenarios(src: &str, at_least: usize) -> BTreeSet<Grant> {
     let tests = src
@@ -935,9 +935,25 @@ fn assert_same(role: &str, granted: &BTreeSet<Grant>, needed: &BTreeSet<Grant>) 
 
 #[test]
 fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
-    let src =
-        std::fs::read_to_string(root().join("cluster-receiver/src/builder/kubernetes.rs")).unwrap();
-    let mut needed = grants_in_code(&src);
+    // The backend is a folder: the code of every file (each without its
+    // unit tests), and the request-shape tests in their own file.
+    let dir = root().join("cluster-receiver/src/builder/kubernetes");
+    let tests_file = "request_shape_tests.rs";
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs") && !p.ends_with(tests_file))
+        .collect();
+    files.sort();
+    let code: String = files
+        .iter()
+        .map(|p| non_test(&std::fs::read_to_string(p).unwrap()).to_owned())
+        .collect();
+    let scenarios = format!(
+        "mod request_shape_tests\n{}",
+        std::fs::read_to_string(dir.join(tests_file)).unwrap()
+    );
+    let mut needed = grants_in_code(&code);
     eprintln!("the Kubernetes backend calls: {}", show(&needed));
     // The pairing Secret (publish.rs), its calls read the same way.
     let publish = std::fs::read_to_string(root().join("cluster-receiver/src/publish.rs")).unwrap();
@@ -975,7 +991,7 @@ fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
     needed.extend(devbuilds);
     // The parse is sound: what the tower-test scenarios request is in it,
     // and the calls every build and deploy makes are found.
-    let exercised = grants_in_scenarios(&src, 5);
+    let exercised = grants_in_scenarios(&scenarios, 5);
     let unexplained: BTreeSet<Grant> = exercised.difference(&needed).cloned().collect();
     assert!(
         unexplained.is_empty(),

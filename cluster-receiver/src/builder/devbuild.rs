@@ -22,9 +22,7 @@
 //!   that service beyond the newest `keep` (by creation time, then
 //!   generation) are deleted.
 
-use super::kubernetes::{
-    FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_WORKSPACE, job_name, label_value,
-};
+use super::kubernetes::names::{self, FIELD_MANAGER, job_name};
 use devd_protocol::event::{BuildEvent, EventKind};
 use devd_protocol::message::ServerMsg;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -462,11 +460,7 @@ impl Recorder {
     }
 
     fn labels(&self, service: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (LABEL_MANAGED_BY.to_owned(), "devd".to_owned()),
-            (LABEL_SERVICE.to_owned(), label_value(service)),
-            (LABEL_WORKSPACE.to_owned(), label_value(&self.workspace)),
-        ])
+        names::labels(&self.workspace, service)
     }
 
     async fn create(&mut self, obj: &DevBuild) -> bool {
@@ -798,7 +792,7 @@ mod request_shape_tests {
             done,
             json!({"phase": "Succeeded", "image": IMAGE,
                    "digest": IMAGE.split_once('@').unwrap().1,
-                   "jobName": crate::builder::kubernetes::job_name("web", 5, &context),
+                   "jobName": job_name("web", 5, &context),
                    "completionTime": "2025-11-28T03:20:42.75Z", "durationMs": 41_250})
         );
         // The deploy that follows is not the DevBuild's business, nor is a
@@ -840,7 +834,7 @@ mod request_shape_tests {
             status,
             json!({"phase": "Failed",
                    "error": "build of web failed: Kaniko failed (container kaniko exited with code 1)",
-                   "jobName": crate::builder::kubernetes::job_name("web", 8, &context),
+                   "jobName": job_name("web", 8, &context),
                    "completionTime": "2025-11-28T03:20:02.6Z", "durationMs": 2_500})
         );
 

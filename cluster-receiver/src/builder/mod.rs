@@ -6,8 +6,10 @@
 //!   the Deployment per deploy.
 //!   Its builds are also DevBuild resources ([`devbuild`]).
 //!
-//! The pipeline ([`crate::pipeline`]) decides what to build; a backend only
-//! knows how.
+//! The pipeline decides what to build; a backend only knows how. A backend
+//! never sees the pipeline itself: what it may follow of a workspace's
+//! builds comes as an [`Observation`] (an event stream and a catalog
+//! lookup).
 
 pub mod devbuild;
 pub mod kubernetes;
@@ -15,8 +17,13 @@ pub mod local;
 pub mod registry;
 
 use crate::context::ContextSnapshot;
+use devd_protocol::message::ServerMsg;
 use devd_sync::catalog::Service;
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A failed build or deploy: what went wrong and the end of the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +82,29 @@ pub struct Deployment {
     pub url: Option<String>,
 }
 
+/// A service as the workspace's current catalog declares it, by name
+/// (`None`: the catalog no longer declares it, or the workspace is gone).
+pub type ServiceLookup = Arc<dyn Fn(&str) -> Option<Service> + Send + Sync>;
+
+/// What a backend may follow of one workspace's builds, beside the
+/// pipeline and never in its path (see [`Backend::observe`]).
+pub struct Observation {
+    /// The workspace's name.
+    pub workspace: String,
+    /// The pipeline's messages from its start: build events (queued,
+    /// started, built, reused, failed, …) and others. Closed when the
+    /// pipeline is gone.
+    pub events: broadcast::Receiver<ServerMsg>,
+    /// The catalog lookup, for what the events do not carry (e.g. a
+    /// service's image repository).
+    pub services: ServiceLookup,
+    /// Where to spawn a follower task, so that the receiver's drain waits
+    /// for it.
+    pub tasks: TaskTracker,
+    /// Cancelled when the receiver shuts down: a follower stops then.
+    pub cancel: CancellationToken,
+}
+
 /// A build and deploy backend.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
@@ -119,11 +149,13 @@ pub trait Backend: Send + Sync {
         service: &Service,
     ) -> Result<Option<(String, Option<String>)>, Failure>;
 
-    /// Follow the build events of `workspace`'s pipeline from its start,
-    /// beside the builds (never in their path). The Kubernetes backend
-    /// records them as DevBuild resources; by default nothing happens.
-    fn observe(&self, workspace: &str, pipeline: &std::sync::Arc<crate::pipeline::Pipeline>) {
-        let _ = (workspace, pipeline);
+    /// Follow one workspace's build events from its pipeline's start,
+    /// beside the builds (never in their path). Called once per workspace,
+    /// before any build is queued. The Kubernetes backend records the
+    /// builds as DevBuild resources; by default nothing happens (and the
+    /// event stream is dropped).
+    fn observe(&self, observation: Observation) {
+        let _ = observation;
     }
 }
 

@@ -1,0 +1,1085 @@
+//! Request shapes, against kube's tower-test mock: no API server runs; each
+//! test answers the backend's requests itself, in order, and asserts their
+//! method, path, query and body.
+
+use super::*;
+use crate::context::ContextSnapshot;
+use devd_sync::catalog::Catalog;
+use http::Method;
+use k8s_openapi::api::batch::v1::Job;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const DIGEST: &str = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
+
+type Mock = crate::api_mock::ApiMock;
+
+struct Setup {
+    backend: Arc<KubernetesBackend>,
+    shelf: Arc<ContextShelf>,
+    dir: tempfile::TempDir,
+}
+
+fn setup(adjust: impl FnOnce(&mut Settings)) -> (Setup, Mock) {
+    let (client, mock) = Mock::pair();
+    let dir = tempfile::tempdir().unwrap();
+    let shelf = ContextShelf::new(&dir.path().join("shelf")).unwrap();
+    let mut s = Settings::new(
+        "dev",
+        "r.example.com:5000",
+        "r.example.com:5000/devd/devd-receiver:0.1.0",
+        "http://devd-receiver.dev.svc:8080/",
+    );
+    s.poll_interval = Duration::from_millis(5);
+    adjust(&mut s);
+    let backend = Arc::new(KubernetesBackend::new(client, s, shelf.clone()).unwrap());
+    (
+        Setup {
+            backend,
+            shelf,
+            dir,
+        },
+        mock,
+    )
+}
+
+/// Run `call` (the backend method under test) while `script` plays the API
+/// server: it takes each request the call makes, in order, asserts on it and
+/// answers it. Returns what the call returned. Both run on the test's own
+/// task, so the call may borrow the test's values.
+async fn scripted<T>(
+    api: &mut Mock,
+    call: impl Future<Output = T>,
+    script: impl AsyncFnOnce(&mut Mock),
+) -> T {
+    let (out, ()) = tokio::join!(call, script(api));
+    out
+}
+
+fn service(toml: &str) -> Service {
+    Catalog::parse(toml).unwrap().services.remove(0)
+}
+
+fn greeter() -> Service {
+    service(
+        "[services.greeter]\ncontext = \"services/greeter\"\ninputs = [\"shared\"]\nimage = \"demo/greeter\"\nport = 8080\n[services.greeter.build_args]\nSTYLE = \"plain\"\n",
+    )
+}
+
+fn request(st: &Setup) -> BuildRequest {
+    let ctx = st.dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("www")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY www /www\n").unwrap();
+    std::fs::write(ctx.join("www/index.html"), "hi\n").unwrap();
+    let digest = "c0ffee".repeat(11)[..64].to_owned();
+    BuildRequest {
+        workspace: "alice".into(),
+        service: greeter(),
+        generation: 7,
+        context: ContextSnapshot {
+            dir: ctx,
+            digest: digest.clone(),
+            dockerfile: "Dockerfile".into(),
+            files: 2,
+            bytes: 30,
+        },
+        repository: "r.example.com:5000/demo/greeter".into(),
+        tag: crate::context::tag_for(&digest),
+        log: st.dir.path().join("build.log"),
+    }
+}
+
+fn pod(job: &str, status: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{job}-x7k2p"), "namespace": "dev",
+                     "labels": {"job-name": job}},
+        "status": status,
+    })
+}
+
+fn pods(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+fn job_with(spec: &Value, status: Value) -> Value {
+    let mut j = spec.clone();
+    j["status"] = status;
+    j
+}
+
+#[tokio::test]
+async fn build_request_shape_job_spec_and_digest() {
+    let (st, mut api) = setup(|s| {
+        s.registry_secret = Some("regcred".into());
+        s.insecure_registry = true;
+        s.kaniko_args = vec!["--cache=true".into()];
+        s.active_deadline_seconds = 120;
+        s.ttl_seconds_after_finished = 30;
+        s.resources.memory_limit = "3Gi".into();
+        s.service_account = Some("builder".into());
+    });
+    let req = request(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        create.expect(Method::POST, "/apis/batch/v1/namespaces/dev/jobs", &[]);
+        let j = create.body.clone();
+        assert_eq!(j["apiVersion"], "batch/v1");
+        assert_eq!(j["kind"], "Job");
+        assert_eq!(j["metadata"]["name"], name);
+        let labels = &j["metadata"]["labels"];
+        assert_eq!(labels[LABEL_MANAGED_BY], "devd");
+        assert_eq!(labels[LABEL_SERVICE], "greeter");
+        assert_eq!(labels[LABEL_WORKSPACE], "alice");
+        assert_eq!(labels[LABEL_CONTEXT], &req.context.digest[..40]);
+        assert_eq!(
+            j["metadata"]["annotations"][ANNOTATION_CONTEXT],
+            req.context.digest
+        );
+        let spec = &j["spec"];
+        assert_eq!(spec["backoffLimit"], 0);
+        assert_eq!(spec["activeDeadlineSeconds"], 120);
+        assert_eq!(spec["ttlSecondsAfterFinished"], 30);
+        let pod_spec = &spec["template"]["spec"];
+        assert_eq!(spec["template"]["metadata"]["labels"], *labels);
+        assert_eq!(pod_spec["restartPolicy"], "Never");
+        assert_eq!(pod_spec["automountServiceAccountToken"], false);
+        assert_eq!(pod_spec["serviceAccountName"], "builder");
+        assert_eq!(
+            pod_spec["volumes"],
+            json!([
+                {"name": "workspace", "emptyDir": {"sizeLimit": "2Gi"}},
+                {"name": "docker-config", "secret": {"secretName": "regcred",
+                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
+            ])
+        );
+        // The init container fetches the offered context.
+        let init = &pod_spec["initContainers"][0];
+        assert_eq!(init["name"], FETCH_CONTAINER);
+        assert_eq!(init["image"], "r.example.com:5000/devd/devd-receiver:0.1.0");
+        let cmd: Vec<&str> = init["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &cmd[..4],
+            ["devd-receiver", "fetch-context", "--url", cmd[3]]
+        );
+        let url = cmd[3];
+        assert!(
+            url.starts_with("http://devd-receiver.dev.svc:8080/contexts/")
+                && url.ends_with(".tar.zst"),
+            "{url}"
+        );
+        assert_eq!(&cmd[4..6], ["--dest", "/workspace"]);
+        assert_eq!(cmd[6], "--blake3");
+        assert_eq!(
+            st.shelf.len(),
+            1,
+            "the context is offered while the Job runs"
+        );
+        let archive = std::fs::read_dir(st.dir.path().join("shelf"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert!(url.ends_with(archive.file_name().unwrap().to_str().unwrap()));
+        assert_eq!(
+            blake3::hash(&std::fs::read(&archive).unwrap())
+                .to_hex()
+                .as_str(),
+            cmd[7],
+            "--blake3 is the digest of the offered archive"
+        );
+        assert_eq!(init["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(init["securityContext"]["runAsUser"], FETCH_UID);
+        assert_eq!(init["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            init["volumeMounts"],
+            json!([{"name": "workspace", "mountPath": "/workspace"}])
+        );
+        // Kaniko.
+        let k = &pod_spec["containers"][0];
+        assert_eq!(k["name"], KANIKO_CONTAINER);
+        assert_eq!(k["image"], DEFAULT_KANIKO_IMAGE);
+        assert_eq!(
+            k["args"],
+            json!([
+                "--dockerfile=/workspace/Dockerfile",
+                "--context=dir:///workspace",
+                format!("--destination=r.example.com:5000/demo/greeter:{}", req.tag),
+                "--digest-file=/dev/termination-log",
+                "--build-arg=STYLE=plain",
+                "--insecure",
+                "--skip-tls-verify",
+                "--cache=true",
+            ])
+        );
+        assert_eq!(k["terminationMessagePolicy"], "FallbackToLogsOnError");
+        assert_eq!(
+            k["resources"],
+            json!({"requests": {"cpu": "500m", "memory": "1Gi"},
+                   "limits": {"cpu": "2", "memory": "3Gi"}})
+        );
+        assert_eq!(
+            k["volumeMounts"],
+            json!([
+                {"name": "workspace", "mountPath": "/workspace"},
+                {"name": "docker-config", "mountPath": "/kaniko/.docker", "readOnly": true},
+            ])
+        );
+        create.reply(201, &j);
+
+        let path = format!("/apis/batch/v1/namespaces/dev/jobs/{name}");
+        let get = api.next().await;
+        get.expect(Method::GET, &path, &[]);
+        get.ok(&job_with(&j, json!({"active": 1})));
+        let list = api.next().await;
+        list.expect(
+            Method::GET,
+            "/api/v1/namespaces/dev/pods",
+            &[&format!("labelSelector=job-name%3D{name}")],
+        );
+        list.ok(&pods(vec![pod(
+            &name,
+            json!({"containerStatuses": [{"name": "kaniko", "ready": false, "restartCount": 0,
+                "image": "k", "imageID": "",
+                "state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        )]));
+        let get = api.next().await;
+        get.expect(Method::GET, &path, &[]);
+        get.ok(&job_with(
+            &j,
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+        ));
+        let list = api.next().await;
+        list.expect(Method::GET, "/api/v1/namespaces/dev/pods", &[]);
+        let done = json!({
+            "initContainerStatuses": [{"name": FETCH_CONTAINER, "ready": false, "restartCount": 0,
+                "image": "f", "imageID": "", "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                "image": "k", "imageID": "",
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                         "message": format!("{DIGEST}\n")}}}],
+        });
+        // A pod of another Job is ignored even if the server ignored the selector.
+        let mut other = pod("devd-other-1-00000000", done.clone());
+        other["status"]["containerStatuses"][0]["state"]["terminated"]["message"] =
+            json!("sha256:0000000000000000000000000000000000000000000000000000000000000000");
+        list.ok(&pods(vec![other, pod(&name, done)]));
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+            &["container=kaniko", "tailLines=120"],
+        );
+        log.text("INFO Pushing image to r.example.com:5000/demo/greeter\nINFO Pushed\n");
+    })
+    .await;
+    let image = build.unwrap();
+    assert_eq!(image, format!("r.example.com:5000/demo/greeter@{DIGEST}"));
+    assert!(
+        st.shelf.is_empty(),
+        "the context is withdrawn after the build"
+    );
+    let log = std::fs::read_to_string(&req.log).unwrap();
+    assert!(
+        log.contains(&format!("Job {name}")) && log.contains("INFO Pushed"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn build_request_shape_failed_fetch_reads_the_init_container_log() {
+    let (st, mut api) = setup(|_| {});
+    let req = request(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        let j = create.body.clone();
+        assert!(
+            j["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1,
+            "no registry Secret configured, no Secret volume"
+        );
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        ));
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"phase": "Failed",
+                "initContainerStatuses": [{"name": FETCH_CONTAINER, "ready": false, "restartCount": 0,
+                    "image": "f", "imageID": "",
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "short"}}}],
+                "containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                    "image": "k", "imageID": "", "state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        )]));
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+            &["container=fetch-context"],
+        );
+        log.text(
+            "WARN retrying\nError: GET http://x/contexts/t.tar.zst failed: HTTP 404 Not Found\n",
+        );
+    })
+    .await;
+    let f = build.unwrap_err();
+    assert!(
+        f.error.contains("fetching the build context failed"),
+        "{}",
+        f.error
+    );
+    assert!(f.error.contains("BackoffLimitExceeded"), "{}", f.error);
+    assert!(f.error.contains("exited with code 1"), "{}", f.error);
+    assert!(
+        f.error.contains("HTTP 404"),
+        "the last error line is named: {}",
+        f.error
+    );
+    assert_eq!(
+        f.log_tail.last().unwrap(),
+        "Error: GET http://x/contexts/t.tar.zst failed: HTTP 404 Not Found"
+    );
+    assert!(st.shelf.is_empty());
+}
+
+#[tokio::test]
+async fn build_request_shape_kaniko_failure_falls_back_to_the_termination_message() {
+    let (st, mut api) = setup(|_| {});
+    let req = request(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        let j = create.body.clone();
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline"}]}),
+        ));
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                "image": "k", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "INFO step 2/3\nerror building image: exit status 1\n"}}}]}),
+        )]));
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+            &["container=kaniko"],
+        );
+        log.reply(
+            500,
+            &json!({"kind": "Status", "code": 500, "message": "kubelet unreachable"}),
+        );
+    })
+    .await;
+    let f = build.unwrap_err();
+    assert!(f.error.contains("Kaniko failed"), "{}", f.error);
+    assert!(f.error.contains("DeadlineExceeded"), "{}", f.error);
+    assert_eq!(
+        f.log_tail,
+        ["INFO step 2/3", "error building image: exit status 1"]
+    );
+}
+
+/// `request(st)` for a greeter with two build steps.
+fn request_with_steps(st: &Setup) -> BuildRequest {
+    let mut req = request(st);
+    req.service = service(
+        r#"
+[services.greeter]
+context = "services/greeter"
+image = "demo/greeter"
+port = 8080
+
+[[services.greeter.steps]]
+name = "generate"
+image = "r.example.com:5000/tools/gen:1.2"
+command = ["gen", "--out", "generated.txt"]
+workdir = "www"
+env = { MODE = "ci", LANG = "C" }
+
+[[services.greeter.steps]]
+name = "test"
+image = "busybox:stable"
+command = ["sh", "-c", "./run-tests.sh"]
+"#,
+    );
+    req
+}
+
+fn exited(name: &str, code: i32) -> Value {
+    json!({"name": name, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+           "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}})
+}
+
+#[tokio::test]
+async fn build_request_shape_steps_are_init_containers_in_order_and_logged() {
+    let (st, mut api) = setup(|s| s.resources.memory_limit = "3Gi".into());
+    let req = request_with_steps(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        create.expect(Method::POST, "/apis/batch/v1/namespaces/dev/jobs", &[]);
+        let j = create.body.clone();
+        let init = j["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [FETCH_CONTAINER, "step-generate", "step-test"],
+            "the fetch first, then the steps in catalog order"
+        );
+        let mount = json!([{"name": "workspace", "mountPath": "/workspace"}]);
+        let resources = json!({"requests": {"cpu": "500m", "memory": "1Gi"},
+                               "limits": {"cpu": "2", "memory": "3Gi"}});
+        let gen_ = &init[1];
+        assert_eq!(gen_["image"], "r.example.com:5000/tools/gen:1.2");
+        assert_eq!(gen_["command"], json!(["gen", "--out", "generated.txt"]));
+        assert!(gen_.get("args").is_none(), "the command is the whole argv");
+        assert_eq!(gen_["workingDir"], "/workspace/www");
+        assert_eq!(
+            gen_["env"],
+            json!([{"name": "LANG", "value": "C"}, {"name": "MODE", "value": "ci"}])
+        );
+        assert_eq!(gen_["volumeMounts"], mount);
+        assert_eq!(gen_["resources"], resources);
+        assert_eq!(
+            gen_["securityContext"],
+            json!({"runAsUser": 0, "runAsGroup": 0})
+        );
+        assert_eq!(gen_["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let test = &init[2];
+        assert_eq!(test["image"], "busybox:stable");
+        assert_eq!(test["command"], json!(["sh", "-c", "./run-tests.sh"]));
+        assert_eq!(test["workingDir"], "/workspace");
+        assert_eq!(test["env"], json!([]));
+        assert_eq!(test["volumeMounts"], mount);
+        // Kaniko reads the same volume after the steps.
+        let k = &j["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(k["name"], KANIKO_CONTAINER);
+        assert_eq!(k["volumeMounts"], mount);
+        // The body is a valid Job.
+        let _: Job = serde_json::from_value(j.clone()).unwrap();
+        create.reply(201, &j);
+
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+        ));
+        let mut kaniko = exited(KANIKO_CONTAINER, 0);
+        kaniko["state"]["terminated"]["message"] = json!(DIGEST);
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"initContainerStatuses": [exited(FETCH_CONTAINER, 0),
+                                             exited("step-generate", 0), exited("step-test", 0)],
+                   "containerStatuses": [kaniko]}),
+        )]));
+        // Each step's log goes to the build log, in order, then Kaniko's.
+        for (container, text) in [
+            ("step-generate", "generated 1 file\n"),
+            ("step-test", "3 tests passed\n"),
+            ("kaniko", "INFO Pushed\n"),
+        ] {
+            let log = api.next().await;
+            log.expect(
+                Method::GET,
+                &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+                &[&format!("container={container}")],
+            );
+            log.text(text);
+        }
+    })
+    .await;
+    let image = build.unwrap();
+    assert_eq!(image, format!("r.example.com:5000/demo/greeter@{DIGEST}"));
+    let log = std::fs::read_to_string(&req.log).unwrap();
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing in the build log:\n{log}"))
+    };
+    assert!(at("devd: step \"generate\"") < at("generated 1 file"));
+    assert!(at("generated 1 file") < at("devd: step \"test\""));
+    assert!(at("3 tests passed") < at("INFO Pushed"));
+}
+
+#[tokio::test]
+async fn build_request_shape_failing_step_is_named_with_its_log_tail() {
+    let (st, mut api) = setup(|_| {});
+    let req = request_with_steps(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        let j = create.body.clone();
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(
+            &j,
+            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        ));
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"phase": "Failed",
+                "initContainerStatuses": [exited(FETCH_CONTAINER, 0), exited("step-generate", 0),
+                                          exited("step-test", 1)],
+                "containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                    "image": "k", "imageID": "", "state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        )]));
+        let log = api.next().await;
+        log.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/dev/pods/{name}-x7k2p/log"),
+            &["container=step-test"],
+        );
+        log.text("running 3 tests\nFAIL: greeting_renders\n");
+    })
+    .await;
+    let f = build.unwrap_err();
+    assert!(
+        f.error
+            .starts_with("build of greeter failed: step \"test\" failed (exit 1); Job "),
+        "{}",
+        f.error
+    );
+    assert!(f.error.contains("BackoffLimitExceeded"), "{}", f.error);
+    assert_eq!(f.log_tail, ["running 3 tests", "FAIL: greeting_renders"]);
+    let log = std::fs::read_to_string(&req.log).unwrap();
+    assert!(
+        log.contains("devd: step \"test\"") && log.contains("FAIL: greeting_renders"),
+        "{log}"
+    );
+    assert!(st.shelf.is_empty());
+}
+
+#[tokio::test]
+async fn build_request_shape_image_pull_backoff_deletes_the_job() {
+    let (st, mut api) = setup(|_| {});
+    let req = request(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        let j = create.body.clone();
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(&j, json!({"active": 1})));
+        api.next().await.ok(&pods(vec![pod(
+            &name,
+            json!({"containerStatuses": [{"name": KANIKO_CONTAINER, "ready": false, "restartCount": 0,
+                "image": "k", "imageID": "", "state": {"waiting": {"reason": "ImagePullBackOff",
+                "message": "Back-off pulling image \"ghcr.io/x/kaniko\""}}}]}),
+        )]));
+        let del = api.next().await;
+        del.expect(
+            Method::DELETE,
+            &format!("/apis/batch/v1/namespaces/dev/jobs/{name}"),
+            &[],
+        );
+        assert_eq!(del.body["propagationPolicy"], "Background");
+        del.ok(&j);
+    })
+    .await;
+    let f = build.unwrap_err();
+    assert!(
+        f.error.contains("ImagePullBackOff") && f.error.contains("cannot start"),
+        "{}",
+        f.error
+    );
+}
+
+fn rolled_out(mut d: Value) -> Value {
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    d["metadata"]["generation"] = json!(2);
+    d["status"] = json!({"observedGeneration": 2, "replicas": replicas,
+        "updatedReplicas": replicas, "availableReplicas": replicas});
+    d
+}
+
+#[tokio::test]
+async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() {
+    let (st, mut api) = setup(|s| {
+        s.domain = Some("dev.example.com".into());
+        s.ingress_class = Some("nginx".into());
+    });
+    let web = service(
+        "[services.web]\ncontext = \"web\"\nport = 8080\nexpose = \"external\"\nreplicas = 2\n[services.web.env]\nMODE = \"dev\"\n",
+    );
+    let image = format!("r.example.com:5000/web@{DIGEST}");
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &web, &image),
+        async |api| {
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/dev/deployments/web",
+                &[],
+            );
+            get.not_found();
+            let svc = api.next().await;
+            svc.expect_apply("/api/v1/namespaces/dev/services/web");
+            assert_eq!(svc.body["kind"], "Service");
+            assert_eq!(svc.body["spec"]["selector"], json!({LABEL_SERVICE: "web"}));
+            assert_eq!(
+                svc.body["spec"]["ports"],
+                json!([{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}])
+            );
+            let body = svc.body.clone();
+            svc.ok(&body);
+            let ing = api.next().await;
+            ing.expect_apply("/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web");
+            assert_eq!(ing.body["spec"]["ingressClassName"], "nginx");
+            let rule = &ing.body["spec"]["rules"][0];
+            assert_eq!(rule["host"], "web.dev.dev.example.com");
+            assert_eq!(
+                rule["http"]["paths"][0]["backend"],
+                json!({"service": {"name": "web", "port": {"number": 8080}}})
+            );
+            let body = ing.body.clone();
+            ing.ok(&body);
+            let dep = api.next().await;
+            dep.expect_apply("/apis/apps/v1/namespaces/dev/deployments/web");
+            let d = dep.body.clone();
+            assert_eq!(d["metadata"]["labels"][LABEL_MANAGED_BY], "devd");
+            assert_eq!(d["metadata"]["labels"][LABEL_WORKSPACE], "alice");
+            assert_eq!(d["spec"]["replicas"], 2);
+            assert_eq!(
+                d["spec"]["selector"],
+                json!({"matchLabels": {LABEL_SERVICE: "web"}})
+            );
+            assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+            let c = &d["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["name"], "web");
+            assert_eq!(c["image"], image, "deployed by digest");
+            assert_eq!(c["env"], json!([{"name": "MODE", "value": "dev"}]));
+            assert_eq!(c["ports"][0]["containerPort"], 8080);
+            assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "http");
+            dep.ok(&d);
+            let mut progressing = d.clone();
+            progressing["metadata"]["generation"] = json!(2);
+            progressing["status"] =
+                json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 0});
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/dev/deployments/web",
+                &[],
+            );
+            get.ok(&progressing);
+            api.next().await.ok(&rolled_out(d));
+        },
+    )
+    .await;
+    let out = deploy.unwrap();
+    assert_eq!(out.url.as_deref(), Some("http://web.dev.dev.example.com"));
+}
+
+#[tokio::test]
+async fn deploy_request_shape_internal_service_removes_its_old_ingress() {
+    let (st, mut api) = setup(|s| s.domain = Some("dev.example.com".into()));
+    let api_svc = service("[services.api]\ncontext = \"api\"\nport = 9000\n");
+    let image = format!("r.example.com:5000/api@{DIGEST}");
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &api_svc, &image),
+        async |api| {
+            api.next().await.not_found();
+            let svc = api.next().await;
+            svc.expect_apply("/api/v1/namespaces/dev/services/api");
+            let body = svc.body.clone();
+            svc.ok(&body);
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/api",
+                &[],
+            );
+            get.ok(
+                &json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "api", "labels": {LABEL_MANAGED_BY: "devd"}}}),
+            );
+            let del = api.next().await;
+            del.expect(
+                Method::DELETE,
+                "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/api",
+                &[],
+            );
+            del.ok(
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            );
+            let dep = api.next().await;
+            dep.expect_apply("/apis/apps/v1/namespaces/dev/deployments/api");
+            let d = dep.body.clone();
+            dep.ok(&d);
+            api.next().await.ok(&rolled_out(d));
+        },
+    )
+    .await;
+    let out = deploy.unwrap();
+    assert_eq!(
+        out.url.as_deref(),
+        Some("http://api.dev.svc.cluster.local:9000")
+    );
+}
+
+fn existing(image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "legacy-app", "namespace": "dev", "generation": 5},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}},
+            "template": {"spec": {"containers": [
+                {"name": "app", "image": image},
+                {"name": "sidecar", "image": "envoy:1"},
+            ]}}},
+    })
+}
+
+fn legacy() -> Service {
+    service(
+        "[services.legacy]\ncontext = \".\"\ndeployment = \"legacy-app\"\ncontainer = \"app\"\nport = 80\n",
+    )
+}
+
+#[tokio::test]
+async fn deploy_request_shape_existing_deployment_patches_only_the_image() {
+    let (st, mut api) = setup(|_| {});
+    let image = format!("r.example.com:5000/legacy@{DIGEST}");
+    let deploy = scripted(&mut api, st.backend.deploy("alice", &legacy(), &image), async |api| {
+        let get = api.next().await;
+        get.expect(
+            Method::GET,
+            "/apis/apps/v1/namespaces/dev/deployments/legacy-app",
+            &[],
+        );
+        get.ok(&existing("legacy:old"));
+        let patch = api.next().await;
+        patch.expect_apply("/apis/apps/v1/namespaces/dev/deployments/legacy-app");
+        assert_eq!(
+            patch.body,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "legacy-app", "namespace": "dev"},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
+            }),
+            "devd owns only the container's image"
+        );
+        patch.ok(&existing(&image));
+        api.next().await.ok(&rolled_out(existing(&image)));
+    })
+    .await;
+    let out = deploy.unwrap();
+    assert_eq!(
+        out.url.as_deref(),
+        Some("http://legacy-app.dev.svc.cluster.local:80")
+    );
+}
+
+#[tokio::test]
+async fn deploy_request_shape_failed_rollout_reports_the_pod_and_applies_the_old_image() {
+    let (st, mut api) = setup(|_| {});
+    let image = format!("r.example.com:5000/legacy@{DIGEST}");
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &legacy(), &image),
+        async |api| {
+            api.next().await.ok(&existing("legacy:old"));
+            api.next().await.ok(&existing(&image));
+            let mut stuck = existing(&image);
+            stuck["status"] = json!({"observedGeneration": 5, "replicas": 2, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet \"legacy-app-7f9\" has timed out progressing."}]});
+            api.next().await.ok(&stuck);
+            let list = api.next().await;
+            list.expect(
+                Method::GET,
+                "/api/v1/namespaces/dev/pods",
+                &["labelSelector=app%3Dlegacy"],
+            );
+            list.ok(&pods(vec![
+                json!({"metadata": {"name": "legacy-app-7f9-abc"},
+            "status": {"containerStatuses": [{"name": "app", "ready": false, "restartCount": 4,
+                "image": image, "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+            ]));
+            let log = api.next().await;
+            log.expect(
+                Method::GET,
+                "/api/v1/namespaces/dev/pods/legacy-app-7f9-abc/log",
+                &["container=app", "previous=true"],
+            );
+            log.text("starting\npanic: config missing\n");
+            let back = api.next().await;
+            back.expect_apply("/apis/apps/v1/namespaces/dev/deployments/legacy-app");
+            assert_eq!(
+                back.body["spec"]["template"]["spec"]["containers"],
+                json!([{"name": "app", "image": "legacy:old"}]),
+                "the previous image is applied back"
+            );
+            back.ok(&existing("legacy:old"));
+        },
+    )
+    .await;
+    let f = deploy.unwrap_err();
+    assert!(f.error.contains("ProgressDeadlineExceeded"), "{}", f.error);
+    assert!(f.error.contains("CrashLoopBackOff"), "{}", f.error);
+    assert_eq!(f.log_tail, ["starting", "panic: config missing"]);
+}
+
+#[tokio::test]
+async fn deploy_request_shape_missing_deployment_or_container_is_named() {
+    let (st, mut api) = setup(|_| {});
+    let d = scripted(
+        &mut api,
+        st.backend.deploy("alice", &legacy(), "r/x@sha256:00"),
+        async |api| {
+            api.next().await.not_found();
+        },
+    )
+    .await;
+    let e = d.unwrap_err().error;
+    assert!(
+        e.contains("legacy-app does not exist in namespace dev"),
+        "{e}"
+    );
+    let svc = service(
+        "[services.legacy]\ncontext = \".\"\ndeployment = \"legacy-app\"\ncontainer = \"nope\"\n",
+    );
+    let d = scripted(
+        &mut api,
+        st.backend.deploy("alice", &svc, "r/x@sha256:00"),
+        async |api| {
+            api.next().await.ok(&existing("legacy:old"));
+        },
+    )
+    .await;
+    let e = d.unwrap_err().error;
+    assert!(e.contains("no container \"nope\""), "{e}");
+}
+
+#[tokio::test]
+async fn running_request_shape_reads_the_container_image() {
+    let (st, mut api) = setup(|_| {});
+    let r = scripted(
+        &mut api,
+        st.backend.running("alice", &legacy()),
+        async |api| {
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/dev/deployments/legacy-app",
+                &[],
+            );
+            get.ok(&existing("legacy@sha256:11"));
+        },
+    )
+    .await;
+    assert_eq!(
+        r.unwrap(),
+        Some((
+            "legacy@sha256:11".to_owned(),
+            Some("http://legacy-app.dev.svc.cluster.local:80".to_owned())
+        ))
+    );
+    let r = scripted(
+        &mut api,
+        st.backend.running("alice", &greeter()),
+        async |api| {
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/dev/deployments/greeter",
+                &[],
+            );
+            get.not_found();
+        },
+    )
+    .await;
+    assert_eq!(r.unwrap(), None);
+}
+
+#[tokio::test]
+async fn logs_request_shape_follows_the_newest_running_pod_of_the_deployment() {
+    let (st, mut api) = setup(|_| {});
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let r = scripted(
+        &mut api,
+        st.backend.logs("alice", &legacy(), true, tx),
+        async |api| {
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/apps/v1/namespaces/dev/deployments/legacy-app",
+                &[],
+            );
+            get.ok(&existing("legacy@sha256:11"));
+            let list = api.next().await;
+            list.expect(
+                Method::GET,
+                "/api/v1/namespaces/dev/pods",
+                &["labelSelector=app%3Dlegacy"],
+            );
+            let pod = |name: &str, created: &str, phase: &str| {
+                json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "creationTimestamp": created},
+                   "status": {"phase": phase}})
+            };
+            list.ok(
+                &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                    pod("legacy-old", "2026-01-01T00:00:00Z", "Running"),
+                    pod("legacy-new", "2026-01-02T00:00:00Z", "Running"),
+                    pod("legacy-pending", "2026-01-03T00:00:00Z", "Pending"),
+                ]}),
+            );
+            let log = api.next().await;
+            log.expect(
+                Method::GET,
+                "/api/v1/namespaces/dev/pods/legacy-new/log",
+                &["container=app", "follow=true"],
+            );
+            log.text("GET /health 200\n");
+            assert_eq!(rx.recv().await.unwrap(), b"GET /health 200\n");
+        },
+    )
+    .await;
+    r.unwrap();
+    // A service that was never deployed: a clear error.
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let r = scripted(
+        &mut api,
+        st.backend.logs("alice", &greeter(), false, tx),
+        async |api| {
+            api.next().await.not_found();
+        },
+    )
+    .await;
+    let e = r.unwrap_err().error;
+    assert!(e.contains("not been deployed"), "{e}");
+}
+
+#[tokio::test]
+async fn urls_follow_exposure_and_the_template() {
+    let (st, _api) = setup(|s| s.domain = Some("dev.example.com".into()));
+    let b = &st.backend;
+    let web = service("[services.web]\ncontext = \"w\"\nport = 8080\nexpose = \"external\"\n");
+    let api = service("[services.api]\ncontext = \"a\"\nport = 9000\n");
+    let worker = service("[services.worker]\ncontext = \"k\"\nexpose = \"none\"\n");
+    assert_eq!(
+        b.url("alice", &web).as_deref(),
+        Some("http://web.dev.dev.example.com")
+    );
+    assert_eq!(
+        b.url("alice", &api).as_deref(),
+        Some("http://api.dev.svc.cluster.local:9000")
+    );
+    assert_eq!(b.url("alice", &worker), None);
+    assert_eq!(
+        b.url("alice", &legacy()).as_deref(),
+        Some("http://legacy-app.dev.svc.cluster.local:80")
+    );
+    let (st, _api) = setup(|s| {
+        s.domain = Some("dev.example.com".into());
+        s.url_template = Some("https://{service}-{workspace}.{domain}:{port}".into());
+    });
+    assert_eq!(
+        st.backend.url("alice", &api).as_deref(),
+        Some("https://api-alice.dev.example.com:9000")
+    );
+}
+
+/// Every field devd sends exists in the Kubernetes schema: a misspelled
+/// one would be dropped by the typed round trip.
+#[tokio::test]
+async fn specs_round_trip_through_the_api_types() {
+    let (st, _api) = setup(|s| {
+        s.registry_secret = Some("regcred".into());
+        s.service_account = Some("b".into());
+        s.ingress_class = Some("nginx".into());
+    });
+    let b = &st.backend;
+    let req = request(&st);
+    fn same<K: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) {
+        let typed: K = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(&serde_json::to_value(typed).unwrap(), v);
+    }
+    same::<Job>(&b.job_spec(&req, "devd-greeter-7-c0ffeec0", "http://x/c.tar.zst", "ab"));
+    let web = service(
+        "[services.web]\ncontext = \"web\"\nport = 8080\nexpose = \"external\"\n[services.web.env]\nA = \"1\"\n",
+    );
+    same::<Deployment>(&b.deployment_spec("alice", &web, "r/web@sha256:00"));
+    same::<KubeService>(&b.service_spec("alice", &web));
+    same::<Ingress>(&b.ingress_spec("alice", &web, "dev.example.com"));
+    // The image patch is partial on purpose: through the typed struct it
+    // would claim an empty selector (a required field), hence raw JSON.
+    let patch = b.image_patch("legacy-app", "app", "r/x@sha256:00");
+    let typed: Deployment = serde_json::from_value(patch.clone()).unwrap();
+    let mut back = serde_json::to_value(typed).unwrap();
+    assert_eq!(back["spec"]["selector"], json!({}));
+    back["spec"].as_object_mut().unwrap().remove("selector");
+    assert_eq!(back, patch);
+}
+
+/// The DevBuild recorder runs on the receiver's task tracker, so a drain
+/// waits for it; it ends on cancellation or when the pipeline (the sender
+/// of the events) is gone. With no DevBuilds to keep, nothing runs.
+#[tokio::test]
+async fn observe_runs_the_recorder_on_the_tracker_until_cancelled() {
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    let observation = |tasks: &TaskTracker, cancel: &CancellationToken| {
+        let (events, rx) = tokio::sync::broadcast::channel(4);
+        let o = Observation {
+            workspace: "alice".into(),
+            events: rx,
+            services: Arc::new(|_: &str| None),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        };
+        (events, o)
+    };
+    let (st, _api) = setup(|_| {});
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (_events, o) = observation(&tasks, &cancel);
+    st.backend.observe(o);
+    assert_eq!(tasks.len(), 1, "the recorder is tracked");
+    tasks.close();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), tasks.wait())
+            .await
+            .is_err(),
+        "the recorder runs while the pipeline does"
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("cancellation ends the recorder");
+
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (events, o) = observation(&tasks, &cancel);
+    st.backend.observe(o);
+    tasks.close();
+    drop(events);
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("the recorder ends with the pipeline's events");
+
+    let (st, _api) = setup(|s| s.devbuilds_per_service = 0);
+    let tasks = TaskTracker::new();
+    let (_events, o) = observation(&tasks, &CancellationToken::new());
+    st.backend.observe(o);
+    assert_eq!(tasks.len(), 0, "no DevBuilds kept, no recorder");
+}

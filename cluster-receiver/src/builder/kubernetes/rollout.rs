@@ -1,0 +1,155 @@
+//! Deploying: server-side apply of what devd owns, removal of what it no
+//! longer exposes, and the wait for a Deployment's rollout (like
+//! `kubectl rollout status`), with the failing pod's log when it fails.
+
+use super::KubernetesBackend;
+use super::api_failure;
+use super::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
+use super::state::{RolloutState, has_label, rollout_state};
+use crate::builder::{Failure, tail};
+use devd_protocol::event::LOG_TAIL_LINES;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+impl KubernetesBackend {
+    /// Server-side apply `body` to object `name`, forced, as field manager
+    /// `devd`.
+    pub(super) async fn apply<K>(&self, name: &str, body: &Value) -> Result<(), Failure>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        let kind = body["kind"].as_str().unwrap_or("object");
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| api_failure(&format!("apply {kind} {name}"), e))
+    }
+
+    /// Delete `name` if it exists and devd manages it.
+    pub(super) async fn delete_owned<K>(&self, name: &str) -> Result<(), Failure>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        match api.get_opt(name).await {
+            Ok(Some(obj)) if has_label(obj.meta(), LABEL_MANAGED_BY, "devd") => {
+                tracing::info!(%name, "deleting what devd no longer exposes");
+                api.delete(name, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| api_failure(&format!("delete {name}"), e))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(api_failure(&format!("read {name}"), e)),
+        }
+    }
+
+    /// Wait for `deployment` to roll out.
+    pub(super) async fn wait_rollout(&self, deployment: &str) -> Result<(), Failure> {
+        let api: Api<Deployment> = self.api();
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(100).min(self.s.poll_interval);
+        let mut last = String::new();
+        loop {
+            match api.get(deployment).await {
+                Ok(d) => match rollout_state(&d) {
+                    RolloutState::Done => return Ok(()),
+                    RolloutState::Failed(why) => {
+                        return Err(self.rollout_failure(&d, deployment, &why).await);
+                    }
+                    RolloutState::Waiting(why) => {
+                        if start.elapsed() > self.s.rollout_timeout {
+                            return Err(self
+                                .rollout_failure(
+                                    &d,
+                                    deployment,
+                                    &format!(
+                                        "not rolled out within {}s: {why}",
+                                        self.s.rollout_timeout.as_secs()
+                                    ),
+                                )
+                                .await);
+                        }
+                        last = why;
+                    }
+                },
+                Err(e) if start.elapsed() > self.s.rollout_timeout => {
+                    return Err(api_failure(&format!("read Deployment {deployment}"), e));
+                }
+                Err(e) => {
+                    tracing::warn!(%deployment, error = %e, "cannot read the Deployment; retrying")
+                }
+            }
+            tracing::debug!(%deployment, state = %last, "rollout in progress");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.s.poll_interval);
+        }
+    }
+
+    /// A failed rollout, with the log tail of a new pod that does not come up.
+    pub(super) async fn rollout_failure(&self, d: &Deployment, name: &str, why: &str) -> Failure {
+        let selector = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let mut log_tail = Vec::new();
+        let mut detail = String::new();
+        if !selector.is_empty() {
+            let pods: Api<Pod> = self.api();
+            if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+                for p in list.items {
+                    let Some(st) = &p.status else { continue };
+                    let bad = st.container_statuses.iter().flatten().find(|c| {
+                        c.state
+                            .as_ref()
+                            .is_some_and(|s| s.waiting.is_some() || s.terminated.is_some())
+                            && !c.ready
+                    });
+                    if let Some(c) = bad {
+                        let pod = p.metadata.name.clone().unwrap_or_default();
+                        let state = c.state.as_ref();
+                        let reason = state
+                            .and_then(|s| s.waiting.as_ref().and_then(|w| w.reason.clone()))
+                            .or_else(|| {
+                                state.and_then(|s| {
+                                    s.terminated.as_ref().and_then(|t| t.reason.clone())
+                                })
+                            })
+                            .unwrap_or_default();
+                        detail = format!("; pod {pod} container {}: {reason}", c.name);
+                        let log = self.log_tail(&pod, &c.name, c.restart_count > 0).await;
+                        log_tail = tail(&log, LOG_TAIL_LINES);
+                        break;
+                    }
+                }
+            }
+        }
+        Failure {
+            error: format!("rollout of Deployment {name} failed: {why}{detail}"),
+            log_tail,
+        }
+    }
+}
