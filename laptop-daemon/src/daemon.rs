@@ -242,7 +242,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         .await;
 
     // Build events → status; a lost event stream asks for a reconnect.
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
     let lost = Arc::new(tokio::sync::Notify::new());
     // Desktop notifications (and the tray icon) only for a watching
     // daemon, not for a one-shot sync.
@@ -271,7 +271,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
                 path: state_dir.display().to_string(),
                 source,
             })?
-            .with_events(events_tx)
+            .with_events(events_tx, tracker.clone())
             .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
         live = uplink.live_connection();
         let status = status.clone();
@@ -427,7 +427,7 @@ fn scanner_loop(
 
 /// Fold the receiver's build events into the status.
 async fn events_loop(
-    mut rx: mpsc::UnboundedReceiver<Option<devd_protocol::message::ServerMsg>>,
+    mut rx: mpsc::Receiver<Option<devd_protocol::message::ServerMsg>>,
     status: Arc<Mutex<Status>>,
     lost: Arc<tokio::sync::Notify>,
     notifier: crate::notify::Notifier,
@@ -480,6 +480,9 @@ async fn events_loop(
         });
     }
 }
+
+/// Build events waiting for the status; the stream waits when it is full.
+const EVENTS_QUEUE: usize = 256;
 
 async fn uplink_loop(
     mut uplink: Uplink,
