@@ -100,7 +100,9 @@ async fn converse(
         if !flush(io, &mut m).await {
             return;
         }
-        while let Some(event) = m.poll_event() {
+        // One event at a time: what answering it queued is written before
+        // the next event or frame.
+        if let Some(event) = m.poll_event() {
             let fed = match event {
                 ReceiverEvent::SideStream(first) => {
                     // A TCP connection standing in for a further QUIC stream.
@@ -149,6 +151,7 @@ async fn converse(
             if let Err(e) = fed {
                 return driver_bug(e.to_string());
             }
+            continue;
         }
         if !read(io, &mut m, &cancel, Some(&ws.name)).await {
             return;
