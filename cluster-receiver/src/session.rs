@@ -477,3 +477,126 @@ async fn tail_file(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devd_protocol::compress::Encoding;
+    use devd_protocol::message::{Base, Blob, CHUNK};
+    use devd_protocol::session::{Request, Sender, SenderEvent, Snapshot, SyncReport};
+    use devd_protocol::{ContentId, Entry, Overlay, RelPath};
+    use std::collections::HashMap;
+
+    /// The sender machine on the laptop's end of `io`, with the files of
+    /// `files` on its "disk", until the sync of their overlay ends.
+    async fn sync(io: &mut Framed, token: &str, files: &HashMap<RelPath, Vec<u8>>) -> SyncReport {
+        let now = std::time::Instant::now;
+        let overlay: Overlay = files
+            .iter()
+            .map(|(p, d)| {
+                let id = ContentId::of(d);
+                (p.clone(), Entry::File { id, exec: false })
+            })
+            .collect();
+        let by_id: HashMap<ContentId, &Vec<u8>> =
+            files.values().map(|d| (ContentId::of(d), d)).collect();
+        let mut s = Sender::new("alice", token);
+        s.connect();
+        loop {
+            while let Some(frame) = s.poll_transmit() {
+                io.send(&frame).await.expect("write to the receiver");
+            }
+            if let Some(event) = s.poll_event() {
+                match event {
+                    SenderEvent::Connected { .. } => {
+                        let snap = Snapshot::new(Base::Uploaded, Arc::new(overlay.clone()));
+                        s.start_sync(snap, now()).unwrap();
+                    }
+                    SenderEvent::Synced(r) => return r,
+                    SenderEvent::Failed(e) | SenderEvent::ConnectFailed(e) => {
+                        panic!("sync failed: {e}")
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match s.poll_request() {
+                Some(Request::Measure(paths)) => {
+                    let sizes = paths.iter().map(|p| Some(files[p].len() as u64)).collect();
+                    s.handle_sizes(sizes, now()).unwrap();
+                }
+                Some(Request::Encode(items)) => {
+                    let blobs = items
+                        .iter()
+                        .map(|i| Blob {
+                            id: i.id,
+                            encoding: Encoding::Raw,
+                            raw_len: by_id[&i.id].len() as u64,
+                            data: by_id[&i.id].clone(),
+                        })
+                        .collect();
+                    s.handle_encoded(Ok(blobs), now()).unwrap();
+                }
+                None => {
+                    let msg = io
+                        .recv::<ServerMsg>()
+                        .await
+                        .expect("read from the receiver");
+                    let msg = msg.expect("the receiver ended the stream");
+                    s.handle_message(msg, now()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The driver end to end over an in-memory stream (the TCP fallback's
+    /// entry point): Welcome, a small blob inline, a large one asked for
+    /// with Need and sent in chunks, Applied, and the files in the
+    /// worktree. Every answer the driver queues reaches the laptop.
+    #[tokio::test]
+    async fn a_sync_is_applied_and_acknowledged_over_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path(), "alice", "file:///nowhere.git", None).unwrap();
+        let token = ws.token().to_owned();
+        let worktree = ws.worktree_path().to_owned();
+        let registry = Arc::new(Registry::from([("alice".to_owned(), Arc::new(ws))]));
+        let (laptop, receiver) = tokio::io::duplex(256 << 10);
+        let (rr, rw) = tokio::io::split(receiver);
+        let (lr, lw) = tokio::io::split(laptop);
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_tcp_stream(
+            Framed::new(rw, rr, MAX_FRAME),
+            "127.0.0.1:9".parse().unwrap(),
+            registry,
+            cancel,
+        ));
+        let mut io = Framed::new(lw, lr, MAX_FRAME);
+        // Larger than a chunk, and pseudo-random so no size trick applies.
+        let big: Vec<u8> = (0..CHUNK as u32 + 4096)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let files = HashMap::from([
+            (RelPath::new("a.txt").unwrap(), b"hello\n".to_vec()),
+            (RelPath::new("data/big.bin").unwrap(), big.clone()),
+        ]);
+        let report = sync(&mut io, &token, &files).await;
+        assert_eq!(
+            (
+                report.generation,
+                report.blobs_inline,
+                report.blobs_requested
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(report.files_written, 2);
+        assert_eq!(std::fs::read(worktree.join("a.txt")).unwrap(), b"hello\n");
+        assert_eq!(std::fs::read(worktree.join("data/big.bin")).unwrap(), big);
+        // The laptop leaves: the session ends.
+        io.finish().await;
+        drop(io);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the session ends when the laptop leaves")
+            .unwrap();
+    }
+}
