@@ -1,30 +1,20 @@
-//! One laptop connection: authenticate, then receive generations and apply
-//! them. Every refusal is a `Rejected` message naming what was wrong; a
-//! malformed or oversized frame ends the connection, and nothing of a
-//! refused generation reaches the worktree.
+//! One laptop connection: the driver of the receiver end of the sync
+//! exchange ([`devd_protocol::session::Receiver`]). It reads a frame, feeds
+//! it to the machine, writes what the machine polls, and does the I/O the
+//! machine's events ask for (authenticate, prepare, store a blob, apply);
+//! every rule of the exchange (order, limits, deadlines, which refusal ends
+//! the connection) lives in the machine. Nothing of a refused generation
+//! reaches the worktree. Further streams carry build events and logs.
 
-use crate::workspace::{CommitHeader, Incoming, Registry, Reject, Workspace};
-use devd_protocol::message::{Blob, ClientMsg, INLINE_TOTAL_MAX, MAX_FRAME, ServerMsg};
-use devd_protocol::{CodecError, ContentId, ErrorCode, PROTOCOL_VERSION};
+use crate::workspace::{Inner, Prepared, Registry, Workspace};
+use devd_protocol::ErrorCode;
+use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
+use devd_protocol::session::{Applied, AuthAnswer, Limits, Receiver, ReceiverEvent, Reject};
 use devd_sync::framed::{Framed, FramedError};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// How long a peer may stay silent in the middle of a sync.
-const IDLE: Duration = Duration::from_secs(60);
-/// Changes accepted per generation (bounded memory per connection).
-const MAX_CHANGES: usize = 4_000_000;
-
-fn framed_reject(e: &FramedError) -> Reject {
-    match e {
-        FramedError::Codec(CodecError::TooLarge { .. }) => {
-            Reject::new(ErrorCode::TooLarge, e.to_string())
-        }
-        _ => Reject::new(ErrorCode::Malformed, e.to_string()),
-    }
-}
 
 async fn reject(io: &mut Framed, generation: Option<u64>, r: Reject) {
     tracing::warn!(code = ?r.code, generation = ?generation, message = %r.message, "rejected");
@@ -73,6 +63,11 @@ pub async fn serve_tcp_stream(
     io.finish().await;
 }
 
+/// The machine's clock: tokio's, so that paused time in tests applies.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
 async fn converse(
     io: &mut Framed,
     conn: Option<&quinn::Connection>,
@@ -80,57 +75,15 @@ async fn converse(
     registry: Arc<Registry>,
     cancel: CancellationToken,
 ) {
-    let ws = match tokio::time::timeout(Duration::from_secs(10), io.recv::<ClientMsg>()).await {
-        Ok(Ok(Some(ClientMsg::Hello {
-            version,
-            workspace,
-            token,
-        }))) => {
-            if version != PROTOCOL_VERSION {
-                let m = format!(
-                    "protocol version {version} is not supported; this receiver speaks {PROTOCOL_VERSION}: upgrade devd on both sides"
-                );
-                return reject(io, None, Reject::new(ErrorCode::Version, m)).await;
-            }
-            let Some(ws) = registry.get(&workspace).cloned() else {
-                let m = format!(
-                    "no workspace named {workspace:?} on this receiver; check the pairing file"
-                );
-                return reject(io, None, Reject::new(ErrorCode::UnknownWorkspace, m)).await;
-            };
-            if !ws.check_token(&token) {
-                let m = format!(
-                    "wrong token for workspace {workspace:?}; re-pair with the receiver's pairing file"
-                );
-                return reject(io, None, Reject::new(ErrorCode::Unauthorized, m)).await;
-            }
-            ws
-        }
-        Ok(Ok(Some(_))) => {
-            let m = "the first message must be Hello";
-            return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
-        }
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return reject(io, None, framed_reject(&e)).await,
-        Err(_) => {
-            return reject(
-                io,
-                None,
-                Reject::new(ErrorCode::Malformed, "no Hello within 10 s"),
-            )
-            .await;
-        }
+    let limits = Limits {
+        max_blob: crate::workspace::MAX_BLOB,
+        ..Limits::default()
+    };
+    let mut m = Receiver::with_limits(limits, now());
+    let Some(ws) = authenticate(io, &mut m, &registry, &cancel).await else {
+        return;
     };
     tracing::info!(%remote, workspace = %ws.name, "laptop connected");
-    let welcome = ServerMsg::Welcome {
-        version: PROTOCOL_VERSION,
-        receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
-        acked: ws.acked().await,
-        worktree: ws.worktree_path().display().to_string(),
-    };
-    if io.send(&welcome).await.is_err() {
-        return;
-    }
     // Further streams of this (now authenticated) QUIC connection carry
     // events and logs.
     let _abort_side = conn.map(|conn| {
@@ -140,104 +93,202 @@ async fn converse(
             cancel.clone(),
         )))
     });
-    let mut incoming: Option<Incoming> = None;
-    let mut first = true;
+    // The workspace stays locked from `Prepare` to `Finish` (or a refusal),
+    // so syncs of one workspace never interleave.
+    let mut held: Option<(tokio::sync::MutexGuard<'_, Inner>, Prepared)> = None;
     loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            m = io.recv::<ClientMsg>() => m,
-        };
-        let msg = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(FramedError::Read(_)) => break,
-            Err(e) => return reject(io, None, framed_reject(&e)).await,
-        };
-        if std::mem::take(&mut first)
-            && matches!(msg, ClientMsg::Subscribe | ClientMsg::Logs { .. })
-        {
-            // A TCP connection standing in for a further QUIC stream.
-            return side_stream(io, &ws, msg, cancel).await;
+        if !flush(io, &mut m).await {
+            return;
         }
-        match msg {
-            ClientMsg::Changes {
-                generation,
-                changes,
-                blobs,
-            } => {
-                let inc = incoming.get_or_insert_with(|| Incoming {
-                    generation,
-                    ..Default::default()
-                });
-                let size: usize = blobs.iter().map(|b| b.data.len()).sum();
-                crate::metrics::bytes_received(&ws.name, size);
-                if inc.generation != generation {
-                    let m = format!(
-                        "changes for generation {generation} while {} is open",
-                        inc.generation
-                    );
-                    return reject(io, Some(generation), Reject::new(ErrorCode::Malformed, m))
-                        .await;
+        // One event at a time: what answering it queued is written before
+        // the next event or frame.
+        if let Some(event) = m.poll_event() {
+            let fed = match event {
+                ReceiverEvent::SideStream(first) => {
+                    // A TCP connection standing in for a further QUIC stream.
+                    return side_stream(io, &ws, first, cancel).await;
                 }
-                if inc.changes.len() + changes.len() > MAX_CHANGES
-                    || inc.inline_bytes + size > 16 * INLINE_TOTAL_MAX
-                {
-                    let m = format!(
-                        "generation {generation} exceeds the limits of {MAX_CHANGES} changes or inline blob bytes"
-                    );
-                    return reject(io, Some(generation), Reject::new(ErrorCode::TooLarge, m)).await;
-                }
-                inc.inline_bytes += size;
-                inc.changes.extend(changes);
-                inc.blobs.extend(blobs);
-            }
-            ClientMsg::Commit {
-                generation,
-                parent,
-                base,
-                digest,
-                entries,
-            } => {
-                let inc = incoming.take().unwrap_or_else(|| Incoming {
-                    generation,
-                    ..Default::default()
-                });
-                if inc.generation != generation {
-                    let m = format!(
-                        "commit of generation {generation} while {} is open",
-                        inc.generation
-                    );
-                    return reject(io, Some(generation), Reject::new(ErrorCode::Malformed, m))
-                        .await;
-                }
-                let header = CommitHeader {
-                    generation,
-                    parent,
-                    base,
-                    digest,
-                    entries,
-                };
-                match sync(&ws, io, header, inc).await {
-                    Ok(msg) => {
-                        if io.send(&msg).await.is_err() {
-                            break;
+                ReceiverEvent::Prepare { header, incoming } => {
+                    let mut guard = ws.lock().await;
+                    match ws.prepare(&mut guard, header, incoming).await {
+                        Ok(prepared) => {
+                            let missing = prepared.missing.clone();
+                            held = Some((guard, prepared));
+                            m.handle_prepared(Ok(missing), now())
                         }
-                    }
-                    Err(SyncFailure::Rejected(r)) => reject(io, Some(generation), r).await,
-                    Err(SyncFailure::Fatal(r)) => {
-                        return reject(io, Some(generation), r).await;
+                        Err(r) => m.handle_prepared(Err(r), now()),
                     }
                 }
+                ReceiverEvent::StoreBlob(blob) => {
+                    let stored = ws.store_blob(blob).await;
+                    m.handle_blob_stored(stored, now())
+                }
+                ReceiverEvent::Finish { generation } => {
+                    let Some((mut guard, prepared)) = held.take() else {
+                        return driver_bug(format!("generation {generation} was never prepared"));
+                    };
+                    let applied = ws.finish(&mut guard, prepared).await;
+                    if let Ok(a) = &applied {
+                        crate::metrics::sync_applied(&ws.name, a.apply_ms);
+                        if let Some(p) = ws.pipeline() {
+                            // Still under the workspace lock: the worktree is
+                            // at this generation.
+                            p.on_applied(a.ack.generation, &a.changed);
+                        }
+                        tracing::info!(workspace = %ws.name, generation = a.ack.generation, files = a.files_written, ms = a.apply_ms, "applied");
+                    }
+                    drop(guard);
+                    m.handle_finished(applied.map(|a| Applied {
+                        ack: a.ack,
+                        files_written: a.files_written,
+                        apply_ms: a.apply_ms,
+                    }))
+                }
+                ReceiverEvent::Authenticate { .. } => {
+                    return driver_bug("a second Authenticate".into());
+                }
+            };
+            if let Err(e) = fed {
+                return driver_bug(e.to_string());
             }
-            ClientMsg::BlobChunk { .. }
-            | ClientMsg::Hello { .. }
-            | ClientMsg::Subscribe
-            | ClientMsg::Logs { .. } => {
-                let m = "unexpected message outside of a blob request";
-                return reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
-            }
+            continue;
+        }
+        if !read(io, &mut m, &cancel, Some(&ws.name)).await {
+            return;
         }
     }
+}
+
+/// Run the machine up to `Hello` and its check: the workspace, if the
+/// laptop was welcomed (the `Welcome` is queued, not yet written).
+async fn authenticate(
+    io: &mut Framed,
+    m: &mut Receiver,
+    registry: &Registry,
+    cancel: &CancellationToken,
+) -> Option<Arc<Workspace>> {
+    loop {
+        if !flush(io, m).await {
+            return None;
+        }
+        if let Some(event) = m.poll_event() {
+            let ReceiverEvent::Authenticate { workspace, token } = event else {
+                driver_bug(format!("{event:?} before authentication"));
+                return None;
+            };
+            let ws = registry.get(&workspace).cloned();
+            let answer = match &ws {
+                None => AuthAnswer::UnknownWorkspace,
+                Some(ws) if !ws.check_token(&token) => AuthAnswer::WrongToken,
+                Some(ws) => AuthAnswer::Accepted {
+                    receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
+                    acked: ws.acked().await,
+                    worktree: ws.worktree_path().display().to_string(),
+                },
+            };
+            let accepted = matches!(answer, AuthAnswer::Accepted { .. });
+            if let Err(e) = m.handle_auth(answer) {
+                driver_bug(e.to_string());
+                return None;
+            }
+            if accepted {
+                return ws;
+            }
+            continue;
+        }
+        if !read(io, m, cancel, None).await {
+            return None;
+        }
+    }
+}
+
+/// Write every frame the machine has queued (logging refusals). False when
+/// the session is over: the machine closed it, or the stream broke.
+async fn flush(io: &mut Framed, m: &mut Receiver) -> bool {
+    while let Some(msg) = m.poll_transmit() {
+        if let ServerMsg::Rejected {
+            generation,
+            code,
+            message,
+        } = &msg
+        {
+            tracing::warn!(?code, ?generation, %message, "rejected");
+        }
+        if io.send(&msg).await.is_err() {
+            return false;
+        }
+    }
+    !m.is_closed()
+}
+
+/// Wait for the next frame and feed it to the machine, or tell it that its
+/// deadline passed. False when `cancel` fired between generations (a
+/// drain lets a generation in progress finish) or the driver misused the
+/// machine.
+async fn read(
+    io: &mut Framed,
+    m: &mut Receiver,
+    cancel: &CancellationToken,
+    workspace: Option<&str>,
+) -> bool {
+    let deadline = m.poll_timeout().map(Instant::from_std);
+    let idle = m.generation().is_none();
+    let msg = tokio::select! {
+        _ = cancel.cancelled(), if idle => return false,
+        _ = until(deadline) => {
+            m.handle_timeout(now());
+            return true;
+        }
+        msg = io.recv::<ClientMsg>() => msg,
+    };
+    let fed = match msg {
+        Ok(Some(msg)) => {
+            if let Some(w) = workspace {
+                let bytes = match &msg {
+                    ClientMsg::Changes { blobs, .. } => blobs.iter().map(|b| b.data.len()).sum(),
+                    ClientMsg::BlobChunk { data, .. } => data.len(),
+                    _ => 0,
+                };
+                crate::metrics::bytes_received(w, bytes);
+            }
+            m.handle_message(msg, now())
+        }
+        Ok(None) => {
+            m.handle_stream_end();
+            Ok(())
+        }
+        Err(e @ FramedError::Read(_)) => {
+            m.handle_read_failed(e.to_string());
+            Ok(())
+        }
+        Err(FramedError::Codec(e)) => {
+            m.handle_bad_frame(Reject::from(&e));
+            Ok(())
+        }
+        Err(e) => {
+            m.handle_bad_frame(Reject::new(ErrorCode::Malformed, e.to_string()));
+            Ok(())
+        }
+    };
+    if let Err(e) = fed {
+        driver_bug(e.to_string());
+        return false;
+    }
+    true
+}
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The driver called the machine at the wrong moment: a bug here, not the
+/// peer's doing. The session ends.
+fn driver_bug(what: String) {
+    tracing::error!(%what, "session driver bug; closing the connection");
 }
 
 /// Aborts a task when dropped.
@@ -427,129 +478,125 @@ async fn tail_file(
     }
 }
 
-enum SyncFailure {
-    /// Refuse this generation; the connection stays usable.
-    Rejected(Reject),
-    /// Refuse and close: the stream is in an unknown state.
-    Fatal(Reject),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devd_protocol::compress::Encoding;
+    use devd_protocol::message::{Base, Blob, CHUNK};
+    use devd_protocol::session::{Request, Sender, SenderEvent, Snapshot, SyncReport};
+    use devd_protocol::{ContentId, Entry, Overlay, RelPath};
+    use std::collections::HashMap;
 
-async fn sync(
-    ws: &Arc<Workspace>,
-    io: &mut Framed,
-    header: CommitHeader,
-    inc: Incoming,
-) -> Result<ServerMsg, SyncFailure> {
-    let mut inner = ws.lock().await;
-    let prepared = ws
-        .prepare(&mut inner, header, inc)
-        .await
-        .map_err(SyncFailure::Rejected)?;
-    if !prepared.missing.is_empty() {
-        let need = ServerMsg::Need {
-            generation: header.generation,
-            ids: prepared.missing.clone(),
-        };
-        io.send(&need)
+    /// The sender machine on the laptop's end of `io`, with the files of
+    /// `files` on its "disk", until the sync of their overlay ends.
+    async fn sync(io: &mut Framed, token: &str, files: &HashMap<RelPath, Vec<u8>>) -> SyncReport {
+        let now = std::time::Instant::now;
+        let overlay: Overlay = files
+            .iter()
+            .map(|(p, d)| {
+                let id = ContentId::of(d);
+                (p.clone(), Entry::File { id, exec: false })
+            })
+            .collect();
+        let by_id: HashMap<ContentId, &Vec<u8>> =
+            files.values().map(|d| (ContentId::of(d), d)).collect();
+        let mut s = Sender::new("alice", token);
+        s.connect();
+        loop {
+            while let Some(frame) = s.poll_transmit() {
+                io.send(&frame).await.expect("write to the receiver");
+            }
+            if let Some(event) = s.poll_event() {
+                match event {
+                    SenderEvent::Connected { .. } => {
+                        let snap = Snapshot::new(Base::Uploaded, Arc::new(overlay.clone()));
+                        s.start_sync(snap, now()).unwrap();
+                    }
+                    SenderEvent::Synced(r) => return r,
+                    SenderEvent::Failed(e) | SenderEvent::ConnectFailed(e) => {
+                        panic!("sync failed: {e}")
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match s.poll_request() {
+                Some(Request::Measure(paths)) => {
+                    let sizes = paths.iter().map(|p| Some(files[p].len() as u64)).collect();
+                    s.handle_sizes(sizes, now()).unwrap();
+                }
+                Some(Request::Encode(items)) => {
+                    let blobs = items
+                        .iter()
+                        .map(|i| Blob {
+                            id: i.id,
+                            encoding: Encoding::Raw,
+                            raw_len: by_id[&i.id].len() as u64,
+                            data: by_id[&i.id].clone(),
+                        })
+                        .collect();
+                    s.handle_encoded(Ok(blobs), now()).unwrap();
+                }
+                None => {
+                    let msg = io
+                        .recv::<ServerMsg>()
+                        .await
+                        .expect("read from the receiver");
+                    let msg = msg.expect("the receiver ended the stream");
+                    s.handle_message(msg, now()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The driver end to end over an in-memory stream (the TCP fallback's
+    /// entry point): Welcome, a small blob inline, a large one asked for
+    /// with Need and sent in chunks, Applied, and the files in the
+    /// worktree. Every answer the driver queues reaches the laptop.
+    #[tokio::test]
+    async fn a_sync_is_applied_and_acknowledged_over_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path(), "alice", "file:///nowhere.git", None).unwrap();
+        let token = ws.token().to_owned();
+        let worktree = ws.worktree_path().to_owned();
+        let registry = Arc::new(Registry::from([("alice".to_owned(), Arc::new(ws))]));
+        let (laptop, receiver) = tokio::io::duplex(256 << 10);
+        let (rr, rw) = tokio::io::split(receiver);
+        let (lr, lw) = tokio::io::split(laptop);
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_tcp_stream(
+            Framed::new(rw, rr, MAX_FRAME),
+            "127.0.0.1:9".parse().unwrap(),
+            registry,
+            cancel,
+        ));
+        let mut io = Framed::new(lw, lr, MAX_FRAME);
+        // Larger than a chunk, and pseudo-random so no size trick applies.
+        let big: Vec<u8> = (0..CHUNK as u32 + 4096)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let files = HashMap::from([
+            (RelPath::new("a.txt").unwrap(), b"hello\n".to_vec()),
+            (RelPath::new("data/big.bin").unwrap(), big.clone()),
+        ]);
+        let report = sync(&mut io, &token, &files).await;
+        assert_eq!(
+            (
+                report.generation,
+                report.blobs_inline,
+                report.blobs_requested
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(report.files_written, 2);
+        assert_eq!(std::fs::read(worktree.join("a.txt")).unwrap(), b"hello\n");
+        assert_eq!(std::fs::read(worktree.join("data/big.bin")).unwrap(), big);
+        // The laptop leaves: the session ends.
+        io.finish().await;
+        drop(io);
+        tokio::time::timeout(Duration::from_secs(10), served)
             .await
-            .map_err(|e| SyncFailure::Fatal(framed_reject(&e)))?;
-        receive_blobs(ws, io, &prepared.missing).await?;
+            .expect("the session ends when the laptop leaves")
+            .unwrap();
     }
-    let applied = ws
-        .finish(&mut inner, prepared)
-        .await
-        .map_err(SyncFailure::Rejected)?;
-    crate::metrics::sync_applied(&ws.name, applied.apply_ms);
-    if let Some(p) = ws.pipeline() {
-        // Still under the workspace lock: the worktree is at this generation.
-        p.on_applied(applied.ack.generation, &applied.changed);
-    }
-    tracing::info!(workspace = %ws.name, generation = applied.ack.generation, files = applied.files_written, ms = applied.apply_ms, "applied");
-    Ok(ServerMsg::Applied {
-        ack: applied.ack,
-        files_written: applied.files_written,
-        apply_ms: applied.apply_ms,
-    })
-}
-
-/// Receive the chunks of every blob in `wanted`.
-async fn receive_blobs(
-    ws: &Arc<Workspace>,
-    io: &mut Framed,
-    wanted: &[ContentId],
-) -> Result<(), SyncFailure> {
-    let mut left: HashMap<ContentId, Option<Blob>> = wanted.iter().map(|id| (*id, None)).collect();
-    let mut done = 0;
-    while done < wanted.len() {
-        let msg = match tokio::time::timeout(IDLE, io.recv::<ClientMsg>()).await {
-            Err(_) => {
-                return Err(SyncFailure::Fatal(Reject::new(
-                    ErrorCode::Malformed,
-                    "blob transfer stalled",
-                )));
-            }
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => {
-                return Err(SyncFailure::Fatal(Reject::new(
-                    ErrorCode::Malformed,
-                    "stream ended",
-                )));
-            }
-            Ok(Err(e)) => return Err(SyncFailure::Fatal(framed_reject(&e))),
-        };
-        let ClientMsg::BlobChunk {
-            id,
-            encoding,
-            raw_len,
-            total,
-            offset,
-            data,
-        } = msg
-        else {
-            return Err(SyncFailure::Fatal(Reject::new(
-                ErrorCode::Malformed,
-                "expected blob chunks",
-            )));
-        };
-        let Some(slot) = left.get_mut(&id) else {
-            return Err(SyncFailure::Fatal(Reject::new(
-                ErrorCode::Malformed,
-                format!("blob {id} was not requested"),
-            )));
-        };
-        if total > 2 * crate::workspace::MAX_BLOB || raw_len > crate::workspace::MAX_BLOB {
-            return Err(SyncFailure::Fatal(Reject::new(
-                ErrorCode::TooLarge,
-                format!("blob {id} is too large"),
-            )));
-        }
-        let blob = slot.get_or_insert_with(|| Blob {
-            id,
-            encoding,
-            raw_len,
-            data: Vec::new(),
-        });
-        if offset != blob.data.len() as u64 || blob.encoding != encoding || blob.raw_len != raw_len
-        {
-            return Err(SyncFailure::Fatal(Reject::new(
-                ErrorCode::Malformed,
-                format!("blob {id}: chunk out of order"),
-            )));
-        }
-        blob.data.extend_from_slice(&data);
-        crate::metrics::bytes_received(&ws.name, data.len());
-        if blob.data.len() as u64 > total {
-            return Err(SyncFailure::Fatal(Reject::new(
-                ErrorCode::Malformed,
-                format!("blob {id}: more bytes than announced"),
-            )));
-        }
-        if blob.data.len() as u64 == total {
-            let blob = slot.take().expect("blob present");
-            left.remove(&id);
-            ws.store_blob(blob).await.map_err(SyncFailure::Fatal)?;
-            done += 1;
-        }
-    }
-    Ok(())
 }

@@ -8,9 +8,10 @@ use crate::materialize::{MaterializeError, Sources, Worktree};
 use crate::state::{Journal, StateError, SyncState};
 use devd_protocol::compress::{self, BlobRef, Encoding};
 use devd_protocol::message::{Ack, Base, Blob};
+use devd_protocol::session::{CommitHeader, Incoming, Reject};
 use devd_protocol::tree::BaseTree;
 use devd_protocol::view::View;
-use devd_protocol::{Change, ContentId, Digest, ErrorCode, Overlay};
+use devd_protocol::{ContentId, ErrorCode, Overlay};
 use devd_sync::blob_store::{BlobError, BlobStore};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -41,22 +42,6 @@ pub enum WorkspaceError {
     Recover { name: String, reason: String },
 }
 
-/// A refusal sent back to the laptop.
-#[derive(Debug, Clone)]
-pub struct Reject {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Reject {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 impl From<MaterializeError> for Reject {
     fn from(e: MaterializeError) -> Self {
         let code = match &e {
@@ -72,25 +57,6 @@ impl From<StateError> for Reject {
     fn from(e: StateError) -> Self {
         Self::new(ErrorCode::Storage, e.to_string())
     }
-}
-
-/// A generation as received, before it is applied.
-#[derive(Debug, Default)]
-pub struct Incoming {
-    pub generation: u64,
-    pub changes: Vec<Change>,
-    pub blobs: Vec<Blob>,
-    pub inline_bytes: usize,
-}
-
-/// The header closing a generation.
-#[derive(Debug, Clone, Copy)]
-pub struct CommitHeader {
-    pub generation: u64,
-    pub parent: Option<u64>,
-    pub base: Base,
-    pub digest: Digest,
-    pub entries: u64,
 }
 
 /// A generation validated, with its base available and inline blobs stored.

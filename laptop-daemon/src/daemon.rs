@@ -242,7 +242,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         .await;
 
     // Build events → status; a lost event stream asks for a reconnect.
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUE);
     let lost = Arc::new(tokio::sync::Notify::new());
     // Desktop notifications (and the tray icon) only for a watching
     // daemon, not for a one-shot sync.
@@ -271,7 +271,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
                 path: state_dir.display().to_string(),
                 source,
             })?
-            .with_events(events_tx)
+            .with_events(events_tx, tracker.clone())
             .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
         live = uplink.live_connection();
         let status = status.clone();
@@ -427,7 +427,7 @@ fn scanner_loop(
 
 /// Fold the receiver's build events into the status.
 async fn events_loop(
-    mut rx: mpsc::UnboundedReceiver<Option<devd_protocol::message::ServerMsg>>,
+    mut rx: mpsc::Receiver<Option<devd_protocol::message::ServerMsg>>,
     status: Arc<Mutex<Status>>,
     lost: Arc<tokio::sync::Notify>,
     notifier: crate::notify::Notifier,
@@ -481,6 +481,121 @@ async fn events_loop(
     }
 }
 
+/// Build events waiting for the status; the stream waits when it is full.
+const EVENTS_QUEUE: usize = 256;
+/// First delay after a failed sync or reconnect; it doubles each time.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between failed attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// With nothing to send and nothing lost, look again after this long.
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
+
+/// What the uplink loop does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// Bring the receiver to the latest snapshot.
+    Sync,
+    /// Reconnect, so that build events keep arriving.
+    Reconnect,
+}
+
+/// When the uplink loop makes its next attempt: at once while a snapshot
+/// is pending, after a backoff delay after a failure ([`BACKOFF_MIN`]
+/// doubling up to [`BACKOFF_MAX`], reset by a success), and with nothing
+/// pending only to reconnect a lost event stream (or every
+/// [`IDLE_RECHECK`]). A new snapshot cuts any wait short. Apart from the
+/// wait in [`Schedule::next`] this is bookkeeping, so its timing can be
+/// tested with paused time and no sockets.
+struct Schedule {
+    delays: backon::ExponentialBackoff,
+    /// Wait this long before the next attempt (once).
+    retry_in: Option<Duration>,
+    /// The event stream ended: reconnect even without anything to sync.
+    reconnect: bool,
+}
+
+impl Schedule {
+    fn new() -> Self {
+        Self {
+            delays: Self::backoff(),
+            retry_in: None,
+            reconnect: false,
+        }
+    }
+
+    fn backoff() -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_MIN)
+            .with_max_delay(BACKOFF_MAX)
+            .without_max_times()
+            .build()
+    }
+
+    /// Wait for the next attempt, given what the receiver acknowledged;
+    /// `None` once `cancel` fires or the scanner is gone.
+    async fn next(
+        &mut self,
+        acked: Option<Ack>,
+        snaps: &mut watch::Receiver<Option<Snapshot>>,
+        lost: &tokio::sync::Notify,
+        cancel: &CancellationToken,
+    ) -> Option<Attempt> {
+        let pending = snaps
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| acked.is_none_or(|a| a.digest != s.digest || a.base != s.base));
+        let wait = match (pending, self.retry_in.take()) {
+            (true, None) => None,
+            // A retry: of a sync, or of a reconnect for the event stream.
+            (true, Some(d)) => Some(d),
+            (false, Some(d)) if self.reconnect => Some(d),
+            (false, _) => Some(IDLE_RECHECK),
+        };
+        if let Some(d) = wait {
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(d) => {}
+                r = snaps.changed() => if r.is_err() { return None },
+                _ = lost.notified(), if !pending => self.reconnect = true,
+            }
+        }
+        if cancel.is_cancelled() {
+            return None;
+        }
+        Some(if self.reconnect && !pending {
+            Attempt::Reconnect
+        } else {
+            Attempt::Sync
+        })
+    }
+
+    /// A sync succeeded: the next failure backs off from the start.
+    fn succeeded(&mut self) {
+        self.delays = Self::backoff();
+    }
+
+    /// The reconnect succeeded.
+    fn reconnected(&mut self) {
+        self.reconnect = false;
+        self.succeeded();
+    }
+
+    /// An attempt failed: the next one comes after the next backoff delay
+    /// (returned), in whole milliseconds (the backoff doubles in `f32`
+    /// seconds; the timer would round 200.000003 ms up to 201).
+    fn failed(&mut self) -> Duration {
+        let d = self.delays.next().unwrap_or(BACKOFF_MAX);
+        let d = Duration::from_millis(d.as_millis() as u64);
+        self.retry_in = Some(d);
+        d
+    }
+
+    /// Make the next attempt after `d`, whatever the backoff says.
+    fn retry_after(&mut self, d: Duration) {
+        self.retry_in = Some(d);
+    }
+}
+
 async fn uplink_loop(
     mut uplink: Uplink,
     mut snap_rx: watch::Receiver<Option<Snapshot>>,
@@ -490,47 +605,15 @@ async fn uplink_loop(
     cancel: CancellationToken,
     lost: Arc<tokio::sync::Notify>,
 ) {
-    let backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
-    let mut retry_in: Option<Duration> = None;
-    // The event stream ended: reconnect even without anything to sync, so
-    // build events keep arriving.
-    let mut reconnect = false;
-    loop {
-        let pending = snap_rx.borrow().as_ref().is_some_and(|s| {
-            uplink
-                .acked()
-                .is_none_or(|a| a.digest != s.digest || a.base != s.base)
-        });
-        let wait = match (pending, retry_in.take()) {
-            (true, None) => None,
-            // A retry: of a sync, or of a reconnect for the event stream.
-            (true, Some(d)) => Some(d),
-            (false, Some(d)) if reconnect => Some(d),
-            (false, _) => Some(Duration::from_secs(3600)),
-        };
-        if let Some(d) = wait {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(d) => {}
-                r = snap_rx.changed() => if r.is_err() { break },
-                _ = lost.notified(), if !pending => reconnect = true,
-            }
-        }
-        if cancel.is_cancelled() {
-            break;
-        }
-        if reconnect && !pending {
+    let mut schedule = Schedule::new();
+    while let Some(attempt) = schedule
+        .next(uplink.acked(), &mut snap_rx, &lost, &cancel)
+        .await
+    {
+        if attempt == Attempt::Reconnect {
             match uplink.ensure_connected().await {
                 Ok(()) => {
-                    reconnect = false;
-                    delays = backoff();
+                    schedule.reconnected();
                     let transport = uplink.transport().map(str::to_owned);
                     update(&status, |s| {
                         s.receiver.connected = true;
@@ -539,13 +622,12 @@ async fn uplink_loop(
                     });
                 }
                 Err(e) => {
-                    let d = delays.next().unwrap_or(Duration::from_secs(5));
+                    schedule.failed();
                     update(&status, |s| {
                         s.receiver.connected = false;
                         s.receiver.transport = None;
                         s.receiver.last_error = Some(e.to_string());
                     });
-                    retry_in = Some(d);
                 }
             }
             continue;
@@ -556,7 +638,7 @@ async fn uplink_loop(
         update(&status, |s| s.state = "syncing".into());
         match uplink.sync(&snap).await {
             Ok(report) => {
-                delays = backoff();
+                schedule.succeeded();
                 let ack = uplink.acked().expect("acked after a sync");
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
@@ -583,7 +665,7 @@ async fn uplink_loop(
                 });
                 acked_tx.send_replace(Some((ack, report)));
                 if uplink.acked().is_some_and(|a| a.digest != snap.digest) {
-                    retry_in = Some(Duration::ZERO);
+                    schedule.retry_after(Duration::ZERO);
                 }
             }
             Err(SyncError::BaseUnavailable(msg)) => {
@@ -594,7 +676,7 @@ async fn uplink_loop(
                 });
                 let _ = scan_tx.send(ScanMsg::UploadMode).await;
                 // Wait for the scanner's uploaded-base snapshot.
-                retry_in = Some(Duration::from_secs(3600));
+                schedule.retry_after(IDLE_RECHECK);
             }
             Err(SyncError::Changed(path)) => {
                 tracing::debug!(%path, "file changed during send; rescanning it");
@@ -604,10 +686,10 @@ async fn uplink_loop(
                         snap.noticed,
                     )))
                     .await;
-                retry_in = Some(Duration::from_millis(5));
+                schedule.retry_after(Duration::from_millis(5));
             }
             Err(e) => {
-                let d = delays.next().unwrap_or(Duration::from_secs(5));
+                let d = schedule.failed();
                 tracing::warn!(error = %e, retry_ms = d.as_millis() as u64, "sync failed");
                 update(&status, |s| {
                     s.state = "disconnected".into();
@@ -615,7 +697,6 @@ async fn uplink_loop(
                     s.receiver.transport = uplink.transport().map(str::to_owned);
                     s.receiver.last_error = Some(e.to_string());
                 });
-                retry_in = Some(d);
             }
         }
     }
@@ -687,5 +768,152 @@ impl Handle {
         if let Some(r) = self.receiver {
             r.drain(Duration::from_secs(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devd_protocol::{GitOid, Overlay};
+    use tokio::sync::Notify;
+
+    /// The empty overlay on base commit `[n; 20]`.
+    fn snapshot(n: u8) -> Snapshot {
+        let overlay = Arc::new(Overlay::new());
+        Snapshot {
+            base: Base::Commit(GitOid([n; 20])),
+            tree: Arc::default(),
+            digest: overlay.digest(),
+            overlay,
+            noticed: Instant::now(),
+        }
+    }
+
+    fn ack_of(s: &Snapshot) -> Ack {
+        Ack {
+            generation: 1,
+            digest: s.digest,
+            base: s.base,
+        }
+    }
+
+    fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    /// A schedule and what it waits on: the snapshots, the lost event
+    /// stream, the daemon's cancellation.
+    struct Fixture {
+        schedule: Schedule,
+        snaps: watch::Sender<Option<Snapshot>>,
+        snaps_rx: watch::Receiver<Option<Snapshot>>,
+        lost: Arc<Notify>,
+        cancel: CancellationToken,
+    }
+
+    impl Fixture {
+        fn new(snap: Option<Snapshot>) -> Self {
+            let (snaps, snaps_rx) = watch::channel(snap);
+            Self {
+                schedule: Schedule::new(),
+                snaps,
+                snaps_rx,
+                lost: Arc::default(),
+                cancel: CancellationToken::new(),
+            }
+        }
+
+        /// The next attempt, and the (paused, auto-advancing) time it took
+        /// to come, in milliseconds. Marks the snapshot seen, as the uplink
+        /// loop does.
+        async fn next(&mut self, acked: Option<Ack>) -> (Option<Attempt>, u64) {
+            let t0 = tokio::time::Instant::now();
+            let a = self
+                .schedule
+                .next(acked, &mut self.snaps_rx, &self.lost, &self.cancel)
+                .await;
+            self.snaps_rx.borrow_and_update();
+            (a, ms(t0.elapsed()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_syncs_back_off_from_100_ms_doubling_to_5_s_and_a_success_resets_it() {
+        let mut f = Fixture::new(Some(snapshot(1)));
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 0));
+        for want in [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000] {
+            assert_eq!(ms(f.schedule.failed()), want);
+            assert_eq!(f.next(None).await, (Some(Attempt::Sync), want));
+        }
+        f.schedule.succeeded();
+        // Still pending (say the receiver refused): no wait without a failure.
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 0));
+        f.schedule.failed();
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 100));
+        f.schedule.retry_after(Duration::from_millis(5));
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_event_stream_reconnects_at_once_then_with_backoff_while_idle() {
+        let snap = snapshot(1);
+        let acked = Some(ack_of(&snap));
+        let mut f = Fixture::new(Some(snap));
+        let lost = f.lost.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            lost.notify_one();
+        });
+        // Nothing to sync: the loop sleeps until the stream is lost.
+        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 30_000));
+        for want in [100, 200, 400] {
+            f.schedule.failed();
+            assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), want));
+        }
+        f.schedule.reconnected();
+        // Connected and up to date: only the hourly look remains.
+        assert_eq!(f.next(acked).await, (Some(Attempt::Sync), 3_600_000));
+        // The backoff started over.
+        f.lost.notify_one();
+        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 0));
+        f.schedule.failed();
+        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_snapshot_syncs_instead_of_reconnecting() {
+        let mut f = Fixture::new(Some(snapshot(1)));
+        f.lost.notify_one();
+        f.schedule.failed();
+        // The sync reconnects by itself; the lost stream is not waited on.
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_snapshot_cuts_a_backoff_short() {
+        let mut f = Fixture::new(Some(snapshot(1)));
+        for _ in 0..4 {
+            f.schedule.failed();
+        }
+        let snaps = f.snaps.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            snaps.send_replace(Some(snapshot(2)));
+        });
+        // The backoff says 800 ms; the edit comes after 300.
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_ends_any_wait() {
+        let snap = snapshot(1);
+        let acked = Some(ack_of(&snap));
+        let mut f = Fixture::new(Some(snap));
+        let cancel = f.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cancel.cancel();
+        });
+        assert_eq!(f.next(acked).await, (None, 2000));
     }
 }

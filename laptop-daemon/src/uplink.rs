@@ -1,25 +1,29 @@
-//! The laptop's side of a sync: one connection to the receiver, the last
-//! acknowledged generation, and the exchange that turns the receiver's
-//! overlay into the laptop's (delta + inline blobs, `Need`, chunks,
-//! `Applied`). Resumes from what the receiver acknowledged after a
-//! reconnect; heals a divergence with a full resend (which still sends only
-//! blobs the receiver lacks).
+//! The laptop's side of a sync: the driver of the sender end of the
+//! exchange ([`devd_protocol::session::Sender`]). The machine decides what
+//! goes on the wire (resume after a reconnect, delta and inline blobs,
+//! answers to `Need`, the full resend that heals a divergence); this
+//! driver owns the connection, writes the machine's frames, feeds it the
+//! receiver's, and answers its requests: file sizes, and blobs read from
+//! the worktree and encoded as a patch against a version the receiver has
+//! (kept on disk after sending, or the base tree's). It also forwards each
+//! connection's build events.
 
 use crate::repo::Repo;
 use crate::transport;
 use devd_protocol::compress::{self, BlobRef};
-use devd_protocol::message::{
-    Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, INLINE_BLOB_MAX, INLINE_TOTAL_MAX,
-    ServerMsg,
-};
+use devd_protocol::message::{Ack, Base, Blob, ClientMsg, ServerMsg};
+use devd_protocol::session::{self, EncodeError, EncodeItem, Request, Sender, SenderEvent};
 use devd_protocol::tree::{BaseTree, EntryKind};
-use devd_protocol::{ContentId, Digest, Entry, ErrorCode, Overlay, PROTOCOL_VERSION, RelPath};
+use devd_protocol::{ContentId, Digest, ErrorCode, Overlay, RelPath};
 use devd_sync::blob_store::BlobStore;
-use devd_sync::framed::{Framed, FramedError};
-use std::collections::{HashMap, HashSet};
+use devd_sync::framed::Framed;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 /// Blobs up to this size are kept on the laptop as patch references.
 const REFERENCE_MAX: usize = 16 << 20;
@@ -63,12 +67,6 @@ pub enum SyncError {
     Protocol(String),
 }
 
-impl From<FramedError> for SyncError {
-    fn from(e: FramedError) -> Self {
-        SyncError::Lost(e.to_string())
-    }
-}
-
 /// What one sync did.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SyncReport {
@@ -83,38 +81,57 @@ pub struct SyncReport {
     pub full: bool,
 }
 
-#[derive(Clone, Debug)]
-struct Known {
-    ack: Ack,
-    overlay: Arc<Overlay>,
-}
-
 struct Connected {
-    conn: transport::Link,
+    link: transport::Link,
     io: Framed,
 }
 
-/// The connection and the acknowledged state.
+/// Where build events go: `Some(message)` for each, `None` when a
+/// connection's event stream ends.
+pub type EventSender = mpsc::Sender<Option<ServerMsg>>;
+
+/// The build-event subscription of each connection.
+struct Events {
+    tx: EventSender,
+    /// Tracks the task forwarding each connection's stream.
+    tracker: TaskTracker,
+    /// False once the current connection's event stream ended.
+    alive: Arc<AtomicBool>,
+}
+
+/// The connection and the sender machine (which outlives connections: it
+/// holds what the receiver acknowledged).
 pub struct Uplink {
     target: Target,
     repo: Arc<Repo>,
     workdir: PathBuf,
     refs: BlobStore,
+    sender: Sender,
     conn: Option<Connected>,
-    acked: Option<Known>,
-    in_flight: Option<Known>,
-    /// What the receiver reported as applied when we connected.
-    remote_ack: Option<Ack>,
     /// The receiver's worktree path, from its Welcome.
     pub receiver_worktree: Option<String>,
-    /// Where build events go (`None` message: the event stream ended).
-    events: Option<tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>>,
-    /// False once the current connection's event stream ended.
-    events_alive: Arc<std::sync::atomic::AtomicBool>,
+    events: Option<Events>,
     /// The current connection, for further streams (`devd logs`).
     live: Arc<std::sync::Mutex<Option<transport::Link>>>,
     /// Where the progress of large uploads goes.
     progress: Option<crate::progress::Reporter>,
+}
+
+/// How a sync ended.
+enum Outcome {
+    UpToDate,
+    Synced(session::SyncReport),
+    Failed(session::SyncError),
+}
+
+/// The requested blobs of one sync, for the progress report: sent and
+/// asked for, in blobs and in raw bytes.
+#[derive(Default)]
+struct Upload {
+    sent: u64,
+    of: u64,
+    bytes_sent: u64,
+    bytes_of: u64,
 }
 
 /// Reads and encodes blobs; shareable across threads.
@@ -122,21 +139,21 @@ struct Encoder<'a> {
     refs: &'a BlobStore,
     repo: &'a Repo,
     workdir: &'a std::path::Path,
-    acked: Option<&'a Overlay>,
+    tree: &'a BaseTree,
+    base: Base,
 }
 
 impl Encoder<'_> {
-    /// The reference a patch of `rel` may use: the previous overlay version
-    /// (kept locally) or the base version.
-    fn reference(&self, rel: &RelPath, tree: &BaseTree, base: Base) -> Option<(BlobRef, Vec<u8>)> {
-        if let Some(o) = self.acked
-            && let Some(Entry::File { id, .. }) = o.get(rel)
+    /// The reference a patch of `item` may use: its previous overlay
+    /// version (kept locally) or its base version.
+    fn reference(&self, item: &EncodeItem) -> Option<(BlobRef, Vec<u8>)> {
+        if let Some(id) = &item.previous
             && let Ok(data) = self.refs.get(id)
         {
             return Some((BlobRef::Overlay(*id), data));
         }
-        if let Base::Commit(_) = base
-            && let Some(t) = tree.get(rel)
+        if let Base::Commit(_) = self.base
+            && let Some(t) = self.tree.get(&item.path)
             && t.kind != EntryKind::Symlink
             && let Ok(data) = self.repo.blob(t.oid)
         {
@@ -145,27 +162,27 @@ impl Encoder<'_> {
         None
     }
 
-    fn read(&self, rel: &RelPath, id: &ContentId) -> Result<Vec<u8>, SyncError> {
+    fn read(&self, rel: &RelPath, id: &ContentId) -> Result<Vec<u8>, EncodeError> {
         let data = std::fs::read(self.workdir.join(rel.as_str()))
-            .map_err(|_| SyncError::Changed(rel.clone()))?;
+            .map_err(|_| EncodeError::Changed(rel.clone()))?;
         if ContentId::of(&data) != *id {
-            return Err(SyncError::Changed(rel.clone()));
+            return Err(EncodeError::Changed(rel.clone()));
         }
         Ok(data)
     }
 
-    fn encode(&self, rel: &RelPath, id: &ContentId, snap: &Snapshot) -> Result<Blob, SyncError> {
-        let data = self.read(rel, id)?;
-        let reference = self.reference(rel, &snap.tree, snap.base);
+    fn encode(&self, item: &EncodeItem) -> Result<Blob, EncodeError> {
+        let data = self.read(&item.path, &item.id)?;
+        let reference = self.reference(item);
         let (encoding, bytes) =
             compress::encode(&data, reference.as_ref().map(|(r, d)| (*r, d.as_slice())));
         if data.len() <= REFERENCE_MAX
-            && let Err(e) = self.refs.put(id, &data)
+            && let Err(e) = self.refs.put(&item.id, &data)
         {
             tracing::debug!(error = %e, "cannot keep a patch reference");
         }
         Ok(Blob {
-            id: *id,
+            id: item.id,
             encoding,
             raw_len: data.len() as u64,
             data: bytes,
@@ -173,17 +190,10 @@ impl Encoder<'_> {
     }
 
     /// Encode several blobs on a few threads (compression dominates), in
-    /// the order given.
-    fn encode_many(
-        &self,
-        items: &[(RelPath, ContentId)],
-        snap: &Snapshot,
-    ) -> Vec<Result<Blob, SyncError>> {
+    /// the order given; the first failure in that order.
+    fn encode_many(&self, items: &[EncodeItem]) -> Result<Vec<Blob>, EncodeError> {
         if items.len() < 4 {
-            return items
-                .iter()
-                .map(|(rel, id)| self.encode(rel, id, snap))
-                .collect();
+            return items.iter().map(|item| self.encode(item)).collect();
         }
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -196,7 +206,7 @@ impl Encoder<'_> {
                     .map(|part| {
                         scope.spawn(move || {
                             part.iter()
-                                .map(|(rel, id)| self.encode(rel, id, snap))
+                                .map(|item| self.encode(item))
                                 .collect::<Vec<_>>()
                         })
                     })
@@ -210,12 +220,42 @@ impl Encoder<'_> {
     }
 }
 
-fn rejected(code: ErrorCode, message: String) -> SyncError {
-    if code == ErrorCode::BaseUnavailable {
-        SyncError::BaseUnavailable(message)
-    } else {
-        SyncError::Rejected { code, message }
+/// The machine's clock: tokio's, so that paused time in tests applies.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Write every frame the sender has queued. A failed write ends the
+/// connection for the sender (it reports the loss as an event); false then.
+async fn transmit(sender: &mut Sender, io: &mut Framed) -> bool {
+    while let Some(frame) = sender.poll_transmit() {
+        if let Err(e) = io.send(&frame).await {
+            sender.handle_connection_lost(e.to_string());
+            return false;
+        }
     }
+    true
+}
+
+/// Read the receiver's next frame, or reach the sender's deadline, and
+/// feed the sender what happened.
+async fn receive(sender: &mut Sender, io: &mut Framed) -> Result<(), session::UsageError> {
+    let deadline = sender.poll_timeout().map(tokio::time::Instant::from_std);
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        msg = io.recv::<ServerMsg>() => match msg {
+            Ok(Some(msg)) => sender.handle_message(msg, now())?,
+            Ok(None) => sender.handle_connection_lost("receiver closed the stream"),
+            Err(e) => sender.handle_connection_lost(e.to_string()),
+        },
+        () = until => sender.handle_timeout(now()),
+    }
+    Ok(())
 }
 
 impl Uplink {
@@ -227,18 +267,16 @@ impl Uplink {
     ) -> std::io::Result<Self> {
         let refs = BlobStore::open(&state_dir.join("sent-blobs")).map_err(std::io::Error::other)?;
         let workdir = repo.workdir().to_owned();
+        let sender = Sender::new(target.workspace.clone(), target.token.clone());
         Ok(Self {
             target,
             repo,
             workdir,
             refs,
+            sender,
             conn: None,
-            acked: None,
-            in_flight: None,
-            remote_ack: None,
             receiver_worktree: None,
             events: None,
-            events_alive: Arc::default(),
             live: Arc::default(),
             progress: None,
         })
@@ -251,12 +289,15 @@ impl Uplink {
     }
 
     /// Subscribe to build events on every connection; they are forwarded
-    /// to `tx`, followed by `None` when the connection's stream ends.
-    pub fn with_events(
-        mut self,
-        tx: tokio::sync::mpsc::UnboundedSender<Option<ServerMsg>>,
-    ) -> Self {
-        self.events = Some(tx);
+    /// to `tx` (waiting when it is full), followed by `None` when the
+    /// connection's stream ends. The forwarding task of each connection is
+    /// spawned on `tracker` and ends with the connection.
+    pub fn with_events(mut self, tx: EventSender, tracker: TaskTracker) -> Self {
+        self.events = Some(Events {
+            tx,
+            tracker,
+            alive: Arc::default(),
+        });
         self
     }
 
@@ -267,8 +308,11 @@ impl Uplink {
 
     /// Connect (and subscribe) unless connected with a live event stream.
     pub async fn ensure_connected(&mut self) -> Result<(), SyncError> {
-        use std::sync::atomic::Ordering;
-        if self.connected() && (self.events.is_none() || self.events_alive.load(Ordering::SeqCst)) {
+        let events_alive = self
+            .events
+            .as_ref()
+            .is_none_or(|e| e.alive.load(Ordering::SeqCst));
+        if self.connected() && events_alive {
             return Ok(());
         }
         // The event stream ended: the receiver is going away (or went).
@@ -277,11 +321,11 @@ impl Uplink {
     }
 
     /// Open the event stream on a fresh connection.
-    async fn subscribe(&mut self, conn: &transport::Link) {
-        let Some(tx) = self.events.clone() else {
+    async fn subscribe(&mut self, link: &transport::Link) {
+        let Some(events) = &mut self.events else {
             return;
         };
-        let mut io = match conn.open_side().await {
+        let mut io = match link.open_side().await {
             Ok(io) => io,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the build event stream");
@@ -292,24 +336,30 @@ impl Uplink {
             tracing::warn!(error = %e, "cannot subscribe to build events");
             return;
         }
-        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        self.events_alive = alive.clone();
-        let link = conn.clone();
-        tokio::spawn(async move {
+        let alive = Arc::new(AtomicBool::new(true));
+        events.alive = alive.clone();
+        let tx = events.tx.clone();
+        let link = link.clone();
+        events.tracker.spawn(async move {
+            // The task ends with the connection: on TCP the event stream is
+            // a connection of its own, and a full channel must not keep a
+            // closed connection's task waiting.
             loop {
                 let m = tokio::select! {
-                    // On TCP the event stream is a connection of its own:
-                    // it ends with the link.
                     _ = link.closed() => break,
                     m = io.recv::<ServerMsg>() => m,
                 };
                 let Ok(Some(m)) = m else { break };
-                if tx.send(Some(m)).is_err() {
+                let sent = tokio::select! {
+                    _ = link.closed() => break,
+                    r = tx.send(Some(m)) => r,
+                };
+                if sent.is_err() {
                     return;
                 }
             }
-            alive.store(false, std::sync::atomic::Ordering::SeqCst);
-            let _ = tx.send(None);
+            alive.store(false, Ordering::SeqCst);
+            let _ = tx.send(None).await;
         });
     }
 
@@ -327,33 +377,37 @@ impl Uplink {
     pub fn transport(&self) -> Option<&'static str> {
         self.conn
             .as_ref()
-            .filter(|c| !c.conn.is_closed())
-            .map(|c| c.conn.transport())
+            .filter(|c| !c.link.is_closed())
+            .map(|c| c.link.transport())
     }
 
     /// True while connected.
     pub fn connected(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.conn.is_closed())
+        self.sender.is_connected() && self.conn.as_ref().is_some_and(|c| !c.link.is_closed())
     }
 
     /// The last acknowledged generation.
     pub fn acked(&self) -> Option<Ack> {
-        self.acked.as_ref().map(|k| k.ack)
+        self.sender.acked()
     }
 
     /// Drop the connection (it is re-established on the next sync).
     pub fn disconnect(&mut self) {
         *self.live.lock().expect("live connection") = None;
         if let Some(c) = self.conn.take() {
-            c.conn.close();
+            c.link.close();
         }
+        self.sender.handle_connection_lost("disconnected");
+        // Nothing the sender says about a dropped connection is left to
+        // act on.
+        while self.sender.poll_event().is_some() {}
     }
 
     async fn connect(&mut self) -> Result<(), SyncError> {
         if self.connected() {
             return Ok(());
         }
-        self.conn = None;
+        self.disconnect();
         let addr = transport::resolve(&self.target.address)
             .await
             .map_err(|e| SyncError::Connect(e.to_string()))?;
@@ -361,7 +415,7 @@ impl Uplink {
             workspace: self.target.workspace.clone(),
             token: self.target.token.clone(),
         };
-        let (conn, mut io) = transport::connect_link(
+        let (link, mut io) = transport::connect_link(
             addr,
             &self.target.fingerprint,
             self.target.transport,
@@ -369,362 +423,206 @@ impl Uplink {
         )
         .await
         .map_err(|e| SyncError::Connect(e.to_string()))?;
-        io.send(&ClientMsg::Hello {
-            version: PROTOCOL_VERSION,
-            workspace: self.target.workspace.clone(),
-            token: self.target.token.clone(),
-        })
-        .await?;
-        match io.recv::<ServerMsg>().await? {
-            Some(ServerMsg::Welcome {
-                acked,
-                worktree,
+        self.sender.connect();
+        if transmit(&mut self.sender, &mut io).await
+            && let Err(e) = receive(&mut self.sender, &mut io).await
+        {
+            link.close();
+            return Err(self.misuse(e));
+        }
+        match self.sender.poll_event() {
+            Some(SenderEvent::Connected {
                 receiver,
-                ..
+                worktree,
+                acked,
+                resumed,
             }) => {
-                tracing::info!(address = %self.target.address, transport = conn.transport(), %receiver, acked = ?acked.map(|a| a.generation), "connected");
-                self.receiver_worktree = Some(worktree);
-                self.remote_ack = acked;
-                // Resume from whatever the receiver has, if we know it.
-                let matches =
-                    |k: &Option<Known>| k.as_ref().filter(|k| Some(k.ack) == acked).cloned();
-                self.acked = matches(&self.acked).or_else(|| matches(&self.in_flight));
-                self.in_flight = None;
-                if self.acked.is_none() && acked.is_some() {
+                tracing::info!(address = %self.target.address, transport = link.transport(), %receiver, acked = ?acked.map(|a| a.generation), "connected");
+                if !resumed && acked.is_some() {
                     tracing::info!(
                         "receiver state unknown to this daemon; next sync is a full overlay"
                     );
                 }
+                self.receiver_worktree = Some(worktree);
             }
-            Some(ServerMsg::Rejected { code, message, .. }) => {
-                return Err(SyncError::Connect(format!(
-                    "receiver at {} refused: {message} ({code:?})",
-                    self.target.address
-                )));
+            Some(SenderEvent::ConnectFailed(e)) => {
+                link.close();
+                return Err(self.error(e));
             }
-            other => return Err(SyncError::Protocol(format!("{other:?}"))),
+            other => {
+                link.close();
+                self.sender.handle_connection_lost("no answer to Hello");
+                return Err(SyncError::Protocol(format!("{other:?}")));
+            }
         }
-        self.subscribe(&conn).await;
-        *self.live.lock().expect("live connection") = Some(conn.clone());
-        self.conn = Some(Connected { conn, io });
+        self.subscribe(&link).await;
+        *self.live.lock().expect("live connection") = Some(link.clone());
+        self.conn = Some(Connected { link, io });
         Ok(())
     }
 
     /// Bring the receiver to `snap`. Returns `None` if it already was there.
     pub async fn sync(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
-        let res = self.sync_inner(snap).await;
-        // After these refusals the receiver may close the connection (it
-        // does when a blob could not be stored): start afresh next time, so
-        // the next attempt reports the refusal again, not a closed stream.
-        let closing_refusal = matches!(
-            &res,
-            Err(SyncError::Rejected {
-                code: ErrorCode::Storage
-                    | ErrorCode::BadBlob
-                    | ErrorCode::TooLarge
-                    | ErrorCode::Malformed
-                    | ErrorCode::Internal,
-                ..
-            })
-        );
-        if closing_refusal
-            || matches!(
-                res,
-                Err(SyncError::Lost(_) | SyncError::Protocol(_) | SyncError::Changed(_))
-            )
-        {
-            self.disconnect();
-        }
-        res
-    }
-
-    async fn sync_inner(&mut self, snap: &Snapshot) -> Result<Option<SyncReport>, SyncError> {
         self.connect().await?;
-        // After a daemon restart the receiver may already have exactly this
-        // state: adopt it instead of resending anything.
-        if self.acked.is_none()
-            && let Some(r) = self.remote_ack
-            && r.digest == snap.digest
-            && r.base == snap.base
-        {
-            tracing::info!(
-                generation = r.generation,
-                "receiver already has the current state"
-            );
-            self.acked = Some(Known {
-                ack: r,
-                overlay: snap.overlay.clone(),
-            });
-        }
-        for attempt in 0..2 {
-            if let Some(k) = &self.acked
-                && k.ack.digest == snap.digest
-                && k.ack.base == snap.base
-            {
-                return Ok(None);
-            }
-            match self.send_generation(snap).await {
-                Err(SyncError::Rejected {
-                    code: ErrorCode::OutOfSync | ErrorCode::DigestMismatch,
-                    message,
-                }) if attempt == 0 => {
-                    tracing::warn!(%message, "receiver diverged; resending the full overlay");
-                    self.acked = None;
-                }
-                other => return other.map(Some),
-            }
-        }
-        unreachable!("second attempt returns")
-    }
-
-    async fn send_chunks(&mut self, blob: &Blob) -> Result<(), SyncError> {
-        let io = &mut self
-            .conn
-            .as_mut()
-            .ok_or_else(|| SyncError::Lost("not connected".into()))?
-            .io;
-        let total = blob.data.len() as u64;
-        let mut offset = 0usize;
-        loop {
-            let end = (offset + CHUNK).min(blob.data.len());
-            io.send(&ClientMsg::BlobChunk {
-                id: blob.id,
-                encoding: blob.encoding,
-                raw_len: blob.raw_len,
-                total,
-                offset: offset as u64,
-                data: blob.data[offset..end].to_vec(),
-            })
-            .await?;
-            offset = end;
-            if offset >= blob.data.len() {
-                return Ok(());
-            }
-        }
-    }
-
-    fn encoder(&self) -> Encoder<'_> {
-        Encoder {
-            refs: &self.refs,
-            repo: &self.repo,
-            workdir: &self.workdir,
-            acked: self.acked.as_ref().map(|k| &*k.overlay),
-        }
-    }
-
-    async fn send_generation(&mut self, snap: &Snapshot) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
-        let (parent, old) = match &self.acked {
-            Some(k) => (Some(k.ack.generation), k.overlay.clone()),
-            None => (None, Arc::new(Overlay::new())),
+        let Some(conn) = &self.conn else {
+            return Err(SyncError::Lost("not connected".into()));
         };
-        // Generations only grow, also across daemon restarts.
-        let last = self
-            .acked
-            .as_ref()
-            .map(|k| k.ack.generation)
-            .max(self.remote_ack.map(|a| a.generation));
-        let generation = last.unwrap_or(0) + 1;
-        let changes = Overlay::diff(&old, &snap.overlay);
-        // Blobs of changed files: small ones inline, the rest on request.
-        // Candidates are encoded in parallel; those that do not fit inline
-        // are kept for the receiver's request.
-        let mut by_id: HashMap<ContentId, RelPath> = HashMap::new();
-        let mut candidates = Vec::new();
-        let mut candidate_bytes = 0u64;
-        for c in &changes {
-            if let Some(Entry::File { id, .. }) = &c.entry {
-                if by_id.insert(*id, c.path.clone()).is_some() {
-                    continue;
-                }
-                let len = std::fs::symlink_metadata(self.workdir.join(c.path.as_str()))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                if len <= 4 * INLINE_BLOB_MAX as u64
-                    && candidate_bytes < 4 * INLINE_TOTAL_MAX as u64
-                {
-                    candidate_bytes += len;
-                    candidates.push((c.path.clone(), *id));
-                }
-            }
-        }
-        let mut inline = Vec::new();
-        let mut inline_bytes = 0;
-        let mut stash: HashMap<ContentId, Blob> = HashMap::new();
-        for blob in self.encoder().encode_many(&candidates, snap) {
-            let blob = blob?;
-            if blob.data.len() <= INLINE_BLOB_MAX
-                && inline_bytes + blob.data.len() <= INLINE_TOTAL_MAX
-            {
-                inline_bytes += blob.data.len();
-                inline.push(blob);
-            } else {
-                stash.insert(blob.id, blob);
-            }
-        }
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| SyncError::Lost("not connected".into()))?;
-        let stats0 = conn.conn.bytes();
-        let mut frames = Vec::new();
-        let mut chunks = changes.chunks(CHANGES_PER_FRAME).peekable();
-        if chunks.peek().is_none() {
-            frames.push(ClientMsg::Changes {
-                generation,
-                changes: vec![],
-                blobs: std::mem::take(&mut inline),
-            });
-        }
-        while let Some(chunk) = chunks.next() {
-            let blobs = if chunks.peek().is_none() {
-                std::mem::take(&mut inline)
-            } else {
-                vec![]
-            };
-            frames.push(ClientMsg::Changes {
-                generation,
-                changes: chunk.to_vec(),
-                blobs,
-            });
-        }
-        let n_inline = frames
-            .iter()
-            .map(|f| {
-                if let ClientMsg::Changes { blobs, .. } = f {
-                    blobs.len()
-                } else {
-                    0
-                }
-            })
-            .sum::<usize>();
-        frames.push(ClientMsg::Commit {
-            generation,
-            parent,
+        let bytes0 = conn.link.bytes();
+        let target = session::Snapshot {
             base: snap.base,
-            digest: snap.digest,
-            entries: snap.overlay.len() as u64,
-        });
-        let known = Known {
-            ack: Ack {
-                generation,
-                digest: snap.digest,
-                base: snap.base,
-            },
             overlay: snap.overlay.clone(),
+            digest: snap.digest,
         };
-        self.in_flight = Some(known.clone());
-        // One write per frame keeps memory flat for huge overlays.
-        for f in &frames {
-            self.conn.as_mut().expect("connected").io.send(f).await?;
-        }
-        let mut requested = 0;
-        let progress = self.progress.clone();
-        let _finish = progress
+        let outcome = match self.sender.start_sync(target, now()) {
+            Ok(()) => self.drive(snap).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.disconnect();
+                return Err(self.misuse(e));
+            }
+        };
+        let report = match outcome {
+            Outcome::UpToDate => return Ok(None),
+            Outcome::Synced(r) => r,
+            Outcome::Failed(e) => {
+                // After these the receiver may have closed its end (it
+                // does when a blob could not be stored): start afresh next
+                // time, so the next attempt reports the refusal again.
+                if e.closes_connection() {
+                    self.disconnect();
+                }
+                return Err(self.error(e));
+            }
+        };
+        let keep: HashSet<ContentId> = snap.overlay.blob_ids().collect();
+        let _ = self.refs.retain(&keep);
+        let bytes1 = self.conn.as_ref().map_or(bytes0, |c| c.link.bytes());
+        let report = SyncReport {
+            generation: report.generation,
+            overlay_digest: report.digest.to_hex(),
+            files: report.files_written,
+            bytes_sent: bytes1.0 - bytes0.0,
+            bytes_received: bytes1.1 - bytes0.1,
+            latency_ms: snap.noticed.elapsed().as_millis() as u64,
+            blobs_inline: report.blobs_inline,
+            blobs_requested: report.blobs_requested,
+            full: report.full,
+        };
+        tracing::info!(
+            generation = report.generation,
+            files = report.files,
+            bytes_sent = report.bytes_sent,
+            ms = started.elapsed().as_millis() as u64,
+            "synced"
+        );
+        Ok(Some(report))
+    }
+
+    /// Run the sync the sender started until it ends: write its frames,
+    /// act on its events, answer its requests, read the receiver's frames.
+    async fn drive(&mut self, snap: &Snapshot) -> Result<Outcome, session::UsageError> {
+        let _finish = self
+            .progress
             .clone()
             .map(crate::progress::Reporter::finish_on_drop);
-        // Requested blobs: (sent, of), raw bytes (sent, of).
-        let (mut sent, mut of, mut bytes_sent, mut bytes_of) = (0u64, 0u64, 0u64, 0u64);
+        let mut upload = Upload::default();
         loop {
-            let msg = tokio::time::timeout(
-                Duration::from_secs(600),
-                self.conn
-                    .as_mut()
-                    .expect("connected")
-                    .io
-                    .recv::<ServerMsg>(),
-            )
-            .await
-            .map_err(|_| SyncError::Lost("no answer from the receiver within 600 s".into()))??;
-            match msg {
-                None => return Err(SyncError::Lost("receiver closed the stream".into())),
-                Some(ServerMsg::Need { ids, .. }) => {
-                    requested += ids.len();
-                    if let Some(r) = &progress {
-                        of += ids.len() as u64;
-                        bytes_of += ids
+            let conn = self.conn.as_mut().expect("connected while syncing");
+            transmit(&mut self.sender, &mut conn.io).await;
+            while let Some(event) = self.sender.poll_event() {
+                match event {
+                    SenderEvent::UpToDate => return Ok(Outcome::UpToDate),
+                    SenderEvent::Synced(r) => return Ok(Outcome::Synced(r)),
+                    SenderEvent::Failed(e) => return Ok(Outcome::Failed(e)),
+                    SenderEvent::Adopted(ack) => tracing::info!(
+                        generation = ack.generation,
+                        "receiver already has the current state"
+                    ),
+                    SenderEvent::Resending { message, .. } => {
+                        tracing::warn!(%message, "receiver diverged; resending the full overlay");
+                    }
+                    SenderEvent::BlobsRequested(blobs) if self.progress.is_some() => {
+                        upload.of += blobs.len() as u64;
+                        upload.bytes_of += blobs
                             .iter()
-                            .map(|id| match (stash.get(id), by_id.get(id)) {
-                                (Some(b), _) => b.raw_len,
-                                (None, Some(rel)) => {
-                                    std::fs::symlink_metadata(self.workdir.join(rel.as_str()))
-                                        .map_or(0, |m| m.len())
-                                }
+                            .map(|b| match (b.raw_len, &b.path) {
+                                (Some(len), _) => len,
+                                (None, Some(rel)) => self.size(rel).unwrap_or(0),
                                 (None, None) => 0,
                             })
                             .sum::<u64>();
-                        r.update(sent, of, bytes_sent, bytes_of);
+                        self.report_progress(&upload);
                     }
-                    for batch in ids.chunks(16) {
-                        let mut todo = Vec::new();
-                        for id in batch {
-                            if !stash.contains_key(id) {
-                                let rel = by_id.get(id).cloned().ok_or_else(|| {
-                                    SyncError::Protocol(format!(
-                                        "receiver asked for unknown blob {id}"
-                                    ))
-                                })?;
-                                todo.push((rel, *id));
-                            }
-                        }
-                        for blob in self.encoder().encode_many(&todo, snap) {
-                            let blob = blob?;
-                            stash.insert(blob.id, blob);
-                        }
-                        for id in batch {
-                            let blob = stash.remove(id).ok_or_else(|| {
-                                SyncError::Protocol(format!("receiver asked twice for blob {id}"))
-                            })?;
-                            self.send_chunks(&blob).await?;
-                            if let Some(r) = &progress {
-                                sent += 1;
-                                bytes_sent += blob.raw_len;
-                                r.update(sent, of, bytes_sent, bytes_of);
-                            }
-                        }
+                    SenderEvent::BlobSent { raw_len, .. } => {
+                        upload.sent += 1;
+                        upload.bytes_sent += raw_len;
+                        self.report_progress(&upload);
                     }
+                    SenderEvent::BlobsRequested(_)
+                    | SenderEvent::Connected { .. }
+                    | SenderEvent::ConnectFailed(_) => {}
                 }
-                Some(ServerMsg::Applied {
-                    ack, files_written, ..
-                }) => {
-                    if ack != known.ack {
-                        return Err(SyncError::Protocol(format!(
-                            "applied {ack:?}, expected {:?}",
-                            known.ack
-                        )));
-                    }
-                    self.acked = Some(known);
-                    self.remote_ack = Some(ack);
-                    self.in_flight = None;
-                    let keep: HashSet<ContentId> = snap.overlay.blob_ids().collect();
-                    let _ = self.refs.retain(&keep);
-                    let stats1 = self.conn.as_ref().expect("connected").conn.bytes();
-                    let report = SyncReport {
-                        generation,
-                        overlay_digest: snap.digest.to_hex(),
-                        files: files_written,
-                        bytes_sent: stats1.0 - stats0.0,
-                        bytes_received: stats1.1 - stats0.1,
-                        latency_ms: snap.noticed.elapsed().as_millis() as u64,
-                        blobs_inline: n_inline as u64,
-                        blobs_requested: requested as u64,
-                        full: parent.is_none(),
+            }
+            match self.sender.poll_request() {
+                Some(Request::Measure(paths)) => {
+                    let sizes = paths.iter().map(|p| self.size(p)).collect();
+                    self.sender.handle_sizes(sizes, now())?;
+                }
+                Some(Request::Encode(items)) => {
+                    let encoder = Encoder {
+                        refs: &self.refs,
+                        repo: &self.repo,
+                        workdir: &self.workdir,
+                        tree: &snap.tree,
+                        base: snap.base,
                     };
-                    tracing::info!(
-                        generation,
-                        files = files_written,
-                        bytes_sent = report.bytes_sent,
-                        ms = started.elapsed().as_millis() as u64,
-                        "synced"
-                    );
-                    return Ok(report);
+                    let blobs = encoder.encode_many(&items);
+                    self.sender.handle_encoded(blobs, now())?;
                 }
-                Some(ServerMsg::Rejected { code, message, .. }) => {
-                    self.in_flight = None;
-                    return Err(rejected(code, message));
+                None => {
+                    let conn = self.conn.as_mut().expect("connected while syncing");
+                    receive(&mut self.sender, &mut conn.io).await?;
                 }
-                Some(other) => return Err(SyncError::Protocol(format!("{other:?}"))),
             }
         }
+    }
+
+    /// The size of `rel` on disk, if it can be read.
+    fn size(&self, rel: &RelPath) -> Option<u64> {
+        std::fs::symlink_metadata(self.workdir.join(rel.as_str()))
+            .ok()
+            .map(|m| m.len())
+    }
+
+    fn report_progress(&self, u: &Upload) {
+        if let Some(r) = &self.progress {
+            r.update(u.sent, u.of, u.bytes_sent, u.bytes_of);
+        }
+    }
+
+    /// The daemon's view of a failure the sender reported.
+    fn error(&self, e: session::SyncError) -> SyncError {
+        match e {
+            session::SyncError::Refused { code, message } => SyncError::Connect(format!(
+                "receiver at {} refused: {message} ({code:?})",
+                self.target.address
+            )),
+            session::SyncError::Rejected { code, message } => SyncError::Rejected { code, message },
+            session::SyncError::BaseUnavailable(m) => SyncError::BaseUnavailable(m),
+            session::SyncError::Lost(m) => SyncError::Lost(m),
+            session::SyncError::Changed(path) => SyncError::Changed(path),
+            session::SyncError::Protocol(m) => SyncError::Protocol(m),
+        }
+    }
+
+    /// This driver fed the sender an input at the wrong moment: a bug
+    /// here; the connection is dropped and the sync fails.
+    fn misuse(&self, e: session::UsageError) -> SyncError {
+        tracing::error!(error = %e, "uplink driver bug");
+        SyncError::Protocol(format!("daemon bug: {e}"))
     }
 }
