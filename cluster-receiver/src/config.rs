@@ -86,7 +86,7 @@ use crate::builder::kubernetes::{
     BuildResources, DEFAULT_KANIKO_IMAGE, KubernetesBackend, Settings,
 };
 use crate::builder::local::{LocalBackend, LocalConfig};
-use crate::http::ContextShelf;
+use crate::build::http::ContextShelf;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! The receiver's Prometheus metrics, served as OpenMetrics text on
-//! `GET /metrics` of the HTTP server ([`crate::http`]).
+//! `GET /metrics` of the HTTP server ([`crate::build::http`]).
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|

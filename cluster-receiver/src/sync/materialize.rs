@@ -8,7 +8,7 @@
 //! idempotent, which is what crash recovery relies on.
 
 use devd_sync::blob_store::BlobStore;
-use crate::git_store::GitStore;
+use crate::sync::git_store::GitStore;
 use devd_protocol::view::{Desired, Source, SymlinkTarget, View, ViewError, touched};
 use devd_protocol::{GitOid, RelPath};
 use devd_sync::git::read_blob;

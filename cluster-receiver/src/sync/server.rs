@@ -2,9 +2,9 @@
 //! and a drain on shutdown.
 
 use devd_sync::pairing::Pairing;
-use crate::session::serve_connection;
+use crate::sync::session::serve_connection;
 use devd_sync::tls::{Identity, TlsError};
-use crate::workspace::{Registry, Workspace, WorkspaceError};
+use crate::sync::workspace::{Registry, Workspace, WorkspaceError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,7 +144,7 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
         .await??;
         let ws = Arc::new(ws);
         if let Some(b) = &opts.builds {
-            let p = crate::pipeline::Pipeline::start(&ws, b.backend.clone(), b.concurrency).await;
+            let p = crate::build::pipeline::Pipeline::start(&ws, b.backend.clone(), b.concurrency).await;
             ws.set_pipeline(p);
         }
         registry.insert(w.name.clone(), ws);
@@ -271,7 +271,7 @@ fn bind(
 }
 
 /// Accept TCP + TLS connections until `cancel` fires; each is one stream
-/// ([`crate::session::serve_tcp_stream`]) and counts against the same
+/// ([`crate::sync::session::serve_tcp_stream`]) and counts against the same
 /// connection limit as QUIC connections.
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
@@ -310,7 +310,7 @@ async fn accept_tcp(
             };
             let (recv, send) = tokio::io::split(stream);
             let io = devd_sync::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
-            crate::session::serve_tcp_stream(io, remote, registry, cancel).await;
+            crate::sync::session::serve_tcp_stream(io, remote, registry, cancel).await;
         });
     }
 }

@@ -16,8 +16,8 @@
 //!   ([`Ops::set_ready`]); Kubernetes routes nothing to the pod until then.
 //! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 
-use crate::archive::{self, Packed};
-use crate::workspace::Registry;
+use crate::build::archive::{self, Packed};
+use crate::sync::workspace::Registry;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};

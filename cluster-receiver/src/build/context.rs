@@ -13,7 +13,7 @@
 //! colleague's — yields the same digest, and so the same image tag.
 
 use devd_sync::catalog::Service;
-use crate::dockerignore::{DockerIgnore, IgnoreError};
+use crate::build::dockerignore::{DockerIgnore, IgnoreError};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

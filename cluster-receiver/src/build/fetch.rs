@@ -1,12 +1,12 @@
 //! `devd-receiver fetch-context`: the init container of a Kubernetes build
-//! pod. Downloads the build context the receiver offers ([`crate::http`]),
+//! pod. Downloads the build context the receiver offers ([`crate::build::http`]),
 //! checks its blake3 digest, and unpacks it into the directory the image
 //! builder reads (an emptyDir shared with the Kaniko container).
 //!
 //! Runs as a non-root user; needs write access to `--dest` only (the
 //! archive is downloaded into it and removed before unpacking ends).
 
-use crate::archive;
+use crate::build::archive;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -150,7 +150,7 @@ pub async fn fetch_context(url: &str, dest: &Path, blake3: &str) -> Result<Fetch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{ContextShelf, HttpState, serve};
+    use crate::build::http::{ContextShelf, HttpState, serve};
     use tokio_util::sync::CancellationToken;
 
     #[tokio::test]

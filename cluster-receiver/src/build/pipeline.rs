@@ -17,8 +17,8 @@
 
 use crate::builder::{Backend, BuildRequest, Failure};
 use devd_sync::catalog::{Catalog, Service};
-use crate::context::{self, tag_for};
-use crate::workspace::Workspace;
+use crate::build::context::{self, tag_for};
+use crate::sync::workspace::Workspace;
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 use devd_protocol::message::ServerMsg;
