@@ -167,8 +167,8 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use devd_sync::labels::{LABEL_MANAGED_BY, LABEL_WORKSPACE};
     use super::*;
+    use devd_sync::labels::{LABEL_MANAGED_BY, LABEL_WORKSPACE};
     use serde_json::json;
 
     fn ns(labels: serde_json::Value, annotations: serde_json::Value) -> Namespace {

@@ -12,8 +12,8 @@
 //! or empty directories, so any checkout of the same commit — CI's, a
 //! colleague's — yields the same digest, and so the same image tag.
 
-use devd_sync::catalog::Service;
 use crate::build::dockerignore::{DockerIgnore, IgnoreError};
+use devd_sync::catalog::Service;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

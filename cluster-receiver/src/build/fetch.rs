@@ -182,6 +182,7 @@ mod tests {
         let srv = serve(
             "127.0.0.1:0".parse().unwrap(),
             HttpState::new(shelf.clone()),
+            &tokio_util::task::TaskTracker::new(),
             cancel.clone(),
         )
         .await

@@ -7,10 +7,10 @@
 //! always either its old or its new version; replaying a transition is
 //! idempotent, which is what crash recovery relies on.
 
-use devd_sync::blob_store::BlobStore;
 use crate::sync::git_store::GitStore;
 use devd_protocol::view::{Desired, Source, SymlinkTarget, View, ViewError, touched};
 use devd_protocol::{GitOid, RelPath};
+use devd_sync::blob_store::BlobStore;
 use devd_sync::git::read_blob;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -3,10 +3,10 @@
 //! malformed or oversized frame ends the connection, and nothing of a
 //! refused generation reaches the worktree.
 
-use devd_sync::framed::{Framed, FramedError};
 use crate::sync::workspace::{CommitHeader, Incoming, Registry, Reject, Workspace};
 use devd_protocol::message::{Blob, ClientMsg, INLINE_TOTAL_MAX, MAX_FRAME, ServerMsg};
 use devd_protocol::{CodecError, ContentId, ErrorCode, PROTOCOL_VERSION};
+use devd_sync::framed::{Framed, FramedError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -517,7 +517,9 @@ async fn receive_blobs(
                 format!("blob {id} was not requested"),
             )));
         };
-        if total > 2 * crate::sync::workspace::MAX_BLOB || raw_len > crate::sync::workspace::MAX_BLOB {
+        if total > 2 * crate::sync::workspace::MAX_BLOB
+            || raw_len > crate::sync::workspace::MAX_BLOB
+        {
             return Err(SyncFailure::Fatal(Reject::new(
                 ErrorCode::TooLarge,
                 format!("blob {id} is too large"),

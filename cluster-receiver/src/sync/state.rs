@@ -74,9 +74,11 @@ impl Journal {
 
     fn write(path: &Path, state: &SyncState) -> Result<(), StateError> {
         let bytes = postcard::to_stdvec(state).expect("state serializes");
-        devd_sync::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| StateError::Io {
-            path: path.display().to_string(),
-            source,
+        devd_sync::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| {
+            StateError::Io {
+                path: path.display().to_string(),
+                source,
+            }
         })
     }
 

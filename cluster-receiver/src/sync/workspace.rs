@@ -3,15 +3,15 @@
 //! finish). Callers hold [`Workspace::lock`] across the steps, so syncs of
 //! one workspace never interleave.
 
-use devd_sync::blob_store::{BlobError, BlobStore};
 use crate::sync::git_store::{GitError, GitStore};
 use crate::sync::materialize::{MaterializeError, Sources, Worktree};
-use devd_protocol::tree::BaseTree;
-use devd_protocol::view::View;
 use crate::sync::state::{Journal, StateError, SyncState};
 use devd_protocol::compress::{self, BlobRef, Encoding};
 use devd_protocol::message::{Ack, Base, Blob};
+use devd_protocol::tree::BaseTree;
+use devd_protocol::view::View;
 use devd_protocol::{Change, ContentId, Digest, ErrorCode, Overlay};
+use devd_sync::blob_store::{BlobError, BlobStore};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -168,7 +168,8 @@ impl Workspace {
             Ok(t) => t.trim().to_owned(),
             Err(_) => {
                 let t = random_token().map_err(io)?;
-                devd_sync::fsutil::write_atomic(&token_path, t.as_bytes(), Some(0o600)).map_err(io)?;
+                devd_sync::fsutil::write_atomic(&token_path, t.as_bytes(), Some(0o600))
+                    .map_err(io)?;
                 t
             }
         };
