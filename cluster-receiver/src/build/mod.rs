@@ -1,5 +1,5 @@
 //! The build half: from an applied generation to built images and
-//! deployed services (the backends themselves are in [`crate::builder`]).
+//! deployed services (the backends themselves are in `builder/`).
 
 pub mod archive;
 pub mod context;
