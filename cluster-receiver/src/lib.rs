@@ -1,48 +1,60 @@
-//! devd's receiver: accepts a laptop's overlays over QUIC and keeps a
-//! materialized copy of its worktree on a shallow clone.
+//! devd's receiver: accepts a laptop's overlays over QUIC, keeps a
+//! materialized copy of its worktree on a shallow clone, and builds and
+//! deploys the services a change touches.
 //!
-//! Map of the crate:
-//! - [`server`]: QUIC endpoint, connection limit, startup, drain.
-//! - [`session`]: one laptop connection: auth, generations, blob requests.
-//! - [`workspace`]: one workspace's stores and the apply steps.
-//! - [`state`]: the durable sync state and its journal (crash safety).
-//! - [`materialize`]: moves the worktree from one state to the next.
-//! - [`blob_store`]: content-addressed blobs on disk.
-//! - [`git_store`]: the shallow clone (gix): fetch a base commit, read trees.
-//! - [`framed`]: protocol frames over a QUIC stream (used by both ends).
-//! - [`tls`], [`pairing`]: the self-signed identity and the pairing file.
-//! - [`fsutil`]: atomic writes.
+//! Map of the crate (dependencies point down the list, never back up):
+//! - [`run`]: the composition root. [`run()`] assembles a receiver from a
+//!   [`ServeConfig`] (used by `devd-receiver serve` and the laptop's
+//!   embedded receiver); [`Running::drain`] shuts it down.
+//! - [`publish`]: the pairing in a Secret, for `devd workspace create`.
+//! - [`backends`]: the build backend the configuration chooses.
 //! - [`config`]: the receiver's configuration file (builds, backends).
-//! - [`catalog`]: the services declared in `devd.toml`.
-//! - [`dockerignore`], [`context`]: build contexts, their snapshot and digest.
-//! - [`pipeline`]: affected services, the build queue, build events.
+//! - [`sync`], the sync half:
+//!   - [`sync::server`]: QUIC endpoint, connection limit, pairing files.
+//!   - [`sync::session`]: one laptop connection: auth, generations, blobs.
+//!   - [`sync::workspace`]: one workspace's stores and the apply steps.
+//!   - [`sync::state`]: the durable sync state and its journal.
+//!   - [`sync::materialize`]: moves the worktree from one state to the next.
+//!   - [`sync::git_store`]: the shallow clone (gix): fetch a base commit.
+//! - [`build`], the build half:
+//!   - [`build::pipeline`]: affected services, the build queue, events.
+//!   - [`build::context`], [`build::dockerignore`]: build contexts, their
+//!     snapshot and digest.
+//!   - [`build::http`]: the HTTP server (contexts for build pods, health,
+//!     metrics).
+//!   - [`build::archive`], [`build::fetch`]: contexts packed for a build
+//!     pod, and `devd-receiver fetch-context`, which unpacks them there.
 //! - [`builder`]: the build and deploy backends (local, Kubernetes).
-//! - [`http`]: the receiver's HTTP server (build contexts for build pods).
-//! - [`archive`], [`fetch`]: build contexts packed for a build pod, and
-//!   `devd-receiver fetch-context`, which unpacks them there.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`vacuum`]: `devd-receiver vacuum`, which deletes expired workspace
 //!   namespaces.
-//! - [`publish`]: the pairing in a Secret, for `devd workspace create`.
+//!
+//! Shared with the laptop daemon, in `devd-sync`: framing, blob store,
+//! TLS, pairing files, atomic writes, the git read side, the catalog.
 
 #[cfg(test)]
 mod api_mock;
-pub mod archive;
+pub mod backends;
+pub mod build;
 pub mod builder;
 pub mod config;
-pub mod context;
-pub mod dockerignore;
-pub mod fetch;
-pub mod git_store;
-pub mod http;
-pub mod materialize;
 pub mod metrics;
-pub mod pipeline;
 pub mod publish;
-pub mod server;
-pub mod session;
-pub mod state;
+pub mod run;
+pub mod sync;
 pub mod vacuum;
-pub mod workspace;
 
-pub use server::{Builds, Running, ServeOptions, WorkspaceSpec, start};
+pub use run::{RunError, Running, ServeConfig, run};
+pub use sync::server::{Served, WorkspaceSpec};
+
+// The paths `builder/` and the laptop's prebuild still use; they go when
+// `builder/` moves under `build/`.
+#[doc(hidden)]
+pub use build::{context, http, pipeline};
+
+/// The path the laptop daemon still names (`server::ServeError`, the
+/// embedded receiver's error); goes with the laptop's restructure.
+#[doc(hidden)]
+pub mod server {
+    pub use crate::run::RunError as ServeError;
+}

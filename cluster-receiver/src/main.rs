@@ -2,11 +2,15 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use devd_receiver::{ServeOptions, WorkspaceSpec};
+use devd_receiver::{ServeConfig, WorkspaceSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How long a drain waits for connections and builds in flight: under the
+/// receiver Deployment's `terminationGracePeriodSeconds` (30).
+const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +56,7 @@ enum Cmd {
         #[arg(long = "also", value_name = "NAME=GIT_REMOTE")]
         also: Vec<String>,
         /// Concurrent laptop connections, at most.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = devd_receiver::run::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
         /// Log as JSON lines.
         #[arg(long, env = "DEVD_RECEIVER_JSON_LOGS")]
@@ -167,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::FetchContext { url, blake3, dest } => {
             init_tracing(false);
             devd_sync::net::install_crypto();
-            let f = devd_receiver::fetch::fetch_context(&url, &dest, &blake3).await?;
+            let f = devd_receiver::build::fetch::fetch_context(&url, &dest, &blake3).await?;
             println!(
                 "fetched {} bytes, {} entries into {}",
                 f.bytes,
@@ -219,67 +223,28 @@ async fn main() -> anyhow::Result<()> {
                 "no workspace: pass --git-remote URL (and optionally --workspace NAME)"
             );
             let cancel = CancellationToken::new();
-            let mut ops = None;
-            let http = match http_listen {
-                Some(addr) => {
-                    let shelf =
-                        devd_receiver::http::ContextShelf::new(&data.join("http-contexts"))?;
-                    let state = devd_receiver::http::HttpState::new(shelf.clone());
-                    ops = Some(state.ops.clone());
-                    let server = devd_receiver::http::serve(addr, state, cancel.clone()).await?;
-                    Some((shelf, server.addr))
-                }
-                None => None,
-            };
-            let env = devd_receiver::config::BackendEnv {
-                state_dir: data.clone(),
-                http: http.clone(),
-            };
-            let builds = cfg
-                .backend(&env)
-                .await?
-                .map(|backend| devd_receiver::Builds {
-                    backend,
-                    concurrency: cfg.build.concurrency,
-                });
-            // [kubernetes] pairing_secret: its client now, so a bad
-            // kubeconfig stops the start.
-            let publisher = devd_receiver::publish::Publisher::from_config(&cfg).await?;
-            let running = devd_receiver::start(
-                ServeOptions {
-                    data_dir: data,
-                    listen,
+            let running = devd_receiver::run(
+                ServeConfig {
                     advertise,
-                    workspaces,
-                    max_connections,
                     tcp: !no_tcp,
-                    builds,
+                    max_connections,
+                    http_listen,
+                    file: cfg,
+                    ..ServeConfig::new(data, listen, workspaces)
                 },
                 cancel.clone(),
             )
             .await?;
-            // Every workspace is open and recovered, and its pairing
-            // published if configured: /readyz says so.
-            let (ready_ops, registry) = (ops.clone(), running.registry.clone());
-            devd_receiver::publish::ready_after_publishing(
-                publisher,
-                &running,
-                cancel.clone(),
-                move || {
-                    if let Some(ops) = ready_ops {
-                        ops.set_ready(registry);
-                    }
-                },
-            )?;
             println!("listening on {}", running.addr);
-            if let Some((_, addr)) = &http {
+            if let Some(addr) = &running.http {
                 println!("http on {addr}");
             }
-            for (name, pairing, worktree) in &running.workspaces {
+            for w in &running.workspaces {
                 println!(
-                    "workspace {name}: pairing {} worktree {}",
-                    pairing.display(),
-                    worktree.display()
+                    "workspace {}: pairing {} worktree {}",
+                    w.name,
+                    w.pairing.display(),
+                    w.worktree.display()
                 );
             }
             tracing::info!(addr = %running.addr, fingerprint = %running.fingerprint, "receiver ready");
@@ -287,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("draining (send the signal again to force)");
             cancel.cancel();
             tokio::select! {
-                _ = running.drain(Duration::from_secs(20)) => {}
+                _ = running.drain(DRAIN_GRACE) => {}
                 _ = shutdown_signal() => { tracing::warn!("forced exit"); std::process::exit(130); }
             }
             Ok(())

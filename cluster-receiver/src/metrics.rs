@@ -1,5 +1,6 @@
 //! The receiver's Prometheus metrics, served as OpenMetrics text on
-//! `GET /metrics` of the HTTP server ([`crate::http`]).
+//! `GET /metrics` of the HTTP server (`build/http.rs`, which calls
+//! [`encode`]; this module imports nothing of the crate).
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -16,7 +17,7 @@
 //! pipelines when scraped ([`encode`]).
 
 use devd_protocol::event::EventKind;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,10 +33,41 @@ struct WorkspaceLabel {
     workspace: String,
 }
 
+/// How a build ended: the `result` label of `devd_receiver_builds_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum BuildResult {
+    Built,
+    /// The image existed.
+    Reused,
+    /// Same context as deployed.
+    Unchanged,
+    /// Build or deploy failed.
+    Failed,
+}
+
+impl BuildResult {
+    const ALL: [Self; 4] = [Self::Built, Self::Reused, Self::Unchanged, Self::Failed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Built => "built",
+            Self::Reused => "reused",
+            Self::Unchanged => "unchanged",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for BuildResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     workspace: String,
-    result: &'static str,
+    result: BuildResult,
 }
 
 fn ws(workspace: &str) -> WorkspaceLabel {
@@ -125,7 +157,7 @@ pub fn init_workspace(workspace: &str) {
     let _ = m.apply_seconds.get_or_create(&l);
     let _ = m.build_seconds.get_or_create(&l);
     let _ = m.queue_depth.get_or_create(&l);
-    for result in ["built", "reused", "unchanged", "failed"] {
+    for result in BuildResult::ALL {
         let _ = m.builds.get_or_create(&BuildLabels {
             workspace: workspace.to_owned(),
             result,
@@ -159,11 +191,11 @@ pub fn build_event(workspace: &str, kind: &EventKind) {
             m.build_seconds
                 .get_or_create(&ws(workspace))
                 .observe(*duration_ms as f64 / 1000.0);
-            "built"
+            BuildResult::Built
         }
-        EventKind::Reused { .. } => "reused",
-        EventKind::Unchanged { .. } => "unchanged",
-        EventKind::Failed { .. } => "failed",
+        EventKind::Reused { .. } => BuildResult::Reused,
+        EventKind::Unchanged { .. } => BuildResult::Unchanged,
+        EventKind::Failed { .. } => BuildResult::Failed,
         _ => return,
     };
     m.builds

@@ -21,8 +21,10 @@ use devd_sync::pairing::{Pairing, secret};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Server-side-apply field manager of the Secret.
 pub const FIELD_MANAGER: &str = "devd-receiver";
@@ -49,12 +51,14 @@ pub enum PublishError {
     Pairing(#[from] devd_sync::pairing::PairingError),
 }
 
-/// After [`crate::start`]: publish the pairing of `running`'s one workspace
-/// in the background, retrying until it is written, then call `ready`
-/// (which marks `/readyz` ready); without a publisher, call `ready` now.
-pub fn ready_after_publishing(
+/// Once the receiver serves its workspaces (their pairing files written):
+/// publish the pairing of its one workspace in the background (on
+/// `tracker`), retrying until it is written, then call `ready` (which marks
+/// `/readyz` ready); without a publisher, call `ready` now.
+pub fn ready_after_publishing<'a>(
     publisher: Option<Publisher>,
-    running: &crate::Running,
+    pairing_files: impl IntoIterator<Item = &'a Path>,
+    tracker: &TaskTracker,
     cancel: CancellationToken,
     ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), PublishError> {
@@ -62,13 +66,12 @@ pub fn ready_after_publishing(
         ready();
         return Ok(());
     };
-    let pairings = running
-        .workspaces
-        .iter()
-        .map(|(_, path, _)| Pairing::load(path))
+    let pairings = pairing_files
+        .into_iter()
+        .map(Pairing::load)
         .collect::<Result<Vec<_>, _>>()?;
     let pairing = one(&pairings)?.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         if publisher.publish_until_done(&pairing, &cancel).await {
             ready();
         }

@@ -267,7 +267,7 @@ fn receiver_fetches_the_base_over_https_with_the_token() {
     // The certificate is verified: with this process's roots (which lack
     // the fresh self-signed certificate) the same fetch fails, naming the
     // remote, not the token.
-    let store = devd_receiver::git_store::GitStore::open_or_init(
+    let store = devd_receiver::sync::git_store::GitStore::open_or_init(
         &fx.root().join("untrusting-store.git"),
         &url,
     )

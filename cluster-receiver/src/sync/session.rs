@@ -6,7 +6,7 @@
 //! the connection) lives in the machine. Nothing of a refused generation
 //! reaches the worktree. Further streams carry build events and logs.
 
-use crate::workspace::{Inner, Prepared, Registry, Workspace};
+use crate::sync::workspace::{Inner, Prepared, Registry, Workspace};
 use devd_protocol::ErrorCode;
 use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
 use devd_protocol::session::{Applied, AuthAnswer, Limits, Receiver, ReceiverEvent, Reject};
@@ -76,7 +76,7 @@ async fn converse(
     cancel: CancellationToken,
 ) {
     let limits = Limits {
-        max_blob: crate::workspace::MAX_BLOB,
+        max_blob: crate::sync::workspace::MAX_BLOB,
         ..Limits::default()
     };
     let mut m = Receiver::with_limits(limits, now());

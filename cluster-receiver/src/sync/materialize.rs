@@ -7,7 +7,7 @@
 //! always either its old or its new version; replaying a transition is
 //! idempotent, which is what crash recovery relies on.
 
-use crate::git_store::GitStore;
+use crate::sync::git_store::GitStore;
 use devd_protocol::view::{Desired, Source, SymlinkTarget, View, ViewError, touched};
 use devd_protocol::{GitOid, RelPath};
 use devd_sync::blob_store::BlobStore;

@@ -14,10 +14,11 @@
 //! - `GET /readyz`: 200 once every workspace was opened and its volume
 //!   state recovered (an interrupted apply finished), 503 before
 //!   ([`Ops::set_ready`]); Kubernetes routes nothing to the pod until then.
-//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]); the build
+//!   queue depths come from a function the composition root passes to
+//!   [`Ops::set_ready`], so this module knows no workspace.
 
-use crate::archive::{self, Packed};
-use crate::workspace::Registry;
+use crate::build::archive::{self, Packed};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
@@ -31,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Errors of the HTTP side.
 #[derive(Debug, thiserror::Error)]
@@ -153,11 +155,14 @@ impl ContextShelf {
     }
 }
 
+/// Per workspace, the services whose build is queued and not started.
+pub type QueueDepths = Box<dyn Fn() -> Vec<(String, usize)> + Send + Sync>;
+
 /// The running receiver as the operational routes see it: nothing until
-/// [`crate::start`] has opened (and recovered) every workspace.
+/// every workspace has been opened (and recovered).
 #[derive(Default)]
 pub struct Ops {
-    workspaces: OnceLock<Arc<Registry>>,
+    queue_depths: OnceLock<QueueDepths>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -170,37 +175,40 @@ impl std::fmt::Debug for Ops {
 
 impl Ops {
     /// Every workspace of `workspaces` is open: `/readyz` answers 200 and
-    /// `/metrics` reads their build queues.
-    pub fn set_ready(&self, workspaces: Arc<Registry>) {
-        for name in workspaces.keys() {
+    /// `/metrics` reads their build queues from `queue_depths`.
+    pub fn set_ready<'a>(
+        &self,
+        workspaces: impl IntoIterator<Item = &'a str>,
+        queue_depths: QueueDepths,
+    ) {
+        for name in workspaces {
             crate::metrics::init_workspace(name);
         }
-        let _ = self.workspaces.set(workspaces);
+        let _ = self.queue_depths.set(queue_depths);
     }
 
     /// Has [`Self::set_ready`] been called?
     pub fn is_ready(&self) -> bool {
-        self.workspaces.get().is_some()
+        self.queue_depths.get().is_some()
     }
 
     /// Per workspace, the services whose build is queued and not started.
     fn queue_depths(&self) -> Vec<(String, usize)> {
-        let Some(reg) = self.workspaces.get() else {
-            return Vec::new();
-        };
-        reg.iter()
-            .filter_map(|(name, ws)| {
-                let ServerMsg::Services { services, .. } = ws.pipeline()?.snapshot() else {
-                    return None;
-                };
-                let queued = services
-                    .iter()
-                    .filter(|s| s.state == ServiceState::Queued)
-                    .count();
-                Some((name.clone(), queued))
-            })
-            .collect()
+        self.queue_depths.get().map(|f| f()).unwrap_or_default()
     }
+}
+
+/// How many services a [`ServerMsg::Services`] snapshot shows queued.
+pub fn queued(snapshot: &ServerMsg) -> Option<usize> {
+    let ServerMsg::Services { services, .. } = snapshot else {
+        return None;
+    };
+    Some(
+        services
+            .iter()
+            .filter(|s| s.state == ServiceState::Queued)
+            .count(),
+    )
 }
 
 /// What the handlers share.
@@ -287,10 +295,11 @@ pub struct HttpServer {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Listen on `addr` and serve [`router`] until `cancel` fires.
+/// Listen on `addr` and serve [`router`] on `tracker` until `cancel` fires.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,
+    tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<HttpServer, HttpError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -300,7 +309,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
     let app = router(state);
-    let task = tokio::spawn(async move {
+    let task = tracker.spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -341,6 +350,7 @@ mod tests {
         let srv = serve(
             "127.0.0.1:0".parse().unwrap(),
             HttpState::new(shelf.clone()),
+            &TaskTracker::new(),
             cancel.clone(),
         )
         .await
@@ -384,14 +394,19 @@ mod tests {
         let state = HttpState::new(shelf);
         let ops = state.ops.clone();
         let cancel = CancellationToken::new();
-        let srv = serve("127.0.0.1:0".parse().unwrap(), state, cancel.clone())
-            .await
-            .unwrap();
+        let srv = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            state,
+            &TaskTracker::new(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(get(srv.addr, "/healthz").await, (200, b"ok\n".to_vec()));
         let (code, body) = get(srv.addr, "/readyz").await;
         assert_eq!(code, 503, "not ready before the workspaces are open");
         assert!(String::from_utf8_lossy(&body).contains("recovering"));
-        ops.set_ready(Arc::new(Registry::new()));
+        ops.set_ready([], Box::new(Vec::new));
         assert_eq!(get(srv.addr, "/readyz").await.0, 200);
         crate::metrics::init_workspace("http-test");
         let (code, body) = get(srv.addr, "/metrics").await;

@@ -3,9 +3,9 @@
 //! finish). Callers hold [`Workspace::lock`] across the steps, so syncs of
 //! one workspace never interleave.
 
-use crate::git_store::{GitError, GitStore};
-use crate::materialize::{MaterializeError, Sources, Worktree};
-use crate::state::{Journal, StateError, SyncState};
+use crate::sync::git_store::{GitError, GitStore};
+use crate::sync::materialize::{MaterializeError, Sources, Worktree};
+use crate::sync::state::{Journal, StateError, SyncState};
 use devd_protocol::compress::{self, BlobRef, Encoding};
 use devd_protocol::message::{Ack, Base, Blob};
 use devd_protocol::session::{CommitHeader, Incoming, Reject};
@@ -99,7 +99,7 @@ pub struct Workspace {
     journal: Journal,
     worktree: Worktree,
     inner: tokio::sync::Mutex<Inner>,
-    pipeline: std::sync::OnceLock<Arc<crate::pipeline::Pipeline>>,
+    pipeline: std::sync::OnceLock<Arc<crate::build::pipeline::Pipeline>>,
 }
 
 fn random_token() -> std::io::Result<String> {
@@ -203,12 +203,12 @@ impl Workspace {
     }
 
     /// The build pipeline, if builds are enabled.
-    pub fn pipeline(&self) -> Option<&Arc<crate::pipeline::Pipeline>> {
+    pub fn pipeline(&self) -> Option<&Arc<crate::build::pipeline::Pipeline>> {
         self.pipeline.get()
     }
 
     /// Attach the build pipeline (once).
-    pub fn set_pipeline(&self, p: Arc<crate::pipeline::Pipeline>) {
+    pub fn set_pipeline(&self, p: Arc<crate::build::pipeline::Pipeline>) {
         let _ = self.pipeline.set(p);
     }
 
@@ -242,7 +242,7 @@ impl Workspace {
         from_tree: &BaseTree,
         target: &SyncState,
         tree: &BaseTree,
-    ) -> Result<crate::materialize::Stats, Reject> {
+    ) -> Result<crate::sync::materialize::Stats, Reject> {
         let same = from.ack.map(|a| a.base) == target.ack.map(|a| a.base);
         let src = Sources {
             blobs: &self.blobs,

@@ -1,18 +1,27 @@
 //! `devd-receiver fetch-context`: the init container of a Kubernetes build
-//! pod. Downloads the build context the receiver offers ([`crate::http`]),
+//! pod. Downloads the build context the receiver offers ([`crate::build::http`]),
 //! checks its blake3 digest, and unpacks it into the directory the image
 //! builder reads (an emptyDir shared with the Kaniko container).
 //!
 //! Runs as a non-root user; needs write access to `--dest` only (the
 //! archive is downloaded into it and removed before unpacking ends).
 
-use crate::archive;
+use crate::build::archive;
+use backon::{ExponentialBuilder, Retryable};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Attempts before giving up (the receiver may be restarting).
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS: usize = 5;
+
+/// Pauses between attempts: 1 s, doubling (1, 2, 4, 8 s), no jitter.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_max_times(ATTEMPTS - 1)
+}
 
 /// Errors fetching a context.
 #[derive(Debug, thiserror::Error)]
@@ -101,19 +110,19 @@ pub async fn fetch_context(url: &str, dest: &Path, blake3: &str) -> Result<Fetch
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-    let mut attempt = 0;
-    let (got, bytes) = loop {
-        attempt += 1;
-        match download(&client, url, &file).await {
-            Ok(r) => break r,
-            Err(e) if attempt < ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "context download failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&file);
-                return Err(e);
-            }
+    let attempt = std::sync::atomic::AtomicUsize::new(1);
+    let downloaded = (|| download(&client, url, &file))
+        .retry(backoff())
+        .notify(|e, pause| {
+            let attempt = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(attempt, error = %e, retry_in = ?pause, "context download failed; retrying");
+        })
+        .await;
+    let (got, bytes) = match downloaded {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&file);
+            return Err(e);
         }
     };
     if got != want {
@@ -150,8 +159,15 @@ pub async fn fetch_context(url: &str, dest: &Path, blake3: &str) -> Result<Fetch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{ContextShelf, HttpState, serve};
+    use crate::build::http::{ContextShelf, HttpState, serve};
     use tokio_util::sync::CancellationToken;
+
+    #[test]
+    fn retries_four_times_after_one_two_four_and_eight_seconds() {
+        use backon::BackoffBuilder;
+        let pauses: Vec<u64> = backoff().build().map(|d| d.as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8]);
+    }
 
     #[tokio::test]
     async fn fetches_verifies_and_unpacks() {
@@ -166,6 +182,7 @@ mod tests {
         let srv = serve(
             "127.0.0.1:0".parse().unwrap(),
             HttpState::new(shelf.clone()),
+            &tokio_util::task::TaskTracker::new(),
             cancel.clone(),
         )
         .await

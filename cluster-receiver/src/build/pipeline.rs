@@ -14,19 +14,64 @@
 //!   unchanged digest does nothing.
 //! - What is deployed is remembered (`builds/deployed.json`), so a
 //!   restarted receiver neither rebuilds nor redeploys.
+//! - The pipeline does not know the workspace: it gets its name, paths and
+//!   a [`SnapshotFn`] ([`Source`]) that copies a context out of the
+//!   worktree while no generation is applied.
+//! - Every build runs on the receiver's `TaskTracker`, so a drain waits for
+//!   the builds in flight; once the receiver is cancelled no new build
+//!   starts.
 
+use crate::build::context::{ContextSnapshot, tag_for};
 use crate::builder::{Backend, BuildRequest, Failure, Observation};
-use crate::context::{self, tag_for};
-use crate::workspace::Workspace;
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 use devd_protocol::message::ServerMsg;
 use devd_sync::catalog::{Catalog, Service};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A service's build context copied out of the worktree.
+#[derive(Debug)]
+pub struct Snapshotted {
+    /// The generation the worktree was at (`None`: none applied yet).
+    pub generation: Option<u64>,
+    /// The service as declared when the copy was taken, and the copy (or
+    /// why it failed); `None`: the service is no longer declared.
+    pub copy: Option<(Service, Result<ContextSnapshot, String>)>,
+}
+
+/// Which service to copy, asked once no generation can be applied (the
+/// catalog changes only while one is).
+pub type Lookup = Box<dyn FnOnce() -> Option<Service> + Send>;
+
+/// Copies the build context of the service [`Lookup`] names out of the
+/// synced worktree into the directory given, while no generation is being
+/// applied; `None` when the workspace is gone.
+pub type SnapshotFn = Arc<
+    dyn Fn(Lookup, PathBuf) -> Pin<Box<dyn Future<Output = Option<Snapshotted>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the pipeline gets from the sync half.
+#[derive(Clone)]
+pub struct Source {
+    /// The workspace's name.
+    pub name: String,
+    /// The materialized worktree (`devd.toml` is read from it).
+    pub worktree: PathBuf,
+    /// The workspace's directory; the pipeline keeps its state under
+    /// `builds/` there.
+    pub dir: PathBuf,
+    pub snapshot: SnapshotFn,
+}
 
 /// Events buffered per subscriber before it gets a fresh snapshot instead.
 const EVENT_BUFFER: usize = 1024;
@@ -71,7 +116,7 @@ struct DeployedRecord {
 /// One workspace's build pipeline.
 pub struct Pipeline {
     workspace: String,
-    ws: Weak<Workspace>,
+    snapshot: SnapshotFn,
     worktree: PathBuf,
     dir: PathBuf,
     backend: Arc<dyn Backend>,
@@ -79,6 +124,10 @@ pub struct Pipeline {
     events: broadcast::Sender<ServerMsg>,
     state: Mutex<State>,
     seq: std::sync::atomic::AtomicU64,
+    /// Where build tasks run (the receiver's, so a drain waits for them).
+    tracker: TaskTracker,
+    /// Fired when the receiver shuts down: no new build starts.
+    cancel: CancellationToken,
 }
 
 fn now_ms() -> u64 {
@@ -89,44 +138,47 @@ fn now_ms() -> u64 {
 }
 
 impl Pipeline {
-    /// A pipeline for `ws` with `concurrency` build slots. Reads what was
-    /// deployed before and asks the backend whether it still runs. A task
-    /// the backend runs beside the builds is spawned on `tasks` and stops
-    /// on `cancel`.
+    /// A pipeline for the workspace `ws` with `concurrency` build slots,
+    /// its builds spawned on `tracker` until `cancel` fires. Reads what
+    /// was deployed before and asks the backend whether it still runs; a
+    /// task the backend runs beside the builds (the DevBuild recorder) is
+    /// spawned on the same tracker and stops on `cancel`.
+    ///
+    /// Call it before the workspace is served: it reads `devd.toml` from
+    /// the worktree without the workspace lock, as no apply can run yet.
     pub async fn start(
-        ws: &Arc<Workspace>,
+        ws: Source,
         backend: Arc<dyn Backend>,
         concurrency: usize,
-        tasks: &tokio_util::task::TaskTracker,
-        cancel: &tokio_util::sync::CancellationToken,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
     ) -> Arc<Self> {
-        let dir = ws.dir().join("builds");
+        let dir = ws.dir.join("builds");
         let _ = std::fs::create_dir_all(&dir);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let p = Arc::new(Self {
             workspace: ws.name.clone(),
-            ws: Arc::downgrade(ws),
-            worktree: ws.worktree_path().to_owned(),
+            snapshot: ws.snapshot,
+            worktree: ws.worktree,
             dir,
             backend,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             events,
             state: Mutex::new(State::default()),
             seq: Default::default(),
+            tracker,
+            cancel,
         });
         // Before any build is queued (Kubernetes: DevBuild resources).
         let weak = Arc::downgrade(&p);
         p.backend.observe(Observation {
-            workspace: ws.name.clone(),
+            workspace: p.workspace.clone(),
             events: p.subscribe(),
             services: Arc::new(move |name: &str| weak.upgrade()?.service(name)),
-            tasks: tasks.clone(),
-            cancel: cancel.clone(),
+            tasks: p.tracker.clone(),
+            cancel: p.cancel.clone(),
         });
-        {
-            let _guard = ws.lock().await;
-            p.reload_catalog();
-        }
+        p.reload_catalog();
         p.adopt().await;
         p
     }
@@ -270,7 +322,8 @@ impl Pipeline {
             if !svc.running {
                 svc.running = true;
                 let this = self.clone();
-                tokio::spawn(async move { this.run_service(name).await });
+                self.tracker
+                    .spawn(async move { this.run_service(name).await });
             }
         }
     }
@@ -300,15 +353,17 @@ impl Pipeline {
         }
     }
 
-    /// Build and deploy `name` until nothing is pending for it.
+    /// Build and deploy `name` until nothing is pending for it (or the
+    /// receiver shuts down).
     async fn run_service(self: Arc<Self>, name: String) {
         loop {
+            let shutting_down = self.cancel.is_cancelled();
             let Some(trigger) = ({
                 let mut st = self.state.lock().expect("pipeline state");
                 match st.services.get_mut(&name) {
                     None => None,
                     Some(svc) => {
-                        let t = svc.pending.take();
+                        let t = svc.pending.take().filter(|_| !shutting_down);
                         if t.is_none() {
                             svc.running = false;
                         }
@@ -322,63 +377,45 @@ impl Pipeline {
         }
     }
 
-    async fn build_once(&self, name: &str, trigger: Trigger) {
-        let Some(ws) = self.ws.upgrade() else { return };
+    async fn build_once(self: &Arc<Self>, name: &str, trigger: Trigger) {
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snap_dir = self.dir.join(name).join(format!("context-{n}"));
         let _ = std::fs::remove_dir_all(&snap_dir);
         // Snapshot the context while no apply can run.
-        let (service, snap, generation) = {
-            let guard = ws.lock().await;
-            let generation = guard.generation().unwrap_or(trigger.generation);
-            let service = self
-                .state
-                .lock()
-                .expect("pipeline state")
-                .catalog
-                .get(name)
-                .cloned();
-            let Some(service) = service else { return };
-            let (root, s2, dir) = (self.worktree.clone(), service.clone(), snap_dir.clone());
-            let snap =
-                tokio::task::spawn_blocking(move || context::snapshot(&root, &s2, &dir, b"")).await;
-            drop(guard);
-            // Anything queued up to this generation is covered by this snapshot.
-            if let Some(svc) = self
-                .state
-                .lock()
-                .expect("pipeline state")
-                .services
-                .get_mut(name)
-                && svc.pending.is_some_and(|p| p.generation <= generation)
-            {
-                svc.pending = None;
-            }
-            (service, snap, generation)
+        let lookup: Lookup = {
+            let (this, name) = (self.clone(), name.to_owned());
+            Box::new(move || this.service(&name))
         };
-        let snap = match snap {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let Some(snapped) = (self.snapshot)(lookup, snap_dir.clone()).await else {
+            return;
+        };
+        let generation = snapped.generation.unwrap_or(trigger.generation);
+        let Some((service, copy)) = snapped.copy else {
+            return;
+        };
+        // Anything queued up to this generation is covered by this snapshot.
+        if let Some(svc) = self
+            .state
+            .lock()
+            .expect("pipeline state")
+            .services
+            .get_mut(name)
+            && svc.pending.is_some_and(|p| p.generation <= generation)
+        {
+            svc.pending = None;
+        }
+        let snap = match copy {
+            Ok(s) => s,
+            Err(error) => {
                 self.emit(
                     name,
                     generation,
                     EventKind::Failed {
-                        error: e.to_string(),
+                        error,
                         log_tail: Vec::new(),
                     },
                 );
                 let _ = std::fs::remove_dir_all(&snap_dir);
-                return;
-            }
-            Err(e) => {
-                self.emit(
-                    name,
-                    generation,
-                    EventKind::Failed {
-                        error: format!("snapshot task failed: {e}"),
-                        log_tail: Vec::new(),
-                    },
-                );
                 return;
             }
         };
@@ -401,7 +438,7 @@ impl Pipeline {
     async fn build_and_deploy(
         &self,
         service: &Service,
-        snap: &context::ContextSnapshot,
+        snap: &ContextSnapshot,
         generation: u64,
         trigger: Trigger,
     ) -> Result<(), Failure> {
@@ -455,8 +492,10 @@ impl Pipeline {
                 // Only image builds count against `[build] concurrency`:
                 // a reused image's lookup and every deploy run at once, so
                 // a fresh workspace of prebuilt images comes up in one round.
-                let Ok(_slot) = self.slots.clone().acquire_owned().await else {
-                    return Err(Failure::new("the receiver is shutting down"));
+                let shutting_down = || Failure::new("the receiver is shutting down");
+                let _slot = tokio::select! {
+                    s = self.slots.clone().acquire_owned() => s.map_err(|_| shutting_down())?,
+                    _ = self.cancel.cancelled() => return Err(shutting_down()),
                 };
                 let log = self.dir.join(name).join("build.log");
                 let _ = std::fs::write(&log, b"");

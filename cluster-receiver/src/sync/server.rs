@@ -1,8 +1,10 @@
-//! The QUIC server: endpoint, connection limit, workspaces, pairing files,
-//! and a drain on shutdown.
+//! The QUIC server: endpoint, connection limit, workspaces, pairing files.
+//! [`open`] opens the workspaces, [`serve`] accepts connections; the
+//! composition root (`run.rs`) attaches the build pipelines between
+//! the two and drains on shutdown.
 
-use crate::session::serve_connection;
-use crate::workspace::{Registry, Workspace, WorkspaceError};
+use crate::sync::session::serve_connection;
+use crate::sync::workspace::{Registry, Workspace, WorkspaceError};
 use devd_sync::pairing::Pairing;
 use devd_sync::tls::{Identity, TlsError};
 use std::net::SocketAddr;
@@ -22,37 +24,18 @@ pub struct WorkspaceSpec {
     pub git_token_file: Option<PathBuf>,
 }
 
-/// How to run a receiver.
+/// Where and how the QUIC endpoint listens.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// Address written into pairing files; defaults to the bound address.
     pub advertise: Option<String>,
-    pub workspaces: Vec<WorkspaceSpec>,
     pub max_connections: usize,
     /// Also accept the TCP + TLS fallback on the same port number, for
     /// networks that carry no UDP (office firewalls, `kubectl
     /// port-forward`).
     pub tcp: bool,
-    /// Builds and deploys (`None`: sync only).
-    pub builds: Option<Builds>,
-}
-
-/// The build backend and its concurrency.
-#[derive(Clone)]
-pub struct Builds {
-    pub backend: Arc<dyn crate::builder::Backend>,
-    pub concurrency: usize,
-}
-
-impl std::fmt::Debug for Builds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builds")
-            .field("backend", &self.backend.name())
-            .field("concurrency", &self.concurrency)
-            .finish()
-    }
 }
 
 /// Errors starting the receiver.
@@ -75,28 +58,36 @@ pub enum ServeError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// A running receiver.
-pub struct Running {
+/// One served workspace, as `devd-receiver serve` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub name: String,
+    /// Its pairing file (address, fingerprint, workspace, token).
+    pub pairing: PathBuf,
+    /// The receiver's copy of the laptop's worktree.
+    pub worktree: PathBuf,
+}
+
+/// The receiver's identity and its workspaces, opened and recovered, not
+/// served yet.
+pub struct Opened {
+    identity: Identity,
+    pub registry: Registry,
+}
+
+/// The QUIC endpoint (and TCP listener) accepting connections.
+pub struct Endpoint {
     pub addr: SocketAddr,
     pub fingerprint: String,
-    /// (workspace, pairing file, worktree)
-    pub workspaces: Vec<(String, PathBuf, PathBuf)>,
+    pub workspaces: Vec<Served>,
     pub registry: Arc<Registry>,
-    tracker: TaskTracker,
     endpoint: quinn::Endpoint,
 }
 
-impl Running {
-    /// Wait for every connection to finish (after the token was cancelled),
-    /// at most `grace`, then close the endpoint.
-    pub async fn drain(self, grace: Duration) {
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("connections still busy after {grace:?}; closing anyway");
-        }
+impl Endpoint {
+    /// Close the endpoint (after the connections drained) and wait until
+    /// the peers know.
+    pub async fn close(self) {
         self.endpoint.close(0u32.into(), b"receiver shutting down");
         self.endpoint.wait_idle().await;
     }
@@ -117,22 +108,22 @@ pub fn pairing_path(data_dir: &Path, workspace: &str) -> PathBuf {
         .join("pairing.toml")
 }
 
-/// Start serving; connections are handled until `cancel` fires.
-pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Running, ServeError> {
+/// Load (or create) the TLS identity under `data_dir` and open every
+/// workspace of `specs`, finishing any apply a crash interrupted.
+pub async fn open(data_dir: &Path, specs: &[WorkspaceSpec]) -> Result<Opened, ServeError> {
     devd_sync::net::install_crypto();
-    for w in &opts.workspaces {
+    for w in specs {
         if !valid_name(&w.name) {
             return Err(ServeError::BadName(w.name.clone()));
         }
     }
-    let data = opts.data_dir.clone();
+    let data = data_dir.to_owned();
     let identity = {
         let d = data.join("tls");
         tokio::task::spawn_blocking(move || Identity::load_or_create(&d)).await??
     };
-    let tracker = TaskTracker::new();
     let mut registry = Registry::new();
-    for w in &opts.workspaces {
+    for w in specs {
         let (d, name, remote, token) = (
             data.clone(),
             w.name.clone(),
@@ -143,20 +134,20 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
             Workspace::open(&d, &name, &remote, token.as_deref())
         })
         .await??;
-        let ws = Arc::new(ws);
-        if let Some(b) = &opts.builds {
-            let p = crate::pipeline::Pipeline::start(
-                &ws,
-                b.backend.clone(),
-                b.concurrency,
-                &tracker,
-                &cancel,
-            )
-            .await;
-            ws.set_pipeline(p);
-        }
-        registry.insert(w.name.clone(), ws);
+        registry.insert(w.name.clone(), Arc::new(ws));
     }
+    Ok(Opened { identity, registry })
+}
+
+/// Bind the endpoint, write the pairing files and accept connections on
+/// `tracker` until `cancel` fires.
+pub fn serve(
+    opened: Opened,
+    opts: &ServeOptions,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<Endpoint, ServeError> {
+    let Opened { identity, registry } = opened;
     let registry = Arc::new(registry);
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -180,7 +171,7 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
     let advertise = opts.advertise.clone().unwrap_or_else(|| addr.to_string());
     let mut workspaces = Vec::new();
     for (name, ws) in registry.iter() {
-        let path = pairing_path(&data, name);
+        let path = pairing_path(&opts.data_dir, name);
         Pairing {
             address: advertise.clone(),
             fingerprint: fingerprint.clone(),
@@ -188,7 +179,11 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
             token: ws.token().to_owned(),
         }
         .save(&path)?;
-        workspaces.push((name.clone(), path, ws.worktree_path().to_owned()));
+        workspaces.push(Served {
+            name: name.clone(),
+            pairing: path,
+            worktree: ws.worktree_path().to_owned(),
+        });
     }
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     if let Some(listener) = tcp {
@@ -229,12 +224,11 @@ pub async fn start(opts: ServeOptions, cancel: CancellationToken) -> Result<Runn
             }
         });
     }
-    Ok(Running {
+    Ok(Endpoint {
         addr,
         fingerprint,
         workspaces,
         registry,
-        tracker,
         endpoint,
     })
 }
@@ -278,7 +272,7 @@ fn bind(
 }
 
 /// Accept TCP + TLS connections until `cancel` fires; each is one stream
-/// ([`crate::session::serve_tcp_stream`]) and counts against the same
+/// ([`crate::sync::session::serve_tcp_stream`]) and counts against the same
 /// connection limit as QUIC connections.
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
@@ -317,7 +311,7 @@ async fn accept_tcp(
             };
             let (recv, send) = tokio::io::split(stream);
             let io = devd_sync::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
-            crate::session::serve_tcp_stream(io, remote, registry, cancel).await;
+            crate::sync::session::serve_tcp_stream(io, remote, registry, cancel).await;
         });
     }
 }

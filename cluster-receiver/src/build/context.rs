@@ -12,7 +12,7 @@
 //! or empty directories, so any checkout of the same commit — CI's, a
 //! colleague's — yields the same digest, and so the same image tag.
 
-use crate::dockerignore::{DockerIgnore, IgnoreError};
+use crate::build::dockerignore::{DockerIgnore, IgnoreError};
 use devd_sync::catalog::Service;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

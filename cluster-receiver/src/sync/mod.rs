@@ -1,0 +1,8 @@
+//! The sync half: laptops' overlays in, a materialized worktree out.
+
+pub mod git_store;
+pub mod materialize;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod workspace;
