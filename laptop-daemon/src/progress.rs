@@ -3,8 +3,11 @@
 //! interval ([`Reporter`]); the CLI side polls the status over the control
 //! socket and draws it ([`View`]): a bar on a terminal, plain periodic
 //! lines otherwise.
+//!
+//! This module knows nothing of the daemon's status: the sink that writes
+//! progress into it, `Reporter::for_status`, lives in [`crate::status`],
+//! so types flow one way (status uses progress, not back).
 
-use crate::status::Status;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -70,38 +73,6 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    /// A reporter that writes into `status.progress`. Finishing clears it
-    /// only if it still shows this phase. An upload in progress is what
-    /// the user waits for: a scan running meanwhile (the scanner works
-    /// ahead of the uplink) does not replace it.
-    pub fn for_status(status: Arc<Mutex<Status>>, phase: Phase) -> Self {
-        Self::new(
-            phase,
-            Arc::new(move |p: Option<Progress>| {
-                let mut s = status.lock().expect("status lock");
-                match p {
-                    Some(p) => {
-                        let uploading = s
-                            .progress
-                            .as_ref()
-                            .is_some_and(|c| c.phase == Phase::Uploading.as_str());
-                        if phase == Phase::Uploading || !uploading {
-                            s.progress = Some(p);
-                        }
-                    }
-                    None => {
-                        if s.progress
-                            .as_ref()
-                            .is_some_and(|c| c.phase == phase.as_str())
-                        {
-                            s.progress = None;
-                        }
-                    }
-                }
-            }),
-        )
-    }
-
     /// A reporter calling `sink` (`None`: the work finished).
     pub fn new(phase: Phase, sink: Arc<dyn Fn(Option<Progress>) + Send + Sync>) -> Self {
         Self {
@@ -347,44 +318,6 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reporter_publishes_long_work_only_and_clears_its_own_phase() {
-        let status = Arc::new(Mutex::new(Status::default()));
-        let scan = Reporter::for_status(status.clone(), Phase::Scanning);
-        let up = Reporter::for_status(status.clone(), Phase::Uploading);
-        scan.update(1, 10, 0, 0);
-        assert_eq!(
-            status.lock().unwrap().progress,
-            None,
-            "short work is silent"
-        );
-        scan.finish();
-        scan.update(5, 5000, 100, 0);
-        assert_eq!(
-            status.lock().unwrap().progress,
-            Some(Progress {
-                phase: "scanning".into(),
-                done: 5,
-                total: 5000,
-                bytes_done: 100,
-                bytes_total: 0
-            })
-        );
-        // Throttled: an update right after the first is not published.
-        scan.update(6, 5000, 100, 0);
-        assert_eq!(status.lock().unwrap().progress.as_ref().unwrap().done, 5);
-        up.update(1, 2, 1, 64 << 20);
-        assert_eq!(
-            status.lock().unwrap().progress.as_ref().unwrap().phase,
-            "uploading"
-        );
-        // The scanner finishing does not clear the upload's progress.
-        scan.finish();
-        assert!(status.lock().unwrap().progress.is_some());
-        up.finish();
-        assert_eq!(status.lock().unwrap().progress, None);
-    }
 
     #[test]
     fn describes_counts_and_bytes() {

@@ -1,8 +1,9 @@
 //! What `devd status` reports, shared by the daemon's tasks.
 
-use crate::progress::Progress;
+use crate::progress::{Phase, Progress, Reporter};
 use crate::uplink::SyncReport;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// The receiver as seen from the laptop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -202,6 +203,42 @@ impl Status {
     }
 }
 
+/// The progress sink of the daemon: here rather than in [`crate::progress`]
+/// so that `progress` does not depend on `status`.
+impl Reporter {
+    /// A reporter that writes into `status.progress`. Finishing clears it
+    /// only if it still shows this phase. An upload in progress is what
+    /// the user waits for: a scan running meanwhile (the scanner works
+    /// ahead of the uplink) does not replace it.
+    pub fn for_status(status: Arc<Mutex<Status>>, phase: Phase) -> Self {
+        Self::new(
+            phase,
+            Arc::new(move |p: Option<Progress>| {
+                let mut s = status.lock().expect("status lock");
+                match p {
+                    Some(p) => {
+                        let uploading = s
+                            .progress
+                            .as_ref()
+                            .is_some_and(|c| c.phase == Phase::Uploading.as_str());
+                        if phase == Phase::Uploading || !uploading {
+                            s.progress = Some(p);
+                        }
+                    }
+                    None => {
+                        if s.progress
+                            .as_ref()
+                            .is_some_and(|c| c.phase == phase.as_str())
+                        {
+                            s.progress = None;
+                        }
+                    }
+                }
+            }),
+        )
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -273,6 +310,44 @@ mod tests {
             image: image.map(str::to_owned),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn reporter_publishes_long_work_only_and_clears_its_own_phase() {
+        let status = Arc::new(Mutex::new(Status::default()));
+        let scan = Reporter::for_status(status.clone(), Phase::Scanning);
+        let up = Reporter::for_status(status.clone(), Phase::Uploading);
+        scan.update(1, 10, 0, 0);
+        assert_eq!(
+            status.lock().unwrap().progress,
+            None,
+            "short work is silent"
+        );
+        scan.finish();
+        scan.update(5, 5000, 100, 0);
+        assert_eq!(
+            status.lock().unwrap().progress,
+            Some(Progress {
+                phase: "scanning".into(),
+                done: 5,
+                total: 5000,
+                bytes_done: 100,
+                bytes_total: 0
+            })
+        );
+        // Throttled: an update right after the first is not published.
+        scan.update(6, 5000, 100, 0);
+        assert_eq!(status.lock().unwrap().progress.as_ref().unwrap().done, 5);
+        up.update(1, 2, 1, 64 << 20);
+        assert_eq!(
+            status.lock().unwrap().progress.as_ref().unwrap().phase,
+            "uploading"
+        );
+        // The scanner finishing does not clear the upload's progress.
+        scan.finish();
+        assert!(status.lock().unwrap().progress.is_some());
+        up.finish();
+        assert_eq!(status.lock().unwrap().progress, None);
     }
 
     #[test]
