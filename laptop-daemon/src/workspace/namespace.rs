@@ -1,0 +1,101 @@
+//! Workspace namespaces: who is asking ([`Caller`]) and the namespace a
+//! workspace name stands for (`devd-<user>[-<name>]`).
+
+use anyhow::{Context, bail};
+
+/// Prefix of workspace namespaces.
+pub const PREFIX: &str = "devd-";
+/// Longest name Kubernetes accepts for a namespace.
+const MAX_NAME: usize = 63;
+
+/// Lowercase, `[a-z0-9-]` only, no leading or trailing `-`.
+pub(super) fn dns_label(s: &str) -> String {
+    let mapped: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    mapped.trim_matches('-').to_owned()
+}
+
+/// Who is asking: the user part of namespace names, and the owner.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// DNS-label form of the user name (`alice`).
+    pub user: String,
+    /// The owner annotation (`git config user.email`, else `$USER`).
+    pub owner: String,
+}
+
+impl Caller {
+    /// From `$USER` and `git config user.email`.
+    pub fn detect() -> anyhow::Result<Self> {
+        let env_user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        let email = std::process::Command::new("git")
+            .args(["config", "user.email"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|e| !e.is_empty());
+        let user_src = env_user
+            .clone()
+            .or_else(|| {
+                email
+                    .as_deref()
+                    .map(|e| e.split('@').next().unwrap_or(e).to_owned())
+            })
+            .context("cannot tell who you are: set $USER or `git config user.email`")?;
+        let user = dns_label(&user_src);
+        if user.is_empty() {
+            bail!("user name {user_src:?} has no letters or digits to name a namespace with");
+        }
+        let owner = email.or(env_user).unwrap_or_else(|| user.clone());
+        Ok(Self { user, owner })
+    }
+
+    /// The namespace of workspace `name` (`None`: the default one).
+    pub fn namespace(&self, name: Option<&str>) -> anyhow::Result<String> {
+        let ns = match name {
+            None => format!("{PREFIX}{}", self.user),
+            Some(n) => {
+                if n.is_empty() || dns_label(n) != n {
+                    bail!(
+                        "bad workspace name {n:?}: use lowercase letters, digits and '-' (not at either end)"
+                    );
+                }
+                format!("{PREFIX}{}-{n}", self.user)
+            }
+        };
+        if ns.len() > MAX_NAME {
+            bail!(
+                "namespace name {ns} is longer than {MAX_NAME} characters; pick a shorter --name"
+            );
+        }
+        Ok(ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names() {
+        let c = Caller {
+            user: dns_label("Alice.Smith"),
+            owner: "a@example.com".into(),
+        };
+        assert_eq!(c.namespace(None).unwrap(), "devd-alice-smith");
+        assert_eq!(
+            c.namespace(Some("feat-1")).unwrap(),
+            "devd-alice-smith-feat-1"
+        );
+        assert!(c.namespace(Some("Feat")).is_err());
+        assert!(c.namespace(Some("-x")).is_err());
+        assert!(c.namespace(Some(&"x".repeat(60))).is_err());
+    }
+}
