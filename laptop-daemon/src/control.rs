@@ -50,21 +50,37 @@ pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
-    loop {
+    // One task per connection, owned here: on shutdown the ones still
+    // answering (e.g. `devd stop`'s own reply) get a moment to finish,
+    // then the rest (a `logs --follow`) are aborted with the set.
+    let mut connections = tokio::task::JoinSet::new();
+    let result = loop {
         let (stream, _) = tokio::select! {
-            _ = handle.cancel.cancelled() => break,
-            r = listener.accept() => r?,
+            _ = handle.cancel.cancelled() => break Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            },
         };
         let h = handle.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = answer(h, stream).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
-    }
+    };
     let _ = std::fs::remove_file(&path);
-    Ok(())
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+    result
 }
+
+/// How long connections still being answered get once the daemon stops.
+const DRAIN: Duration = Duration::from_secs(2);
 
 async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();

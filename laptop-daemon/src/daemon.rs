@@ -68,10 +68,17 @@ pub enum DaemonError {
 /// Messages to the scanner thread.
 #[derive(Debug)]
 enum ScanMsg {
+    /// From the watcher (sent straight into this queue).
     Trigger(Trigger),
     /// Full scan, then answer with the resulting snapshot.
     SyncNow(oneshot::Sender<Snapshot>),
     UploadMode,
+}
+
+impl From<Trigger> for ScanMsg {
+    fn from(t: Trigger) -> Self {
+        ScanMsg::Trigger(t)
+    }
 }
 
 /// How to run.
@@ -183,35 +190,16 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let (acked_tx, acked_rx) = watch::channel(None);
 
-    // Watcher → scanner.
+    // Watcher → scanner: the watcher sends into the scanner's queue.
     let watcher = if opts.watch {
-        let (trig_tx, mut trig_rx) = mpsc::channel::<Trigger>(1024);
-        let w = watcher::watch(
+        Some(watcher::watch(
             &workdir,
             repo.git_dir(),
             Duration::from_millis(cfg.sync.debounce_ms),
-            trig_tx,
-        )?;
-        let scan_tx = scan_tx.clone();
-        let cancel2 = cancel.clone();
-        let status2 = status.clone();
-        tracker.spawn(async move {
-            while let Some(t) = trig_rx.recv().await {
-                if let Trigger::Fatal(msg) = &t {
-                    tracing::error!("{msg}");
-                    update(&status2, |s| {
-                        s.state = "error".into();
-                        s.last_error = Some(msg.clone());
-                    });
-                    cancel2.cancel();
-                    break;
-                }
-                if scan_tx.send(ScanMsg::Trigger(t)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Some(w)
+            scan_tx.clone(),
+            &tracker,
+            &cancel,
+        )?)
     } else {
         None
     };
@@ -328,7 +316,17 @@ fn scanner_loop(
                     noticed = Some(noticed.map_or(at, |n| n.min(at)));
                 }
                 ScanMsg::Trigger(Trigger::Index) => index = true,
-                ScanMsg::Trigger(Trigger::Fatal(_)) => {}
+                ScanMsg::Trigger(Trigger::Fatal(msg)) => {
+                    // The watcher failed for good (e.g. out of inotify
+                    // watches): the daemon stops with the hint.
+                    tracing::error!("{msg}");
+                    update(&status, |s| {
+                        s.state = "error".into();
+                        s.last_error = Some(msg);
+                    });
+                    cancel.cancel();
+                    return;
+                }
                 ScanMsg::SyncNow(w) => {
                     full = true;
                     noticed = Some(noticed.unwrap_or_else(Instant::now));

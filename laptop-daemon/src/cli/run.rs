@@ -22,21 +22,27 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .await?,
     );
     tracing::info!(workdir = %ctx.workdir.display(), state = %ctx.state_dir.display(), "devd running");
-    let ctl = tokio::spawn(control::serve(h.clone(), ctx.socket()));
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // The control socket is served alongside (not spawned), so it is over
+    // when this returns: it stops once the daemon is cancelled.
+    let until_stopped = async {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = h.cancel.cancelled() => {}
         }
+        let st = h.status();
+        h.cancel.cancel();
+        st
+    };
+    let (served, st) = tokio::join!(control::serve(h.clone(), ctx.socket()), until_stopped);
+    if let Err(e) = served {
+        tracing::warn!(error = %e, socket = %ctx.socket().display(), "control socket failed");
     }
-    let failed = h.status().state == "error";
-    let err = h.status().last_error;
-    h.cancel.cancel();
-    let _ = ctl.await;
+    let failed = st.state == "error";
+    let err = st.last_error;
     if let Ok(h) = Arc::try_unwrap(h) {
         h.shutdown().await;
     }
