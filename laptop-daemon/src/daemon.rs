@@ -7,7 +7,7 @@ use crate::config::{Config, ConfigError, ReceiverMode, repo_state_dir};
 use crate::progress::{Phase, Reporter};
 use crate::repo::{Repo, RepoError};
 use crate::scanner::{ScanConfig, Scanner};
-use crate::status::{ReceiverStatus, ScanStatus, Status};
+use crate::status::{BaseMode, DaemonState, ReceiverStatus, ScanStatus, Status};
 use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
 use backon::BackoffBuilder;
@@ -108,10 +108,10 @@ fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
     f(&mut status.lock().expect("status lock"));
 }
 
-fn base_str(b: Base) -> &'static str {
+fn base_mode(b: Base) -> BaseMode {
     match b {
-        Base::Commit(_) => "fetched",
-        Base::Uploaded => "uploaded",
+        Base::Commit(_) => BaseMode::Fetched,
+        Base::Uploaded => BaseMode::Uploaded,
     }
 }
 
@@ -171,10 +171,10 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let tracker = TaskTracker::new();
     let (target, receiver) = resolve_target(&cfg, &repo, &state_dir, &cancel).await?;
     let status = Arc::new(Mutex::new(Status {
-        state: "starting".into(),
+        state: DaemonState::Starting,
         pid: std::process::id(),
         workdir: workdir.display().to_string(),
-        base_mode: "fetched".into(),
+        base_mode: BaseMode::Fetched,
         receiver: ReceiverStatus {
             address: target.address.clone(),
             workspace: target.workspace.clone(),
@@ -321,7 +321,7 @@ fn scanner_loop(
                     // watches): the daemon stops with the hint.
                     tracing::error!("{msg}");
                     update(&status, |s| {
-                        s.state = "error".into();
+                        s.state = DaemonState::Error;
                         s.last_error = Some(msg);
                     });
                     cancel.cancel();
@@ -348,7 +348,7 @@ fn scanner_loop(
         if !full && paths.is_empty() {
             continue;
         }
-        update(&status, |s| s.state = "scanning".into());
+        update(&status, |s| s.state = DaemonState::Scanning);
         let res = if full {
             scanner.full_scan()
         } else {
@@ -374,7 +374,7 @@ fn scanner_loop(
                     });
                     s.base = base.info.as_ref().map(|i| i.commit.to_hex());
                     s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
-                    s.base_mode = base_str(base.base).into();
+                    s.base_mode = base_mode(base.base);
                     s.overlay_entries = scanner.overlay().len();
                     s.skipped = scanner
                         .skipped
@@ -384,11 +384,11 @@ fn scanner_loop(
                     s.last_error = None;
                 });
                 update(&status, |s| {
-                    if s.state == "scanning" {
+                    if s.state == DaemonState::Scanning {
                         s.state = if s.receiver.connected {
-                            "idle".into()
+                            DaemonState::Idle
                         } else {
-                            "disconnected".into()
+                            DaemonState::Disconnected
                         };
                     }
                 });
@@ -551,7 +551,7 @@ async fn uplink_loop(
         let Some(snap) = snap_rx.borrow_and_update().clone() else {
             continue;
         };
-        update(&status, |s| s.state = "syncing".into());
+        update(&status, |s| s.state = DaemonState::Syncing);
         match uplink.sync(&snap).await {
             Ok(report) => {
                 delays = backoff();
@@ -559,7 +559,7 @@ async fn uplink_loop(
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
                     s.receiver.transport = transport;
-                    s.state = "idle".into();
+                    s.state = DaemonState::Idle;
                     s.generation = ack.generation;
                     // The receiver fetched the base itself: no reason to upload.
                     if matches!(ack.base, Base::Commit(_)) {
@@ -587,7 +587,7 @@ async fn uplink_loop(
             Err(SyncError::BaseUnavailable(msg)) => {
                 tracing::warn!(%msg, "receiver cannot fetch the base; uploading the base content from the laptop");
                 update(&status, |s| {
-                    s.base_mode = "uploaded".into();
+                    s.base_mode = BaseMode::Uploaded;
                     s.base_mode_reason = Some(format!("base unavailable on the receiver: {msg}"));
                 });
                 let _ = scan_tx.send(ScanMsg::UploadMode).await;
@@ -608,7 +608,7 @@ async fn uplink_loop(
                 let d = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e, retry_ms = d.as_millis() as u64, "sync failed");
                 update(&status, |s| {
-                    s.state = "disconnected".into();
+                    s.state = DaemonState::Disconnected;
                     s.receiver.connected = uplink.connected();
                     s.receiver.transport = uplink.transport().map(str::to_owned);
                     s.receiver.last_error = Some(e.to_string());
@@ -637,7 +637,8 @@ impl Handle {
             // The daemon switched to uploading the base after this snapshot
             // was taken: that snapshot will never be acknowledged, the
             // upload-mode one will.
-            if matches!(snap.base, Base::Commit(_)) && self.status().base_mode == "uploaded" {
+            if matches!(snap.base, Base::Commit(_)) && self.status().base_mode == BaseMode::Uploaded
+            {
                 snap = self.scan_now().await?;
             }
             if let Some((ack, report)) = acked.borrow_and_update().clone()
@@ -650,7 +651,7 @@ impl Handle {
                 return Ok(r);
             }
             let st = self.status();
-            if st.state == "error" {
+            if st.state == DaemonState::Error {
                 return Err(st.last_error.unwrap_or_else(|| "daemon failed".into()));
             }
             if started.elapsed() > unreachable_after

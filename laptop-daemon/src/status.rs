@@ -2,6 +2,7 @@
 
 use crate::progress::{Phase, Progress, Reporter};
 use crate::uplink::SyncReport;
+use devd_protocol::event::ServiceState;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -41,19 +42,85 @@ pub struct Totals {
     pub bytes_received: u64,
 }
 
+/// What the daemon is doing: `state` in `devd status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// Started, nothing scanned yet.
+    #[default]
+    Starting,
+    /// Comparing the worktree with the base.
+    Scanning,
+    /// Sending a generation to the receiver.
+    Syncing,
+    /// In sync with the receiver; waiting for changes.
+    Idle,
+    /// The receiver cannot be reached; the daemon keeps retrying.
+    Disconnected,
+    /// Failed for good (e.g. out of inotify watches); `last_error` says why.
+    Error,
+}
+
+impl DaemonState {
+    /// The name `devd status` shows (and `--json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Scanning => "scanning",
+            Self::Syncing => "syncing",
+            Self::Idle => "idle",
+            Self::Disconnected => "disconnected",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the receiver gets the content of the base commit: `base_mode` in
+/// `devd status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseMode {
+    /// The receiver fetches the base commit from the git server itself.
+    #[default]
+    Fetched,
+    /// The receiver could not fetch it, so the laptop uploads the base's
+    /// content too.
+    Uploaded,
+}
+
+impl BaseMode {
+    /// The name `devd status` shows (and `--json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fetched => "fetched",
+            Self::Uploaded => "uploaded",
+        }
+    }
+}
+
+impl std::fmt::Display for BaseMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The daemon's state, as `devd status --json` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Status {
-    /// starting | scanning | syncing | idle | disconnected | error
-    pub state: String,
+    pub state: DaemonState,
     pub pid: u32,
     pub workdir: String,
     /// The sync base commit.
     pub base: Option<String>,
-    /// "fetched": the receiver fetches the base from git; "uploaded": it
-    /// could not, so the laptop uploads the base content itself.
-    pub base_mode: String,
+    /// Whether the receiver fetches the base or the laptop uploads it.
+    pub base_mode: BaseMode,
     /// Why the base is uploaded (the receiver's fetch error).
     pub base_mode_reason: Option<String>,
     pub upstream: Option<String>,
@@ -148,8 +215,8 @@ impl BootTracker {
         };
         let mut settled = 0;
         for s in services {
-            match s.state.as_str() {
-                "deployed" => {
+            match s.state {
+                ServiceState::Deployed => {
                     settled += 1;
                     match self.how.get(&s.name) {
                         Some(true) => b.built += 1,
@@ -157,7 +224,7 @@ impl BootTracker {
                         None => b.running += 1,
                     }
                 }
-                "failed" => {
+                ServiceState::Failed => {
                     settled += 1;
                     b.failed += 1;
                 }
@@ -188,8 +255,8 @@ impl Status {
                     None => None,
                     // Deployed while we watched (a new image, or again).
                     Some(b)
-                        if s.state == "deployed"
-                            && !(b.state == "deployed" && b.image == s.image) =>
+                        if s.state == ServiceState::Deployed
+                            && !(b.state == ServiceState::Deployed && b.image == s.image) =>
                     {
                         Some(now)
                     }
@@ -251,8 +318,9 @@ pub fn unix_ms() -> u64 {
 #[serde(default)]
 pub struct ServiceView {
     pub name: String,
-    /// pending | queued | building | deploying | deployed | failed
-    pub state: String,
+    /// Printed lower-case (`deployed`), as `devd status --json` always has.
+    #[serde(with = "lowercase_state")]
+    pub state: ServiceState,
     /// Manifest digest (`sha256:…`) of the deployed image.
     pub digest: Option<String>,
     /// The deployed image, `repo@sha256:…`.
@@ -279,7 +347,7 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
     fn from(s: &devd_protocol::ServiceStatus) -> Self {
         Self {
             name: s.name.clone(),
-            state: s.state.as_str().to_owned(),
+            state: s.state,
             digest: s
                 .image
                 .as_deref()
@@ -299,6 +367,41 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
     }
 }
 
+/// [`ServiceState`] as the lower-case names `devd status --json` prints
+/// (`deployed`), not the protocol's variant names.
+mod lowercase_state {
+    use devd_protocol::event::ServiceState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALL: [ServiceState; 6] = [
+        ServiceState::Pending,
+        ServiceState::Queued,
+        ServiceState::Building,
+        ServiceState::Deploying,
+        ServiceState::Deployed,
+        ServiceState::Failed,
+    ];
+
+    pub(super) fn serialize<S: Serializer>(s: &ServiceState, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<ServiceState, D::Error> {
+        const NAMES: [&str; 6] = [
+            "pending",
+            "queued",
+            "building",
+            "deploying",
+            "deployed",
+            "failed",
+        ];
+        let name = String::deserialize(de)?;
+        ALL.into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &NAMES))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +409,9 @@ mod tests {
     fn view(state: &str, image: Option<&str>) -> ServiceView {
         ServiceView {
             name: "web".into(),
-            state: state.into(),
+            state: serde_json::from_value(serde_json::json!({ "state": state }))
+                .map(|v: ServiceView| v.state)
+                .unwrap(),
             image: image.map(str::to_owned),
             ..Default::default()
         }
@@ -348,6 +453,33 @@ mod tests {
         assert!(status.lock().unwrap().progress.is_some());
         up.finish();
         assert_eq!(status.lock().unwrap().progress, None);
+    }
+
+    #[test]
+    fn states_print_lower_case_as_before() {
+        let st = Status {
+            state: DaemonState::Disconnected,
+            base_mode: BaseMode::Uploaded,
+            services: vec![view("deploying", None)],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["state"], "disconnected");
+        assert_eq!(v["base_mode"], "uploaded");
+        assert_eq!(v["services"][0]["state"], "deploying");
+        let back: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(back.services[0].state, ServiceState::Deploying);
+        assert_eq!(back.state, DaemonState::Disconnected);
+        for s in [
+            "pending",
+            "queued",
+            "building",
+            "deploying",
+            "deployed",
+            "failed",
+        ] {
+            assert_eq!(view(s, None).state.as_str(), s);
+        }
     }
 
     #[test]

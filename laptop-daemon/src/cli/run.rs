@@ -41,7 +41,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if let Err(e) = served {
         tracing::warn!(error = %e, socket = %ctx.socket().display(), "control socket failed");
     }
-    let failed = st.state == "error";
+    let failed = st.state == crate::status::DaemonState::Error;
     let err = st.last_error;
     if let Ok(h) = Arc::try_unwrap(h) {
         h.shutdown().await;
