@@ -13,6 +13,7 @@
 //!   this process on loopback, with the local backend.
 //! - [`watcher`]: notify events turned into scan triggers.
 //! - [`scanner`]: the overlay (worktree vs base), full or path-limited.
+//! - [`walk`]: the worktree walk the scanner and `devd init` share.
 //! - [`hash_cache`]: persisted content hashes keyed by stat data.
 //! - [`repo`]: the git repository: base, index, objects (gix).
 //! - [`uplink`]: the sync exchange with the receiver.
@@ -46,5 +47,6 @@ pub mod transport;
 #[cfg(all(feature = "tray", target_os = "linux"))]
 pub mod tray;
 pub mod uplink;
+pub mod walk;
 pub mod watcher;
 pub mod workspace;
