@@ -18,6 +18,22 @@ pub(super) fn dns_label(s: &str) -> String {
     mapped.trim_matches('-').to_owned()
 }
 
+/// `user.email` as `git config user.email` run in `dir` reads it: the
+/// repository's configuration (with the global and system ones under it)
+/// when run inside a repository, else the global and system ones. Read
+/// with gix's configuration snapshot instead of running git.
+fn git_user_email(dir: &std::path::Path) -> Option<String> {
+    let email = match gix::discover(dir).ok() {
+        Some(repo) => repo.config_snapshot().string("user.email"),
+        None => gix::config::File::from_globals()
+            .ok()?
+            .string("user.email")
+            .map(|s| s.to_string().into()),
+    };
+    let email = email?.to_string().trim().to_owned();
+    (!email.is_empty()).then_some(email)
+}
+
 /// Who is asking: the user part of namespace names, and the owner.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -34,13 +50,9 @@ impl Caller {
             .or_else(|_| std::env::var("LOGNAME"))
             .ok()
             .filter(|u| !u.trim().is_empty());
-        let email = std::process::Command::new("git")
-            .args(["config", "user.email"])
-            .output()
+        let email = std::env::current_dir()
             .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|e| !e.is_empty());
+            .and_then(|d| git_user_email(&d));
         let user_src = env_user
             .clone()
             .or_else(|| {
@@ -82,6 +94,26 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_is_the_repositorys_user_email() {
+        let d = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(args)
+                .current_dir(d.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["config", "user.email", "  alice@example.com "]);
+        assert_eq!(
+            git_user_email(d.path()).as_deref(),
+            Some("alice@example.com")
+        );
+    }
 
     #[test]
     fn namespace_names() {
