@@ -1,29 +1,43 @@
 //! The frame `devd status --watch` redraws in place on a terminal.
 
-/// A frame redrawn in place on the terminal: the cursor goes back to the
-/// frame's first line, every line is rewritten and cleared to its end, and
-/// whatever the last frame had below is cleared. Lines are cut to the
-/// terminal's width and the frame to its height so nothing wraps or
-/// scrolls (which would leave the cursor arithmetic wrong).
-#[derive(Default)]
+use console::Term;
+
+/// A frame redrawn in place on the terminal through `console::Term`: the
+/// cursor goes back up to the frame's first line, every line is cleared
+/// and rewritten, and whatever the last frame had below is cleared. Lines
+/// are cut to the terminal's width and the frame to its height so nothing
+/// wraps or scrolls (which would leave the cursor arithmetic wrong). The
+/// frame is written in one go (a buffered `Term`, flushed per frame) so it
+/// does not flicker.
 pub(super) struct Screen {
+    term: Term,
+    /// Lines the last frame left on screen (0: nothing drawn yet).
     lines: usize,
+    /// The terminal's size when the last frame was drawn.
     size: Option<(u16, u16)>,
+}
+
+impl Default for Screen {
+    fn default() -> Self {
+        Self {
+            term: Term::buffered_stdout(),
+            lines: 0,
+            size: None,
+        }
+    }
 }
 
 impl Screen {
     pub(super) fn draw(&mut self, frame: &str) -> std::io::Result<()> {
-        use std::io::Write;
-        let size = console::Term::stdout().size_checked();
+        let size = self.term.size_checked();
         let (rows, cols) = size.unwrap_or((24, 80));
-        let mut out = String::new();
         if self.lines == 0 {
-            out.push_str("\x1b[?25l");
+            self.term.hide_cursor()?;
         } else if size != self.size {
             // Resized: lines of the last frame may have wrapped; start over.
-            out.push_str("\x1b[H\x1b[2J");
+            self.term.clear_screen()?;
         } else {
-            out.push_str(&format!("\x1b[{}A\r", self.lines));
+            self.term.move_cursor_up(self.lines)?;
         }
         let max_rows = usize::from(rows.saturating_sub(1)).max(1);
         let mut lines: Vec<String> = frame
@@ -38,13 +52,11 @@ impl Screen {
             ));
         }
         for l in &lines {
-            out.push_str(l);
-            out.push_str("\x1b[K\n");
+            self.term.clear_line()?;
+            self.term.write_line(l)?;
         }
-        out.push_str("\x1b[J");
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(out.as_bytes())?;
-        stdout.flush()?;
+        self.term.clear_to_end_of_screen()?;
+        self.term.flush()?;
         self.lines = lines.len();
         self.size = size;
         Ok(())
@@ -52,9 +64,7 @@ impl Screen {
 
     /// Leave the last frame on screen and give the cursor back.
     pub(super) fn close(self) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(b"\x1b[?25h")?;
-        stdout.flush()
+        self.term.show_cursor()?;
+        self.term.flush()
     }
 }
