@@ -11,17 +11,20 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use std::time::{Duration, Instant};
 
 /// `host:port`, with a non-empty host and a port number.
-pub(super) fn check_address(a: &str) -> anyhow::Result<()> {
+pub(super) fn check_address(a: &str) -> Result<(), BadAddress> {
     let ok = a
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if !ok {
-        bail!(
-            "bad --address {a:?}: expected HOST:PORT, e.g. 203.0.113.7:7447 or devd.example.com:30747"
-        );
+        return Err(BadAddress(a.to_owned()));
     }
     Ok(())
 }
+
+/// An `--address` that is not `HOST:PORT`.
+#[derive(Debug, thiserror::Error)]
+#[error("bad --address {0:?}: expected HOST:PORT, e.g. 203.0.113.7:7447 or devd.example.com:30747")]
+pub(super) struct BadAddress(String);
 
 /// `host:port`, bracketing an IPv6 address.
 fn host_port(host: &str, port: i32) -> String {

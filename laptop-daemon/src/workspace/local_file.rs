@@ -1,24 +1,58 @@
 //! This repository's `devd.local.toml`: `[receiver]` merged in after
 //! pairing, keeping the file's other sections and comments.
 
-use anyhow::Context;
 use devd_sync::pairing::Pairing;
 use std::path::{Path, PathBuf};
+
+/// Why `[receiver]` could not be written into `devd.local.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalFileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML; fix it and run again: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml_edit::TomlError,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} as written does not load; fix it by hand: {source}")]
+    Load {
+        path: PathBuf,
+        source: crate::config::ConfigError,
+    },
+    #[error("updating {path}: {source}")]
+    Gitignore {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// Merge `[receiver]` (mode remote, address, fingerprint, workspace, token)
 /// into `root`'s devd.local.toml, keeping everything else in it; the file
 /// is readable by its owner only (it holds the token). Returns the file
 /// and whether `.gitignore` was changed to ignore it.
-pub fn write_receiver(root: &Path, address: &str, p: &Pairing) -> anyhow::Result<(PathBuf, bool)> {
+pub fn write_receiver(
+    root: &Path,
+    address: &str,
+    p: &Pairing,
+) -> Result<(PathBuf, bool), LocalFileError> {
     let path = root.join(crate::config::LOCAL_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+        Err(source) => return Err(LocalFileError::Read { path, source }),
     };
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML; fix it and run again", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = match text.parse() {
+        Ok(doc) => doc,
+        Err(source) => return Err(LocalFileError::Parse { path, source }),
+    };
     if !doc.get("receiver").is_some_and(toml_edit::Item::is_table) {
         doc.insert("receiver", toml_edit::Item::Table(toml_edit::Table::new()));
     }
@@ -36,12 +70,19 @@ pub fn write_receiver(root: &Path, address: &str, p: &Pairing) -> anyhow::Result
     ] {
         table[k] = toml_edit::value(v);
     }
-    devd_sync::fsutil::write_atomic(&path, doc.to_string().as_bytes(), Some(0o600))
-        .with_context(|| format!("writing {}", path.display()))?;
-    crate::config::Config::load(root)
-        .with_context(|| format!("{} as written does not load", path.display()))?;
-    let ignored = crate::init::ignore_local_file(root)
-        .with_context(|| format!("updating {}", root.join(".gitignore").display()))?;
+    if let Err(source) =
+        devd_sync::fsutil::write_atomic(&path, doc.to_string().as_bytes(), Some(0o600))
+    {
+        return Err(LocalFileError::Write { path, source });
+    }
+    if let Err(source) = crate::config::Config::load(root) {
+        return Err(LocalFileError::Load { path, source });
+    }
+    let ignored =
+        crate::init::ignore_local_file(root).map_err(|source| LocalFileError::Gitignore {
+            path: root.join(".gitignore"),
+            source,
+        })?;
     Ok((path, ignored))
 }
 

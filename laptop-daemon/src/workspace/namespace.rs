@@ -1,8 +1,6 @@
 //! Workspace namespaces: who is asking ([`Caller`]) and the namespace a
 //! workspace name stands for (`devd-<user>[-<name>]`).
 
-use anyhow::{Context, bail};
-
 /// Prefix of workspace namespaces.
 pub const PREFIX: &str = "devd-";
 /// Longest name Kubernetes accepts for a namespace.
@@ -34,6 +32,21 @@ fn git_user_email(dir: &std::path::Path) -> Option<String> {
     (!email.is_empty()).then_some(email)
 }
 
+/// Why a workspace's namespace cannot be named.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("cannot tell who you are: set $USER or `git config user.email`")]
+    UnknownUser,
+    #[error(
+        "user name {0:?} has no letters or digits to name a namespace with; set $USER to one that has"
+    )]
+    UnusableUser(String),
+    #[error("bad workspace name {0:?}: use lowercase letters, digits and '-' (not at either end)")]
+    BadName(String),
+    #[error("namespace name {0} is longer than {MAX_NAME} characters; pick a shorter --name")]
+    TooLong(String),
+}
+
 /// Who is asking: the user part of namespace names, and the owner.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -45,7 +58,7 @@ pub struct Caller {
 
 impl Caller {
     /// From `$USER` and `git config user.email`.
-    pub fn detect() -> anyhow::Result<Self> {
+    pub fn detect() -> Result<Self, NamespaceError> {
         let env_user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .ok()
@@ -60,32 +73,28 @@ impl Caller {
                     .as_deref()
                     .map(|e| e.split('@').next().unwrap_or(e).to_owned())
             })
-            .context("cannot tell who you are: set $USER or `git config user.email`")?;
+            .ok_or(NamespaceError::UnknownUser)?;
         let user = dns_label(&user_src);
         if user.is_empty() {
-            bail!("user name {user_src:?} has no letters or digits to name a namespace with");
+            return Err(NamespaceError::UnusableUser(user_src));
         }
         let owner = email.or(env_user).unwrap_or_else(|| user.clone());
         Ok(Self { user, owner })
     }
 
     /// The namespace of workspace `name` (`None`: the default one).
-    pub fn namespace(&self, name: Option<&str>) -> anyhow::Result<String> {
+    pub fn namespace(&self, name: Option<&str>) -> Result<String, NamespaceError> {
         let ns = match name {
             None => format!("{PREFIX}{}", self.user),
             Some(n) => {
                 if n.is_empty() || dns_label(n) != n {
-                    bail!(
-                        "bad workspace name {n:?}: use lowercase letters, digits and '-' (not at either end)"
-                    );
+                    return Err(NamespaceError::BadName(n.to_owned()));
                 }
                 format!("{PREFIX}{}-{n}", self.user)
             }
         };
         if ns.len() > MAX_NAME {
-            bail!(
-                "namespace name {ns} is longer than {MAX_NAME} characters; pick a shorter --name"
-            );
+            return Err(NamespaceError::TooLong(ns));
         }
         Ok(ns)
     }

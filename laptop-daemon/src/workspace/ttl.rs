@@ -3,9 +3,19 @@
 
 use jiff::SignedDuration;
 
+/// A time to live that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad --ttl {input:?}: expected e.g. 12h, 90m, 1d or 1h30m")]
+pub struct TtlError {
+    /// What was given.
+    pub input: String,
+}
+
 /// Parse a time to live: `12h`, `90m`, `1d`, `1h30m`, `45s`.
-pub fn parse_ttl(s: &str) -> anyhow::Result<SignedDuration> {
-    let bad = || anyhow::anyhow!("bad --ttl {s:?}: expected e.g. 12h, 90m, 1d or 1h30m");
+pub fn parse_ttl(s: &str) -> Result<SignedDuration, TtlError> {
+    let bad = || TtlError {
+        input: s.to_owned(),
+    };
     let mut total: i64 = 0;
     let mut num = String::new();
     let mut any = false;
