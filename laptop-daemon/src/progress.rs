@@ -8,6 +8,7 @@
 //! progress into it, `Reporter::for_status`, lives in [`crate::status`],
 //! so types flow one way (status uses progress, not back).
 
+use indicatif::HumanBytes;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -134,21 +135,6 @@ impl Drop for FinishGuard {
     }
 }
 
-/// Bytes for humans: `512 B`, `1.5 KiB`, `12.0 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
-
 /// What a phase counts.
 fn unit(phase: &str) -> &'static str {
     if phase == "uploading" {
@@ -159,7 +145,7 @@ fn unit(phase: &str) -> &'static str {
 }
 
 /// One line describing `p`, for logs and non-terminal output:
-/// `uploading: 1200/20000 blobs (6%), 1.2 MiB of 19.5 MiB`.
+/// `uploading: 1200/20000 blobs (6%), 1.20 MiB of 19.50 MiB`.
 pub fn describe(p: &Progress) -> String {
     let mut s = format!("{}: {}", p.phase, p.done);
     if p.total > 0 {
@@ -175,11 +161,11 @@ pub fn describe(p: &Progress) -> String {
     if p.bytes_total > 0 {
         s.push_str(&format!(
             ", {} of {}",
-            human_bytes(p.bytes_done),
-            human_bytes(p.bytes_total)
+            HumanBytes(p.bytes_done),
+            HumanBytes(p.bytes_total)
         ));
     } else if p.bytes_done > 0 {
-        s.push_str(&format!(", {} read", human_bytes(p.bytes_done)));
+        s.push_str(&format!(", {} read", HumanBytes(p.bytes_done)));
     }
     s
 }
@@ -232,11 +218,11 @@ impl View {
         if p.bytes_total > 0 {
             format!(
                 "{} / {}",
-                human_bytes(p.bytes_done),
-                human_bytes(p.bytes_total)
+                HumanBytes(p.bytes_done),
+                HumanBytes(p.bytes_total)
             )
         } else if p.bytes_done > 0 {
-            format!("{} read", human_bytes(p.bytes_done))
+            format!("{} read", HumanBytes(p.bytes_done))
         } else {
             String::new()
         }
@@ -330,7 +316,7 @@ mod tests {
         };
         assert_eq!(
             describe(&p),
-            "uploading: 1200/20000 blobs (6%), 3.0 MiB of 40.0 MiB"
+            "uploading: 1200/20000 blobs (6%), 3.00 MiB of 40.00 MiB"
         );
         let p = Progress {
             phase: "scanning".into(),
@@ -340,7 +326,5 @@ mod tests {
             bytes_total: 0,
         };
         assert_eq!(describe(&p), "scanning: 300 files");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

@@ -4,11 +4,12 @@
 //! to use colors and how wide the terminal is, so the output is the same
 //! in tests as on a terminal.
 
-use crate::progress::{describe, human_bytes};
+use crate::progress::describe;
 use crate::status::{DaemonState, ServiceView, Status};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use console::Style;
 use devd_protocol::event::ServiceState;
+use indicatif::HumanBytes;
 
 /// Log lines of a failed build shown under the table.
 pub const LOG_TAIL_LINES: usize = 8;
@@ -262,14 +263,14 @@ pub fn render(st: &Status, opts: &Options) -> String {
             "{} file{} · {} sent · {} received · {}  {}",
             l.files,
             if l.files == 1 { "" } else { "s" },
-            human_bytes(l.bytes_sent),
-            human_bytes(l.bytes_received),
+            HumanBytes(l.bytes_sent),
+            HumanBytes(l.bytes_received),
             human_duration(l.latency_ms),
             p.dim(&format!(
                 "({} sync{}, {} sent since start)",
                 st.totals.syncs,
                 if st.totals.syncs == 1 { "" } else { "s" },
-                human_bytes(st.totals.bytes_sent)
+                HumanBytes(st.totals.bytes_sent)
             ))
         ),
         None => "none yet".into(),
@@ -419,7 +420,7 @@ mod tests {
         );
         assert!(out.contains("base       0123456789ab (fetched, upstream origin/main)"));
         assert!(out.contains("generation 7  overlay abababababab · 3 entries"));
-        assert!(out.contains("last sync  2 files · 2.0 KiB sent · 512 B received · 18 ms"));
+        assert!(out.contains("last sync  2 files · 2.00 KiB sent · 512 B received · 18 ms"));
         let header = lines
             .iter()
             .find(|l| l.contains("SERVICE"))
