@@ -22,7 +22,7 @@ impl Embedded {
         state_dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<Self, ServeError> {
-    let remote = match repo.origin_url() {
+        let remote = match repo.origin_url() {
             Some(u) => u,
             None => format!("file://{}", repo.git_dir().display()),
         };

@@ -13,10 +13,10 @@
 use crate::repo::Repo;
 use anyhow::Context;
 use devd_protocol::CommitId;
+use devd_protocol::tree::EntryKind;
 use devd_receiver::builder::local::{LocalBackend, LocalConfig};
 use devd_receiver::builder::{Backend, BuildRequest};
 use devd_sync::catalog::Catalog;
-use devd_protocol::tree::EntryKind;
 use serde::Serialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

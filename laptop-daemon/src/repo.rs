@@ -4,8 +4,8 @@
 //! daemon sees commits, checkouts, fetches and pulls made with the git CLI
 //! while it runs; the configuration is re-read when `.git/config` changes.
 
-use devd_protocol::{CommitId, GitOid};
 use devd_protocol::tree::BaseTree;
+use devd_protocol::{CommitId, GitOid};
 use devd_sync::git::{self as git_store, ReadError as GitError, describe};
 use gix::bstr::ByteSlice;
 use std::collections::HashMap;

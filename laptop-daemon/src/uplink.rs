@@ -12,10 +12,10 @@ use devd_protocol::message::{
     Ack, Base, Blob, CHANGES_PER_FRAME, CHUNK, ClientMsg, INLINE_BLOB_MAX, INLINE_TOTAL_MAX,
     ServerMsg,
 };
+use devd_protocol::tree::{BaseTree, EntryKind};
 use devd_protocol::{ContentId, Digest, Entry, ErrorCode, Overlay, PROTOCOL_VERSION, RelPath};
 use devd_sync::blob_store::BlobStore;
 use devd_sync::framed::{Framed, FramedError};
-use devd_protocol::tree::{BaseTree, EntryKind};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -54,5 +54,5 @@ pub(super) async fn run(
         );
     }
     anyhow::ensure!(report.failed == 0, "{} build(s) failed", report.failed);
-    return Ok(());
+    Ok(())
 }

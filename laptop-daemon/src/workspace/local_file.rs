@@ -25,7 +25,7 @@ pub enum LocalFileError {
     #[error("{path} as written does not load; fix it by hand: {source}")]
     Load {
         path: PathBuf,
-        source: crate::config::ConfigError,
+        source: Box<crate::config::ConfigError>,
     },
     #[error("updating {path}: {source}")]
     Gitignore {
@@ -76,7 +76,10 @@ pub fn write_receiver(
         return Err(LocalFileError::Write { path, source });
     }
     if let Err(source) = crate::config::Config::load(root) {
-        return Err(LocalFileError::Load { path, source });
+        return Err(LocalFileError::Load {
+            path,
+            source: Box::new(source),
+        });
     }
     let ignored =
         crate::init::ignore_local_file(root).map_err(|source| LocalFileError::Gitignore {
