@@ -2,84 +2,9 @@
 //! TOML. Every field has a default, so no file is needed for the local
 //! backend.
 //!
-//! ```toml
-//! [build]
-//! backend = "local"              # "local" | "kubernetes" | "none" (sync only)
-//! concurrency = 2                # builds running at once, across services
-//! registry = "127.0.0.1:5000"    # push images here; images without a
-//!                                # registry host go under it (required for
-//!                                # "kubernetes": Kaniko pushes there)
-//! insecure_registry = true       # plain HTTP / no TLS verification
-//! bind = "127.0.0.1"             # local backend: address of service URLs
-//!
-//! [git]
-//! token_file = "/etc/devd/git/token"
-//!                                # read access token for http(s):// git
-//!                                # remotes, sent as HTTP Basic auth
-//!                                # `x-access-token:TOKEN` (GitHub, GitLab,
-//!                                # Gitea); read at every fetch, never
-//!                                # logged. --git-token-file /
-//!                                # DEVD_RECEIVER_GIT_TOKEN_FILE override it.
-//!                                # ssh:// remotes use ssh's own keys
-//!
-//! # Only with backend = "kubernetes". The receiver also needs
-//! # `--http-listen ADDR`: build pods download their context from it.
-//! [kubernetes]
-//! namespace = "devd-alice"       # where Jobs and workloads go; default: the
-//!                                # namespace of the kubeconfig context or of
-//!                                # the receiver's pod, else "default"
-//! kubeconfig = "/path/config"    # default: $KUBECONFIG or ~/.kube/config if
-//!                                # present, else the in-cluster service account
-//! fetcher_image = "registry.example.com/devd/devd-receiver:0.1.0"
-//!                                # required: the image this receiver runs
-//!                                # from; the build pod's init container runs
-//!                                # `devd-receiver fetch-context` from it
-//! kaniko_image = "ghcr.io/osscontainertools/kaniko:v1.28.4"
-//!                                # the builder (default shown: a maintained
-//!                                # fork; gcr.io/kaniko-project is archived)
-//! context_url = "http://devd-receiver.devd-alice.svc:8080"
-//!                                # how build pods reach --http-listen;
-//!                                # default http://<bound address>, which only
-//!                                # works when that address is reachable
-//! registry_secret = "devd-registry"
-//!                                # Secret (type kubernetes.io/dockerconfigjson)
-//!                                # mounted at /kaniko/.docker for pushes
-//! docker_config = "/var/run/secrets/devd-registry/.dockerconfigjson"
-//!                                # the same credentials as a file, for the
-//!                                # receiver's own registry lookups (reuse)
-//! service_account = "devd-build" # of build pods (default: the namespace's)
-//! kaniko_args = ["--cache=true"] # more Kaniko flags
-//! active_deadline_seconds = 900  # a build Job's time limit
-//! ttl_seconds_after_finished = 600
-//!                                # finished Jobs (and their pods, logs) are
-//!                                # garbage-collected after this
-//! domain = "dev.example.com"     # Ingress host {service}.{namespace}.{domain}
-//!                                # for expose = "external"
-//! url_template = "https://{service}.{namespace}.{domain}"
-//!                                # reported URL instead of the default
-//!                                # (http://<ingress host>, or
-//!                                # http://{service}.{namespace}.svc.cluster.local:{port});
-//!                                # also {port}, {workspace}
-//! ingress_class = "nginx"        # ingressClassName of the Ingresses
-//! rollout_timeout_seconds = 300  # a deploy fails (and is rolled back) after this
-//! poll_interval_ms = 1000        # longest pause between polls of a Job/rollout
-//! devbuilds_per_service = 20     # DevBuild resources (`kubectl get devbuilds`)
-//!                                # kept per service; older ones are deleted;
-//!                                # 0: record no DevBuilds
-//! pairing_secret = "devd-pairing"
-//!                                # publish the pairing (address, fingerprint,
-//!                                # workspace, token) in this Secret of the
-//!                                # namespace, for `devd workspace create`;
-//!                                # /readyz waits for it (see publish.rs).
-//!                                # Any backend; needs exactly one workspace
-//!
-//! [kubernetes.resources]         # of the Kaniko container (defaults shown)
-//! cpu_request = "500m"
-//! memory_request = "1Gi"
-//! cpu_limit = "2"
-//! memory_limit = "4Gi"
-//! workspace_size_limit = "2Gi"   # sizeLimit of the emptyDir with the context
-//! ```
+//! Every section and field, with examples and what each does:
+//! [docs/configuration.md](../../docs/configuration.md) at the repository
+//! root (`[build]`, `[git]`, `[kubernetes]`, `[kubernetes.resources]`).
 
 use crate::builder::kubernetes::BuildResources;
 use serde::Deserialize;

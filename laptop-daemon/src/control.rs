@@ -1,7 +1,7 @@
 //! The control socket: a Unix socket in the repository's state directory
 //! over which `devd status`, `devd sync` and `devd stop` talk to the
 //! running daemon, one JSON line each way (`logs` answers with a line per
-//! chunk, see [`crate::logs`]).
+//! chunk, relayed by [`crate::logs::relay`]).
 
 use crate::daemon::Handle;
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 
 /// A request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,21 +50,37 @@ pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
-    loop {
+    // One task per connection, owned here: on shutdown the ones still
+    // answering (e.g. `devd stop`'s own reply) get a moment to finish,
+    // then the rest (a `logs --follow`) are aborted with the set.
+    let mut connections = tokio::task::JoinSet::new();
+    let result = loop {
         let (stream, _) = tokio::select! {
-            _ = handle.cancel.cancelled() => break,
-            r = listener.accept() => r?,
+            _ = handle.cancel.cancelled() => break Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            },
         };
         let h = handle.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = answer(h, stream).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
-    }
+    };
     let _ = std::fs::remove_file(&path);
-    Ok(())
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+    result
 }
+
+/// How long connections still being answered get once the daemon stops.
+const DRAIN: Duration = Duration::from_secs(2);
 
 async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -76,7 +93,7 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
         follow,
     }) = &req
     {
-        return crate::logs::answer(&h, service, *build, *follow, w).await;
+        return answer_logs(&h, service, *build, *follow, w).await;
     }
     let resp = match req {
         Err(e) => Response {
@@ -117,6 +134,54 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     w.shutdown().await
 }
 
+/// Daemon side of the control socket's `logs` request: one JSON line per
+/// chunk (`{"ok":true,"data":{"log":"…"}}`), then one closing line
+/// (`{"ok":…,"data":{"end":true},"error":…}`).
+async fn answer_logs(
+    handle: &Handle,
+    service: &str,
+    build: bool,
+    follow: bool,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let relay = crate::logs::relay(handle, service, build, follow, tx);
+    tokio::pin!(relay);
+    let mut result = None;
+    loop {
+        tokio::select! {
+            r = &mut relay, if result.is_none() => result = Some(r),
+            chunk = rx.recv() => match chunk {
+                Some(data) => {
+                    let line = Response {
+                        ok: true,
+                        data: serde_json::json!({ "log": String::from_utf8_lossy(&data) }),
+                        error: None,
+                    };
+                    let mut out = serde_json::to_vec(&line).expect("response");
+                    out.push(b'\n');
+                    // The CLI went away: dropping `rx` ends the relay.
+                    w.write_all(&out).await?;
+                }
+                None => break,
+            },
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => relay.await,
+    };
+    let end = Response {
+        ok: result.is_ok(),
+        data: serde_json::json!({ "end": true }),
+        error: result.err(),
+    };
+    let mut out = serde_json::to_vec(&end).expect("response");
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
 /// Send `req` to the daemon behind `path` and return the answer's lines
 /// to read. `Ok(None)`: no daemon there.
 pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixStream>> {
@@ -138,26 +203,14 @@ pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixSt
     Ok(Some(stream))
 }
 
-/// Send `req` to the daemon behind `path`. `Ok(None)`: no daemon there.
+/// Send `req` to the daemon behind `path` and read its one-line answer.
+/// `Ok(None)`: no daemon there (or it closed the connection unanswered).
 pub async fn request(path: &Path, req: &Request) -> std::io::Result<Option<Response>> {
-    let stream = match UnixStream::connect(path).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let Some(stream) = stream(path, req).await? else {
+        return Ok(None);
     };
-    let (r, mut w) = stream.into_split();
-    let mut out = serde_json::to_vec(req).expect("request");
-    out.push(b'\n');
-    w.write_all(&out).await?;
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    BufReader::new(stream).read_line(&mut line).await?;
     if line.is_empty() {
         return Ok(None);
     }

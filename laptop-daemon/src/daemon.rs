@@ -7,7 +7,7 @@ use crate::config::{Config, ConfigError, ReceiverMode, repo_state_dir};
 use crate::progress::{Phase, Reporter};
 use crate::repo::{Repo, RepoError};
 use crate::scanner::{ScanConfig, Scanner};
-use crate::status::{ReceiverStatus, ScanStatus, Status};
+use crate::status::{BaseMode, DaemonState, ReceiverStatus, ScanStatus, Status};
 use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
 use backon::BackoffBuilder;
@@ -68,10 +68,17 @@ pub enum DaemonError {
 /// Messages to the scanner thread.
 #[derive(Debug)]
 enum ScanMsg {
+    /// From the watcher (sent straight into this queue).
     Trigger(Trigger),
     /// Full scan, then answer with the resulting snapshot.
     SyncNow(oneshot::Sender<Snapshot>),
     UploadMode,
+}
+
+impl From<Trigger> for ScanMsg {
+    fn from(t: Trigger) -> Self {
+        ScanMsg::Trigger(t)
+    }
 }
 
 /// How to run.
@@ -101,10 +108,10 @@ fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
     f(&mut status.lock().expect("status lock"));
 }
 
-fn base_str(b: Base) -> &'static str {
+fn base_mode(b: Base) -> BaseMode {
     match b {
-        Base::Commit(_) => "fetched",
-        Base::Uploaded => "uploaded",
+        Base::Commit(_) => BaseMode::Fetched,
+        Base::Uploaded => BaseMode::Uploaded,
     }
 }
 
@@ -164,10 +171,10 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let tracker = TaskTracker::new();
     let (target, receiver) = resolve_target(&cfg, &repo, &state_dir, &cancel).await?;
     let status = Arc::new(Mutex::new(Status {
-        state: "starting".into(),
+        state: DaemonState::Starting,
         pid: std::process::id(),
         workdir: workdir.display().to_string(),
-        base_mode: "fetched".into(),
+        base_mode: BaseMode::Fetched,
         receiver: ReceiverStatus {
             address: target.address.clone(),
             workspace: target.workspace.clone(),
@@ -183,35 +190,16 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let (acked_tx, acked_rx) = watch::channel(None);
 
-    // Watcher → scanner.
+    // Watcher → scanner: the watcher sends into the scanner's queue.
     let watcher = if opts.watch {
-        let (trig_tx, mut trig_rx) = mpsc::channel::<Trigger>(1024);
-        let w = watcher::watch(
+        Some(watcher::watch(
             &workdir,
             repo.git_dir(),
             Duration::from_millis(cfg.sync.debounce_ms),
-            trig_tx,
-        )?;
-        let scan_tx = scan_tx.clone();
-        let cancel2 = cancel.clone();
-        let status2 = status.clone();
-        tracker.spawn(async move {
-            while let Some(t) = trig_rx.recv().await {
-                if let Trigger::Fatal(msg) = &t {
-                    tracing::error!("{msg}");
-                    update(&status2, |s| {
-                        s.state = "error".into();
-                        s.last_error = Some(msg.clone());
-                    });
-                    cancel2.cancel();
-                    break;
-                }
-                if scan_tx.send(ScanMsg::Trigger(t)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Some(w)
+            scan_tx.clone(),
+            &tracker,
+            &cancel,
+        )?)
     } else {
         None
     };
@@ -328,7 +316,17 @@ fn scanner_loop(
                     noticed = Some(noticed.map_or(at, |n| n.min(at)));
                 }
                 ScanMsg::Trigger(Trigger::Index) => index = true,
-                ScanMsg::Trigger(Trigger::Fatal(_)) => {}
+                ScanMsg::Trigger(Trigger::Fatal(msg)) => {
+                    // The watcher failed for good (e.g. out of inotify
+                    // watches): the daemon stops with the hint.
+                    tracing::error!("{msg}");
+                    update(&status, |s| {
+                        s.state = DaemonState::Error;
+                        s.last_error = Some(msg);
+                    });
+                    cancel.cancel();
+                    return;
+                }
                 ScanMsg::SyncNow(w) => {
                     full = true;
                     noticed = Some(noticed.unwrap_or_else(Instant::now));
@@ -350,7 +348,7 @@ fn scanner_loop(
         if !full && paths.is_empty() {
             continue;
         }
-        update(&status, |s| s.state = "scanning".into());
+        update(&status, |s| s.state = DaemonState::Scanning);
         let res = if full {
             scanner.full_scan()
         } else {
@@ -376,7 +374,7 @@ fn scanner_loop(
                     });
                     s.base = base.info.as_ref().map(|i| i.commit.to_hex());
                     s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
-                    s.base_mode = base_str(base.base).into();
+                    s.base_mode = base_mode(base.base);
                     s.overlay_entries = scanner.overlay().len();
                     s.skipped = scanner
                         .skipped
@@ -386,11 +384,11 @@ fn scanner_loop(
                     s.last_error = None;
                 });
                 update(&status, |s| {
-                    if s.state == "scanning" {
+                    if s.state == DaemonState::Scanning {
                         s.state = if s.receiver.connected {
-                            "idle".into()
+                            DaemonState::Idle
                         } else {
-                            "disconnected".into()
+                            DaemonState::Disconnected
                         };
                     }
                 });
@@ -635,7 +633,7 @@ async fn uplink_loop(
         let Some(snap) = snap_rx.borrow_and_update().clone() else {
             continue;
         };
-        update(&status, |s| s.state = "syncing".into());
+        update(&status, |s| s.state = DaemonState::Syncing);
         match uplink.sync(&snap).await {
             Ok(report) => {
                 schedule.succeeded();
@@ -643,7 +641,7 @@ async fn uplink_loop(
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
                     s.receiver.transport = transport;
-                    s.state = "idle".into();
+                    s.state = DaemonState::Idle;
                     s.generation = ack.generation;
                     // The receiver fetched the base itself: no reason to upload.
                     if matches!(ack.base, Base::Commit(_)) {
@@ -671,7 +669,7 @@ async fn uplink_loop(
             Err(SyncError::BaseUnavailable(msg)) => {
                 tracing::warn!(%msg, "receiver cannot fetch the base; uploading the base content from the laptop");
                 update(&status, |s| {
-                    s.base_mode = "uploaded".into();
+                    s.base_mode = BaseMode::Uploaded;
                     s.base_mode_reason = Some(format!("base unavailable on the receiver: {msg}"));
                 });
                 let _ = scan_tx.send(ScanMsg::UploadMode).await;
@@ -692,7 +690,7 @@ async fn uplink_loop(
                 let d = schedule.failed();
                 tracing::warn!(error = %e, retry_ms = d.as_millis() as u64, "sync failed");
                 update(&status, |s| {
-                    s.state = "disconnected".into();
+                    s.state = DaemonState::Disconnected;
                     s.receiver.connected = uplink.connected();
                     s.receiver.transport = uplink.transport().map(str::to_owned);
                     s.receiver.last_error = Some(e.to_string());
@@ -720,7 +718,8 @@ impl Handle {
             // The daemon switched to uploading the base after this snapshot
             // was taken: that snapshot will never be acknowledged, the
             // upload-mode one will.
-            if matches!(snap.base, Base::Commit(_)) && self.status().base_mode == "uploaded" {
+            if matches!(snap.base, Base::Commit(_)) && self.status().base_mode == BaseMode::Uploaded
+            {
                 snap = self.scan_now().await?;
             }
             if let Some((ack, report)) = acked.borrow_and_update().clone()
@@ -733,7 +732,7 @@ impl Handle {
                 return Ok(r);
             }
             let st = self.status();
-            if st.state == "error" {
+            if st.state == DaemonState::Error {
                 return Err(st.last_error.unwrap_or_else(|| "daemon failed".into()));
             }
             if started.elapsed() > unreachable_after

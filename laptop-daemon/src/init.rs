@@ -78,21 +78,13 @@ fn is_dockerfile(name: &str) -> bool {
 /// Every Dockerfile under `root` that git does not ignore, relative to
 /// `root`, sorted.
 pub fn find_dockerfiles(root: &Path) -> Vec<PathBuf> {
-    let mut wb = ignore::WalkBuilder::new(root);
-    wb.hidden(false)
-        .ignore(false)
-        .parents(false)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(true)
-        .require_git(false)
-        .follow_links(false)
-        .filter_entry(|e| {
-            !(e.file_type().is_some_and(|t| t.is_dir())
-                && e.file_name()
-                    .to_str()
-                    .is_some_and(|n| SKIP_DIRS.contains(&n)))
-        });
+    let mut wb = crate::walk::worktree(root);
+    wb.filter_entry(|e| {
+        !(e.file_type().is_some_and(|t| t.is_dir())
+            && e.file_name()
+                .to_str()
+                .is_some_and(|n| SKIP_DIRS.contains(&n)))
+    });
     let mut out: Vec<PathBuf> = wb
         .build()
         .filter_map(Result::ok)

@@ -2,8 +2,10 @@
 //! worktree identical to this one, and the CLI that drives it.
 //!
 //! Map of the crate:
-//! - [`cli`]: arguments and commands (`init`, `start`, `stop`, `sync`,
-//!   `status`, `logs`, `completions`, `run`).
+//! - [`cli`]: the argument types (`cli/args.rs`) and one file per command
+//!   (`init`, `start`, `stop`, `sync`, `status`, `logs`, `workspace`,
+//!   `prebuild`, `completions`, `run`); the daemon lock and the
+//!   `status --watch` screen.
 //! - `prebuild` (feature `embedded`): `devd prebuild`, images built for CI.
 //! - [`init`]: `devd init`, a `devd.toml` proposed from the Dockerfiles.
 //! - [`status_view`]: `devd status` for people: header block and services table.
@@ -13,16 +15,19 @@
 //!   this process on loopback, with the local backend.
 //! - [`watcher`]: notify events turned into scan triggers.
 //! - [`scanner`]: the overlay (worktree vs base), full or path-limited.
+//! - [`walk`]: the worktree walk the scanner and `devd init` share.
 //! - [`hash_cache`]: persisted content hashes keyed by stat data.
 //! - [`repo`]: the git repository: base, index, objects (gix).
 //! - [`uplink`]: the sync exchange with the receiver.
 //! - [`transport`]: QUIC client with the pinned certificate.
 //! - [`control`]: the Unix control socket.
-//! - [`logs`]: `devd logs`, streamed from the receiver through the daemon.
+//! - [`logs`]: the daemon's side of `devd logs`: the receiver's log stream.
 //! - [`config`]: `devd.toml` and `DEVD_HOME`.
-//! - [`status`]: what `devd status` reports.
+//! - [`status`]: what `devd status` reports (typed states, serialized with
+//!   the lower-case names `--json` always printed).
 //! - [`notify`]: desktop notifications for deploys and failed builds.
-//! - [`workspace`]: `devd workspace`, expiring namespaces on the cluster.
+//! - [`workspace`]: `devd workspace`, expiring namespaces on the cluster
+//!   (ttl, namespace, receiver deploy, address, `devd.local.toml` merge).
 //! - `tray` (cargo feature `tray`, Linux): the tray icon and its menu.
 
 pub mod cli;
@@ -46,5 +51,6 @@ pub mod transport;
 #[cfg(all(feature = "tray", target_os = "linux"))]
 pub mod tray;
 pub mod uplink;
+pub mod walk;
 pub mod watcher;
 pub mod workspace;

@@ -294,11 +294,15 @@ async fn run(mut rx: mpsc::Receiver<Note>, timeout_ms: Option<u32>, cancel: Canc
 }
 
 /// What is on screen: per service, the bubble's id and the task listening
-/// for a click on it.
+/// for a click on it. The listener tasks belong to `listeners`: they end
+/// with this value (dropping a `JoinSet` aborts its tasks), so none
+/// outlives the notification task.
 #[derive(Default)]
 struct Shown {
     #[cfg(all(unix, not(target_os = "macos")))]
     by_service: std::collections::HashMap<String, (u32, tokio::task::AbortHandle)>,
+    #[cfg(all(unix, not(target_os = "macos")))]
+    listeners: tokio::task::JoinSet<()>,
 }
 
 #[cfg(all(unix, not(target_os = "macos")))]
@@ -343,8 +347,10 @@ impl Shown {
         // The server sends a click to the connection that showed the
         // bubble: keep it open in a listener until the bubble closes or is
         // replaced.
+        // Reap the listeners of bubbles that closed since.
+        while self.listeners.try_join_next().is_some() {}
         let listener = match note.url().map(str::to_owned) {
-            Some(url) => tokio::spawn(async move {
+            Some(url) => self.listeners.spawn(async move {
                 handle
                     .wait_for_action_async(|r: &NotificationResponse| match r {
                         NotificationResponse::Default => open_url(&url),
@@ -353,17 +359,16 @@ impl Shown {
                     })
                     .await;
             }),
-            None => tokio::spawn(async move { drop(handle) }),
+            None => self.listeners.spawn(async move { drop(handle) }),
         };
         self.by_service
-            .insert(note.service().to_owned(), (id, listener.abort_handle()));
+            .insert(note.service().to_owned(), (id, listener));
         Ok(())
     }
 
     fn clear(&mut self) {
-        for (_, (_, listener)) in self.by_service.drain() {
-            listener.abort();
-        }
+        self.by_service.clear();
+        self.listeners.abort_all();
     }
 }
 

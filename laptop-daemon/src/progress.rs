@@ -3,8 +3,12 @@
 //! interval ([`Reporter`]); the CLI side polls the status over the control
 //! socket and draws it ([`View`]): a bar on a terminal, plain periodic
 //! lines otherwise.
+//!
+//! This module knows nothing of the daemon's status: the sink that writes
+//! progress into it, `Reporter::for_status`, lives in [`crate::status`],
+//! so types flow one way (status uses progress, not back).
 
-use crate::status::Status;
+use indicatif::HumanBytes;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -70,38 +74,6 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    /// A reporter that writes into `status.progress`. Finishing clears it
-    /// only if it still shows this phase. An upload in progress is what
-    /// the user waits for: a scan running meanwhile (the scanner works
-    /// ahead of the uplink) does not replace it.
-    pub fn for_status(status: Arc<Mutex<Status>>, phase: Phase) -> Self {
-        Self::new(
-            phase,
-            Arc::new(move |p: Option<Progress>| {
-                let mut s = status.lock().expect("status lock");
-                match p {
-                    Some(p) => {
-                        let uploading = s
-                            .progress
-                            .as_ref()
-                            .is_some_and(|c| c.phase == Phase::Uploading.as_str());
-                        if phase == Phase::Uploading || !uploading {
-                            s.progress = Some(p);
-                        }
-                    }
-                    None => {
-                        if s.progress
-                            .as_ref()
-                            .is_some_and(|c| c.phase == phase.as_str())
-                        {
-                            s.progress = None;
-                        }
-                    }
-                }
-            }),
-        )
-    }
-
     /// A reporter calling `sink` (`None`: the work finished).
     pub fn new(phase: Phase, sink: Arc<dyn Fn(Option<Progress>) + Send + Sync>) -> Self {
         Self {
@@ -163,21 +135,6 @@ impl Drop for FinishGuard {
     }
 }
 
-/// Bytes for humans: `512 B`, `1.5 KiB`, `12.0 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
-
 /// What a phase counts.
 fn unit(phase: &str) -> &'static str {
     if phase == "uploading" {
@@ -188,7 +145,7 @@ fn unit(phase: &str) -> &'static str {
 }
 
 /// One line describing `p`, for logs and non-terminal output:
-/// `uploading: 1200/20000 blobs (6%), 1.2 MiB of 19.5 MiB`.
+/// `uploading: 1200/20000 blobs (6%), 1.20 MiB of 19.50 MiB`.
 pub fn describe(p: &Progress) -> String {
     let mut s = format!("{}: {}", p.phase, p.done);
     if p.total > 0 {
@@ -204,11 +161,11 @@ pub fn describe(p: &Progress) -> String {
     if p.bytes_total > 0 {
         s.push_str(&format!(
             ", {} of {}",
-            human_bytes(p.bytes_done),
-            human_bytes(p.bytes_total)
+            HumanBytes(p.bytes_done),
+            HumanBytes(p.bytes_total)
         ));
     } else if p.bytes_done > 0 {
-        s.push_str(&format!(", {} read", human_bytes(p.bytes_done)));
+        s.push_str(&format!(", {} read", HumanBytes(p.bytes_done)));
     }
     s
 }
@@ -261,11 +218,11 @@ impl View {
         if p.bytes_total > 0 {
             format!(
                 "{} / {}",
-                human_bytes(p.bytes_done),
-                human_bytes(p.bytes_total)
+                HumanBytes(p.bytes_done),
+                HumanBytes(p.bytes_total)
             )
         } else if p.bytes_done > 0 {
-            format!("{} read", human_bytes(p.bytes_done))
+            format!("{} read", HumanBytes(p.bytes_done))
         } else {
             String::new()
         }
@@ -349,44 +306,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reporter_publishes_long_work_only_and_clears_its_own_phase() {
-        let status = Arc::new(Mutex::new(Status::default()));
-        let scan = Reporter::for_status(status.clone(), Phase::Scanning);
-        let up = Reporter::for_status(status.clone(), Phase::Uploading);
-        scan.update(1, 10, 0, 0);
-        assert_eq!(
-            status.lock().unwrap().progress,
-            None,
-            "short work is silent"
-        );
-        scan.finish();
-        scan.update(5, 5000, 100, 0);
-        assert_eq!(
-            status.lock().unwrap().progress,
-            Some(Progress {
-                phase: "scanning".into(),
-                done: 5,
-                total: 5000,
-                bytes_done: 100,
-                bytes_total: 0
-            })
-        );
-        // Throttled: an update right after the first is not published.
-        scan.update(6, 5000, 100, 0);
-        assert_eq!(status.lock().unwrap().progress.as_ref().unwrap().done, 5);
-        up.update(1, 2, 1, 64 << 20);
-        assert_eq!(
-            status.lock().unwrap().progress.as_ref().unwrap().phase,
-            "uploading"
-        );
-        // The scanner finishing does not clear the upload's progress.
-        scan.finish();
-        assert!(status.lock().unwrap().progress.is_some());
-        up.finish();
-        assert_eq!(status.lock().unwrap().progress, None);
-    }
-
-    #[test]
     fn describes_counts_and_bytes() {
         let p = Progress {
             phase: "uploading".into(),
@@ -397,7 +316,7 @@ mod tests {
         };
         assert_eq!(
             describe(&p),
-            "uploading: 1200/20000 blobs (6%), 3.0 MiB of 40.0 MiB"
+            "uploading: 1200/20000 blobs (6%), 3.00 MiB of 40.00 MiB"
         );
         let p = Progress {
             phase: "scanning".into(),
@@ -407,7 +326,5 @@ mod tests {
             bytes_total: 0,
         };
         assert_eq!(describe(&p), "scanning: 300 files");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

@@ -239,16 +239,8 @@ impl Scanner {
         let root = self.workdir.clone();
         let scope: Option<Arc<Vec<String>>> =
             scope.map(|s| Arc::new(s.iter().map(|p| p.as_str().to_owned()).collect()));
-        let mut wb = ignore::WalkBuilder::new(&root);
-        wb.hidden(false)
-            .ignore(false)
-            .parents(false)
-            .git_ignore(true)
-            .git_exclude(true)
-            .git_global(true)
-            .require_git(false)
-            .follow_links(false)
-            .threads(2);
+        let mut wb = crate::walk::worktree(&root);
+        wb.threads(2);
         let root2 = root.clone();
         wb.filter_entry(move |e| {
             if e.file_name() == ".git" {

@@ -1,8 +1,10 @@
 //! What `devd status` reports, shared by the daemon's tasks.
 
-use crate::progress::Progress;
+use crate::progress::{Phase, Progress, Reporter};
 use crate::uplink::SyncReport;
+use devd_protocol::event::ServiceState;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// The receiver as seen from the laptop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -40,19 +42,85 @@ pub struct Totals {
     pub bytes_received: u64,
 }
 
+/// What the daemon is doing: `state` in `devd status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// Started, nothing scanned yet.
+    #[default]
+    Starting,
+    /// Comparing the worktree with the base.
+    Scanning,
+    /// Sending a generation to the receiver.
+    Syncing,
+    /// In sync with the receiver; waiting for changes.
+    Idle,
+    /// The receiver cannot be reached; the daemon keeps retrying.
+    Disconnected,
+    /// Failed for good (e.g. out of inotify watches); `last_error` says why.
+    Error,
+}
+
+impl DaemonState {
+    /// The name `devd status` shows (and `--json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Scanning => "scanning",
+            Self::Syncing => "syncing",
+            Self::Idle => "idle",
+            Self::Disconnected => "disconnected",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the receiver gets the content of the base commit: `base_mode` in
+/// `devd status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseMode {
+    /// The receiver fetches the base commit from the git server itself.
+    #[default]
+    Fetched,
+    /// The receiver could not fetch it, so the laptop uploads the base's
+    /// content too.
+    Uploaded,
+}
+
+impl BaseMode {
+    /// The name `devd status` shows (and `--json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fetched => "fetched",
+            Self::Uploaded => "uploaded",
+        }
+    }
+}
+
+impl std::fmt::Display for BaseMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The daemon's state, as `devd status --json` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Status {
-    /// starting | scanning | syncing | idle | disconnected | error
-    pub state: String,
+    pub state: DaemonState,
     pub pid: u32,
     pub workdir: String,
     /// The sync base commit.
     pub base: Option<String>,
-    /// "fetched": the receiver fetches the base from git; "uploaded": it
-    /// could not, so the laptop uploads the base content itself.
-    pub base_mode: String,
+    /// Whether the receiver fetches the base or the laptop uploads it.
+    pub base_mode: BaseMode,
     /// Why the base is uploaded (the receiver's fetch error).
     pub base_mode_reason: Option<String>,
     pub upstream: Option<String>,
@@ -147,8 +215,8 @@ impl BootTracker {
         };
         let mut settled = 0;
         for s in services {
-            match s.state.as_str() {
-                "deployed" => {
+            match s.state {
+                ServiceState::Deployed => {
                     settled += 1;
                     match self.how.get(&s.name) {
                         Some(true) => b.built += 1,
@@ -156,7 +224,7 @@ impl BootTracker {
                         None => b.running += 1,
                     }
                 }
-                "failed" => {
+                ServiceState::Failed => {
                     settled += 1;
                     b.failed += 1;
                 }
@@ -187,8 +255,8 @@ impl Status {
                     None => None,
                     // Deployed while we watched (a new image, or again).
                     Some(b)
-                        if s.state == "deployed"
-                            && !(b.state == "deployed" && b.image == s.image) =>
+                        if s.state == ServiceState::Deployed
+                            && !(b.state == ServiceState::Deployed && b.image == s.image) =>
                     {
                         Some(now)
                     }
@@ -199,6 +267,42 @@ impl Status {
                 s
             })
             .collect();
+    }
+}
+
+/// The progress sink of the daemon: here rather than in [`crate::progress`]
+/// so that `progress` does not depend on `status`.
+impl Reporter {
+    /// A reporter that writes into `status.progress`. Finishing clears it
+    /// only if it still shows this phase. An upload in progress is what
+    /// the user waits for: a scan running meanwhile (the scanner works
+    /// ahead of the uplink) does not replace it.
+    pub fn for_status(status: Arc<Mutex<Status>>, phase: Phase) -> Self {
+        Self::new(
+            phase,
+            Arc::new(move |p: Option<Progress>| {
+                let mut s = status.lock().expect("status lock");
+                match p {
+                    Some(p) => {
+                        let uploading = s
+                            .progress
+                            .as_ref()
+                            .is_some_and(|c| c.phase == Phase::Uploading.as_str());
+                        if phase == Phase::Uploading || !uploading {
+                            s.progress = Some(p);
+                        }
+                    }
+                    None => {
+                        if s.progress
+                            .as_ref()
+                            .is_some_and(|c| c.phase == phase.as_str())
+                        {
+                            s.progress = None;
+                        }
+                    }
+                }
+            }),
+        )
     }
 }
 
@@ -214,8 +318,9 @@ pub fn unix_ms() -> u64 {
 #[serde(default)]
 pub struct ServiceView {
     pub name: String,
-    /// pending | queued | building | deploying | deployed | failed
-    pub state: String,
+    /// Printed lower-case (`deployed`), as `devd status --json` always has.
+    #[serde(with = "lowercase_state")]
+    pub state: ServiceState,
     /// Manifest digest (`sha256:…`) of the deployed image.
     pub digest: Option<String>,
     /// The deployed image, `repo@sha256:…`.
@@ -242,7 +347,7 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
     fn from(s: &devd_protocol::ServiceStatus) -> Self {
         Self {
             name: s.name.clone(),
-            state: s.state.as_str().to_owned(),
+            state: s.state,
             digest: s
                 .image
                 .as_deref()
@@ -262,6 +367,41 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
     }
 }
 
+/// [`ServiceState`] as the lower-case names `devd status --json` prints
+/// (`deployed`), not the protocol's variant names.
+mod lowercase_state {
+    use devd_protocol::event::ServiceState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALL: [ServiceState; 6] = [
+        ServiceState::Pending,
+        ServiceState::Queued,
+        ServiceState::Building,
+        ServiceState::Deploying,
+        ServiceState::Deployed,
+        ServiceState::Failed,
+    ];
+
+    pub(super) fn serialize<S: Serializer>(s: &ServiceState, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<ServiceState, D::Error> {
+        const NAMES: [&str; 6] = [
+            "pending",
+            "queued",
+            "building",
+            "deploying",
+            "deployed",
+            "failed",
+        ];
+        let name = String::deserialize(de)?;
+        ALL.into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &NAMES))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,9 +409,76 @@ mod tests {
     fn view(state: &str, image: Option<&str>) -> ServiceView {
         ServiceView {
             name: "web".into(),
-            state: state.into(),
+            state: serde_json::from_value(serde_json::json!({ "state": state }))
+                .map(|v: ServiceView| v.state)
+                .unwrap(),
             image: image.map(str::to_owned),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reporter_publishes_long_work_only_and_clears_its_own_phase() {
+        let status = Arc::new(Mutex::new(Status::default()));
+        let scan = Reporter::for_status(status.clone(), Phase::Scanning);
+        let up = Reporter::for_status(status.clone(), Phase::Uploading);
+        scan.update(1, 10, 0, 0);
+        assert_eq!(
+            status.lock().unwrap().progress,
+            None,
+            "short work is silent"
+        );
+        scan.finish();
+        scan.update(5, 5000, 100, 0);
+        assert_eq!(
+            status.lock().unwrap().progress,
+            Some(Progress {
+                phase: "scanning".into(),
+                done: 5,
+                total: 5000,
+                bytes_done: 100,
+                bytes_total: 0
+            })
+        );
+        // Throttled: an update right after the first is not published.
+        scan.update(6, 5000, 100, 0);
+        assert_eq!(status.lock().unwrap().progress.as_ref().unwrap().done, 5);
+        up.update(1, 2, 1, 64 << 20);
+        assert_eq!(
+            status.lock().unwrap().progress.as_ref().unwrap().phase,
+            "uploading"
+        );
+        // The scanner finishing does not clear the upload's progress.
+        scan.finish();
+        assert!(status.lock().unwrap().progress.is_some());
+        up.finish();
+        assert_eq!(status.lock().unwrap().progress, None);
+    }
+
+    #[test]
+    fn states_print_lower_case_as_before() {
+        let st = Status {
+            state: DaemonState::Disconnected,
+            base_mode: BaseMode::Uploaded,
+            services: vec![view("deploying", None)],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["state"], "disconnected");
+        assert_eq!(v["base_mode"], "uploaded");
+        assert_eq!(v["services"][0]["state"], "deploying");
+        let back: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(back.services[0].state, ServiceState::Deploying);
+        assert_eq!(back.state, DaemonState::Disconnected);
+        for s in [
+            "pending",
+            "queued",
+            "building",
+            "deploying",
+            "deployed",
+            "failed",
+        ] {
+            assert_eq!(view(s, None).state.as_str(), s);
         }
     }
 

@@ -4,10 +4,12 @@
 //! to use colors and how wide the terminal is, so the output is the same
 //! in tests as on a terminal.
 
-use crate::progress::{describe, human_bytes};
-use crate::status::{ServiceView, Status};
+use crate::progress::describe;
+use crate::status::{DaemonState, ServiceView, Status};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use console::Style;
+use devd_protocol::event::ServiceState;
+use indicatif::HumanBytes;
 
 /// Log lines of a failed build shown under the table.
 pub const LOG_TAIL_LINES: usize = 8;
@@ -45,28 +47,35 @@ impl Paint {
         self.style(Style::new().dim()).apply_to(t).to_string()
     }
 
-    fn state(&self, state: &str) -> String {
-        self.style(state_style(state)).apply_to(state).to_string()
+    fn state(&self, state: DaemonState) -> String {
+        self.style(state_style(state))
+            .apply_to(state.as_str())
+            .to_string()
     }
 }
 
-fn state_style(state: &str) -> Style {
+/// The daemon's state: green when in sync, yellow while working, red
+/// when it cannot sync.
+fn state_style(state: DaemonState) -> Style {
     match state {
-        "idle" | "deployed" => Style::new().green(),
-        "scanning" | "syncing" | "starting" | "queued" | "building" | "deploying" => {
+        DaemonState::Idle => Style::new().green(),
+        DaemonState::Scanning | DaemonState::Syncing | DaemonState::Starting => {
             Style::new().yellow()
         }
-        "failed" | "error" | "disconnected" => Style::new().red().bold(),
-        _ => Style::new(),
+        DaemonState::Error | DaemonState::Disconnected => Style::new().red().bold(),
     }
 }
 
-fn state_color(state: &str) -> Option<Color> {
+/// A service's state in the table: green deployed, yellow on its way,
+/// red failed, plain pending.
+fn state_color(state: ServiceState) -> Option<Color> {
     match state {
-        "deployed" => Some(Color::Green),
-        "queued" | "building" | "deploying" => Some(Color::Yellow),
-        "failed" => Some(Color::Red),
-        _ => None,
+        ServiceState::Deployed => Some(Color::Green),
+        ServiceState::Queued | ServiceState::Building | ServiceState::Deploying => {
+            Some(Color::Yellow)
+        }
+        ServiceState::Failed => Some(Color::Red),
+        ServiceState::Pending => None,
     }
 }
 
@@ -130,9 +139,9 @@ pub fn services_table(services: &[ServiceView], opts: &Options) -> Table {
         t.enforce_styling();
     }
     for s in services {
-        let mut state = Cell::new(&s.state);
+        let mut state = Cell::new(s.state.as_str());
         if opts.color
-            && let Some(c) = state_color(&s.state)
+            && let Some(c) = state_color(s.state)
         {
             state = state.fg(c);
         }
@@ -183,7 +192,7 @@ pub fn render(st: &Status, opts: &Options) -> String {
     let p = Paint { color: opts.color };
     let mut out: Vec<String> = Vec::new();
     let r = &st.receiver;
-    out.push(format!("{}{}", p.key("state"), p.state(&st.state)));
+    out.push(format!("{}{}", p.key("state"), p.state(st.state)));
     let mut conn = if r.connected {
         p.style(Style::new().green())
             .apply_to("connected")
@@ -254,14 +263,14 @@ pub fn render(st: &Status, opts: &Options) -> String {
             "{} file{} · {} sent · {} received · {}  {}",
             l.files,
             if l.files == 1 { "" } else { "s" },
-            human_bytes(l.bytes_sent),
-            human_bytes(l.bytes_received),
+            HumanBytes(l.bytes_sent),
+            HumanBytes(l.bytes_received),
             human_duration(l.latency_ms),
             p.dim(&format!(
                 "({} sync{}, {} sent since start)",
                 st.totals.syncs,
                 if st.totals.syncs == 1 { "" } else { "s" },
-                human_bytes(st.totals.bytes_sent)
+                HumanBytes(st.totals.bytes_sent)
             ))
         ),
         None => "none yet".into(),
@@ -297,7 +306,11 @@ pub fn render(st: &Status, opts: &Options) -> String {
     } else {
         out.push(services_table(&st.services, opts).to_string());
     }
-    for s in st.services.iter().filter(|s| s.state == "failed") {
+    for s in st
+        .services
+        .iter()
+        .filter(|s| s.state == ServiceState::Failed)
+    {
         out.push(String::new());
         let line = format!(
             "{}: {}",
@@ -336,16 +349,16 @@ pub fn not_running(workdir: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::ReceiverStatus;
+    use crate::status::{BaseMode, ReceiverStatus};
     use crate::uplink::SyncReport;
 
     fn sample() -> Status {
         Status {
-            state: "idle".into(),
+            state: DaemonState::Idle,
             pid: 42,
             workdir: "/home/me/app".into(),
             base: Some("0123456789abcdef0123456789abcdef01234567".into()),
-            base_mode: "fetched".into(),
+            base_mode: BaseMode::Fetched,
             upstream: Some("origin/main".into()),
             generation: 7,
             overlay_digest: Some("ab".repeat(32)),
@@ -367,7 +380,7 @@ mod tests {
             services: vec![
                 ServiceView {
                     name: "api".into(),
-                    state: "deployed".into(),
+                    state: ServiceState::Deployed,
                     digest: Some(format!("sha256:{}", "cd".repeat(32))),
                     image: Some("demo/api@sha256:cdcd".into()),
                     url: Some("http://127.0.0.1:40001".into()),
@@ -377,7 +390,7 @@ mod tests {
                 },
                 ServiceView {
                     name: "web".into(),
-                    state: "failed".into(),
+                    state: ServiceState::Failed,
                     last_build_ms: Some(12_300),
                     error: Some("build failed: exit status 1\nmore".into()),
                     log_tail: (1..=12).map(|i| format!("step {i}")).collect(),
@@ -407,7 +420,7 @@ mod tests {
         );
         assert!(out.contains("base       0123456789ab (fetched, upstream origin/main)"));
         assert!(out.contains("generation 7  overlay abababababab · 3 entries"));
-        assert!(out.contains("last sync  2 files · 2.0 KiB sent · 512 B received · 18 ms"));
+        assert!(out.contains("last sync  2 files · 2.00 KiB sent · 512 B received · 18 ms"));
         let header = lines
             .iter()
             .find(|l| l.contains("SERVICE"))

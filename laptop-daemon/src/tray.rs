@@ -11,7 +11,7 @@
 //! on either way.
 
 use crate::notify::open_url;
-use crate::status::Status;
+use crate::status::{DaemonState, Status};
 use ksni::menu::{MenuItem, StandardItem};
 use ksni::{Icon, ToolTip, TrayMethods};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,20 +40,24 @@ pub enum TrayState {
 impl TrayState {
     /// The state `status` shows; a failure outranks work in progress.
     pub fn of(status: &Status) -> Self {
-        let svc = |states: &[&str]| {
-            status
-                .services
-                .iter()
-                .any(|s| states.contains(&s.state.as_str()))
-        };
-        if matches!(status.state.as_str(), "error" | "disconnected")
+        use devd_protocol::event::ServiceState;
+        let svc =
+            |states: &[ServiceState]| status.services.iter().any(|s| states.contains(&s.state));
+        if matches!(status.state, DaemonState::Error | DaemonState::Disconnected)
             || status.catalog_error.is_some()
-            || svc(&["failed"])
+            || svc(&[ServiceState::Failed])
         {
             Self::Failed
-        } else if svc(&["queued", "building", "deploying"]) {
+        } else if svc(&[
+            ServiceState::Queued,
+            ServiceState::Building,
+            ServiceState::Deploying,
+        ]) {
             Self::Building
-        } else if matches!(status.state.as_str(), "starting" | "scanning" | "syncing") {
+        } else if matches!(
+            status.state,
+            DaemonState::Starting | DaemonState::Scanning | DaemonState::Syncing
+        ) {
             Self::Syncing
         } else {
             Self::Idle
@@ -134,7 +138,7 @@ impl View {
                 .iter()
                 .map(|s| ServiceItem {
                     name: s.name.clone(),
-                    state: s.state.clone(),
+                    state: s.state.as_str().to_owned(),
                     url: s.url.clone(),
                 })
                 .collect(),
@@ -321,15 +325,21 @@ mod tests {
     use crate::status::ServiceView;
     use ksni::Tray;
 
+    /// A status from the names `devd status --json` prints.
     fn status(state: &str, services: &[(&str, &str, Option<&str>)]) -> Status {
+        let named = |s: &str| serde_json::Value::String(s.to_owned());
         Status {
-            state: state.into(),
+            state: serde_json::from_value(named(state)).unwrap(),
             workdir: "/home/me/demo".into(),
             services: services
                 .iter()
                 .map(|(n, s, u)| ServiceView {
                     name: (*n).into(),
-                    state: (*s).into(),
+                    state: serde_json::from_value::<ServiceView>(
+                        serde_json::json!({ "state": named(s) }),
+                    )
+                    .unwrap()
+                    .state,
                     url: u.map(Into::into),
                     ..Default::default()
                 })

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Raw events buffered between notify's thread and the coalescer; beyond
 /// this the batch becomes a full scan.
@@ -142,32 +144,40 @@ impl Batch {
         }
     }
 
-    async fn emit(self, tx: &mpsc::Sender<Trigger>) {
+    async fn emit<M: From<Trigger>>(self, tx: &mpsc::Sender<M>) {
         let at = self.first.unwrap_or_else(Instant::now);
         if let Some(msg) = self.fatal {
-            let _ = tx.send(Trigger::Fatal(msg)).await;
+            let _ = tx.send(Trigger::Fatal(msg).into()).await;
             return;
         }
         if self.index {
-            let _ = tx.send(Trigger::Index).await;
+            let _ = tx.send(Trigger::Index.into()).await;
         }
         if self.full {
-            let _ = tx.send(Trigger::Full(at)).await;
+            let _ = tx.send(Trigger::Full(at).into()).await;
         } else if !self.paths.is_empty() {
-            let _ = tx.send(Trigger::Paths(self.paths, at)).await;
+            let _ = tx.send(Trigger::Paths(self.paths, at).into()).await;
         }
     }
 }
 
-async fn coalesce(
+async fn coalesce<M: From<Trigger>>(
     mut rx: mpsc::Receiver<notify::Result<notify::Event>>,
     overflow: Arc<AtomicBool>,
     wd: PathBuf,
     gd: PathBuf,
     window: Duration,
-    tx: mpsc::Sender<Trigger>,
+    tx: mpsc::Sender<M>,
+    cancel: CancellationToken,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
         let opened = Instant::now();
         let mut batch = Batch::default();
         batch.add(&wd, &gd, first);
@@ -185,12 +195,18 @@ async fn coalesce(
 }
 
 /// Watch `workdir` (recursively, `.git` included for HEAD/refs/index) and
-/// send triggers to `tx`. Must be called within a tokio runtime.
-pub fn watch(
+/// send triggers straight into `tx`, the queue its consumer reads (the
+/// daemon's scanner queue: `M` is its message type, made from a
+/// [`Trigger`]). The coalescing task runs on `tracker` and ends when
+/// `cancel` fires or the returned [`Watcher`] is dropped. Must be called
+/// within a tokio runtime.
+pub fn watch<M: From<Trigger> + Send + 'static>(
     workdir: &Path,
     git_dir: &Path,
     window: Duration,
-    tx: mpsc::Sender<Trigger>,
+    tx: mpsc::Sender<M>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
 ) -> Result<Watcher, WatchError> {
     let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
     let overflow = Arc::new(AtomicBool::new(false));
@@ -224,13 +240,14 @@ pub fn watch(
             .watch(git_dir, RecursiveMode::Recursive)
             .map_err(|e| wrap(git_dir, e))?;
     }
-    let task = tokio::spawn(coalesce(
+    let task = tracker.spawn(coalesce(
         raw_rx,
         overflow,
         workdir.to_owned(),
         git_dir.to_owned(),
         window,
         tx,
+        cancel.clone(),
     ));
     Ok(Watcher {
         _watcher: watcher,

@@ -11,7 +11,8 @@
 //! inspects it with `busctl`, like a panel would.
 #![cfg(all(feature = "tray", target_os = "linux"))]
 
-use devd::status::{ServiceView, Status};
+use devd::status::{DaemonState, ServiceView, Status};
+use devd_protocol::event::ServiceState;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -304,18 +305,18 @@ fn tray_child() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let service = |name: &str, state: &str, url: Option<&str>| ServiceView {
+    let service = |name: &str, state: ServiceState, url: Option<&str>| ServiceView {
         name: name.into(),
-        state: state.into(),
+        state,
         url: url.map(Into::into),
         ..Default::default()
     };
     let status = Arc::new(Mutex::new(Status {
-        state: "idle".into(),
+        state: DaemonState::Idle,
         workdir: "/home/me/demo".into(),
         services: vec![
-            service("api", "building", None),
-            service("web", "deployed", Some("http://127.0.0.1:4711")),
+            service("api", ServiceState::Building, None),
+            service("web", ServiceState::Deployed, Some("http://127.0.0.1:4711")),
         ],
         ..Default::default()
     }));
@@ -328,7 +329,7 @@ fn tray_child() {
         while !cancel.is_cancelled() {
             assert!(Instant::now() < deadline, "Quit never came");
             if fail_flag.exists() {
-                status.lock().unwrap().services[0].state = "failed".into();
+                status.lock().unwrap().services[0].state = ServiceState::Failed;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

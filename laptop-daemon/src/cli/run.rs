@@ -1,0 +1,53 @@
+//! `devd run`: the daemon in the foreground (what `devd start` runs in
+//! the background), until SIGTERM, SIGINT or `devd stop`.
+
+use super::Ctx;
+use super::lock::{lock_path, try_lock};
+use crate::control;
+use crate::daemon::{self, Options};
+use anyhow::bail;
+use std::sync::Arc;
+
+pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let Some(_lock) = try_lock(&lock_path(&ctx.state_dir))? else {
+        println!("devd is already running for {}", ctx.workdir.display());
+        return Ok(());
+    };
+    let h = Arc::new(
+        daemon::start(Options {
+            workdir: ctx.workdir.clone(),
+            home: ctx.home.clone(),
+            watch: true,
+        })
+        .await?,
+    );
+    tracing::info!(workdir = %ctx.workdir.display(), state = %ctx.state_dir.display(), "devd running");
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // The control socket is served alongside (not spawned), so it is over
+    // when this returns: it stops once the daemon is cancelled.
+    let until_stopped = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = h.cancel.cancelled() => {}
+        }
+        let st = h.status();
+        h.cancel.cancel();
+        st
+    };
+    let (served, st) = tokio::join!(control::serve(h.clone(), ctx.socket()), until_stopped);
+    if let Err(e) = served {
+        tracing::warn!(error = %e, socket = %ctx.socket().display(), "control socket failed");
+    }
+    let failed = st.state == crate::status::DaemonState::Error;
+    let err = st.last_error;
+    if let Ok(h) = Arc::try_unwrap(h) {
+        h.shutdown().await;
+    }
+    if failed {
+        bail!("{}", err.unwrap_or_else(|| "daemon failed".into()));
+    }
+    Ok(())
+}
