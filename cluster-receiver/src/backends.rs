@@ -2,10 +2,10 @@
 //! with what it needs from the running receiver ([`BackendEnv`]). Apart from
 //! `config` so the configuration file's types know no HTTP server.
 
+use crate::build::backend::Backend;
+use crate::build::backend::kubernetes::{DEFAULT_KANIKO_IMAGE, KubernetesBackend, Settings};
+use crate::build::backend::local::{LocalBackend, LocalConfig};
 use crate::build::http::ContextShelf;
-use crate::builder::Backend;
-use crate::builder::kubernetes::{DEFAULT_KANIKO_IMAGE, KubernetesBackend, Settings};
-use crate::builder::local::{LocalBackend, LocalConfig};
 use crate::config::{BackendKind, ConfigError, ReceiverConfig, kube_client};
 use std::net::SocketAddr;
 use std::path::PathBuf;

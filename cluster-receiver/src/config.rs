@@ -6,7 +6,7 @@
 //! [docs/configuration.md](../../docs/configuration.md) at the repository
 //! root (`[build]`, `[git]`, `[kubernetes]`, `[kubernetes.resources]`).
 
-use crate::builder::kubernetes::BuildResources;
+use crate::build::backend::kubernetes::BuildResources;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

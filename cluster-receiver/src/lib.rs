@@ -24,7 +24,9 @@
 //!     metrics).
 //!   - [`build::archive`], [`build::fetch`]: contexts packed for a build
 //!     pod, and `devd-receiver fetch-context`, which unpacks them there.
-//! - [`builder`]: the build and deploy backends (local, Kubernetes).
+//!   - [`build::backend`]: the build and deploy backends behind one trait:
+//!     local (buildah, podman) and Kubernetes (Kaniko Jobs, server-side
+//!     apply), and the DevBuild records.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`vacuum`]: `devd-receiver vacuum`, which deletes expired workspace
 //!   namespaces.
@@ -36,7 +38,6 @@
 mod api_mock;
 pub mod backends;
 pub mod build;
-pub mod builder;
 pub mod config;
 pub mod metrics;
 pub mod publish;
@@ -46,15 +47,3 @@ pub mod vacuum;
 
 pub use run::{RunError, Running, ServeConfig, run};
 pub use sync::server::{Served, WorkspaceSpec};
-
-// The paths `builder/` and the laptop's prebuild still use; they go when
-// `builder/` moves under `build/`.
-#[doc(hidden)]
-pub use build::{context, http, pipeline};
-
-/// The path the laptop daemon still names (`server::ServeError`, the
-/// embedded receiver's error); goes with the laptop's restructure.
-#[doc(hidden)]
-pub mod server {
-    pub use crate::run::RunError as ServeError;
-}

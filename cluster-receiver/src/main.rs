@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Crd => {
-            print!("{}", devd_receiver::builder::devbuild::crd_yaml());
+            print!("{}", devd_receiver::build::backend::devbuild::crd_yaml());
             Ok(())
         }
         Cmd::Vacuum {

@@ -48,7 +48,7 @@ pub enum DaemonError {
     Pairing(#[from] devd_sync::pairing::PairingError),
     #[cfg(feature = "embedded")]
     #[error("embedded receiver: {0}")]
-    Receiver(#[from] devd_receiver::server::ServeError),
+    Receiver(#[from] devd_receiver::RunError),
     #[cfg(not(feature = "embedded"))]
     #[error(
         "this devd was built without the embedded receiver (cargo feature `embedded`): set [receiver] mode = \"remote\" in devd.local.toml, or install devd with default features"

@@ -5,7 +5,7 @@
 //! The context of each service is taken from the commit's tree (exported to
 //! a temporary directory, so nothing a CI checkout leaves around counts) and
 //! digested exactly as a receiver digests its worktree
-//! ([`devd_receiver::context::snapshot`]). The tag is the same, so a fresh
+//! ([`devd_receiver::build::context::snapshot`]). The tag is the same, so a fresh
 //! workspace at that commit finds every image and deploys it without a
 //! build; build steps run first as they do on a receiver. Images are built
 //! with buildah ([`LocalBackend`]), on the CI machine.
@@ -14,8 +14,8 @@ use crate::repo::Repo;
 use anyhow::Context;
 use devd_protocol::CommitId;
 use devd_protocol::tree::EntryKind;
-use devd_receiver::builder::local::{LocalBackend, LocalConfig};
-use devd_receiver::builder::{Backend, BuildRequest};
+use devd_receiver::build::backend::local::{LocalBackend, LocalConfig};
+use devd_receiver::build::backend::{Backend, BuildRequest};
 use devd_sync::catalog::Catalog;
 use serde::Serialize;
 use std::os::unix::fs::PermissionsExt;
@@ -151,7 +151,7 @@ pub async fn run(opts: &Options, mut progress: impl FnMut(&Line)) -> anyhow::Res
         std::fs::create_dir_all(snap_dir.parent().expect("parent"))?;
         let (root, s, dir) = (tree.clone(), service.clone(), snap_dir.clone());
         let snap = tokio::task::spawn_blocking(move || {
-            devd_receiver::context::snapshot(&root, &s, &dir, b"")
+            devd_receiver::build::context::snapshot(&root, &s, &dir, b"")
         })
         .await?
         .with_context(|| format!("build context of {}", service.name))?;

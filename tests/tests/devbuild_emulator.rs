@@ -16,7 +16,7 @@
 //! (`examples/demo`); assertions are on the DevBuild objects in the
 //! emulator, their phase history, the Jobs, the registry and `devd status`.
 
-use devd_receiver::builder::devbuild::{DevBuild, Phase};
+use devd_receiver::build::backend::devbuild::{DevBuild, Phase};
 use devd_tests::kube_cluster::{self, Build, ClusterOpts, Errors, TIMEOUT};
 use devd_tests::{Fixture, Service};
 use futures::StreamExt;
@@ -215,7 +215,7 @@ fn emulator_devbuilds_go_pending_running_then_succeeded_failed_or_reused() {
         assert_eq!(context.len(), 64, "{context}");
         assert_eq!(
             status.tag.as_deref(),
-            Some(&*devd_receiver::context::tag_for(&context))
+            Some(&*devd_receiver::build::context::tag_for(&context))
         );
         assert_eq!(status.built_generation, Some(s.generation), "{name}");
         let (start, end) = (status.start_time.unwrap(), status.completion_time.unwrap());

@@ -9,7 +9,7 @@
 //! - A misspelled field fails that validation (and passes without
 //!   `--strict`, which is why it is on).
 //! - The receiver's Role grants exactly the API calls of the Kubernetes
-//!   backend: they are read from `cluster-receiver/src/builder/kubernetes/`
+//!   backend: they are read from `cluster-receiver/src/build/backend/kubernetes/`
 //!   (every `Api<Kind>` binding and the methods called on it, through the
 //!   generic helpers too), cross-checked against the request paths its
 //!   tower-test scenarios assert, and compared both ways with the Role. The
@@ -937,7 +937,7 @@ fn assert_same(role: &str, granted: &BTreeSet<Grant>, needed: &BTreeSet<Grant>) 
 fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
     // The backend is a folder: the code of every file (each without its
     // unit tests), and the request-shape tests in their own file.
-    let dir = root().join("cluster-receiver/src/builder/kubernetes");
+    let dir = root().join("cluster-receiver/src/build/backend/kubernetes");
     let tests_file = "request_shape_tests.rs";
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -970,7 +970,8 @@ fn receiver_role_grants_exactly_the_kubernetes_backends_calls() {
     // The DevBuild recorder (builder/devbuild.rs), read the same way and
     // cross-checked against its own tower-test scenarios.
     let devbuild =
-        std::fs::read_to_string(root().join("cluster-receiver/src/builder/devbuild.rs")).unwrap();
+        std::fs::read_to_string(root().join("cluster-receiver/src/build/backend/devbuild.rs"))
+            .unwrap();
     let devbuilds = grants_in_code(&devbuild);
     let exercised = grants_in_scenarios(&devbuild, 4);
     assert!(

@@ -60,7 +60,7 @@ pub(super) fn read(log: &str, service: &str) -> BTreeMap<u64, Steps> {
         let Some(ts) = line.split_whitespace().next().and_then(parse_ts) else {
             continue;
         };
-        if line.contains("builder::local: built ") {
+        if line.contains("backend::local: built ") {
             last_bud = ms_field(&line).map(|ms| (ts, ms));
             continue;
         }
@@ -96,16 +96,16 @@ mod tests {
     #[test]
     fn reads_a_build_and_a_reuse() {
         let log = "\
-2026-01-01T00:00:01.000Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=4 event=Queued
-2026-01-01T00:00:01.002Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=4 event=Started { context: \"57\", tag: \"devd-57\" }
-2026-01-01T00:00:01.002Z  INFO devd_receiver::pipeline: build event workspace=local service=api generation=4 event=Queued
-2026-01-01T00:00:01.400Z  INFO devd_receiver::builder::local: built service=web reference=localhost/demo/web:devd-57 ms=390
-2026-01-01T00:00:01.460Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=4 event=Built { image: \"x\", duration_ms: 458 }
-2026-01-01T00:00:02.000Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=4 event=Deployed { image: \"x\", url: None, total_ms: 1000 }
-\u{1b}[2m2026-01-01T00:00:03.000Z\u{1b}[0m  INFO devd_receiver::pipeline: build event workspace=local service=web generation=5 event=Queued
-2026-01-01T00:00:03.001Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=5 event=Started { context: \"c1\", tag: \"devd-c1\" }
-2026-01-01T00:00:03.040Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=5 event=Reused { context: \"c1\", image: \"y\" }
-2026-01-01T00:00:03.440Z  INFO devd_receiver::pipeline: build event workspace=local service=web generation=5 event=Deployed { image: \"y\", url: None, total_ms: 440 }
+2026-01-01T00:00:01.000Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=4 event=Queued
+2026-01-01T00:00:01.002Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=4 event=Started { context: \"57\", tag: \"devd-57\" }
+2026-01-01T00:00:01.002Z  INFO devd_receiver::build::pipeline: build event workspace=local service=api generation=4 event=Queued
+2026-01-01T00:00:01.400Z  INFO devd_receiver::build::backend::local: built service=web reference=localhost/demo/web:devd-57 ms=390
+2026-01-01T00:00:01.460Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=4 event=Built { image: \"x\", duration_ms: 458 }
+2026-01-01T00:00:02.000Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=4 event=Deployed { image: \"x\", url: None, total_ms: 1000 }
+\u{1b}[2m2026-01-01T00:00:03.000Z\u{1b}[0m  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=5 event=Queued
+2026-01-01T00:00:03.001Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=5 event=Started { context: \"c1\", tag: \"devd-c1\" }
+2026-01-01T00:00:03.040Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=5 event=Reused { context: \"c1\", image: \"y\" }
+2026-01-01T00:00:03.440Z  INFO devd_receiver::build::pipeline: build event workspace=local service=web generation=5 event=Deployed { image: \"y\", url: None, total_ms: 440 }
 ";
         let t = read(log, "web");
         assert_eq!(t.len(), 2);

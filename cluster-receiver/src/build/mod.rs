@@ -1,7 +1,8 @@
 //! The build half: from an applied generation to built images and
-//! deployed services (the backends themselves are in `builder/`).
+//! deployed services.
 
 pub mod archive;
+pub mod backend;
 pub mod context;
 pub mod dockerignore;
 pub mod fetch;

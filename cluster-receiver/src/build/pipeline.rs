@@ -21,8 +21,8 @@
 //!   the builds in flight; once the receiver is cancelled no new build
 //!   starts.
 
+use crate::build::backend::{Backend, BuildRequest, Failure, Observation};
 use crate::build::context::{ContextSnapshot, tag_for};
-use crate::builder::{Backend, BuildRequest, Failure, Observation};
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 use devd_protocol::message::ServerMsg;

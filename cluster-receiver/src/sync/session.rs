@@ -441,15 +441,15 @@ async fn tail_file(
     service: &str,
     follow: bool,
     out: tokio::sync::mpsc::Sender<Vec<u8>>,
-) -> Result<(), crate::builder::Failure> {
+) -> Result<(), crate::build::backend::Failure> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let Some(path) = path else {
-        return Err(crate::builder::Failure::new(format!(
+        return Err(crate::build::backend::Failure::new(format!(
             "{service} has no build log yet: nothing was built for it on this receiver"
         )));
     };
     let failure = |e: std::io::Error| {
-        crate::builder::Failure::new(format!("reading {}: {e}", path.display()))
+        crate::build::backend::Failure::new(format!("reading {}: {e}", path.display()))
     };
     let mut f = tokio::fs::File::open(&path).await.map_err(failure)?;
     let mut pos = 0u64;

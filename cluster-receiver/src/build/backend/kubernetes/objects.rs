@@ -9,7 +9,7 @@ use super::names::{
     KANIKO_CONTAINER, LABEL_CONTEXT, LABEL_SERVICE, WORKSPACE_DIR, ingress_host, label_value,
     step_container,
 };
-use crate::builder::BuildRequest;
+use crate::build::backend::BuildRequest;
 use devd_sync::catalog::{Expose, Run, Service};
 use serde_json::{Value, json};
 

@@ -6,7 +6,7 @@ use super::KubernetesBackend;
 use super::api_failure;
 use super::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
 use super::state::{RolloutState, has_label, rollout_state};
-use crate::builder::{Failure, tail};
+use crate::build::backend::{Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;

@@ -16,7 +16,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod registry;
 
-use crate::context::ContextSnapshot;
+use crate::build::context::ContextSnapshot;
 use devd_protocol::message::ServerMsg;
 use devd_sync::catalog::Service;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! `[kubernetes]` configuration, with defaults) and the docker config
 //! file its registry credentials come from.
 
-use crate::builder::registry::Credentials;
+use crate::build::backend::registry::Credentials;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -117,7 +117,7 @@ impl Settings {
             ingress_class: None,
             rollout_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
-            devbuilds_per_service: crate::builder::devbuild::DEFAULT_KEEP,
+            devbuilds_per_service: crate::build::backend::devbuild::DEFAULT_KEEP,
         }
     }
 }

@@ -8,7 +8,7 @@ use super::names::{
 };
 use super::state::{JobState, Stuck, Terminated, has_label, job_state, stuck, terminated};
 use super::{api_failure, is_status};
-use crate::builder::{BuildRequest, Failure, tail};
+use crate::build::backend::{BuildRequest, Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;

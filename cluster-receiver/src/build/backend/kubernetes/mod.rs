@@ -4,7 +4,7 @@
 //! Build (one Job per build, `backoffLimit: 0`):
 //! - The receiver's volume is ReadWriteOnce, so the build pod cannot mount
 //!   the context snapshot. The receiver packs it and offers it over its HTTP
-//!   server under a one-build random token ([`crate::http`]); the Job's
+//!   server under a one-build random token ([`crate::build::http`]); the Job's
 //!   init container runs `devd-receiver fetch-context` (the receiver's own
 //!   image, as a non-root user) to download it, check its blake3 digest and
 //!   unpack it into an emptyDir that the Kaniko container reads as
@@ -58,7 +58,7 @@ pub use state::{JobState, RolloutState, container_image, job_state, rollout_stat
 use super::devbuild::{Recorder, Repositories};
 use super::registry::{Credentials, RegistryClient};
 use super::{Backend, BuildRequest, Deployment as Deployed, Failure, Observation};
-use crate::http::ContextShelf;
+use crate::build::http::ContextShelf;
 use devd_sync::catalog::{Expose, Run, Service};
 use job::append_log;
 use k8s_openapi::api::apps::v1::Deployment;

@@ -3,7 +3,7 @@
 //! method, path, query and body.
 
 use super::*;
-use crate::context::ContextSnapshot;
+use crate::build::context::ContextSnapshot;
 use devd_sync::catalog::Catalog;
 use http::Method;
 use k8s_openapi::api::batch::v1::Job;
@@ -84,7 +84,7 @@ fn request(st: &Setup) -> BuildRequest {
             bytes: 30,
         },
         repository: "r.example.com:5000/demo/greeter".into(),
-        tag: crate::context::tag_for(&digest),
+        tag: crate::build::context::tag_for(&digest),
         log: st.dir.path().join("build.log"),
     }
 }

@@ -74,7 +74,7 @@ pub fn labels(workspace: &str, service: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::kubernetes::state::valid_digest;
+    use crate::build::backend::kubernetes::state::valid_digest;
 
     #[test]
     fn names_labels_and_digests() {
