@@ -21,7 +21,7 @@
 //!   the builds in flight; once the receiver is cancelled no new build
 //!   starts.
 
-use crate::build::backend::{Backend, BuildRequest, Failure, Observation};
+use crate::build::backend::{Backend, BuildRequest, Failure, Observation, RunningService};
 use crate::build::context::{ContextSnapshot, tag_for};
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
@@ -223,7 +223,7 @@ impl Pipeline {
                 continue;
             };
             match self.backend.running(&self.workspace, &s).await {
-                Ok(Some((image, url))) if image == rec.image => {
+                Ok(Some(RunningService { image, url })) if image == rec.image => {
                     tracing::info!(service = %s.name, %image, "adopted the running deployment");
                     let mut st = self.state.lock().expect("pipeline state");
                     if let Some(svc) = st.services.get_mut(&s.name) {

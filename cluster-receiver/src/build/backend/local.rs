@@ -18,7 +18,7 @@
 //! the old one keeps serving.
 
 use super::registry::RegistryClient;
-use super::{Backend, BuildRequest, Deployment, Failure, tail};
+use super::{Backend, BuildRequest, Deployment, Failure, RunningService, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use devd_sync::catalog::{Run, Service, Step};
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +74,10 @@ pub struct LocalBackend {
     cfg: LocalConfig,
     registry: Option<RegistryClient>,
     proxies: tokio::sync::Mutex<HashMap<String, Proxy>>,
+    /// The receiver's tracker, given by [`Backend::observe`]: work that
+    /// outlives a deploy call (retiring old containers) runs there, so a
+    /// receiver's drain waits for it.
+    tasks: std::sync::OnceLock<tokio_util::task::TaskTracker>,
 }
 
 /// Install hints for missing tools.
@@ -158,6 +162,7 @@ impl LocalBackend {
         Self {
             cfg,
             registry,
+            tasks: std::sync::OnceLock::new(),
             proxies: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -220,13 +225,20 @@ impl LocalBackend {
         }
         let target = Arc::new(Mutex::new(target));
         let t2 = target.clone();
+        // The proxy owns its connections: aborting it (the Proxy is
+        // dropped with the backend) ends them too.
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                };
+                let Ok((mut inbound, _)) = accepted else {
                     continue;
                 };
                 let to = *t2.lock().expect("proxy target");
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     match TcpStream::connect(to).await {
                         Ok(mut outbound) => {
                             let _ =
@@ -460,6 +472,10 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn observe(&self, observation: super::Observation) {
+        let _ = self.tasks.set(observation.tasks);
+    }
+
     fn repository(&self, image: &str) -> String {
         super::qualify(image, self.cfg.registry.as_deref())
     }
@@ -620,13 +636,19 @@ impl Backend for LocalBackend {
         // get a second to finish requests in flight).
         let stale: Vec<String> = old.into_iter().map(|(n, _, _)| n).collect();
         if !stale.is_empty() {
-            tokio::spawn(async move {
+            let retire = async move {
                 let mut cmd = Command::new("podman");
                 cmd.args(["rm", "-f", "-t", "1"]).args(&stale);
                 if let Err(e) = run(cmd, "podman", None).await {
                     tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
                 }
-            });
+            };
+            match self.tasks.get() {
+                Some(tasks) => drop(tasks.spawn(retire)),
+                // Not run by a receiver (nothing observes it): remove them
+                // before returning instead.
+                None => retire.await,
+            }
         }
         Ok(Deployment { url })
     }
@@ -679,7 +701,7 @@ impl Backend for LocalBackend {
         &self,
         workspace: &str,
         service: &Service,
-    ) -> Result<Option<(String, Option<String>)>, Failure> {
+    ) -> Result<Option<RunningService>, Failure> {
         let list = self.containers(workspace, &service.name).await?;
         let Some((name, image, _)) = list.into_iter().find(|(_, _, running)| *running) else {
             return Ok(None);
@@ -691,6 +713,6 @@ impl Backend for LocalBackend {
             }
             None => None,
         };
-        Ok(Some((image, url)))
+        Ok(Some(RunningService { image, url }))
     }
 }

@@ -25,6 +25,15 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What a backend finds running for a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningService {
+    /// The image reference it runs (`repo@sha256:…` when devd deployed it).
+    pub image: String,
+    /// Where it answers, if it is exposed.
+    pub url: Option<String>,
+}
+
 /// A failed build or deploy: what went wrong and the end of the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
@@ -141,13 +150,12 @@ pub trait Backend: Send + Sync {
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Failure>;
 
-    /// What runs for `service` right now (after a receiver restart), as
-    /// `(image, url)`.
+    /// What runs for `service` right now (after a receiver restart).
     async fn running(
         &self,
         workspace: &str,
         service: &Service,
-    ) -> Result<Option<(String, Option<String>)>, Failure>;
+    ) -> Result<Option<RunningService>, Failure>;
 
     /// Follow one workspace's build events from its pipeline's start,
     /// beside the builds (never in their path). Called once per workspace,

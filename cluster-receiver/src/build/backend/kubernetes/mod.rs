@@ -57,7 +57,7 @@ pub use state::{JobState, RolloutState, container_image, job_state, rollout_stat
 
 use super::devbuild::{Recorder, Repositories};
 use super::registry::{Credentials, RegistryClient};
-use super::{Backend, BuildRequest, Deployment as Deployed, Failure, Observation};
+use super::{Backend, BuildRequest, Deployment as Deployed, Failure, Observation, RunningService};
 use crate::build::http::ContextShelf;
 use devd_sync::catalog::{Expose, Run, Service};
 use job::append_log;
@@ -415,7 +415,7 @@ impl Backend for KubernetesBackend {
         &self,
         workspace: &str,
         service: &Service,
-    ) -> Result<Option<(String, Option<String>)>, Failure> {
+    ) -> Result<Option<RunningService>, Failure> {
         let (deployment, container) = match &service.run {
             Run::Existing {
                 deployment,
@@ -430,7 +430,10 @@ impl Backend for KubernetesBackend {
             .await
             .map_err(|e| api_failure(&format!("read Deployment {deployment}"), e))?;
         Ok(d.and_then(|d| container_image(&d, container))
-            .map(|image| (image, self.url(workspace, service))))
+            .map(|image| RunningService {
+                image,
+                url: self.url(workspace, service),
+            }))
     }
 
     /// Every build of the workspace becomes a DevBuild resource

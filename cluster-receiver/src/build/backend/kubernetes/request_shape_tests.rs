@@ -890,10 +890,10 @@ async fn running_request_shape_reads_the_container_image() {
     .await;
     assert_eq!(
         r.unwrap(),
-        Some((
-            "legacy@sha256:11".to_owned(),
-            Some("http://legacy-app.dev.svc.cluster.local:80".to_owned())
-        ))
+        Some(RunningService {
+            image: "legacy@sha256:11".to_owned(),
+            url: Some("http://legacy-app.dev.svc.cluster.local:80".to_owned())
+        })
     );
     let r = scripted(
         &mut api,
