@@ -17,6 +17,7 @@
 //! the daemon logs one warning, then only debug lines, and goes on.
 
 use crate::config::NotificationConfig;
+use crate::status_view::human_duration as duration;
 use devd_protocol::{BuildEvent, EventKind, ServiceStatus};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -151,15 +152,6 @@ fn first_line(s: &str) -> &str {
 pub fn short_digest(digest: &str) -> &str {
     let hex = digest.rsplit_once(':').map_or(digest, |(_, h)| h);
     &hex[..hex.len().min(12)]
-}
-
-/// `850 ms`, `4.2 s`, `2 min 5 s`.
-fn duration(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        _ => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
-    }
 }
 
 /// Notification bodies may carry markup (every common server advertises
@@ -481,7 +473,7 @@ mod tests {
             total_ms: 61_500,
             reused: true,
         };
-        assert_eq!(n.summary(), "api deployed in 1 min 1 s");
+        assert_eq!(n.summary(), "api deployed in 1m 1s");
         assert!(n.body().contains("(reused)") && n.body().contains("not exposed"));
         assert_eq!(n.url(), None);
     }
@@ -510,7 +502,7 @@ mod tests {
     fn durations_and_digests_read_well() {
         assert_eq!(duration(850), "850 ms");
         assert_eq!(duration(1_000), "1.0 s");
-        assert_eq!(duration(125_000), "2 min 5 s");
+        assert_eq!(duration(125_000), "2m 5s");
         assert_eq!(short_digest("sha256:abcdef0123456789"), "abcdef012345");
         assert_eq!(short_digest("abc"), "abc");
         assert_eq!(first_line("\n  first \nsecond"), "first");

@@ -95,12 +95,18 @@ pub fn human_age(ms: u64) -> String {
     }
 }
 
-/// `850 ms`, `12.3 s`, `2m 05s`.
+/// How long something took, as people read it: `850 ms`, `12.3 s`, and
+/// from a minute on jiff's compact form in whole seconds (`2m 5s`,
+/// `1h 3m 20s`). The status table and the notifications both use it.
 pub fn human_duration(ms: u64) -> String {
+    use jiff::fmt::friendly::{Designator, Spacing, SpanPrinter};
     match ms {
         0..1000 => format!("{ms} ms"),
         1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        _ => format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60),
+        _ => SpanPrinter::new()
+            .designator(Designator::Compact)
+            .spacing(Spacing::BetweenUnits)
+            .duration_to_string(&jiff::SignedDuration::from_secs((ms / 1000) as i64)),
     }
 }
 
@@ -482,6 +488,7 @@ mod tests {
         assert_eq!(human_age(61_000), "1m");
         assert_eq!(human_age(7_200_000), "2h");
         assert_eq!(human_duration(850), "850 ms");
-        assert_eq!(human_duration(125_000), "2m 05s");
+        assert_eq!(human_duration(125_000), "2m 5s");
+        assert_eq!(human_duration(3_800_000), "1h 3m 20s");
     }
 }

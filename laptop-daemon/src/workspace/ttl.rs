@@ -1,48 +1,34 @@
 //! Times to live: parsing `--ttl 12h` and showing the time a workspace
 //! has left.
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Span, SpanRelativeTo};
 
 /// A time to live that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("bad --ttl {input:?}: expected e.g. 12h, 90m, 1d or 1h30m")]
+#[error(
+    "bad --ttl {input:?}: expected a positive duration such as 12h, 90m, 1.5h, 1d or 1h30m (days are 24 hours; years and months are not accepted)"
+)]
 pub struct TtlError {
     /// What was given.
     pub input: String,
 }
 
-/// Parse a time to live: `12h`, `90m`, `1d`, `1h30m`, `45s`.
+/// Parse a time to live with jiff's duration formats: `12h`, `90m`, `1d`,
+/// `1h30m`, `1.5h`, `2 days`, `1w`, or ISO 8601 (`PT12H`). A day is 24
+/// hours; years and months (which need a calendar) and anything not
+/// positive are refused.
 pub fn parse_ttl(s: &str) -> Result<SignedDuration, TtlError> {
     let bad = || TtlError {
         input: s.to_owned(),
     };
-    let mut total: i64 = 0;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit: i64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        num.clear();
-        any = true;
-    }
-    if !num.is_empty() || !any || total <= 0 {
+    let span: Span = s.trim().parse().map_err(|_| bad())?;
+    let d = span
+        .to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    if d <= SignedDuration::ZERO {
         return Err(bad());
     }
-    Ok(SignedDuration::from_secs(total))
+    Ok(d)
 }
 
 /// `3d 4h`, `11h 59m`, `5m`, `40s`; `expired` when not positive.
@@ -70,7 +56,11 @@ mod tests {
         assert_eq!(parse_ttl("1h30m").unwrap().as_secs(), 5400);
         assert_eq!(parse_ttl("1d").unwrap().as_secs(), 86_400);
         assert_eq!(parse_ttl("45s").unwrap().as_secs(), 45);
-        for bad in ["", "12", "h", "0h", "1y", "-1h", "1.5h"] {
+        assert_eq!(parse_ttl("1.5h").unwrap().as_secs(), 5400);
+        assert_eq!(parse_ttl("2 days").unwrap().as_secs(), 2 * 86_400);
+        assert_eq!(parse_ttl("1w").unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(parse_ttl("PT12H").unwrap().as_secs(), 12 * 3600);
+        for bad in ["", "12", "h", "0h", "1y", "2 months", "-1h", "1h ago"] {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
     }
