@@ -132,11 +132,6 @@ fn client_tls(fingerprint_hex: &str) -> Result<rustls::ClientConfig, rustls::Err
 }
 
 /// Connect over QUIC to a receiver whose certificate has `fingerprint_hex`.
-pub async fn connect(addr: SocketAddr, fingerprint_hex: &str) -> anyhow::Result<quinn::Connection> {
-    Ok(connect_quic(addr, fingerprint_hex).await?)
-}
-
-/// [`connect`] with a typed error.
 pub async fn connect_quic(
     addr: SocketAddr,
     fingerprint_hex: &str,

@@ -62,9 +62,9 @@ struct Client {
 
 impl Client {
     async fn open(addr: SocketAddr, fingerprint: &str) -> Client {
-        let conn = devd::transport::connect(addr, fingerprint)
+        let conn = devd::transport::connect_quic(addr, fingerprint)
             .await
-            .unwrap_or_else(|e| panic!("devd::transport::connect({addr}) failed: {e:#}"));
+            .unwrap_or_else(|e| panic!("devd::transport::connect_quic({addr}) failed: {e:#}"));
         let (send, recv) = conn.open_bi().await.expect("open a bidirectional stream");
         Client {
             _conn: conn,
