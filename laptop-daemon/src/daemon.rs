@@ -12,6 +12,7 @@ use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
 use backon::BackoffBuilder;
 use devd_protocol::message::{Ack, Base};
+use devd_protocol::session;
 use devd_sync::pairing::Pairing;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -666,7 +667,7 @@ async fn uplink_loop(
                     schedule.retry_after(Duration::ZERO);
                 }
             }
-            Err(SyncError::BaseUnavailable(msg)) => {
+            Err(SyncError::Session(session::SyncError::BaseUnavailable(msg))) => {
                 tracing::warn!(%msg, "receiver cannot fetch the base; uploading the base content from the laptop");
                 update(&status, |s| {
                     s.base_mode = BaseMode::Uploaded;
@@ -676,7 +677,7 @@ async fn uplink_loop(
                 // Wait for the scanner's uploaded-base snapshot.
                 schedule.retry_after(IDLE_RECHECK);
             }
-            Err(SyncError::Changed(path)) => {
+            Err(SyncError::Session(session::SyncError::Changed(path))) => {
                 tracing::debug!(%path, "file changed during send; rescanning it");
                 let _ = scan_tx
                     .send(ScanMsg::Trigger(Trigger::Paths(

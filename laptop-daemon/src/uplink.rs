@@ -14,7 +14,7 @@ use devd_protocol::compress::{self, BlobRef};
 use devd_protocol::message::{Ack, Base, Blob, ClientMsg, ServerMsg};
 use devd_protocol::session::{self, EncodeError, EncodeItem, Request, Sender, SenderEvent};
 use devd_protocol::tree::{BaseTree, EntryKind};
-use devd_protocol::{ContentId, Digest, ErrorCode, Overlay, RelPath};
+use devd_protocol::{ContentId, Digest, Overlay, RelPath};
 use devd_sync::blob_store::BlobStore;
 use devd_sync::framed::Framed;
 use std::collections::HashSet;
@@ -50,21 +50,24 @@ pub struct Snapshot {
     pub noticed: Instant,
 }
 
-/// Why a sync failed.
+/// Why a sync failed: the receiver could not be reached (or refused the
+/// connection), or the exchange failed as the protocol's sender reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{0}")]
     Connect(String),
-    #[error("receiver refused ({code:?}): {message}")]
-    Rejected { code: ErrorCode, message: String },
-    #[error("receiver cannot fetch the base commit: {0}")]
-    BaseUnavailable(String),
-    #[error("connection to the receiver lost: {0}")]
-    Lost(String),
-    #[error("{0} changed while it was being sent; rescanning")]
-    Changed(RelPath),
-    #[error("unexpected answer from the receiver: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Session(#[from] session::SyncError),
+}
+
+impl SyncError {
+    fn lost(why: impl Into<String>) -> Self {
+        Self::Session(session::SyncError::Lost(why.into()))
+    }
+
+    fn protocol(what: impl Into<String>) -> Self {
+        Self::Session(session::SyncError::Protocol(what.into()))
+    }
 }
 
 /// What one sync did.
@@ -452,7 +455,7 @@ impl Uplink {
             other => {
                 link.close();
                 self.sender.handle_connection_lost("no answer to Hello");
-                return Err(SyncError::Protocol(format!("{other:?}")));
+                return Err(SyncError::protocol(format!("{other:?}")));
             }
         }
         self.subscribe(&link).await;
@@ -466,7 +469,7 @@ impl Uplink {
         self.connect().await?;
         let started = Instant::now();
         let Some(conn) = &self.conn else {
-            return Err(SyncError::Lost("not connected".into()));
+            return Err(SyncError::lost("not connected"));
         };
         let bytes0 = conn.link.bytes();
         let target = session::Snapshot {
@@ -611,11 +614,7 @@ impl Uplink {
                 "receiver at {} refused: {message} ({code:?})",
                 self.target.address
             )),
-            session::SyncError::Rejected { code, message } => SyncError::Rejected { code, message },
-            session::SyncError::BaseUnavailable(m) => SyncError::BaseUnavailable(m),
-            session::SyncError::Lost(m) => SyncError::Lost(m),
-            session::SyncError::Changed(path) => SyncError::Changed(path),
-            session::SyncError::Protocol(m) => SyncError::Protocol(m),
+            other => SyncError::Session(other),
         }
     }
 
@@ -623,6 +622,6 @@ impl Uplink {
     /// here; the connection is dropped and the sync fails.
     fn misuse(&self, e: session::UsageError) -> SyncError {
         tracing::error!(error = %e, "uplink driver bug");
-        SyncError::Protocol(format!("daemon bug: {e}"))
+        SyncError::protocol(format!("daemon bug: {e}"))
     }
 }
