@@ -510,28 +510,20 @@ mod tests {
     use std::process::Command;
     use tempfile::TempDir;
 
-    /// Run git in `dir` with a fixed identity and no user/system config.
+    /// Run git in `dir` (the test kit's hermetic git) with a fixed identity.
     fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args([
-                "-c",
-                "user.name=Devd Test",
-                "-c",
-                "user.email=devd@example.invalid",
-            ])
-            .args(["-c", "init.defaultBranch=main", "-c", "core.autocrlf=false"])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .expect("run git");
-        assert!(
-            out.status.success(),
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let mut all = vec![
+            "-c",
+            "user.name=Devd Test",
+            "-c",
+            "user.email=devd@example.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "core.autocrlf=false",
+        ];
+        all.extend_from_slice(args);
+        devd_testkit::git(dir, &all).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn oid(s: &str) -> GitOid {
