@@ -365,17 +365,7 @@ impl Backend for KubernetesBackend {
                     service.name
                 ))
             })?;
-        let selector = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.match_labels.as_ref())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let selector = state::pod_selector(&d);
         let pods: Api<Pod> = self.api();
         let list = pods
             .list(&ListParams::default().labels(&selector))

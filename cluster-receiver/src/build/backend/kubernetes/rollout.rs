@@ -5,7 +5,7 @@
 use super::KubernetesBackend;
 use super::api_failure;
 use super::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
-use super::state::{RolloutState, has_label, rollout_state};
+use super::state::{RolloutState, has_label, pod_selector, rollout_state};
 use crate::build::backend::{Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -104,17 +104,7 @@ impl KubernetesBackend {
 
     /// A failed rollout, with the log tail of a new pod that does not come up.
     pub(super) async fn rollout_failure(&self, d: &Deployment, name: &str, why: &str) -> Failure {
-        let selector = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.match_labels.as_ref())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let selector = pod_selector(d);
         let mut log_tail = Vec::new();
         let mut detail = String::new();
         if !selector.is_empty() {

@@ -70,6 +70,21 @@ pub enum RolloutState {
     Failed(String),
 }
 
+/// The label selector (`k=v,k=v`) of a Deployment's pods; empty if it
+/// has none.
+pub fn pod_selector(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// The rollout state of a Deployment.
 pub fn rollout_state(d: &Deployment) -> RolloutState {
     let generation = d.metadata.generation.unwrap_or(0);
