@@ -206,26 +206,30 @@ impl Overlay {
         }
     }
 
-    /// Paths that appear in `self` and whose parent chain contains another
-    /// non-deleted entry that is not a directory (a file or symlink at `a`
-    /// and anything at `a/b`). Such an overlay cannot exist on a real
-    /// filesystem; receivers reject it.
+    /// The first path present in `self` (not deleted) below another path
+    /// present in `self` (a file or symlink at `a` and anything at `a/b`).
+    /// Such an overlay cannot exist on a real filesystem; receivers reject
+    /// it (`View::validate` checks the same against the base tree too).
     pub fn conflicting_path(&self) -> Option<&RelPath> {
-        let mut prev_leaf: Option<&RelPath> = None;
-        for (path, entry) in &self.entries {
-            if let Some(leaf) = prev_leaf
-                && path.starts_with(leaf)
-                && path != leaf
-            {
-                return Some(path);
-            }
-            if !matches!(entry, Entry::Deleted) {
-                prev_leaf = Some(path);
-            } else if prev_leaf.is_some_and(|l| !path.starts_with(l)) {
-                prev_leaf = None;
-            }
-        }
-        None
+        let present = |p: &RelPath| {
+            self.entries
+                .get(p)
+                .is_some_and(|e| !matches!(e, Entry::Deleted))
+        };
+        self.entries
+            .iter()
+            .filter(|(_, e)| !matches!(e, Entry::Deleted))
+            .map(|(path, _)| path)
+            .find(|path| {
+                let mut anc = path.parent();
+                while let Some(a) = anc {
+                    if present(&a) {
+                        return true;
+                    }
+                    anc = a.parent();
+                }
+                false
+            })
     }
 }
 
@@ -354,6 +358,24 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(bad2.conflicting_path(), Some(&p("l/passwd")));
+    }
+
+    /// Found by the `session` fuzz target, which checks this against the
+    /// receiver's `View::validate`: a deleted path below a file is no
+    /// conflict, and a sibling sorting between a file and its would-be
+    /// children (`a-b` between `a` and `a/x`) must not hide one.
+    #[test]
+    fn conflicts_skip_deleted_paths_and_see_past_siblings() {
+        let deleted_below: Overlay = [(p("a"), file(1)), (p("a/b"), Entry::Deleted)]
+            .into_iter()
+            .collect();
+        assert_eq!(deleted_below.conflicting_path(), None);
+        for between in [file(2), Entry::Deleted] {
+            let o: Overlay = [(p("a"), file(1)), (p("a-b"), between), (p("a/x"), file(3))]
+                .into_iter()
+                .collect();
+            assert_eq!(o.conflicting_path(), Some(&p("a/x")));
+        }
     }
 
     fn arb_path() -> impl Strategy<Value = RelPath> {
