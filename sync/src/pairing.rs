@@ -44,15 +44,25 @@ impl Pairing {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| PairingError::Parse {
+        Self::parse(&text).map_err(|source| PairingError::Parse {
             path: path.display().to_string(),
             source,
         })
     }
 
+    /// Parse the text of a pairing file.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The text of its pairing file.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("pairing serializes")
+    }
+
     /// Write it readable by its owner only (it carries the token).
     pub fn save(&self, path: &Path) -> Result<(), PairingError> {
-        let text = toml::to_string(self).expect("pairing serializes");
+        let text = self.to_toml();
         crate::fsutil::write_atomic(path, text.as_bytes(), Some(0o600)).map_err(|source| {
             PairingError::Write {
                 path: path.display().to_string(),
