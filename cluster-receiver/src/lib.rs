@@ -18,8 +18,8 @@
 //!   - [`sync::git_store`]: the shallow clone (gix): fetch a base commit.
 //! - [`build`], the build half:
 //!   - [`build::pipeline`]: affected services, the build queue, events.
-//!   - [`build::context`], [`build::dockerignore`]: build contexts, their
-//!     snapshot and digest.
+//!   - [`build::context`]: build contexts (after their `.dockerignore`,
+//!     [`build::dockerignore`], read in devd-sync), their snapshot and digest.
 //!   - [`build::http`]: the HTTP server (contexts for build pods, health,
 //!     metrics).
 //!   - [`build::archive`], [`build::fetch`]: contexts packed for a build

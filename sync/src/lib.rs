@@ -12,10 +12,13 @@
 //! - [`fsutil`]: atomic writes and filesystem flushes.
 //! - [`git`]: the read side of git (trees, blobs, blob ids).
 //! - [`catalog`]: the services declared in `devd.toml`.
+//! - [`dockerignore`]: which files of a service's build context its
+//!   `.dockerignore` leaves out.
 //! - [`labels`]: the labels that mark devd's objects and workspaces.
 
 pub mod blob_store;
 pub mod catalog;
+pub mod dockerignore;
 pub mod framed;
 pub mod fsutil;
 pub mod git;

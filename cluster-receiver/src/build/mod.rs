@@ -4,7 +4,8 @@
 pub mod archive;
 pub mod backend;
 pub mod context;
-pub mod dockerignore;
+/// `.dockerignore`, read in devd-sync with the catalog it completes.
+pub use devd_sync::dockerignore;
 pub mod fetch;
 pub mod http;
 pub mod pipeline;
