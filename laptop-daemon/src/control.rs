@@ -4,38 +4,14 @@
 //! chunk, relayed by [`crate::logs::relay`]).
 
 use crate::daemon::Handle;
-use serde::{Deserialize, Serialize};
+pub use devd_protocol::control::{Request, Response};
+use devd_protocol::control::{decode_request, decode_response, encode_line};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-
-/// A request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
-pub enum Request {
-    Status,
-    Sync,
-    Stop,
-    /// A service's logs, streamed.
-    Logs {
-        service: String,
-        build: bool,
-        follow: bool,
-    },
-}
-
-/// An answer: `ok` with data, or an error message.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default)]
-    pub data: serde_json::Value,
-    #[serde(default)]
-    pub error: Option<String>,
-}
 
 /// Path of the socket for a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -86,7 +62,7 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let req = serde_json::from_str::<Request>(&line);
+    let req = decode_request(&line);
     if let Ok(Request::Logs {
         service,
         build,
@@ -128,9 +104,7 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
             }
         }
     };
-    let mut out = serde_json::to_vec(&resp).expect("response");
-    out.push(b'\n');
-    w.write_all(&out).await?;
+    w.write_all(&encode_line(&resp)).await?;
     w.shutdown().await
 }
 
@@ -158,10 +132,8 @@ async fn answer_logs(
                         data: serde_json::json!({ "log": String::from_utf8_lossy(&data) }),
                         error: None,
                     };
-                    let mut out = serde_json::to_vec(&line).expect("response");
-                    out.push(b'\n');
                     // The CLI went away: dropping `rx` ends the relay.
-                    w.write_all(&out).await?;
+                    w.write_all(&encode_line(&line)).await?;
                 }
                 None => break,
             },
@@ -176,9 +148,7 @@ async fn answer_logs(
         data: serde_json::json!({ "end": true }),
         error: result.err(),
     };
-    let mut out = serde_json::to_vec(&end).expect("response");
-    out.push(b'\n');
-    w.write_all(&out).await?;
+    w.write_all(&encode_line(&end)).await?;
     w.shutdown().await
 }
 
@@ -197,9 +167,7 @@ pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixSt
         }
         Err(e) => return Err(e),
     };
-    let mut out = serde_json::to_vec(req).expect("request");
-    out.push(b'\n');
-    stream.write_all(&out).await?;
+    stream.write_all(&encode_line(req)).await?;
     Ok(Some(stream))
 }
 
@@ -214,7 +182,7 @@ pub async fn request(path: &Path, req: &Request) -> std::io::Result<Option<Respo
     if line.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&line)
+    decode_response(&line)
         .map(Some)
         .map_err(std::io::Error::other)
 }

@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod compress;
 pub mod content_id;
+pub mod control;
 pub mod event;
 pub mod message;
 pub mod overlay;
