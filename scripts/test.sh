@@ -51,6 +51,9 @@ trap 'rm -f "$test_log"' EXIT
 cargo test --workspace -- --test-threads=2 2>&1 | tee "$test_log"
 passed=$(grep -oE '^test result: ok\. [0-9]+ passed' "$test_log" | awk '{s += $4} END {print s + 0}')
 
+say "Fuzzing (libFuzzer on the stable toolchain, see fuzz/README.md): every decoder's target replays its committed seeds, then fuzzes for 20 s"
+scripts/fuzz.sh ci 20
+
 say "Benchmark smoke run (quick mode: every scenario must produce a number)"
 cargo build --release -p devd -p devd-receiver -p devd-benches --bins
 cargo run --release -p devd-benches -- all --quick --out target/bench-quick
