@@ -30,6 +30,7 @@
 //! optionally `container = "web"`.
 
 use devd_protocol::RelPath;
+use devd_protocol::path::MAX_PATH_LEN;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -328,6 +329,15 @@ impl Catalog {
                 "give the Dockerfile's path relative to the context, e.g. \"Dockerfile\"".into(),
             )
         })?;
+        if let Some(c) = &context
+            && c.as_str().len() + 1 + dockerfile.as_str().len() > MAX_PATH_LEN
+        {
+            return Err(invalid(
+                "dockerfile",
+                format!("with the context, its path is longer than {MAX_PATH_LEN} bytes"),
+                "use a shorter context or Dockerfile path".into(),
+            ));
+        }
         let mut inputs = Vec::new();
         for i in &r.inputs {
             let Some(p) = rel(
@@ -694,6 +704,33 @@ image = "registry.example.com:5000/team/legacy"
         );
         let w = c.get("web").unwrap();
         assert!(matches!(&w.run, Run::Spec(s) if s.expose == Expose::External && s.replicas == 1));
+    }
+
+    /// Context and Dockerfile each within the path limit, together over
+    /// it: refused when read, not a panic where the Dockerfile is looked
+    /// up (the receiver's build context, `devd init`).
+    #[test]
+    fn dockerfile_path_over_the_limit_with_its_context_is_refused() {
+        let context = "c".repeat(3000);
+        let dockerfile = "d".repeat(2000);
+        let service = |dockerfile: &str| {
+            format!(
+                "[services.web]\ncontext = \"{context}\"\ndockerfile = \"{dockerfile}\"\nport = 80\n"
+            )
+        };
+        match Catalog::parse(&service(&dockerfile)) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("dockerfile") && e.contains("4096"), "{e}");
+            }
+            Ok(c) => panic!(
+                "accepted: {}",
+                c.services[0].dockerfile_path().as_str().len()
+            ),
+        }
+        let ok = service("d");
+        let c = Catalog::parse(&ok).unwrap();
+        assert_eq!(c.services[0].dockerfile_path().as_str().len(), 3002);
     }
 
     fn err(text: &str) -> String {
