@@ -30,13 +30,15 @@ build() {
   say "Building the fuzz targets (libFuzzer, instrumented for coverage, stable toolchain; the first build compiles devd-protocol's and devd-sync's dependencies once more for $triple)"
   need_packages g++
   # An explicit --target keeps these flags off build scripts and proc macros
-  # and the instrumented artifacts in their own directory.
+  # and the instrumented artifacts in their own directory. Not --locked:
+  # fuzz/Cargo.lock is the root's, and a dependency devd-protocol or
+  # devd-sync gains later is added to it rather than failing the build.
   RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
 -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares" \
-    cargo build --locked --release --manifest-path fuzz/Cargo.toml --target "$triple" \
+    cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" \
       --target-dir "$target_dir" --bins
 }
 
