@@ -89,6 +89,8 @@ pub struct Options {
     pub home: PathBuf,
     /// Watch the worktree (off for one-shot syncs).
     pub watch: bool,
+    /// Take the workspace over from another daemon that writes it.
+    pub take_over: bool,
 }
 
 /// A running daemon core.
@@ -97,6 +99,13 @@ pub struct Handle {
     pub status: Arc<Mutex<Status>>,
     scan_tx: mpsc::Sender<ScanMsg>,
     acked_rx: watch::Receiver<Option<(Ack, Option<SyncReport>)>>,
+    /// The receiver's last refusal that retrying will not fix by itself
+    /// (a full disk); `None` after a success.
+    refusal_rx: watch::Receiver<Option<String>>,
+    /// Ends a held-back retry (after a refusal): `devd sync` asks again.
+    kick: Arc<tokio::sync::Notify>,
+    /// Set to take the workspace over at the next claim.
+    take_over: Arc<std::sync::atomic::AtomicBool>,
     pub cancel: CancellationToken,
     tracker: TaskTracker,
     receiver: Option<Embedded>,
@@ -190,6 +199,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let (scan_tx, scan_rx) = mpsc::channel::<ScanMsg>(1024);
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let (acked_tx, acked_rx) = watch::channel(None);
+    let (refusal_tx, refusal_rx) = watch::channel(None);
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let take_over = Arc::new(std::sync::atomic::AtomicBool::new(opts.take_over));
 
     // Watcher → scanner: the watcher sends into the scanner's queue.
     let watcher = if opts.watch {
@@ -261,13 +273,19 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
                 source,
             })?
             .with_events(events_tx, tracker.clone())
+            .with_take_over(take_over.clone())
             .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
         live = uplink.live_connection();
         let status = status.clone();
         let cancel = cancel.clone();
         let scan_tx = scan_tx.clone();
+        let outcome = Outcome {
+            acked: acked_tx,
+            refusal: refusal_tx,
+        };
+        let schedule = Schedule::new().with_kick(kick.clone());
         tracker.spawn(uplink_loop(
-            uplink, snap_rx, acked_tx, scan_tx, status, cancel, lost,
+            uplink, schedule, snap_rx, outcome, scan_tx, status, cancel, lost,
         ));
     }
     Ok(Handle {
@@ -275,6 +293,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         status,
         scan_tx,
         acked_rx,
+        refusal_rx,
+        kick,
+        take_over,
         cancel,
         tracker,
         receiver,
@@ -349,7 +370,13 @@ fn scanner_loop(
         if !full && paths.is_empty() {
             continue;
         }
-        update(&status, |s| s.state = DaemonState::Scanning);
+        update(&status, |s| {
+            // A superseded daemon scans on (its status stays current) but
+            // keeps saying it does not sync.
+            if s.state != DaemonState::Superseded {
+                s.state = DaemonState::Scanning;
+            }
+        });
         let res = if full {
             scanner.full_scan()
         } else {
@@ -488,6 +515,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// With nothing to send and nothing lost, look again after this long.
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
+/// First wait after the receiver refused for want of disk space; it
+/// doubles up to [`HOLD_MAX`]. Edits do not cut it short (each retry would
+/// upload the same blobs again); `devd sync` does.
+const HOLD_MIN: Duration = Duration::from_secs(30);
+/// Longest wait between attempts while the receiver's disk is full.
+const HOLD_MAX: Duration = Duration::from_secs(600);
 
 /// What the uplink loop does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -511,6 +544,13 @@ struct Schedule {
     retry_in: Option<Duration>,
     /// The event stream ended: reconnect even without anything to sync.
     reconnect: bool,
+    /// The receiver refused for a reason an immediate retry cannot fix:
+    /// the next wait is this long, and only a kick cuts it short.
+    hold: Option<Duration>,
+    /// Whether the next wait is held back ([`Schedule::hold`]).
+    held: bool,
+    /// Ends a held wait (`devd sync`).
+    kick: Arc<tokio::sync::Notify>,
 }
 
 impl Schedule {
@@ -519,7 +559,16 @@ impl Schedule {
             delays: Self::backoff(),
             retry_in: None,
             reconnect: false,
+            hold: None,
+            held: false,
+            kick: Arc::default(),
         }
+    }
+
+    /// Use `kick` to end held waits.
+    fn with_kick(mut self, kick: Arc<tokio::sync::Notify>) -> Self {
+        self.kick = kick;
+        self
     }
 
     fn backoff() -> backon::ExponentialBackoff {
@@ -550,12 +599,14 @@ impl Schedule {
             (false, Some(d)) if self.reconnect => Some(d),
             (false, _) => Some(IDLE_RECHECK),
         };
+        let held = std::mem::take(&mut self.held);
         if let Some(d) = wait {
             tokio::select! {
                 _ = cancel.cancelled() => return None,
                 _ = tokio::time::sleep(d) => {}
-                r = snaps.changed() => if r.is_err() { return None },
-                _ = lost.notified(), if !pending => self.reconnect = true,
+                _ = self.kick.notified(), if held => {}
+                r = snaps.changed(), if !held => if r.is_err() { return None },
+                _ = lost.notified(), if !pending && !held => self.reconnect = true,
             }
         }
         if cancel.is_cancelled() {
@@ -571,6 +622,26 @@ impl Schedule {
     /// A sync succeeded: the next failure backs off from the start.
     fn succeeded(&mut self) {
         self.delays = Self::backoff();
+        self.hold = None;
+    }
+
+    /// Another daemon writes the workspace: no attempt until a kick.
+    fn park(&mut self) {
+        self.retry_in = Some(IDLE_RECHECK);
+        self.held = true;
+        self.reconnect = false;
+    }
+
+    /// The receiver refused for want of space: wait [`HOLD_MIN`] (doubling
+    /// up to [`HOLD_MAX`] while it keeps refusing), and let neither edits
+    /// nor a lost connection cut the wait short, only a kick. Returns the
+    /// wait.
+    fn hold(&mut self) -> Duration {
+        let d = self.hold.map_or(HOLD_MIN, |d| (d * 2).min(HOLD_MAX));
+        self.hold = Some(d);
+        self.retry_in = Some(d);
+        self.held = true;
+        d
     }
 
     /// The reconnect succeeded.
@@ -595,16 +666,24 @@ impl Schedule {
     }
 }
 
+/// What the uplink loop publishes: each acknowledgement, and the
+/// refusals retrying cannot fix by itself.
+struct Outcome {
+    acked: watch::Sender<Option<(Ack, Option<SyncReport>)>>,
+    refusal: watch::Sender<Option<String>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn uplink_loop(
     mut uplink: Uplink,
+    mut schedule: Schedule,
     mut snap_rx: watch::Receiver<Option<Snapshot>>,
-    acked_tx: watch::Sender<Option<(Ack, Option<SyncReport>)>>,
+    outcome: Outcome,
     scan_tx: mpsc::Sender<ScanMsg>,
     status: Arc<Mutex<Status>>,
     cancel: CancellationToken,
     lost: Arc<tokio::sync::Notify>,
 ) {
-    let mut schedule = Schedule::new();
     while let Some(attempt) = schedule
         .next(uplink.acked(), &mut snap_rx, &lost, &cancel)
         .await
@@ -621,8 +700,19 @@ async fn uplink_loop(
                     });
                 }
                 Err(e) => {
-                    schedule.failed();
+                    let superseded = matches!(e, SyncError::OtherWriter(_));
+                    if superseded {
+                        tracing::warn!(error = %e, "not the workspace's writer; not syncing");
+                        schedule.park();
+                        outcome.refusal.send_replace(Some(e.to_string()));
+                    } else {
+                        schedule.failed();
+                    }
                     update(&status, |s| {
+                        if superseded {
+                            s.state = DaemonState::Superseded;
+                            s.last_error = Some(e.to_string());
+                        }
                         s.receiver.connected = false;
                         s.receiver.transport = None;
                         s.receiver.last_error = Some(e.to_string());
@@ -641,6 +731,9 @@ async fn uplink_loop(
                 let ack = uplink.acked().expect("acked after a sync");
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
+                    if s.state == DaemonState::Superseded {
+                        s.last_error = None;
+                    }
                     s.receiver.transport = transport;
                     s.state = DaemonState::Idle;
                     s.generation = ack.generation;
@@ -662,7 +755,8 @@ async fn uplink_loop(
                         s.last_sync = Some(r.clone());
                     }
                 });
-                acked_tx.send_replace(Some((ack, report)));
+                outcome.refusal.send_replace(None);
+                outcome.acked.send_replace(Some((ack, report)));
                 if uplink.acked().is_some_and(|a| a.digest != snap.digest) {
                     schedule.retry_after(Duration::ZERO);
                 }
@@ -686,6 +780,33 @@ async fn uplink_loop(
                     )))
                     .await;
                 schedule.retry_after(Duration::from_millis(5));
+            }
+            Err(e @ SyncError::OtherWriter(_)) => {
+                // Another daemon writes the workspace: stop syncing until
+                // told to take it over (`devd start --take-over`) or asked
+                // to try again (`devd sync`, which then shows why not).
+                tracing::warn!(error = %e, "not the workspace's writer; not syncing");
+                schedule.park();
+                uplink.disconnect();
+                update(&status, |s| {
+                    s.state = DaemonState::Superseded;
+                    s.last_error = Some(e.to_string());
+                    s.receiver.connected = false;
+                    s.receiver.transport = None;
+                    s.receiver.last_error = Some(e.to_string());
+                });
+                outcome.refusal.send_replace(Some(e.to_string()));
+            }
+            Err(e @ SyncError::DiskFull(_)) => {
+                let d = schedule.hold();
+                tracing::warn!(error = %e, retry_s = d.as_secs(), "the receiver's disk is full; holding back retries");
+                update(&status, |s| {
+                    s.state = DaemonState::Disconnected;
+                    s.receiver.connected = uplink.connected();
+                    s.receiver.transport = uplink.transport().map(str::to_owned);
+                    s.receiver.last_error = Some(e.to_string());
+                });
+                outcome.refusal.send_replace(Some(e.to_string()));
             }
             Err(e) => {
                 let d = schedule.failed();
@@ -714,6 +835,11 @@ impl Handle {
     pub async fn sync(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
         let mut snap = self.scan_now().await?;
         let mut acked = self.acked_rx.clone();
+        // A refusal from before this request is not its answer; the kick
+        // makes the uplink try again now even if it was holding back.
+        let mut refusal = self.refusal_rx.clone();
+        refusal.borrow_and_update();
+        self.kick.notify_waiters();
         let started = Instant::now();
         loop {
             // The daemon switched to uploading the base after this snapshot
@@ -741,12 +867,26 @@ impl Handle {
             {
                 return Err(format!("receiver at {}: {e}", st.receiver.address));
             }
+            if refusal.has_changed().unwrap_or(false)
+                && let Some(r) = refusal.borrow_and_update().clone()
+            {
+                return Err(r);
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("daemon stopped".into()),
                 _ = acked.changed() => {}
+                _ = refusal.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+
+    /// Take the workspace over from the daemon that writes it (at the next
+    /// claim), then sync as [`Handle::sync`] does.
+    pub async fn take_over(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
+        self.take_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.sync(unreachable_after).await
     }
 
     /// A full scan now; its snapshot.
@@ -902,6 +1042,37 @@ mod tests {
         });
         // The backoff says 800 ms; the edit comes after 300.
         assert_eq!(f.next(None).await, (Some(Attempt::Sync), 300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_receiver_disk_holds_retries_back_until_a_kick() {
+        let mut f = Fixture::new(Some(snapshot(1)));
+        let kick = Arc::new(Notify::new());
+        f.schedule = Schedule::new().with_kick(kick.clone());
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 0));
+        // Edits and a lost connection do not cut the hold short.
+        assert_eq!(ms(f.schedule.hold()), 30_000);
+        let (snaps, lost) = (f.snaps.clone(), f.lost.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            snaps.send_replace(Some(snapshot(2)));
+            lost.notify_one();
+        });
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 30_000));
+        // It doubles while the receiver keeps refusing, up to ten minutes.
+        for want in [60_000, 120_000, 240_000, 480_000, 600_000, 600_000] {
+            assert_eq!(ms(f.schedule.hold()), want);
+        }
+        // `devd sync` kicks: the next attempt comes at once.
+        let k = kick.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            k.notify_waiters();
+        });
+        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 2_000));
+        // A success starts the holds over.
+        f.schedule.succeeded();
+        assert_eq!(ms(f.schedule.hold()), 30_000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,46 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
+/// The receiver's QUIC endpoint settings, with a stateless reset key
+/// derived from `secret` (see [`crate::tls::Identity::reset_secret`]).
+///
+/// A receiver that restarted knows nothing of the laptops' connections and
+/// answers their packets with a stateless reset. A laptop accepts a reset
+/// only if its token was made with the key of the endpoint that issued the
+/// connection ids; with a random key per process (quinn's default) every
+/// reset after a restart is ignored and the laptop waits for its idle
+/// timeout. A key that survives the restart makes the reset count: the
+/// laptop notices at its next packet and reconnects.
+pub fn endpoint_config(secret: [u8; 32]) -> quinn::EndpointConfig {
+    quinn::EndpointConfig::new(Arc::new(ResetKey(secret)))
+}
+
+/// A keyed blake3 MAC as quinn's stateless reset key.
+struct ResetKey([u8; 32]);
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(blake3::keyed_hash(&self.0, data).as_bytes());
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // `Hash` compares in constant time.
+        let want = blake3::keyed_hash(&self.0, data);
+        let got: [u8; 32] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        if want == blake3::Hash::from(got) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
 /// The QUIC transport settings shared by both ends.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(transport())
