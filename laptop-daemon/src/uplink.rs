@@ -132,6 +132,9 @@ pub struct Uplink {
     writer: Writer,
     /// Take the workspace over at the next claim (once).
     take_over: Arc<AtomicBool>,
+    /// A claim of this daemon was granted before: a refusal now means
+    /// another daemon took the workspace over.
+    was_writer: bool,
 }
 
 /// This daemon as the writer of its workspace: the host and the worktree.
@@ -337,6 +340,7 @@ impl Uplink {
             progress: None,
             writer,
             take_over: Arc::default(),
+            was_writer: false,
         })
     }
 
@@ -557,8 +561,16 @@ impl Uplink {
                 }
                 tracing::debug!(since, "claimed the workspace");
                 self.take_over.store(false, Ordering::SeqCst);
+                self.was_writer = true;
                 Ok(())
             }
+            Ok(Some(ServerMsg::Rejected {
+                code: devd_protocol::ErrorCode::OtherWriter,
+                message,
+                ..
+            })) if self.was_writer => Err(SyncError::OtherWriter(format!(
+                "taken over, this daemon no longer syncs: {message}"
+            ))),
             Ok(Some(ServerMsg::Rejected {
                 code: devd_protocol::ErrorCode::OtherWriter,
                 message,
