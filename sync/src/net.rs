@@ -38,8 +38,56 @@ fn transport() -> quinn::TransportConfig {
 /// reset after a restart is ignored and the laptop waits for its idle
 /// timeout. A key that survives the restart makes the reset count: the
 /// laptop notices at its next packet and reconnects.
+///
+/// quinn's default connection ids carry a tag keyed per process, and a
+/// packet whose id fails that check is dropped without a reset; these ids
+/// are plain random, so a restarted receiver answers every packet of an
+/// unknown connection (rate-limited by quinn, and always smaller than the
+/// packet that caused it).
 pub fn endpoint_config(secret: [u8; 32]) -> quinn::EndpointConfig {
-    quinn::EndpointConfig::new(Arc::new(ResetKey(secret)))
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(ResetKey(secret)));
+    cfg.cid_generator(|| Box::new(RandomCids::new()));
+    cfg
+}
+
+/// Random 8-byte connection ids (blake3 of a random seed and a counter).
+struct RandomCids {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl RandomCids {
+    fn new() -> Self {
+        use std::io::Read;
+        let mut seed = [0u8; 32];
+        if std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .is_err()
+        {
+            // No urandom: the time and pid still make ids unique per process.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed = *blake3::hash(format!("{t}/{}", std::process::id()).as_bytes()).as_bytes();
+        }
+        Self { seed, counter: 0 }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        self.counter += 1;
+        let h = blake3::keyed_hash(&self.seed, &self.counter.to_le_bytes());
+        quinn::ConnectionId::new(&h.as_bytes()[..8])
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A keyed blake3 MAC as quinn's stateless reset key.
