@@ -55,7 +55,9 @@ enum Cmd {
         /// Further workspaces as NAME=GIT_REMOTE (repeatable).
         #[arg(long = "also", value_name = "NAME=GIT_REMOTE")]
         also: Vec<String>,
-        /// Concurrent laptop connections, at most.
+        /// Concurrent authenticated laptop connections, at most (connections
+        /// that have not authenticated yet are bounded apart, per source
+        /// address, and must authenticate within 10 s).
         #[arg(long, default_value_t = devd_receiver::run::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
         /// Log as JSON lines.

@@ -94,6 +94,18 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
                 error: Some(e),
             },
         },
+        Ok(Request::TakeOver) => match h.take_over(Duration::from_secs(10)).await {
+            Ok(r) => Response {
+                ok: true,
+                data: serde_json::to_value(r).expect("report"),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                data: serde_json::Value::Null,
+                error: Some(e),
+            },
+        },
         Ok(Request::Logs { .. }) => unreachable!("answered above"),
         Ok(Request::Stop) => {
             h.cancel.cancel();
@@ -167,8 +179,23 @@ pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixSt
         }
         Err(e) => return Err(e),
     };
-    stream.write_all(&encode_line(req)).await?;
-    Ok(Some(stream))
+    match stream.write_all(&encode_line(req)).await {
+        Ok(()) => Ok(Some(stream)),
+        Err(e) if dead_daemon(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error of a socket whose daemon died (`kill -9`) while or before we
+/// talked to it: no daemon there.
+fn dead_daemon(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Send `req` to the daemon behind `path` and read its one-line answer.
@@ -178,7 +205,11 @@ pub async fn request(path: &Path, req: &Request) -> std::io::Result<Option<Respo
         return Ok(None);
     };
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).await?;
+    match BufReader::new(stream).read_line(&mut line).await {
+        Ok(_) => {}
+        Err(e) if dead_daemon(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
     if line.is_empty() {
         return Ok(None);
     }

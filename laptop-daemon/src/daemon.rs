@@ -7,10 +7,10 @@ use crate::config::{Config, ConfigError, ReceiverMode, repo_state_dir};
 use crate::progress::{Phase, Reporter};
 use crate::repo::{Repo, RepoError};
 use crate::scanner::{ScanConfig, Scanner};
+use crate::schedule::{Attempt, IDLE_RECHECK, Schedule};
 use crate::status::{BaseMode, DaemonState, ReceiverStatus, ScanStatus, Status};
 use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
-use backon::BackoffBuilder;
 use devd_protocol::message::{Ack, Base};
 use devd_protocol::session;
 use devd_sync::pairing::Pairing;
@@ -89,6 +89,8 @@ pub struct Options {
     pub home: PathBuf,
     /// Watch the worktree (off for one-shot syncs).
     pub watch: bool,
+    /// Take the workspace over from another daemon that writes it.
+    pub take_over: bool,
 }
 
 /// A running daemon core.
@@ -97,6 +99,13 @@ pub struct Handle {
     pub status: Arc<Mutex<Status>>,
     scan_tx: mpsc::Sender<ScanMsg>,
     acked_rx: watch::Receiver<Option<(Ack, Option<SyncReport>)>>,
+    /// The receiver's last refusal that retrying will not fix by itself
+    /// (a full disk); `None` after a success.
+    refusal_rx: watch::Receiver<Option<String>>,
+    /// Ends a held-back retry (after a refusal): `devd sync` asks again.
+    kick: Arc<tokio::sync::Notify>,
+    /// Set to take the workspace over at the next claim.
+    take_over: Arc<std::sync::atomic::AtomicBool>,
     pub cancel: CancellationToken,
     tracker: TaskTracker,
     receiver: Option<Embedded>,
@@ -190,6 +199,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let (scan_tx, scan_rx) = mpsc::channel::<ScanMsg>(1024);
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let (acked_tx, acked_rx) = watch::channel(None);
+    let (refusal_tx, refusal_rx) = watch::channel(None);
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let take_over = Arc::new(std::sync::atomic::AtomicBool::new(opts.take_over));
 
     // Watcher → scanner: the watcher sends into the scanner's queue.
     let watcher = if opts.watch {
@@ -261,13 +273,19 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
                 source,
             })?
             .with_events(events_tx, tracker.clone())
+            .with_take_over(take_over.clone())
             .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
         live = uplink.live_connection();
         let status = status.clone();
         let cancel = cancel.clone();
         let scan_tx = scan_tx.clone();
+        let outcome = Outcome {
+            acked: acked_tx,
+            refusal: refusal_tx,
+        };
+        let schedule = Schedule::new().with_kick(kick.clone());
         tracker.spawn(uplink_loop(
-            uplink, snap_rx, acked_tx, scan_tx, status, cancel, lost,
+            uplink, schedule, snap_rx, outcome, scan_tx, status, cancel, lost,
         ));
     }
     Ok(Handle {
@@ -275,6 +293,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         status,
         scan_tx,
         acked_rx,
+        refusal_rx,
+        kick,
+        take_over,
         cancel,
         tracker,
         receiver,
@@ -349,7 +370,13 @@ fn scanner_loop(
         if !full && paths.is_empty() {
             continue;
         }
-        update(&status, |s| s.state = DaemonState::Scanning);
+        update(&status, |s| {
+            // A superseded daemon scans on (its status stays current) but
+            // keeps saying it does not sync.
+            if s.state != DaemonState::Superseded {
+                s.state = DaemonState::Scanning;
+            }
+        });
         let res = if full {
             scanner.full_scan()
         } else {
@@ -482,129 +509,24 @@ async fn events_loop(
 
 /// Build events waiting for the status; the stream waits when it is full.
 const EVENTS_QUEUE: usize = 256;
-/// First delay after a failed sync or reconnect; it doubles each time.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest delay between failed attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// With nothing to send and nothing lost, look again after this long.
-const IDLE_RECHECK: Duration = Duration::from_secs(3600);
-
-/// What the uplink loop does next.
-#[derive(Debug, PartialEq, Eq)]
-enum Attempt {
-    /// Bring the receiver to the latest snapshot.
-    Sync,
-    /// Reconnect, so that build events keep arriving.
-    Reconnect,
+/// What the uplink loop publishes: each acknowledgement, and the
+/// refusals retrying cannot fix by itself.
+struct Outcome {
+    acked: watch::Sender<Option<(Ack, Option<SyncReport>)>>,
+    refusal: watch::Sender<Option<String>>,
 }
 
-/// When the uplink loop makes its next attempt: at once while a snapshot
-/// is pending, after a backoff delay after a failure ([`BACKOFF_MIN`]
-/// doubling up to [`BACKOFF_MAX`], reset by a success), and with nothing
-/// pending only to reconnect a lost event stream (or every
-/// [`IDLE_RECHECK`]). A new snapshot cuts any wait short. Apart from the
-/// wait in [`Schedule::next`] this is bookkeeping, so its timing can be
-/// tested with paused time and no sockets.
-struct Schedule {
-    delays: backon::ExponentialBackoff,
-    /// Wait this long before the next attempt (once).
-    retry_in: Option<Duration>,
-    /// The event stream ended: reconnect even without anything to sync.
-    reconnect: bool,
-}
-
-impl Schedule {
-    fn new() -> Self {
-        Self {
-            delays: Self::backoff(),
-            retry_in: None,
-            reconnect: false,
-        }
-    }
-
-    fn backoff() -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(BACKOFF_MIN)
-            .with_max_delay(BACKOFF_MAX)
-            .without_max_times()
-            .build()
-    }
-
-    /// Wait for the next attempt, given what the receiver acknowledged;
-    /// `None` once `cancel` fires or the scanner is gone.
-    async fn next(
-        &mut self,
-        acked: Option<Ack>,
-        snaps: &mut watch::Receiver<Option<Snapshot>>,
-        lost: &tokio::sync::Notify,
-        cancel: &CancellationToken,
-    ) -> Option<Attempt> {
-        let pending = snaps
-            .borrow()
-            .as_ref()
-            .is_some_and(|s| acked.is_none_or(|a| a.digest != s.digest || a.base != s.base));
-        let wait = match (pending, self.retry_in.take()) {
-            (true, None) => None,
-            // A retry: of a sync, or of a reconnect for the event stream.
-            (true, Some(d)) => Some(d),
-            (false, Some(d)) if self.reconnect => Some(d),
-            (false, _) => Some(IDLE_RECHECK),
-        };
-        if let Some(d) = wait {
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                _ = tokio::time::sleep(d) => {}
-                r = snaps.changed() => if r.is_err() { return None },
-                _ = lost.notified(), if !pending => self.reconnect = true,
-            }
-        }
-        if cancel.is_cancelled() {
-            return None;
-        }
-        Some(if self.reconnect && !pending {
-            Attempt::Reconnect
-        } else {
-            Attempt::Sync
-        })
-    }
-
-    /// A sync succeeded: the next failure backs off from the start.
-    fn succeeded(&mut self) {
-        self.delays = Self::backoff();
-    }
-
-    /// The reconnect succeeded.
-    fn reconnected(&mut self) {
-        self.reconnect = false;
-        self.succeeded();
-    }
-
-    /// An attempt failed: the next one comes after the next backoff delay
-    /// (returned), in whole milliseconds (the backoff doubles in `f32`
-    /// seconds; the timer would round 200.000003 ms up to 201).
-    fn failed(&mut self) -> Duration {
-        let d = self.delays.next().unwrap_or(BACKOFF_MAX);
-        let d = Duration::from_millis(d.as_millis() as u64);
-        self.retry_in = Some(d);
-        d
-    }
-
-    /// Make the next attempt after `d`, whatever the backoff says.
-    fn retry_after(&mut self, d: Duration) {
-        self.retry_in = Some(d);
-    }
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn uplink_loop(
     mut uplink: Uplink,
+    mut schedule: Schedule,
     mut snap_rx: watch::Receiver<Option<Snapshot>>,
-    acked_tx: watch::Sender<Option<(Ack, Option<SyncReport>)>>,
+    outcome: Outcome,
     scan_tx: mpsc::Sender<ScanMsg>,
     status: Arc<Mutex<Status>>,
     cancel: CancellationToken,
     lost: Arc<tokio::sync::Notify>,
 ) {
-    let mut schedule = Schedule::new();
     while let Some(attempt) = schedule
         .next(uplink.acked(), &mut snap_rx, &lost, &cancel)
         .await
@@ -621,8 +543,19 @@ async fn uplink_loop(
                     });
                 }
                 Err(e) => {
-                    schedule.failed();
+                    let superseded = matches!(e, SyncError::OtherWriter(_));
+                    if superseded {
+                        tracing::warn!(error = %e, "not the workspace's writer; not syncing");
+                        schedule.park();
+                        outcome.refusal.send_replace(Some(e.to_string()));
+                    } else {
+                        schedule.failed();
+                    }
                     update(&status, |s| {
+                        if superseded {
+                            s.state = DaemonState::Superseded;
+                            s.last_error = Some(e.to_string());
+                        }
                         s.receiver.connected = false;
                         s.receiver.transport = None;
                         s.receiver.last_error = Some(e.to_string());
@@ -641,6 +574,9 @@ async fn uplink_loop(
                 let ack = uplink.acked().expect("acked after a sync");
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
+                    if s.state == DaemonState::Superseded {
+                        s.last_error = None;
+                    }
                     s.receiver.transport = transport;
                     s.state = DaemonState::Idle;
                     s.generation = ack.generation;
@@ -662,7 +598,8 @@ async fn uplink_loop(
                         s.last_sync = Some(r.clone());
                     }
                 });
-                acked_tx.send_replace(Some((ack, report)));
+                outcome.refusal.send_replace(None);
+                outcome.acked.send_replace(Some((ack, report)));
                 if uplink.acked().is_some_and(|a| a.digest != snap.digest) {
                     schedule.retry_after(Duration::ZERO);
                 }
@@ -686,6 +623,33 @@ async fn uplink_loop(
                     )))
                     .await;
                 schedule.retry_after(Duration::from_millis(5));
+            }
+            Err(e @ SyncError::OtherWriter(_)) => {
+                // Another daemon writes the workspace: stop syncing until
+                // told to take it over (`devd start --take-over`) or asked
+                // to try again (`devd sync`, which then shows why not).
+                tracing::warn!(error = %e, "not the workspace's writer; not syncing");
+                schedule.park();
+                uplink.disconnect();
+                update(&status, |s| {
+                    s.state = DaemonState::Superseded;
+                    s.last_error = Some(e.to_string());
+                    s.receiver.connected = false;
+                    s.receiver.transport = None;
+                    s.receiver.last_error = Some(e.to_string());
+                });
+                outcome.refusal.send_replace(Some(e.to_string()));
+            }
+            Err(e @ SyncError::DiskFull(_)) => {
+                let d = schedule.hold();
+                tracing::warn!(error = %e, retry_s = d.as_secs(), "the receiver's disk is full; holding back retries");
+                update(&status, |s| {
+                    s.state = DaemonState::Disconnected;
+                    s.receiver.connected = uplink.connected();
+                    s.receiver.transport = uplink.transport().map(str::to_owned);
+                    s.receiver.last_error = Some(e.to_string());
+                });
+                outcome.refusal.send_replace(Some(e.to_string()));
             }
             Err(e) => {
                 let d = schedule.failed();
@@ -714,6 +678,11 @@ impl Handle {
     pub async fn sync(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
         let mut snap = self.scan_now().await?;
         let mut acked = self.acked_rx.clone();
+        // A refusal from before this request is not its answer; the kick
+        // makes the uplink try again now even if it was holding back.
+        let mut refusal = self.refusal_rx.clone();
+        refusal.borrow_and_update();
+        self.kick.notify_waiters();
         let started = Instant::now();
         loop {
             // The daemon switched to uploading the base after this snapshot
@@ -741,12 +710,26 @@ impl Handle {
             {
                 return Err(format!("receiver at {}: {e}", st.receiver.address));
             }
+            if refusal.has_changed().unwrap_or(false)
+                && let Some(r) = refusal.borrow_and_update().clone()
+            {
+                return Err(r);
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("daemon stopped".into()),
                 _ = acked.changed() => {}
+                _ = refusal.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+
+    /// Take the workspace over from the daemon that writes it (at the next
+    /// claim), then sync as [`Handle::sync`] does.
+    pub async fn take_over(&self, unreachable_after: Duration) -> Result<SyncReport, String> {
+        self.take_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.sync(unreachable_after).await
     }
 
     /// A full scan now; its snapshot.
@@ -768,152 +751,5 @@ impl Handle {
         if let Some(r) = self.receiver {
             r.drain(Duration::from_secs(5)).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use devd_protocol::{GitOid, Overlay};
-    use tokio::sync::Notify;
-
-    /// The empty overlay on base commit `[n; 20]`.
-    fn snapshot(n: u8) -> Snapshot {
-        let overlay = Arc::new(Overlay::new());
-        Snapshot {
-            base: Base::Commit(GitOid([n; 20])),
-            tree: Arc::default(),
-            digest: overlay.digest(),
-            overlay,
-            noticed: Instant::now(),
-        }
-    }
-
-    fn ack_of(s: &Snapshot) -> Ack {
-        Ack {
-            generation: 1,
-            digest: s.digest,
-            base: s.base,
-        }
-    }
-
-    fn ms(d: Duration) -> u64 {
-        d.as_millis() as u64
-    }
-
-    /// A schedule and what it waits on: the snapshots, the lost event
-    /// stream, the daemon's cancellation.
-    struct Fixture {
-        schedule: Schedule,
-        snaps: watch::Sender<Option<Snapshot>>,
-        snaps_rx: watch::Receiver<Option<Snapshot>>,
-        lost: Arc<Notify>,
-        cancel: CancellationToken,
-    }
-
-    impl Fixture {
-        fn new(snap: Option<Snapshot>) -> Self {
-            let (snaps, snaps_rx) = watch::channel(snap);
-            Self {
-                schedule: Schedule::new(),
-                snaps,
-                snaps_rx,
-                lost: Arc::default(),
-                cancel: CancellationToken::new(),
-            }
-        }
-
-        /// The next attempt, and the (paused, auto-advancing) time it took
-        /// to come, in milliseconds. Marks the snapshot seen, as the uplink
-        /// loop does.
-        async fn next(&mut self, acked: Option<Ack>) -> (Option<Attempt>, u64) {
-            let t0 = tokio::time::Instant::now();
-            let a = self
-                .schedule
-                .next(acked, &mut self.snaps_rx, &self.lost, &self.cancel)
-                .await;
-            self.snaps_rx.borrow_and_update();
-            (a, ms(t0.elapsed()))
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_syncs_back_off_from_100_ms_doubling_to_5_s_and_a_success_resets_it() {
-        let mut f = Fixture::new(Some(snapshot(1)));
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 0));
-        for want in [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000] {
-            assert_eq!(ms(f.schedule.failed()), want);
-            assert_eq!(f.next(None).await, (Some(Attempt::Sync), want));
-        }
-        f.schedule.succeeded();
-        // Still pending (say the receiver refused): no wait without a failure.
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 0));
-        f.schedule.failed();
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 100));
-        f.schedule.retry_after(Duration::from_millis(5));
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 5));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lost_event_stream_reconnects_at_once_then_with_backoff_while_idle() {
-        let snap = snapshot(1);
-        let acked = Some(ack_of(&snap));
-        let mut f = Fixture::new(Some(snap));
-        let lost = f.lost.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            lost.notify_one();
-        });
-        // Nothing to sync: the loop sleeps until the stream is lost.
-        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 30_000));
-        for want in [100, 200, 400] {
-            f.schedule.failed();
-            assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), want));
-        }
-        f.schedule.reconnected();
-        // Connected and up to date: only the hourly look remains.
-        assert_eq!(f.next(acked).await, (Some(Attempt::Sync), 3_600_000));
-        // The backoff started over.
-        f.lost.notify_one();
-        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 0));
-        f.schedule.failed();
-        assert_eq!(f.next(acked).await, (Some(Attempt::Reconnect), 100));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_pending_snapshot_syncs_instead_of_reconnecting() {
-        let mut f = Fixture::new(Some(snapshot(1)));
-        f.lost.notify_one();
-        f.schedule.failed();
-        // The sync reconnects by itself; the lost stream is not waited on.
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 100));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_snapshot_cuts_a_backoff_short() {
-        let mut f = Fixture::new(Some(snapshot(1)));
-        for _ in 0..4 {
-            f.schedule.failed();
-        }
-        let snaps = f.snaps.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            snaps.send_replace(Some(snapshot(2)));
-        });
-        // The backoff says 800 ms; the edit comes after 300.
-        assert_eq!(f.next(None).await, (Some(Attempt::Sync), 300));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancel_ends_any_wait() {
-        let snap = snapshot(1);
-        let acked = Some(ack_of(&snap));
-        let mut f = Fixture::new(Some(snap));
-        let cancel = f.cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            cancel.cancel();
-        });
-        assert_eq!(f.next(acked).await, (None, 2000));
     }
 }

@@ -45,6 +45,7 @@ pub mod prebuild;
 pub mod progress;
 pub mod repo;
 pub mod scanner;
+pub mod schedule;
 pub mod status;
 pub mod status_view;
 pub mod transport;

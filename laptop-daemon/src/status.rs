@@ -59,6 +59,9 @@ pub enum DaemonState {
     Disconnected,
     /// Failed for good (e.g. out of inotify watches); `last_error` says why.
     Error,
+    /// Another daemon is the workspace's writer (it was first, or it took
+    /// the workspace over): this one does not sync; `last_error` names it.
+    Superseded,
 }
 
 impl DaemonState {
@@ -71,6 +74,7 @@ impl DaemonState {
             Self::Idle => "idle",
             Self::Disconnected => "disconnected",
             Self::Error => "error",
+            Self::Superseded => "superseded",
         }
     }
 }

@@ -62,7 +62,9 @@ fn state_style(state: DaemonState) -> Style {
         DaemonState::Scanning | DaemonState::Syncing | DaemonState::Starting => {
             Style::new().yellow()
         }
-        DaemonState::Error | DaemonState::Disconnected => Style::new().red().bold(),
+        DaemonState::Error | DaemonState::Disconnected | DaemonState::Superseded => {
+            Style::new().red().bold()
+        }
     }
 }
 

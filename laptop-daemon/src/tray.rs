@@ -43,8 +43,10 @@ impl TrayState {
         use devd_protocol::event::ServiceState;
         let svc =
             |states: &[ServiceState]| status.services.iter().any(|s| states.contains(&s.state));
-        if matches!(status.state, DaemonState::Error | DaemonState::Disconnected)
-            || status.catalog_error.is_some()
+        if matches!(
+            status.state,
+            DaemonState::Error | DaemonState::Disconnected | DaemonState::Superseded
+        ) || status.catalog_error.is_some()
             || svc(&[ServiceState::Failed])
         {
             Self::Failed

@@ -11,7 +11,7 @@
 use crate::repo::Repo;
 use crate::transport;
 use devd_protocol::compress::{self, BlobRef};
-use devd_protocol::message::{Ack, Base, Blob, ClientMsg, ServerMsg};
+use devd_protocol::message::{Ack, Base, Blob, ClientMsg, ServerMsg, Writer};
 use devd_protocol::session::{self, EncodeError, EncodeItem, Request, Sender, SenderEvent};
 use devd_protocol::tree::{BaseTree, EntryKind};
 use devd_protocol::{ContentId, Digest, Overlay, RelPath};
@@ -56,6 +56,16 @@ pub struct Snapshot {
 pub enum SyncError {
     #[error("{0}")]
     Connect(String),
+    /// The receiver refused the generation for want of disk space
+    /// (`Storage`): retrying at once would only upload it again.
+    #[error(
+        "the receiver's disk is full: {0}; free space on the receiver (or remove large files from the worktree), then run `devd sync`"
+    )]
+    DiskFull(String),
+    /// Another daemon is the workspace's writer (it was before this one
+    /// came, or it took the workspace over): this daemon must not sync.
+    #[error("{0}")]
+    OtherWriter(String),
     #[error(transparent)]
     Session(#[from] session::SyncError),
 }
@@ -118,6 +128,27 @@ pub struct Uplink {
     live: Arc<std::sync::Mutex<Option<transport::Link>>>,
     /// Where the progress of large uploads goes.
     progress: Option<crate::progress::Reporter>,
+    /// Who this daemon is to the receiver, claiming the workspace.
+    writer: Writer,
+    /// Take the workspace over at the next claim (once).
+    take_over: Arc<AtomicBool>,
+    /// A claim of this daemon was granted before: a refusal now means
+    /// another daemon took the workspace over.
+    was_writer: bool,
+}
+
+/// This daemon as the writer of its workspace: the host and the worktree.
+pub fn this_writer(workdir: &std::path::Path) -> Writer {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    Writer {
+        host,
+        worktree: workdir.display().to_string(),
+    }
 }
 
 /// How a sync ended.
@@ -233,11 +264,35 @@ fn now() -> Instant {
 async fn transmit(sender: &mut Sender, io: &mut Framed) -> bool {
     while let Some(frame) = sender.poll_transmit() {
         if let Err(e) = io.send(&frame).await {
+            // The receiver may have refused what we were sending (a full
+            // disk) and stopped reading: its refusal is the reason, not the
+            // failed write.
+            if let Some(refusal) = last_word(io).await {
+                let _ = sender.handle_message(refusal, now());
+            }
             sender.handle_connection_lost(e.to_string());
             return false;
         }
     }
     true
+}
+
+/// A `Rejected` the receiver sent before it stopped reading, if it comes
+/// within a moment.
+async fn last_word(io: &mut Framed) -> Option<ServerMsg> {
+    let read = async {
+        loop {
+            match io.recv::<ServerMsg>().await {
+                Ok(Some(m @ ServerMsg::Rejected { .. })) => return Some(m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Read the receiver's next frame, or reach the sender's deadline, and
@@ -270,6 +325,7 @@ impl Uplink {
     ) -> std::io::Result<Self> {
         let refs = BlobStore::open(&state_dir.join("sent-blobs")).map_err(std::io::Error::other)?;
         let workdir = repo.workdir().to_owned();
+        let writer = this_writer(&workdir);
         let sender = Sender::new(target.workspace.clone(), target.token.clone());
         Ok(Self {
             target,
@@ -282,7 +338,17 @@ impl Uplink {
             events: None,
             live: Arc::default(),
             progress: None,
+            writer,
+            take_over: Arc::default(),
+            was_writer: false,
         })
+    }
+
+    /// Take the workspace over from another writer at the next claim when
+    /// `flag` is set (it is cleared once that claim is granted).
+    pub fn with_take_over(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.take_over = flag;
+        self
     }
 
     /// Report the progress of large uploads (many or large blobs) to `r`.
@@ -447,6 +513,13 @@ impl Uplink {
                     );
                 }
                 self.receiver_worktree = Some(worktree);
+                if let Err(e) = self.claim(&mut io).await {
+                    link.close();
+                    self.sender
+                        .handle_connection_lost("the workspace has another writer");
+                    while self.sender.poll_event().is_some() {}
+                    return Err(e);
+                }
             }
             Some(SenderEvent::ConnectFailed(e)) => {
                 link.close();
@@ -462,6 +535,57 @@ impl Uplink {
         *self.live.lock().expect("live connection") = Some(link.clone());
         self.conn = Some(Connected { link, io });
         Ok(())
+    }
+
+    /// Claim the workspace as its writer on a fresh connection (the sender
+    /// machine is idle between `Welcome` and the first sync).
+    async fn claim(&mut self, io: &mut Framed) -> Result<(), SyncError> {
+        let take_over = self.take_over.load(Ordering::SeqCst);
+        let msg = ClientMsg::Claim {
+            writer: self.writer.clone(),
+            take_over,
+        };
+        io.send(&msg)
+            .await
+            .map_err(|e| SyncError::lost(e.to_string()))?;
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(30), io.recv::<ServerMsg>())
+                .await
+                .map_err(|_| SyncError::lost("no answer to the writer claim within 30 s"))?;
+        match answer {
+            Ok(Some(ServerMsg::Claimed {
+                since, previous, ..
+            })) => {
+                if let Some(p) = previous {
+                    tracing::warn!(from = %p, "took the workspace over from another daemon");
+                }
+                tracing::debug!(since, "claimed the workspace");
+                self.take_over.store(false, Ordering::SeqCst);
+                self.was_writer = true;
+                Ok(())
+            }
+            Ok(Some(ServerMsg::Rejected {
+                code: devd_protocol::ErrorCode::OtherWriter,
+                message,
+                ..
+            })) if self.was_writer => Err(SyncError::OtherWriter(format!(
+                "taken over, this daemon no longer syncs: {message}"
+            ))),
+            Ok(Some(ServerMsg::Rejected {
+                code: devd_protocol::ErrorCode::OtherWriter,
+                message,
+                ..
+            })) => Err(SyncError::OtherWriter(message)),
+            Ok(Some(ServerMsg::Rejected { code, message, .. })) => {
+                Err(SyncError::Connect(format!(
+                    "receiver at {} refused: {message} ({code:?})",
+                    self.target.address
+                )))
+            }
+            Ok(Some(other)) => Err(SyncError::protocol(format!("{other:?}"))),
+            Ok(None) => Err(SyncError::lost("receiver closed the stream")),
+            Err(e) => Err(SyncError::lost(e.to_string())),
+        }
     }
 
     /// Bring the receiver to `snap`. Returns `None` if it already was there.
@@ -614,6 +738,14 @@ impl Uplink {
                 "receiver at {} refused: {message} ({code:?})",
                 self.target.address
             )),
+            session::SyncError::Rejected {
+                code: devd_protocol::ErrorCode::Storage,
+                message,
+            } => SyncError::DiskFull(message),
+            session::SyncError::Rejected {
+                code: devd_protocol::ErrorCode::OtherWriter,
+                message,
+            } => SyncError::OtherWriter(message),
             other => SyncError::Session(other),
         }
     }

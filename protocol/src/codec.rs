@@ -165,6 +165,27 @@ mod tests {
             ),
             ("subscribe", encode_frame(&ClientMsg::Subscribe)),
             (
+                "claim",
+                encode_frame(&ClientMsg::Claim {
+                    writer: crate::message::Writer {
+                        host: "h".into(),
+                        worktree: "/w".into(),
+                    },
+                    take_over: true,
+                }),
+            ),
+            (
+                "claimed",
+                encode_frame(&ServerMsg::Claimed {
+                    writer: crate::message::Writer {
+                        host: "h".into(),
+                        worktree: "/w".into(),
+                    },
+                    since: 1,
+                    previous: None,
+                }),
+            ),
+            (
                 "event",
                 encode_frame(&ServerMsg::Event(crate::event::BuildEvent {
                     service: "web".into(),

@@ -13,6 +13,9 @@ pub enum Request {
     Status,
     Sync,
     Stop,
+    /// Become the workspace's writer (`devd start --take-over`), then sync.
+    #[serde(rename = "take_over")]
+    TakeOver,
     /// A service's logs, streamed.
     Logs {
         service: String,

@@ -30,11 +30,13 @@ pub use codec::{CodecError, FrameDecoder, encode_frame};
 pub use compress::{BlobRef, CompressError, Encoding};
 pub use content_id::{CommitId, ContentId, GitOid};
 pub use event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
-pub use message::{ClientMsg, ErrorCode, ServerMsg};
+pub use message::{ClientMsg, ErrorCode, ServerMsg, Writer};
 pub use overlay::{Change, Digest, Entry, Overlay};
 pub use path::{PathError, RelPath};
 
 /// Version carried in `Hello`; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: a daemon claims the workspace (`Claim`, `Claimed`, `OtherWriter`)
+/// before it syncs; a receiver speaking 1 could not decode the claim.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// QUIC ALPN identifier.
 pub const ALPN: &[u8] = b"devd/1";

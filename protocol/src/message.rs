@@ -52,6 +52,22 @@ pub struct Ack {
     pub base: Base,
 }
 
+/// A daemon that writes a workspace: where it runs and what it syncs.
+/// One workspace has one writer at a time (see [`ClientMsg::Claim`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    /// The laptop's host name.
+    pub host: String,
+    /// The worktree the daemon syncs, on that host.
+    pub worktree: String,
+}
+
+impl std::fmt::Display for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host {}, worktree {}", self.host, self.worktree)
+    }
+}
+
 /// Laptop → receiver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
@@ -99,6 +115,12 @@ pub enum ClientMsg {
         build: bool,
         follow: bool,
     },
+    /// After `Welcome`, before the first sync (protocol version 2): this
+    /// daemon is the workspace's writer. Refused with
+    /// [`ErrorCode::OtherWriter`] while another writer holds it, unless
+    /// `take_over`; answered with [`ServerMsg::Claimed`]. A writer that was
+    /// taken over has its connections closed; its next claim is refused.
+    Claim { writer: Writer, take_over: bool },
 }
 
 /// Why the receiver refused something.
@@ -128,6 +150,8 @@ pub enum ErrorCode {
     Malformed,
     /// Anything else.
     Internal,
+    /// Another daemon is the workspace's writer (see [`ClientMsg::Claim`]).
+    OtherWriter,
 }
 
 /// Receiver → laptop.
@@ -170,4 +194,12 @@ pub enum ServerMsg {
     Log { data: Vec<u8> },
     /// The end of a log stream; `error` says why it ended early.
     LogEnd { error: Option<String> },
+    /// The claim is granted: `writer` holds the workspace since `since`
+    /// (Unix seconds, the receiver's clock); `previous` is the writer it
+    /// took the workspace over from, if any.
+    Claimed {
+        writer: Writer,
+        since: u64,
+        previous: Option<Writer>,
+    },
 }

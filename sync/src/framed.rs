@@ -86,6 +86,23 @@ impl Framed {
         }
     }
 
+    /// Stop reading: the receiving half is dropped (QUIC: the peer's writes
+    /// fail at once with "stopped", and it can still read what was sent to
+    /// it, such as the refusal that ended the session).
+    pub fn stop_reading(&mut self) {
+        self.recv = Box::new(tokio::io::empty());
+    }
+
+    /// Read and drop whatever the peer still sends, for up to `max`: on TCP
+    /// a close with unread data would reset the connection and lose the
+    /// last frames sent to the peer.
+    pub async fn drain(&mut self, max: std::time::Duration) {
+        let _ = tokio::time::timeout(max, async {
+            while matches!(self.recv.read(&mut self.buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+
     /// Finish the sending side (QUIC: finish the stream; TLS: send
     /// close_notify and shut the socket's write half).
     pub async fn finish(&mut self) {

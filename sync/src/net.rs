@@ -28,6 +28,94 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
+/// The receiver's QUIC endpoint settings, with a stateless reset key
+/// derived from `secret` (see [`crate::tls::Identity::reset_secret`]).
+///
+/// A receiver that restarted knows nothing of the laptops' connections and
+/// answers their packets with a stateless reset. A laptop accepts a reset
+/// only if its token was made with the key of the endpoint that issued the
+/// connection ids; with a random key per process (quinn's default) every
+/// reset after a restart is ignored and the laptop waits for its idle
+/// timeout. A key that survives the restart makes the reset count: the
+/// laptop notices at its next packet and reconnects.
+///
+/// quinn's default connection ids carry a tag keyed per process, and a
+/// packet whose id fails that check is dropped without a reset; these ids
+/// are plain random, so a restarted receiver answers every packet of an
+/// unknown connection (rate-limited by quinn, and always smaller than the
+/// packet that caused it).
+pub fn endpoint_config(secret: [u8; 32]) -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(ResetKey(secret)));
+    cfg.cid_generator(|| Box::new(RandomCids::new()));
+    cfg
+}
+
+/// Random 8-byte connection ids (blake3 of a random seed and a counter).
+struct RandomCids {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl RandomCids {
+    fn new() -> Self {
+        use std::io::Read;
+        let mut seed = [0u8; 32];
+        if std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .is_err()
+        {
+            // No urandom: the time and pid still make ids unique per process.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed = *blake3::hash(format!("{t}/{}", std::process::id()).as_bytes()).as_bytes();
+        }
+        Self { seed, counter: 0 }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        self.counter += 1;
+        let h = blake3::keyed_hash(&self.seed, &self.counter.to_le_bytes());
+        quinn::ConnectionId::new(&h.as_bytes()[..8])
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A keyed blake3 MAC as quinn's stateless reset key.
+struct ResetKey([u8; 32]);
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(blake3::keyed_hash(&self.0, data).as_bytes());
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // `Hash` compares in constant time.
+        let want = blake3::keyed_hash(&self.0, data);
+        let got: [u8; 32] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        if want == blake3::Hash::from(got) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
 /// The QUIC transport settings shared by both ends.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(transport())

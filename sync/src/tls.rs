@@ -60,6 +60,16 @@ impl Identity {
         fingerprint(&self.cert)
     }
 
+    /// A secret derived from the private key: the same across restarts on
+    /// the same data, unknown to anyone without the key (for the QUIC
+    /// stateless reset key, [`crate::net::endpoint_config`]).
+    pub fn reset_secret(&self) -> [u8; 32] {
+        blake3::derive_key(
+            "devd-receiver 2026 QUIC stateless reset key",
+            self.key.secret_pkcs8_der(),
+        )
+    }
+
     /// rustls server configuration with the devd ALPN.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

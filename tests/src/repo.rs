@@ -302,6 +302,12 @@ impl Fixture {
         Devd::new(self, self.laptop.clone())
     }
 
+    /// A handle on the devd CLI for another repository (e.g. a
+    /// [`Fixture::clone_origin`] clone), with this fixture's `DEVD_HOME`.
+    pub fn devd_in(&self, repo: &Path) -> Devd<'_> {
+        Devd::new(self, repo.to_owned())
+    }
+
     /// Start `devd-receiver serve` with default options (workspace
     /// "default", data in `<root>/rx`, an ephemeral loopback port).
     pub fn receiver(&self) -> Receiver<'_> {

@@ -106,3 +106,81 @@ fn full_receiver_disk_is_a_clear_error_and_loses_nothing() {
     devd.sync_and_assert_equal(&rx.worktree());
     assert_worktrees_equal(fx.laptop(), &rx.worktree());
 }
+
+/// The receiver's `received_bytes_total` for the workspace.
+fn received_bytes(http: &str) -> u64 {
+    let (status, text) = devd_tests::http_get(&format!("{http}/metrics"))
+        .unwrap_or_else(|e| panic!("GET /metrics: {e:#}"));
+    assert_eq!(status, 200, "{text}");
+    let series = "devd_receiver_received_bytes_total{workspace=\"default\"} ";
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}")) as u64
+}
+
+/// With a running daemon and a 6 MiB file that cannot fit: `devd sync`
+/// and `devd status` both show the receiver's own refusal ("the receiver's
+/// disk is full: …", not a lost connection), and the daemon backs off
+/// instead of uploading the file again and again: over the next 20 s the
+/// receiver gets less than one more copy of it.
+#[test]
+#[cfg_attr(
+    devd_tests_not_root,
+    ignore = "mounts a small tmpfs, which needs root (CI runs as root); run as root, or with --ignored to see the mount fail"
+)]
+fn full_receiver_disk_is_reported_as_such_and_not_uploaded_again_and_again() {
+    const BIG: usize = 6 << 20;
+    let fx = Fixture::new();
+    let _disk = Tmpfs::mount(&fx.root().join("rxdisk"), "3m");
+    let config = fx.root().join("receiver.toml");
+    std::fs::write(&config, "[build]\nbackend = \"none\"\n").unwrap();
+    let rx = fx.receiver_with(ReceiverOpts {
+        data: Some(fx.root().join("rxdisk")),
+        config: Some(config),
+        args: vec!["--http-listen".into(), "127.0.0.1:0".into()],
+        ..Default::default()
+    });
+    let http = format!("http://{}", rx.http_addr());
+    fx.write_config(&format!("{}{FAST_SYNC}", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+
+    fx.write("big.bin", random_bytes("disk-full-backoff", BIG));
+    let run = devd.run(&["sync"]);
+    println!("{}", run.describe());
+    assert!(!run.success(), "the sync cannot fit: it must fail");
+    let out = run.output();
+    assert!(
+        out.contains("the receiver's disk is full:")
+            && out.to_lowercase().contains("no space left"),
+        "`devd sync` shows the receiver's Storage refusal: {out}"
+    );
+    assert!(
+        !out.contains("connection to the receiver lost"),
+        "the refusal is not reported as a lost connection: {out}"
+    );
+    let st = devd.status();
+    let err = st.raw["receiver"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        err.contains("the receiver's disk is full:"),
+        "`devd status` shows the refusal: {}",
+        st.raw
+    );
+
+    let before = received_bytes(&http);
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let resent = received_bytes(&http) - before;
+    println!("bytes received by the receiver in the 20 s after the refusal: {resent}");
+    assert!(
+        resent < BIG as u64,
+        "the daemon uploaded {resent} more bytes in 20 s: it must back off instead of re-uploading the {BIG}-byte file"
+    );
+
+    // Freeing the laptop side: an explicit `devd sync` converges at once.
+    fx.remove("big.bin");
+    devd.sync_and_assert_equal(&rx.worktree());
+}

@@ -3,6 +3,7 @@
 //! composition root (`run.rs`) attaches the build pipelines between
 //! the two and drains on shutdown.
 
+use crate::sync::gate::Gate;
 use crate::sync::session::serve_connection;
 use crate::sync::workspace::{Registry, Workspace, WorkspaceError};
 use devd_sync::pairing::Pairing;
@@ -160,7 +161,7 @@ pub fn serve(
         source,
     };
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        devd_sync::net::endpoint_config(identity.reset_secret()),
         Some(server_config),
         udp,
         Arc::new(quinn::TokioRuntime),
@@ -185,14 +186,15 @@ pub fn serve(
             worktree: ws.worktree_path().to_owned(),
         });
     }
-    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    // Only authenticated connections count against the limit; see `gate`.
+    let gate = Gate::new(opts.max_connections);
     if let Some(listener) = tcp {
         let tls = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()?));
         tracker.spawn(accept_tcp(
             listener,
             tls,
             registry.clone(),
-            limit.clone(),
+            gate.clone(),
             tracker.clone(),
             cancel.clone(),
         ));
@@ -207,17 +209,20 @@ pub fn serve(
                     _ = cancel.cancelled() => break,
                     i = endpoint.accept() => match i { Some(i) => i, None => break },
                 };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
-                    incoming.refuse();
-                    continue;
-                };
+                let admission = gate.admit(incoming.remote_address());
                 let registry = registry.clone();
                 let cancel = cancel.clone();
                 tracker2.spawn(async move {
-                    let _permit = permit;
-                    match incoming.await {
-                        Ok(conn) => serve_connection(conn, registry, cancel).await,
+                    let connecting = match incoming.accept() {
+                        Ok(c) => c,
+                        Err(e) => return tracing::debug!(error = %e, "cannot accept a QUIC connection"),
+                    };
+                    let handshake = tokio::select! {
+                        h = connecting => h,
+                        () = admission.expired() => return tracing::debug!("QUIC handshake not done in time"),
+                    };
+                    match handshake {
+                        Ok(conn) => serve_connection(conn, registry, cancel, admission).await,
                         Err(e) => tracing::debug!(error = %e, "handshake failed"),
                     }
                 });
@@ -272,13 +277,13 @@ fn bind(
 }
 
 /// Accept TCP + TLS connections until `cancel` fires; each is one stream
-/// ([`crate::sync::session::serve_tcp_stream`]) and counts against the same
-/// connection limit as QUIC connections.
+/// ([`crate::sync::session::serve_tcp_stream`]), admitted by the same
+/// `gate` as QUIC connections.
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     registry: Arc<Registry>,
-    limit: Arc<tokio::sync::Semaphore>,
+    gate: Arc<Gate>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -295,23 +300,21 @@ async fn accept_tcp(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "connection limit reached; refusing");
-            continue;
-        };
+        let admission = gate.admit(remote);
         devd_sync::net::tune_tcp(&tcp);
         let (tls, registry, cancel) = (tls.clone(), registry.clone(), cancel.clone());
         tracker.spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+            let stream = tokio::select! {
+                s = tls.accept(tcp) => s,
+                () = admission.expired() => return tracing::debug!(%remote, "TLS handshake not done in time"),
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
             };
             let (recv, send) = tokio::io::split(stream);
             let io = devd_sync::framed::Framed::new(send, recv, devd_protocol::message::MAX_FRAME);
-            crate::sync::session::serve_tcp_stream(io, remote, registry, cancel).await;
+            crate::sync::session::serve_tcp_stream(io, remote, registry, cancel, admission).await;
         });
     }
 }

@@ -6,10 +6,13 @@
 //! the connection) lives in the machine. Nothing of a refused generation
 //! reaches the worktree. Further streams carry build events and logs.
 
+use crate::sync::gate::{Admission, Slot};
 use crate::sync::workspace::{Inner, Prepared, Registry, Workspace};
 use devd_protocol::ErrorCode;
 use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
-use devd_protocol::session::{Applied, AuthAnswer, Limits, Receiver, ReceiverEvent, Reject};
+use devd_protocol::session::{
+    Applied, AuthAnswer, ClaimAnswer, Limits, Receiver, ReceiverEvent, Reject,
+};
 use devd_sync::framed::{Framed, FramedError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,14 +30,24 @@ async fn reject(io: &mut Framed, generation: Option<u64>, r: Reject) {
         .await;
 }
 
-/// Serve one QUIC connection until the peer leaves or `cancel` fires.
+/// Serve one QUIC connection until the peer leaves or `cancel` fires. It
+/// must open its stream and authenticate before `admission` expires.
 pub async fn serve_connection(
     conn: quinn::Connection,
     registry: Arc<Registry>,
     cancel: CancellationToken,
+    admission: Admission,
 ) {
     let remote = conn.remote_address();
-    let (send, recv) = match conn.accept_bi().await {
+    let stream = tokio::select! {
+        s = conn.accept_bi() => s,
+        () = admission.expired() => {
+            tracing::debug!(%remote, "no stream opened in time; closing");
+            conn.close(0u32.into(), b"authenticate first");
+            return;
+        }
+    };
+    let (send, recv) = match stream {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%remote, error = %e, "connection closed before opening a stream");
@@ -42,10 +55,13 @@ pub async fn serve_connection(
         }
     };
     let mut io = Framed::new(send, recv, MAX_FRAME);
-    converse(&mut io, Some(&conn), remote, registry, cancel).await;
+    converse(&mut io, Some(&conn), remote, registry, cancel, admission).await;
     // Let the last message (often a Rejected) reach the peer before the
-    // connection goes away: finish the stream and give the peer a moment.
+    // connection goes away: finish the stream, stop reading (so that a
+    // laptop still uploading learns at once, and reads the refusal rather
+    // than wait on flow control) and give the peer a moment.
     io.finish().await;
+    io.stop_reading();
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
 }
 
@@ -58,9 +74,16 @@ pub async fn serve_tcp_stream(
     remote: std::net::SocketAddr,
     registry: Arc<Registry>,
     cancel: CancellationToken,
+    admission: Admission,
 ) {
-    converse(&mut io, None, remote, registry, cancel).await;
+    converse(&mut io, None, remote, registry, cancel.clone(), admission).await;
     io.finish().await;
+    // A laptop still uploading when the session ended reads the refusal
+    // only if its bytes are taken until it closes (a close with unread
+    // data would reset the connection).
+    if !cancel.is_cancelled() {
+        io.drain(Duration::from_secs(2)).await;
+    }
 }
 
 /// The machine's clock: tokio's, so that paused time in tests applies.
@@ -74,13 +97,25 @@ async fn converse(
     remote: std::net::SocketAddr,
     registry: Arc<Registry>,
     cancel: CancellationToken,
+    admission: Admission,
 ) {
     let limits = Limits {
         max_blob: crate::sync::workspace::MAX_BLOB,
         ..Limits::default()
     };
     let mut m = Receiver::with_limits(limits, now());
-    let Some(ws) = authenticate(io, &mut m, &registry, &cancel).await else {
+    // Until its Hello is accepted the connection is pending: evicted by a
+    // flood from its source, or closed at the gate's deadline.
+    let expiry = admission.expiry();
+    let mut admission = Some(admission);
+    let authenticated = tokio::select! {
+        a = authenticate(io, &mut m, &registry, &cancel, &mut admission) => a,
+        () = expiry.expired() => {
+            tracing::debug!(%remote, "not authenticated in time; closing");
+            None
+        }
+    };
+    let Some((ws, _slot)) = authenticated else {
         return;
     };
     tracing::info!(%remote, workspace = %ws.name, "laptop connected");
@@ -96,6 +131,8 @@ async fn converse(
     // The workspace stays locked from `Prepare` to `Finish` (or a refusal),
     // so syncs of one workspace never interleave.
     let mut held: Option<(tokio::sync::MutexGuard<'_, Inner>, Prepared)> = None;
+    // This connection's claim as the workspace's writer, once made.
+    let mut grant: Option<crate::sync::writer::Grant> = None;
     loop {
         if !flush(io, &mut m).await {
             return;
@@ -107,6 +144,12 @@ async fn converse(
                 ReceiverEvent::SideStream(first) => {
                     // A TCP connection standing in for a further QUIC stream.
                     return side_stream(io, &ws, first, cancel).await;
+                }
+                ReceiverEvent::Prepare { header, .. }
+                    if let Err(r) = ws.writer.may_write(grant.as_ref()) =>
+                {
+                    tracing::warn!(workspace = %ws.name, generation = header.generation, "refused: not the workspace's writer");
+                    m.handle_prepared(Err(r), now())
                 }
                 ReceiverEvent::Prepare { header, incoming } => {
                     let mut guard = ws.lock().await;
@@ -144,6 +187,23 @@ async fn converse(
                         apply_ms: a.apply_ms,
                     }))
                 }
+                ReceiverEvent::Claim { writer, take_over } => {
+                    let now_secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    match ws.writer.claim(&writer, take_over, now_secs) {
+                        Ok(g) => {
+                            tracing::info!(workspace = %ws.name, %writer, previous = ?g.previous, "writer claimed the workspace");
+                            let answer = ClaimAnswer::Granted {
+                                since: g.since,
+                                previous: g.previous.clone(),
+                            };
+                            grant = Some(g);
+                            m.handle_claim(answer)
+                        }
+                        Err(r) => m.handle_claim(ClaimAnswer::Refused(r)),
+                    }
+                }
                 ReceiverEvent::Authenticate { .. } => {
                     return driver_bug("a second Authenticate".into());
                 }
@@ -153,20 +213,25 @@ async fn converse(
             }
             continue;
         }
-        if !read(io, &mut m, &cancel, Some(&ws.name)).await {
+        // Taken over by another writer: between generations, the
+        // connection ends (the daemon's reconnect learns why).
+        let taken = grant.as_ref().map(|g| g.taken.clone());
+        if !read(io, &mut m, &cancel, Some(&ws.name), taken).await {
             return;
         }
     }
 }
 
-/// Run the machine up to `Hello` and its check: the workspace, if the
-/// laptop was welcomed (the `Welcome` is queued, not yet written).
+/// Run the machine up to `Hello` and its check: the workspace and the
+/// connection's slot, if the laptop was welcomed (the `Welcome` is queued,
+/// not yet written). Good credentials turn the `admission` into a slot.
 async fn authenticate(
     io: &mut Framed,
     m: &mut Receiver,
     registry: &Registry,
     cancel: &CancellationToken,
-) -> Option<Arc<Workspace>> {
+    admission: &mut Option<Admission>,
+) -> Option<(Arc<Workspace>, Slot)> {
     loop {
         if !flush(io, m).await {
             return None;
@@ -177,26 +242,38 @@ async fn authenticate(
                 return None;
             };
             let ws = registry.get(&workspace).cloned();
+            let mut slot = None;
             let answer = match &ws {
                 None => AuthAnswer::UnknownWorkspace,
                 Some(ws) if !ws.check_token(&token) => AuthAnswer::WrongToken,
-                Some(ws) => AuthAnswer::Accepted {
-                    receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
-                    acked: ws.acked().await,
-                    worktree: ws.worktree_path().display().to_string(),
+                Some(ws) => match admission.take().map(Admission::authenticate) {
+                    Some(Ok(s)) => {
+                        slot = Some(s);
+                        AuthAnswer::Accepted {
+                            receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
+                            acked: ws.acked().await,
+                            worktree: ws.worktree_path().display().to_string(),
+                        }
+                    }
+                    Some(Err(busy)) => AuthAnswer::Busy {
+                        message: busy.to_string(),
+                    },
+                    None => {
+                        driver_bug("a second Hello to authenticate".into());
+                        return None;
+                    }
                 },
             };
-            let accepted = matches!(answer, AuthAnswer::Accepted { .. });
             if let Err(e) = m.handle_auth(answer) {
                 driver_bug(e.to_string());
                 return None;
             }
-            if accepted {
-                return ws;
+            if let (Some(ws), Some(slot)) = (ws, slot) {
+                return Some((ws, slot));
             }
             continue;
         }
-        if !read(io, m, cancel, None).await {
+        if !read(io, m, cancel, None, None).await {
             return None;
         }
     }
@@ -230,11 +307,19 @@ async fn read(
     m: &mut Receiver,
     cancel: &CancellationToken,
     workspace: Option<&str>,
+    taken: Option<CancellationToken>,
 ) -> bool {
     let deadline = m.poll_timeout().map(Instant::from_std);
     let idle = m.generation().is_none();
+    let taken = async {
+        match taken {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let msg = tokio::select! {
         _ = cancel.cancelled(), if idle => return false,
+        () = taken, if idle => return false,
         _ = until(deadline) => {
             m.handle_timeout(now());
             return true;
@@ -569,6 +654,7 @@ mod tests {
             "127.0.0.1:9".parse().unwrap(),
             registry,
             cancel,
+            crate::sync::gate::Gate::new(1).admit("127.0.0.1:9".parse().unwrap()),
         ));
         let mut io = Framed::new(lw, lr, MAX_FRAME);
         // Larger than a chunk, and pseudo-random so no size trick applies.

@@ -100,6 +100,8 @@ pub struct Workspace {
     worktree: Worktree,
     inner: tokio::sync::Mutex<Inner>,
     pipeline: std::sync::OnceLock<Arc<crate::build::pipeline::Pipeline>>,
+    /// Which daemon writes this workspace.
+    pub writer: crate::sync::writer::WriterClaim,
 }
 
 fn random_token() -> std::io::Result<String> {
@@ -160,6 +162,7 @@ impl Workspace {
                 tree: Arc::default(),
             }),
             pipeline: std::sync::OnceLock::new(),
+            writer: crate::sync::writer::WriterClaim::open(&dir, name),
         };
         let state = ws.journal.committed()?;
         let tree = ws

@@ -58,11 +58,17 @@ Examples:
 Examples:
   devd start             start the daemon and return
   devd start --wait      return once the first sync is applied (shows progress)
+  devd start --take-over become the workspace's writer instead of another daemon
   devd -C ~/src/app start   for another repository")]
     Start {
         /// Return only once the first sync is acknowledged.
         #[arg(long)]
         wait: bool,
+        /// Make this daemon the workspace's writer even though another
+        /// daemon (another laptop or checkout) writes it; that one stops
+        /// syncing and says so in its `devd status`.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Stop the daemon.
     #[command(after_help = "\
@@ -178,7 +184,11 @@ Examples:
     #[command(after_help = "\
 Examples:
   RUST_LOG=debug devd run   the daemon's log on the terminal")]
-    Run,
+    Run {
+        /// Take the workspace over from another daemon (see `start`).
+        #[arg(long)]
+        take_over: bool,
+    },
 }
 
 /// `devd workspace` subcommands.

@@ -89,7 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             dry_run,
         } => init::run(&ctx, yes, force, dry_run),
-        Cmd::Start { wait } => start::run(&ctx, wait).await,
+        Cmd::Start { wait, take_over } => start::run(&ctx, wait, take_over).await,
         Cmd::Stop => stop::run(&ctx).await,
         Cmd::Sync { json } => sync::run(&ctx, json).await,
         Cmd::Status { json, watch } => {
@@ -107,6 +107,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Completions { .. } | Cmd::Workspace { .. } | Cmd::Prebuild { .. } => {
             unreachable!("handled above")
         }
-        Cmd::Run => run::run(&ctx).await,
+        Cmd::Run { take_over } => run::run(&ctx, take_over).await,
     }
 }

@@ -2,22 +2,27 @@
 //! the background), until SIGTERM, SIGINT or `devd stop`.
 
 use super::Ctx;
-use super::lock::{lock_path, try_lock};
+use super::lock::{lock_for_daemon, lock_path};
 use crate::control;
 use crate::daemon::{self, Options};
 use anyhow::bail;
 use std::sync::Arc;
 
-pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let Some(_lock) = try_lock(&lock_path(&ctx.state_dir))? else {
-        println!("devd is already running for {}", ctx.workdir.display());
-        return Ok(());
+pub(super) async fn run(ctx: &Ctx, take_over: bool) -> anyhow::Result<()> {
+    let _lock = match lock_for_daemon(&lock_path(&ctx.state_dir))? {
+        Ok(lock) => lock,
+        Err(pid) => {
+            let pid = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+            println!("devd is already running for {}{pid}", ctx.workdir.display());
+            return Ok(());
+        }
     };
     let h = Arc::new(
         daemon::start(Options {
             workdir: ctx.workdir.clone(),
             home: ctx.home.clone(),
             watch: true,
+            take_over,
         })
         .await?,
     );

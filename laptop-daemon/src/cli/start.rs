@@ -8,7 +8,19 @@ use crate::control::{self, Request};
 use anyhow::{Context, bail};
 use std::time::{Duration, Instant};
 
-pub(super) async fn run(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Ctx, wait: bool, take_over: bool) -> anyhow::Result<()> {
+    if take_over && let Some(r) = control::request(&ctx.socket(), &Request::TakeOver).await? {
+        // A daemon runs here (superseded, most likely): it takes over.
+        if !r.ok {
+            bail!(
+                "taking the workspace over failed: {}\n`devd status` shows the receiver's state",
+                r.error.unwrap_or_default()
+            );
+        }
+        println!("devd took the workspace over for {}", ctx.workdir.display());
+        print_report(&r.data, false);
+        return Ok(());
+    }
     if let Some(r) = control::request(&ctx.socket(), &Request::Status).await? {
         println!(
             "devd is already running for {} (pid {}); `devd sync` pushes the current state now, `devd status` shows it",
@@ -30,6 +42,7 @@ pub(super) async fn run(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
             .arg("-C")
             .arg(&ctx.workdir)
             .arg("run")
+            .args(take_over.then_some("--take-over"))
             .env("DEVD_HOME", &ctx.home)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
@@ -47,6 +60,17 @@ pub(super) async fn run(ctx: &Ctx, wait: bool) -> anyhow::Result<()> {
             break;
         }
         if let Some(st) = child.try_wait()? {
+            // Another `devd start` won the race for the lock: that daemon runs.
+            if st.success()
+                && let Some(r) = control::request(&ctx.socket(), &Request::Status).await?
+            {
+                println!(
+                    "devd is already running for {} (pid {})",
+                    ctx.workdir.display(),
+                    r.data["pid"]
+                );
+                return Ok(());
+            }
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail
                 .lines()

@@ -50,6 +50,7 @@ pub(super) async fn run(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
         workdir: ctx.workdir.clone(),
         home: ctx.home.clone(),
         watch: false,
+        take_over: false,
     })
     .await?;
     let res = with_progress(Source::Handle(&h), h.sync(Duration::from_secs(8))).await;

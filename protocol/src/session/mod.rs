@@ -38,7 +38,9 @@ mod pair;
 #[cfg(test)]
 mod tests;
 
-pub use receiver::{Applied, AuthAnswer, CommitHeader, Incoming, Limits, Receiver, ReceiverEvent};
+pub use receiver::{
+    Applied, AuthAnswer, ClaimAnswer, CommitHeader, Incoming, Limits, Receiver, ReceiverEvent,
+};
 pub use sender::{
     EncodeError, EncodeItem, Request, RequestedBlob, Sender, SenderEvent, Snapshot, SyncError,
     SyncReport,

@@ -484,6 +484,14 @@ impl Pair {
                     let res = self.cluster.finish();
                     r.handle_finished(res).expect("asked to finish");
                 }
+                ReceiverEvent::Claim { .. } => {
+                    // The sender machine never claims (its driver does).
+                    let answer = super::ClaimAnswer::Granted {
+                        since: 0,
+                        previous: None,
+                    };
+                    r.handle_claim(answer).expect("asked to claim");
+                }
             }
         }
     }
@@ -601,6 +609,7 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::BlobChunk { .. } => "BlobChunk",
         ClientMsg::Subscribe => "Subscribe",
         ClientMsg::Logs { .. } => "Logs",
+        ClientMsg::Claim { .. } => "Claim",
     }
 }
 

@@ -33,7 +33,7 @@
 
 use super::{Reject, UsageError};
 use crate::content_id::ContentId;
-use crate::message::{Ack, Base, Blob, ClientMsg, ErrorCode, INLINE_TOTAL_MAX, ServerMsg};
+use crate::message::{Ack, Base, Blob, ClientMsg, ErrorCode, INLINE_TOTAL_MAX, ServerMsg, Writer};
 use crate::overlay::{Change, Digest};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -102,6 +102,22 @@ pub enum AuthAnswer {
     UnknownWorkspace,
     /// The workspace exists, the token is wrong.
     WrongToken,
+    /// The credentials are good but the receiver serves as many laptop
+    /// connections as it may; `message` says so and what to do.
+    Busy { message: String },
+}
+
+/// The driver's answer to [`ReceiverEvent::Claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// The laptop is the writer since `since` (Unix seconds); `previous`
+    /// is the writer it took over from.
+    Granted {
+        since: u64,
+        previous: Option<Writer>,
+    },
+    /// Another writer holds the workspace: the session ends with this.
+    Refused(Reject),
 }
 
 /// A generation the driver applied.
@@ -136,6 +152,9 @@ pub enum ReceiverEvent {
     /// Every blob is in: apply `generation`, answer with
     /// [`Receiver::handle_finished`].
     Finish { generation: u64 },
+    /// The laptop claims the workspace as its writer: answer with
+    /// [`Receiver::handle_claim`].
+    Claim { writer: Writer, take_over: bool },
 }
 
 #[derive(Debug)]
@@ -165,6 +184,10 @@ enum State {
     Finishing {
         header: CommitHeader,
     },
+    /// Waiting for [`Receiver::handle_claim`] about this writer.
+    Claiming {
+        writer: Writer,
+    },
     /// Handed over to the driver as a side stream.
     SideStream,
     Closed,
@@ -180,6 +203,7 @@ impl State {
             State::Receiving { storing: false, .. } => "receiving blobs",
             State::Receiving { storing: true, .. } => "storing a blob",
             State::Finishing { .. } => "finishing a commit",
+            State::Claiming { .. } => "claiming the workspace",
             State::SideStream => "handed over as a side stream",
             State::Closed => "closed",
         }
@@ -307,6 +331,28 @@ impl Receiver {
                 );
                 self.close_with(None, Reject::new(ErrorCode::Unauthorized, m));
             }
+            AuthAnswer::Busy { message } => {
+                self.close_with(None, Reject::new(ErrorCode::Internal, message));
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver's answer to [`ReceiverEvent::Claim`].
+    pub fn handle_claim(&mut self, answer: ClaimAnswer) -> Result<(), UsageError> {
+        let State::Claiming { writer } = &self.state else {
+            return Err(self.misuse("handle_claim"));
+        };
+        match answer {
+            ClaimAnswer::Granted { since, previous } => {
+                self.transmit.push_back(ServerMsg::Claimed {
+                    writer: writer.clone(),
+                    since,
+                    previous,
+                });
+                self.state = State::Open { incoming: None };
+            }
+            ClaimAnswer::Refused(r) => self.close_with(None, r),
         }
         Ok(())
     }
@@ -533,7 +579,15 @@ impl Receiver {
                     incoming: inc,
                 });
             }
+            ClientMsg::Claim { writer, take_over } if incoming.is_none() => {
+                self.state = State::Claiming {
+                    writer: writer.clone(),
+                };
+                self.events
+                    .push_back(ReceiverEvent::Claim { writer, take_over });
+            }
             ClientMsg::BlobChunk { .. }
+            | ClientMsg::Claim { .. }
             | ClientMsg::Hello { .. }
             | ClientMsg::Subscribe
             | ClientMsg::Logs { .. } => {
@@ -754,6 +808,63 @@ mod tests {
             Some(ServerMsg::Need { generation: 1, ids })
         );
         r
+    }
+
+    fn writer(worktree: &str) -> Writer {
+        Writer {
+            host: "laptop".into(),
+            worktree: worktree.into(),
+        }
+    }
+
+    /// A claim is the driver's to decide: granted, it is answered with
+    /// `Claimed` and syncs follow; refused, the refusal ends the session.
+    #[test]
+    fn a_claim_is_answered_with_claimed_or_ends_the_session() {
+        let now = Instant::now();
+        let mut r = open(now, Limits::default());
+        let claim = ClientMsg::Claim {
+            writer: writer("/a"),
+            take_over: true,
+        };
+        r.handle_message(claim.clone(), now).unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(ReceiverEvent::Claim {
+                writer: writer("/a"),
+                take_over: true
+            })
+        );
+        assert!(r.handle_message(commit(1), now).is_err(), "claiming");
+        r.handle_claim(ClaimAnswer::Granted {
+            since: 7,
+            previous: Some(writer("/b")),
+        })
+        .unwrap();
+        assert_eq!(
+            r.poll_transmit(),
+            Some(ServerMsg::Claimed {
+                writer: writer("/a"),
+                since: 7,
+                previous: Some(writer("/b"))
+            })
+        );
+        r.handle_message(commit(1), now).unwrap();
+        assert!(matches!(
+            r.poll_event(),
+            Some(ReceiverEvent::Prepare { .. })
+        ));
+
+        let mut r = open(now, Limits::default());
+        r.handle_message(claim, now).unwrap();
+        r.poll_event();
+        let refusal = Reject::new(ErrorCode::OtherWriter, "host x holds it");
+        r.handle_claim(ClaimAnswer::Refused(refusal)).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r),
+            (None, ErrorCode::OtherWriter, "host x holds it".into())
+        );
+        assert!(r.is_closed());
     }
 
     #[test]

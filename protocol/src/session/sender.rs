@@ -371,7 +371,10 @@ impl Sender {
                     self.fail(SyncError::Protocol(format!("{msg:?}")));
                     return Ok(());
                 };
-                if !matches!(sync.cur.phase, Phase::Awaiting { .. }) {
+                // A refusal may come at any point of a sync (the receiver
+                // refused a blob while the rest was still being encoded).
+                let refusal = matches!(msg, ServerMsg::Rejected { .. });
+                if !refusal && !matches!(sync.cur.phase, Phase::Awaiting { .. }) {
                     return Err(self.misuse("handle_message"));
                 }
                 self.answer(msg, now);
