@@ -99,6 +99,17 @@ pub enum ClientMsg {
         build: bool,
         follow: bool,
     },
+    /// First and only message on a further stream: build and deploy
+    /// `services` (every declared one if empty) again at the worktree's
+    /// current content, unless already deployed at it (`devd retry`, and
+    /// the daemon's start). Answered with [`ServerMsg::Done`] naming the
+    /// services queued.
+    Retry { services: Vec<String> },
+    /// First and only message on a further stream: remove what the
+    /// receiver's backend created for this workspace (containers and
+    /// images, or the Kubernetes objects devd applied) (`devd down`).
+    /// Answered with [`ServerMsg::Done`] naming what was removed.
+    Remove,
 }
 
 /// Why the receiver refused something.
@@ -170,4 +181,7 @@ pub enum ServerMsg {
     Log { data: Vec<u8> },
     /// The end of a log stream; `error` says why it ended early.
     LogEnd { error: Option<String> },
+    /// A [`ClientMsg::Retry`] or [`ClientMsg::Remove`] was carried out:
+    /// what it concerned, one line each (service names, removed objects).
+    Done { items: Vec<String> },
 }

@@ -601,6 +601,8 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::BlobChunk { .. } => "BlobChunk",
         ClientMsg::Subscribe => "Subscribe",
         ClientMsg::Logs { .. } => "Logs",
+        ClientMsg::Retry { .. } => "Retry",
+        ClientMsg::Remove => "Remove",
     }
 }
 
