@@ -38,17 +38,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 say "Architecture: crate edges point one way (protocol <- devd-sync <- devd, devd-receiver; devd builds without the receiver), no module circles, no file over 800 lines before its tests"
 python3 scripts/architecture.py
 
+# Every `test result:` line goes to this log; the closing count sums them.
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+
 say "cargo clippy and the tray's unit tests with devd's optional tray feature (the default build leaves ksni out)"
 cargo clippy --workspace --all-targets --features devd/tray -- -D warnings
-cargo test -p devd --features tray --lib --test tray -- tray
+cargo test -p devd --features tray --lib --test tray -- tray 2>&1 | tee -a "$test_log"
 
 say "Building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 
 say "cargo test (unit, property, snapshot and end-to-end tests)"
-test_log=$(mktemp)
-trap 'rm -f "$test_log"' EXIT
-cargo test --workspace -- --test-threads=2 2>&1 | tee "$test_log"
+cargo test --workspace -- --test-threads=2 2>&1 | tee -a "$test_log"
 passed=$(grep -oE '^test result: ok\. [0-9]+ passed' "$test_log" | awk '{s += $4} END {print s + 0}')
 
 say "Fuzzing (libFuzzer on the stable toolchain, see fuzz/README.md): every decoder's target replays its committed seeds, then fuzzes for 20 s"

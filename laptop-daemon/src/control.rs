@@ -1,5 +1,5 @@
 //! The control socket: a Unix socket in the repository's state directory
-//! over which `devd status`, `devd sync` and `devd stop` talk to the
+//! over which `devd status`, `sync`, `stop`, `retry` and `down` talk to the
 //! running daemon, one JSON line each way (`logs` answers with a line per
 //! chunk, relayed by [`crate::logs::relay`]).
 
@@ -107,14 +107,65 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
             },
         },
         Ok(Request::Logs { .. }) => unreachable!("answered above"),
-        Ok(Request::Stop) => {
+        Ok(Request::Stop { keep_running }) => {
+            let st = h.status();
+            let deployed: Vec<String> = st
+                .services
+                .iter()
+                .filter(|s| s.image.is_some())
+                .map(|s| s.name.clone())
+                .collect();
+            // Cancel first: no build starts or deploys once the containers
+            // are gone.
             h.cancel.cancel();
+            let stopped = match keep_running {
+                true => None,
+                false => h.stop_services().await,
+            };
+            let (stopped, error) = match stopped {
+                Some(Ok(names)) => (names, None),
+                Some(Err(e)) => (Vec::new(), Some(e)),
+                None => (Vec::new(), None),
+            };
+            let kept: Vec<&String> = deployed.iter().filter(|n| !stopped.contains(n)).collect();
             Response {
                 ok: true,
-                data: serde_json::Value::Null,
+                data: serde_json::json!({
+                    "stopped": stopped,
+                    "kept": kept,
+                    "embedded": st.receiver.embedded,
+                    "stop_error": error,
+                }),
                 error: None,
             }
         }
+        Ok(Request::Retry { services }) => match h.retry(services).await {
+            Ok(queued) => Response {
+                ok: true,
+                data: serde_json::json!({ "queued": queued }),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                data: serde_json::Value::Null,
+                error: Some(e),
+            },
+        },
+        Ok(Request::Down) => match h.remove_deployed().await {
+            Ok(removed) => {
+                h.cancel.cancel();
+                Response {
+                    ok: true,
+                    data: serde_json::json!({ "removed": removed }),
+                    error: None,
+                }
+            }
+            Err(e) => Response {
+                ok: false,
+                data: serde_json::Value::Null,
+                error: Some(e),
+            },
+        },
     };
     w.write_all(&encode_line(&resp)).await?;
     w.shutdown().await

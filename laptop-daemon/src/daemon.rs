@@ -11,7 +11,7 @@ use crate::schedule::{Attempt, IDLE_RECHECK, Schedule};
 use crate::status::{BaseMode, DaemonState, ReceiverStatus, ScanStatus, Status};
 use crate::uplink::{Snapshot, SyncError, SyncReport, Target, Uplink};
 use crate::watcher::{self, Trigger, WatchError};
-use devd_protocol::message::{Ack, Base};
+use devd_protocol::message::{Ack, Base, ClientMsg};
 use devd_protocol::session;
 use devd_sync::pairing::Pairing;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,12 @@ impl Embedded {
     }
     async fn drain(self, _grace: Duration) {
         match self {}
+    }
+    async fn stop_services(&self) -> Result<Vec<String>, String> {
+        match *self {}
+    }
+    async fn remove_deployed(&self) -> Result<Vec<String>, String> {
+        match *self {}
     }
 }
 
@@ -110,8 +116,10 @@ pub struct Handle {
     tracker: TaskTracker,
     receiver: Option<Embedded>,
     _watcher: Option<watcher::Watcher>,
-    /// The uplink's current connection (for `devd logs`).
-    pub(crate) live: Arc<Mutex<Option<crate::transport::Link>>>,
+    /// The uplink's current connection (for `devd logs`, `retry`, `down`).
+    pub(crate) live: crate::requests::Live,
+    /// Restarts the boot count (`devd retry`).
+    boot_restart: Arc<tokio::sync::Notify>,
 }
 
 fn update(status: &Arc<Mutex<Status>>, f: impl FnOnce(&mut Status)) {
@@ -256,16 +264,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     if opts.watch {
         crate::tray::spawn(status.clone(), cancel.clone(), &tracker);
     }
-    tracker.spawn(events_loop(
-        events_rx,
-        status.clone(),
-        lost.clone(),
-        notifier,
-        started,
-    ));
-
     // Uplink task.
     let live;
+    let boot_restart = Arc::new(tokio::sync::Notify::new());
     {
         let uplink = Uplink::new(target, repo.clone(), &state_dir)
             .map_err(|source| DaemonError::State {
@@ -276,6 +277,15 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
             .with_take_over(take_over.clone())
             .with_progress(Reporter::for_status(status.clone(), Phase::Uploading));
         live = uplink.live_connection();
+        let events = crate::events::EventsLoop {
+            status: status.clone(),
+            lost: lost.clone(),
+            notifier,
+            started,
+            retry_on_start: opts.watch.then(|| live.clone()),
+            boot_restart: boot_restart.clone(),
+        };
+        tracker.spawn(events.run(events_rx));
         let status = status.clone();
         let cancel = cancel.clone();
         let scan_tx = scan_tx.clone();
@@ -301,6 +311,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
         receiver,
         _watcher: watcher,
         live,
+        boot_restart,
     })
 }
 
@@ -449,62 +460,6 @@ fn scanner_loop(
         }
     }
     scanner.save_cache();
-}
-
-/// Fold the receiver's build events into the status.
-async fn events_loop(
-    mut rx: mpsc::Receiver<Option<devd_protocol::message::ServerMsg>>,
-    status: Arc<Mutex<Status>>,
-    lost: Arc<tokio::sync::Notify>,
-    notifier: crate::notify::Notifier,
-    started: std::time::Instant,
-) {
-    use devd_protocol::ServiceStatus;
-    use devd_protocol::message::ServerMsg;
-    let mut services: Vec<ServiceStatus> = Vec::new();
-    let mut boot = crate::status::BootTracker::new(started);
-    while let Some(msg) = rx.recv().await {
-        let mut catalog_error = None;
-        match msg {
-            None => {
-                lost.notify_one();
-                continue;
-            }
-            Some(ServerMsg::Services {
-                services: s,
-                catalog_error: e,
-            }) => {
-                services = s;
-                catalog_error = Some(e);
-            }
-            Some(ServerMsg::Event(e)) => {
-                boot.event(&e);
-                match services.iter_mut().find(|s| s.name == e.service) {
-                    Some(s) => s.apply(&e),
-                    None => {
-                        let mut s = ServiceStatus::new(&e.service);
-                        s.apply(&e);
-                        services.push(s);
-                        services.sort_by(|a, b| a.name.cmp(&b.name));
-                    }
-                }
-                if let devd_protocol::EventKind::Failed { error, .. } = &e.kind {
-                    tracing::warn!(service = %e.service, %error, "build failed");
-                }
-                if let Some(s) = services.iter().find(|s| s.name == e.service) {
-                    notifier.event(&e, s);
-                }
-            }
-            Some(_) => continue,
-        }
-        update(&status, |s| {
-            s.set_services(services.iter().map(Into::into).collect());
-            s.boot = boot.status(&s.services);
-            if let Some(e) = catalog_error {
-                s.catalog_error = e;
-            }
-        });
-    }
 }
 
 /// Build events waiting for the status; the stream waits when it is full.
@@ -741,6 +696,38 @@ impl Handle {
             .map_err(|_| "daemon is shutting down".to_string())?;
         rx.await
             .map_err(|_| "scan failed; see the daemon log".to_string())
+    }
+
+    /// Build and deploy `services` (every one if empty) again at the
+    /// current content (`devd retry`); the names queued. The boot counts
+    /// from now if it had not brought every service up.
+    pub async fn retry(&self, services: Vec<String>) -> Result<Vec<String>, String> {
+        let queued = crate::requests::ask(&self.live, ClientMsg::Retry { services }).await?;
+        let boot = self.status().boot;
+        if boot.is_none_or(|b| b.ms.is_none() || b.failed > 0) {
+            self.boot_restart.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Stop what runs for the services on this machine (`devd stop`
+    /// without `--keep-running`): the embedded receiver's containers; the
+    /// names stopped. A remote receiver's services keep running (`None`).
+    pub async fn stop_services(&self) -> Option<Result<Vec<String>, String>> {
+        match &self.receiver {
+            Some(r) => Some(r.stop_services().await),
+            None => None,
+        }
+    }
+
+    /// Remove what the receiver deployed for this worktree (`devd down`):
+    /// in process for the embedded receiver, else over the connection.
+    /// One line per thing removed.
+    pub async fn remove_deployed(&self) -> Result<Vec<String>, String> {
+        match &self.receiver {
+            Some(r) => r.remove_deployed().await,
+            None => crate::requests::ask(&self.live, ClientMsg::Remove).await,
+        }
     }
 
     /// Stop everything, draining the embedded receiver.

@@ -56,6 +56,28 @@ impl Embedded {
             .unwrap_or_default()
     }
 
+    /// Stop the services' containers (`devd stop`); the names stopped.
+    pub async fn stop_services(&self) -> Result<Vec<String>, String> {
+        match self.pipeline() {
+            Some(p) => p.stop_services().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Remove the services' containers and images (`devd down`); one line
+    /// per thing removed.
+    pub async fn remove_deployed(&self) -> Result<Vec<String>, String> {
+        match self.pipeline() {
+            Some(p) => p.remove_all().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn pipeline(&self) -> Option<std::sync::Arc<devd_receiver::build::pipeline::Pipeline>> {
+        let name = devd_receiver::run::EMBEDDED_WORKSPACE;
+        self.running.registry.get(name)?.pipeline().cloned()
+    }
+
     /// Stop it, letting work in flight finish for up to `grace`.
     pub async fn drain(self, grace: Duration) {
         self.running.drain(grace).await;

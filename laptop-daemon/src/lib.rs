@@ -11,6 +11,9 @@
 //! - [`status_view`]: `devd status` for people: header block and services table.
 //! - [`progress`]: progress of long scans and uploads, published and drawn.
 //! - [`daemon`]: wires watcher → scanner → uplink, and the embedded receiver.
+//! - [`events`]: the receiver's build events folded into the status, and
+//!   the retry of undeployed services at start.
+//! - [`requests`]: retry and remove, asked of the receiver beside syncing.
 //! - `embedded` (cargo feature `embedded`, default): the receiver run in
 //!   this process on loopback, with the local backend.
 //! - [`watcher`]: notify events turned into scan triggers.
@@ -36,6 +39,7 @@ pub mod control;
 pub mod daemon;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod events;
 pub mod hash_cache;
 pub mod init;
 pub mod logs;
@@ -44,6 +48,7 @@ pub mod notify;
 pub mod prebuild;
 pub mod progress;
 pub mod repo;
+pub mod requests;
 pub mod scanner;
 pub mod schedule;
 pub mod status;

@@ -178,6 +178,9 @@ pub struct BootTracker {
     started: std::time::Instant,
     /// Per service: built (true) or reused (false) by the events seen.
     how: std::collections::BTreeMap<String, bool>,
+    /// Services whose failure this boot saw (a failure reported from
+    /// before the start is retried, so it does not end the boot).
+    failed: std::collections::BTreeSet<String>,
     done: Option<BootStatus>,
 }
 
@@ -187,8 +190,16 @@ impl BootTracker {
         Self {
             started,
             how: Default::default(),
+            failed: Default::default(),
             done: None,
         }
+    }
+
+    /// Count again from `now` (a retry asked for after a boot that did
+    /// not bring every service up): the boot is what the start that
+    /// deployed took.
+    pub fn restart(&mut self, now: std::time::Instant) {
+        *self = Self::new(now);
     }
 
     /// Note one event.
@@ -200,6 +211,9 @@ impl BootTracker {
             }
             EventKind::Reused { .. } => {
                 self.how.entry(e.service.clone()).or_insert(false);
+            }
+            EventKind::Failed { .. } => {
+                self.failed.insert(e.service.clone());
             }
             _ => {}
         }
@@ -228,7 +242,7 @@ impl BootTracker {
                         None => b.running += 1,
                     }
                 }
-                ServiceState::Failed => {
+                ServiceState::Failed if self.failed.contains(&s.name) => {
                     settled += 1;
                     b.failed += 1;
                 }
@@ -484,6 +498,50 @@ mod tests {
         ] {
             assert_eq!(view(s, None).state.as_str(), s);
         }
+    }
+
+    fn event(service: &str, kind: devd_protocol::EventKind) -> devd_protocol::BuildEvent {
+        devd_protocol::BuildEvent {
+            service: service.into(),
+            generation: 1,
+            at_ms: 0,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_failure_from_before_the_start_does_not_end_the_boot_and_a_restart_counts_again() {
+        use devd_protocol::EventKind;
+        let t0 = std::time::Instant::now();
+        let mut boot = BootTracker::new(t0);
+        // The receiver reports web failed before this start: it is retried.
+        let failed = view("failed", None);
+        let b = boot.status(std::slice::from_ref(&failed)).unwrap();
+        assert_eq!((b.failed, b.ms), (0, None), "{b:?}");
+        // This boot's own failure settles it.
+        boot.event(&event(
+            "web",
+            EventKind::Failed {
+                error: "build of web failed".into(),
+                log_tail: vec![],
+            },
+        ));
+        let b = boot.status(std::slice::from_ref(&failed)).unwrap();
+        assert_eq!(b.failed, 1);
+        assert!(b.ms.is_some());
+        // `devd retry`: the boot counts again, and ends when web deploys.
+        boot.restart(std::time::Instant::now());
+        assert_eq!(boot.status(std::slice::from_ref(&failed)).unwrap().ms, None);
+        boot.event(&event(
+            "web",
+            EventKind::Built {
+                image: "a".into(),
+                duration_ms: 5,
+            },
+        ));
+        let b = boot.status(&[view("deployed", Some("a"))]).unwrap();
+        assert_eq!((b.built, b.failed), (1, 0));
+        assert!(b.ms.is_some());
     }
 
     #[test]

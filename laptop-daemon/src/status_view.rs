@@ -125,8 +125,8 @@ fn build_cell(s: &ServiceView) -> String {
 fn deployed_cell(s: &ServiceView, now_ms: u64) -> String {
     match s.deployed_at_ms {
         Some(t) => format!("{} ago", human_age(now_ms.saturating_sub(t))),
-        // Deployed before the daemon started.
-        None if s.image.is_some() => "earlier".into(),
+        // Running when this daemon started, taken over as it was.
+        None if s.image.is_some() => "before this start".into(),
         None => "-".into(),
     }
 }
@@ -183,7 +183,11 @@ fn describe_boot(b: &crate::status::BootStatus) -> String {
             if b.services == 1 { "" } else { "s" },
             human_duration(ms)
         ),
-        None => format!("{up} of {} services up so far", b.services),
+        None => format!(
+            "{up} of {} service{} up so far",
+            b.services,
+            if b.services == 1 { "" } else { "s" }
+        ),
     };
     s.push_str(&format!(" · {} reused, {} built", b.reused, b.built));
     if b.running > 0 {
@@ -259,16 +263,20 @@ pub fn render(st: &Status, opts: &Options) -> String {
         p.key("generation"),
         st.generation,
         p.dim(&format!(
-            "overlay {} · {} entries",
+            "overlay {} · {}",
             st.overlay_digest
                 .as_deref()
                 .map_or("-".into(), short_digest),
-            st.overlay_entries
+            match st.overlay_entries {
+                0 => "no path differs from the base".to_string(),
+                1 => "1 path differs from the base".to_string(),
+                n => format!("{n} paths differ from the base"),
+            }
         ))
     ));
     let last = match &st.last_sync {
         Some(l) => format!(
-            "{} file{} · {} sent · {} received · {}  {}",
+            "{} file{} written on the receiver · {} sent · {} received · {}  {}",
             l.files,
             if l.files == 1 { "" } else { "s" },
             HumanBytes(l.bytes_sent),
@@ -281,6 +289,10 @@ pub fn render(st: &Status, opts: &Options) -> String {
                 HumanBytes(st.totals.bytes_sent)
             ))
         ),
+        // Connected, and the receiver had this state already.
+        None if st.generation > 0 => {
+            "nothing to send since this start: the receiver has this state".into()
+        }
         None => "none yet".into(),
     };
     out.push(format!("{}{last}", p.key("last sync")));
@@ -339,9 +351,9 @@ pub fn render(st: &Status, opts: &Options) -> String {
                 None => line,
             });
         }
-        if !tail.is_empty() {
-            out.push(p.dim(&format!("  the whole log: devd logs {} --build", s.name)));
-        }
+        // The attempt's log holds the build's output and then the
+        // deploy's, so a failed deploy's error is in it too.
+        out.push(p.dim(&format!("  the whole log: devd logs {} --build", s.name)));
     }
     out.join("\n")
 }
@@ -427,8 +439,10 @@ mod tests {
             "receiver   connected to 127.0.0.1:7447 · workspace local · embedded"
         );
         assert!(out.contains("base       0123456789ab (fetched, upstream origin/main)"));
-        assert!(out.contains("generation 7  overlay abababababab · 3 entries"));
-        assert!(out.contains("last sync  2 files · 2.00 KiB sent · 512 B received · 18 ms"));
+        assert!(out.contains("generation 7  overlay abababababab · 3 paths differ from the base"));
+        assert!(out.contains(
+            "last sync  2 files written on the receiver · 2.00 KiB sent · 512 B received · 18 ms"
+        ));
         let header = lines
             .iter()
             .find(|l| l.contains("SERVICE"))
@@ -463,6 +477,45 @@ mod tests {
             .collect();
         assert!(
             widths.len() >= 5 && widths.iter().all(|w| *w == widths[0]),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn counts_are_singular_for_one_and_say_what_they_count() {
+        let mut st = sample();
+        st.overlay_entries = 1;
+        st.last_sync.as_mut().unwrap().files = 1;
+        st.services[0].deployed_at_ms = None;
+        st.boot = Some(crate::status::BootStatus {
+            services: 1,
+            ..Default::default()
+        });
+        let out = render(&st, &Options::default());
+        assert!(
+            out.contains("overlay abababababab · 1 path differs from the base"),
+            "{out}"
+        );
+        assert!(
+            out.contains("last sync  1 file written on the receiver · "),
+            "{out}"
+        );
+        assert!(out.contains("boot       0 of 1 service up so far"), "{out}");
+        assert!(
+            !out.contains("entries") && !out.contains("earlier"),
+            "{out}"
+        );
+        // Running before this daemon started, taken over as it was.
+        let api = out.lines().find(|l| l.contains(" api ")).unwrap();
+        assert!(api.contains("before this start"), "{api}");
+        st.overlay_entries = 0;
+        st.last_sync = None;
+        let out = render(&st, &Options::default());
+        assert!(out.contains("no path differs from the base"), "{out}");
+        assert!(
+            out.contains(
+                "last sync  nothing to send since this start: the receiver has this state"
+            ),
             "{out}"
         );
     }

@@ -117,7 +117,7 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, ConnectError> {
 /// `devd/1`, no early data.
 fn client_tls(fingerprint_hex: &str) -> Result<rustls::ClientConfig, rustls::Error> {
     devd_sync::net::install_crypto();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(devd_sync::net::crypto_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -199,6 +199,21 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Prints a log file when dropped during a panic.
+struct ShowOnPanic(PathBuf);
+
+impl Drop for ShowOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} -----\n{}",
+                self.0.display(),
+                std::fs::read_to_string(&self.0).unwrap_or_default()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tray_registers_follows_the_state_lists_urls_and_quit_stops_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,6 +231,9 @@ async fn tray_registers_follows_the_state_lists_urls_and_quit_stops_the_daemon()
         .await
         .expect("the stand-in watcher on the private bus");
 
+    // The child's debug log (zbus's warnings included) goes to a file,
+    // shown only if the test fails: a passing run leaves the output clean.
+    let child_log = dir.path().join("tray-child.log");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["tray_child", "--exact", "--ignored", "--nocapture"])
         .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
@@ -223,12 +241,13 @@ async fn tray_registers_follows_the_state_lists_urls_and_quit_stops_the_daemon()
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&child_log).unwrap())
         .spawn()
         .unwrap();
     let addr = bus.address.clone();
     let fail_flag = dir.path().join("fail");
     tokio::task::spawn_blocking(move || {
+        let _log = ShowOnPanic(child_log);
         let mut child = KillOnDrop(Some(child));
         let item = wait_for("the tray item to register", || {
             items.lock().unwrap().first().cloned()

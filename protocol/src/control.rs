@@ -12,7 +12,22 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     Status,
     Sync,
-    Stop,
+    /// Stop the daemon, and the services' local containers unless
+    /// `keep_running`. Answers what it stopped (`stopped`), what it left
+    /// running (`kept`), and whether the receiver is embedded.
+    Stop {
+        #[serde(default)]
+        keep_running: bool,
+    },
+    /// Build and deploy these services (all if empty) again at the
+    /// current content. Answers the names queued (`queued`).
+    Retry {
+        #[serde(default)]
+        services: Vec<String>,
+    },
+    /// Remove what the receiver deployed for this worktree, then stop.
+    /// Answers what was removed (`removed`).
+    Down,
     /// Become the workspace's writer (`devd start --take-over`), then sync.
     #[serde(rename = "take_over")]
     TakeOver,

@@ -121,6 +121,17 @@ pub enum ClientMsg {
     /// `take_over`; answered with [`ServerMsg::Claimed`]. A writer that was
     /// taken over has its connections closed; its next claim is refused.
     Claim { writer: Writer, take_over: bool },
+    /// First and only message on a further stream: build and deploy
+    /// `services` (every declared one if empty) again at the worktree's
+    /// current content, unless already deployed at it (`devd retry`, and
+    /// the daemon's start). Answered with [`ServerMsg::Done`] naming the
+    /// services queued.
+    Retry { services: Vec<String> },
+    /// First and only message on a further stream: remove what the
+    /// receiver's backend created for this workspace (containers and
+    /// images, or the Kubernetes objects devd applied) (`devd down`).
+    /// Answered with [`ServerMsg::Done`] naming what was removed.
+    Remove,
 }
 
 /// Why the receiver refused something.
@@ -202,4 +213,7 @@ pub enum ServerMsg {
         since: u64,
         previous: Option<Writer>,
     },
+    /// A [`ClientMsg::Retry`] or [`ClientMsg::Remove`] was carried out:
+    /// what it concerned, one line each (service names, removed objects).
+    Done { items: Vec<String> },
 }

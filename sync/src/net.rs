@@ -7,7 +7,18 @@ use std::time::Duration;
 
 /// Install ring as rustls' process-wide provider (once; later calls no-op).
 pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = crypto_provider().install_default();
+}
+
+/// rustls' *ring* provider, the one devd uses on both ends (it builds
+/// with a C compiler alone; aws-lc-rs needs cmake). rustls 0.23.48
+/// deprecates it for its lack of post-quantum key exchange, to steer new
+/// code to aws-lc-rs; devd keeps it and builds
+/// with `Cargo.lock`'s rustls, so the deprecation is allowed here, the one
+/// place that names it.
+#[allow(deprecated)]
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 fn transport() -> quinn::TransportConfig {

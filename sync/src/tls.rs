@@ -72,7 +72,7 @@ impl Identity {
 
     /// rustls server configuration with the devd ALPN.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let provider = std::sync::Arc::new(crate::net::crypto_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()

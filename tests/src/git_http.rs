@@ -58,7 +58,7 @@ impl GitHttpServer {
     /// Like [`start`](Self::start), over TLS with a self-signed certificate
     /// for `127.0.0.1` and `localhost` ([`cert_pem`](Self::cert_pem)).
     pub fn start_tls(project_root: &Path, token: &str) -> Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        devd_sync::net::install_crypto();
         let ck = rcgen::generate_simple_self_signed(vec![
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),

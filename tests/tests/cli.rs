@@ -134,7 +134,11 @@ fn status_shows_a_readable_header_and_json_keeps_every_field() {
     );
     let ls = st.last_sync.as_ref().expect("a first sync");
     assert!(
-        line("last sync").starts_with(&format!("last sync  {} files · ", ls["files"])),
+        line("last sync").starts_with(&format!(
+            "last sync  {} file{} written on the receiver · ",
+            ls["files"],
+            if ls["files"] == 1 { "" } else { "s" }
+        )),
         "{out}"
     );
     assert!(
@@ -394,6 +398,8 @@ fn every_subcommand_has_examples_and_completions_generate() {
         "init",
         "start",
         "stop",
+        "retry",
+        "down",
         "sync",
         "status",
         "logs",

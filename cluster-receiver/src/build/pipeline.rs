@@ -296,7 +296,7 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        let mut st = self.state.lock().expect("pipeline state");
+        let st = self.state.lock().expect("pipeline state");
         let affected: Vec<String> = st
             .catalog
             .services
@@ -309,15 +309,26 @@ impl Pipeline {
             })
             .map(|s| s.name.clone())
             .collect();
-        for name in affected {
+        self.queue(st, affected, Trigger { generation, since });
+    }
+
+    /// Queue a build of each of `names` for `trigger`, starting a runner
+    /// for those without one.
+    fn queue(
+        self: &Arc<Self>,
+        mut st: std::sync::MutexGuard<'_, State>,
+        names: Vec<String>,
+        trigger: Trigger,
+    ) {
+        for name in names {
             let Some(svc) = st.services.get_mut(&name) else {
                 continue;
             };
             svc.attempted = true;
             let was_pending = svc.pending.is_some();
-            svc.pending = Some(Trigger { generation, since });
+            svc.pending = Some(trigger);
             if !was_pending {
-                self.emit_locked(svc, &name, generation, EventKind::Queued);
+                self.emit_locked(svc, &name, trigger.generation, EventKind::Queued);
             }
             if !svc.running {
                 svc.running = true;
@@ -325,6 +336,110 @@ impl Pipeline {
                 self.tracker
                     .spawn(async move { this.run_service(name).await });
             }
+        }
+    }
+
+    /// Build and deploy `names` (every declared service if empty) again at
+    /// the worktree's current content: `devd retry`, and the daemon's
+    /// start, after a failure whose cause was outside the worktree (a
+    /// missing base image, a container runtime that was not set up). A
+    /// service already deployed at that content only reports `Unchanged`.
+    /// Returns the names queued; unknown names are refused, naming the
+    /// declared ones.
+    pub fn retry(self: &Arc<Self>, names: &[String]) -> Result<Vec<String>, String> {
+        let st = self.state.lock().expect("pipeline state");
+        let declared: Vec<String> = st.catalog.services.iter().map(|s| s.name.clone()).collect();
+        if let Some(unknown) = names.iter().find(|n| !declared.contains(n)) {
+            return Err(format!(
+                "no service named {unknown:?}; devd.toml declares: {}",
+                declared.join(", ")
+            ));
+        }
+        let names = if names.is_empty() {
+            declared
+        } else {
+            names.to_vec()
+        };
+        // The snapshot reads the worktree's generation; this one is only
+        // used if none was ever applied.
+        let generation = names
+            .iter()
+            .filter_map(|n| st.services.get(n))
+            .map(|s| s.status.generation)
+            .max()
+            .unwrap_or(0);
+        tracing::info!(workspace = %self.workspace, services = ?names, "retry asked");
+        self.queue(
+            st,
+            names.clone(),
+            Trigger {
+                generation,
+                since: Instant::now(),
+            },
+        );
+        Ok(names)
+    }
+
+    /// Stop what runs for the declared services on this machine (the
+    /// embedded receiver's daemon stopping: `devd stop`); the names of
+    /// the services stopped. A backend whose services run elsewhere (a
+    /// cluster) stops nothing.
+    pub async fn stop_services(&self) -> Result<Vec<String>, String> {
+        let services = self.declared();
+        self.backend
+            .stop(&self.workspace, &services)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// Remove everything the backend created for this workspace's
+    /// services (`devd down`) and forget what was deployed: one line per
+    /// removed thing.
+    pub async fn remove_all(&self) -> Result<Vec<String>, String> {
+        let services = self.declared();
+        let removed = self
+            .backend
+            .remove(&self.workspace, &services)
+            .await
+            .map_err(|f| f.error)?;
+        let _ = std::fs::remove_file(self.records_path());
+        let mut st = self.state.lock().expect("pipeline state");
+        for (name, svc) in st.services.iter_mut() {
+            svc.deployed_context = None;
+            svc.failed = false;
+            svc.attempted = true;
+            svc.status = ServiceStatus::new(name);
+        }
+        let _ = self.events.send(snapshot_msg(&st));
+        Ok(removed)
+    }
+
+    /// The services the current catalog declares.
+    fn declared(&self) -> Vec<Service> {
+        self.state
+            .lock()
+            .expect("pipeline state")
+            .catalog
+            .services
+            .clone()
+    }
+
+    /// The log of `service`'s last attempt: the build's output (or the
+    /// reuse of an existing image), then the deploy.
+    fn attempt_log(&self, service: &str) -> PathBuf {
+        self.dir.join(service).join("build.log")
+    }
+
+    /// Append `text` to `service`'s attempt log.
+    fn log(&self, service: &str, text: &str) {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.attempt_log(service))
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!(%service, error = %e, "cannot write the build log");
         }
     }
 
@@ -469,6 +584,12 @@ impl Pipeline {
                 tag: tag.clone(),
             },
         );
+        // A new attempt, a new log: whatever fails below is in it.
+        let log = self.attempt_log(name);
+        if let Some(d) = log.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let _ = std::fs::write(&log, b"");
         let existing = match self.backend.lookup(&repository, &tag).await {
             Ok(x) => x,
             Err(f) => {
@@ -478,6 +599,13 @@ impl Pipeline {
         };
         let image = match existing {
             Some(image) => {
+                self.log(
+                    name,
+                    &format!(
+                        "devd: {image} exists already for this content (context {}): reused, not built\n",
+                        snap.digest
+                    ),
+                );
                 self.emit(
                     name,
                     generation,
@@ -497,8 +625,6 @@ impl Pipeline {
                     s = self.slots.clone().acquire_owned() => s.map_err(|_| shutting_down())?,
                     _ = self.cancel.cancelled() => return Err(shutting_down()),
                 };
-                let log = self.dir.join(name).join("build.log");
-                let _ = std::fs::write(&log, b"");
                 let started = Instant::now();
                 let req = BuildRequest {
                     workspace: self.workspace.clone(),
@@ -521,14 +647,43 @@ impl Pipeline {
                 image
             }
         };
-        let deployed = self
-            .backend
-            .deploy(&self.workspace, service, &image)
-            .await
-            .map_err(|f| Failure {
-                error: format!("deploy of {name} failed: {}", f.error),
-                log_tail: f.log_tail,
-            })?;
+        if self.cancel.is_cancelled() {
+            // The daemon stopping has removed the containers (`devd stop`):
+            // a build that finishes now must not start a new one.
+            return Err(Failure::new(format!(
+                "{name} was not deployed: the receiver is shutting down"
+            )));
+        }
+        self.log(name, &format!("devd: deploying {image}\n"));
+        let deployed = match self.backend.deploy(&self.workspace, service, &image).await {
+            Ok(d) => d,
+            Err(f) => {
+                let error = format!("deploy of {name} failed: {}", f.error);
+                let mut text = format!("devd: {error}\n");
+                if !f.log_tail.is_empty() {
+                    text.push_str("devd: the end of its output:\n");
+                    for l in &f.log_tail {
+                        text.push_str(&format!("  {l}\n"));
+                    }
+                }
+                self.log(name, &text);
+                return Err(Failure {
+                    error,
+                    log_tail: f.log_tail,
+                });
+            }
+        };
+        self.log(
+            name,
+            &format!(
+                "devd: deployed {image}{}\n",
+                deployed
+                    .url
+                    .as_deref()
+                    .map(|u| format!(" at {u}"))
+                    .unwrap_or_default()
+            ),
+        );
         self.save_record(
             name,
             DeployedRecord {
@@ -588,9 +743,9 @@ impl Pipeline {
         &self.backend
     }
 
-    /// The last build log of `service`, if any.
+    /// The log of `service`'s last build-and-deploy attempt, if any.
     pub fn build_log(&self, service: &str) -> Option<PathBuf> {
-        let p = self.dir.join(service).join("build.log");
+        let p = self.attempt_log(service);
         p.exists().then_some(p)
     }
 }

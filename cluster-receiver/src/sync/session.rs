@@ -401,7 +401,7 @@ async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: Cance
                 Ok(Ok(Some(msg))) => side_stream(&mut io, &ws, msg, cancel).await,
                 Ok(Ok(None)) => {}
                 _ => {
-                    let m = "a further stream must start with Subscribe or Logs";
+                    let m = "a further stream must start with Subscribe, Logs, Retry or Remove";
                     reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
                 }
             }
@@ -425,11 +425,38 @@ async fn side_stream(
             build,
             follow,
         } => stream_logs(io, ws, &service, build, follow, cancel).await,
+        ClientMsg::Retry { services } => {
+            let answer = match ws.pipeline() {
+                None => Err("builds are off on this receiver".to_string()),
+                Some(p) => p.retry(&services),
+            };
+            answer_done(io, answer).await;
+        }
+        ClientMsg::Remove => {
+            let answer = match ws.pipeline() {
+                None => Ok(Vec::new()),
+                Some(p) => p.remove_all().await,
+            };
+            answer_done(io, answer).await;
+        }
         _ => {
-            let m = "a further stream must start with Subscribe or Logs";
+            let m = "a further stream must start with Subscribe, Logs, Retry or Remove";
             reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
         }
     }
+}
+
+/// The answer to a `Retry` or `Remove`: `Done`, or `Rejected` with why.
+async fn answer_done(io: &mut Framed, answer: Result<Vec<String>, String>) {
+    let msg = match answer {
+        Ok(items) => ServerMsg::Done { items },
+        Err(message) => ServerMsg::Rejected {
+            generation: None,
+            code: ErrorCode::Internal,
+            message,
+        },
+    };
+    let _ = io.send(&msg).await;
 }
 
 /// The state of every service, then each build event as it happens.

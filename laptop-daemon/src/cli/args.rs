@@ -7,12 +7,14 @@ use std::path::PathBuf;
 const EXAMPLES: &str = "\
 Examples:
   devd init              propose a devd.toml from the repository's Dockerfiles
-  devd start --wait      start syncing this repository, return after the first sync
+  devd start --wait-deployed   start syncing this repository, return once every service is deployed
   devd status            what is synced, where, and each service's state and URL
   devd status --watch    the same, live
   devd logs web --build  the web service's last build log
   devd sync --json       push the current state now and wait until it is applied
-  devd stop              stop the daemon
+  devd retry             build and deploy what failed again, e.g. after fixing the environment
+  devd stop              stop the daemon and the services' containers
+  devd down --yes        stop, and remove the containers, images and state devd created here
   devd workspace create  a namespace of your own on the cluster, for 12 hours
   devd completions bash  shell completions (also zsh, fish)";
 
@@ -58,23 +60,69 @@ Examples:
 Examples:
   devd start             start the daemon and return
   devd start --wait      return once the first sync is applied (shows progress)
+  devd start --wait-deployed   and once every service is deployed (or failed)
   devd start --take-over become the workspace's writer instead of another daemon
   devd -C ~/src/app start   for another repository")]
     Start {
-        /// Return only once the first sync is acknowledged.
+        /// Return only once the first sync is acknowledged (builds and
+        /// deploys go on in the background).
         #[arg(long)]
         wait: bool,
+        /// Return only once every service is deployed, printing each URL;
+        /// fails if one failed. Implies --wait.
+        #[arg(long)]
+        wait_deployed: bool,
         /// Make this daemon the workspace's writer even though another
         /// daemon (another laptop or checkout) writes it; that one stops
         /// syncing and says so in its `devd status`.
         #[arg(long)]
         take_over: bool,
     },
-    /// Stop the daemon.
+    /// Stop the daemon and the services' local containers.
     #[command(after_help = "\
+With the embedded receiver (the default), the services' containers stop
+too: their URLs live in the daemon. `devd start` runs them again from
+their images, without building. A remote receiver's services keep running.
+
 Examples:
-  devd stop")]
-    Stop,
+  devd stop                  the daemon and the services' containers
+  devd stop --keep-running   the daemon only; the containers keep running")]
+    Stop {
+        /// Leave the services' containers running (their devd URLs answer
+        /// again after `devd start`).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Build and deploy services again at the current content.
+    #[command(after_help = "\
+For a service that failed for a reason outside the worktree, now fixed
+(a missing base image, the container runtime): no edit needed. A service
+already deployed at the current content is left as it is. `devd start`
+does this by itself for every service that is not deployed.
+
+Examples:
+  devd retry             every service
+  devd retry api web     these two")]
+    Retry {
+        /// Services, as named in devd.toml (default: all).
+        services: Vec<String>,
+    },
+    /// Stop devd and remove everything it created for this worktree.
+    #[command(after_help = "\
+Removes what the receiver deployed (embedded receiver: the services'
+containers and devd's images of them; a remote receiver: the Deployments,
+Services and Ingresses devd created in its namespace) and devd's state for
+this worktree (the receiver's copy, build logs, caches, the daemon's log).
+Asks first, unless --yes.
+
+Examples:
+  devd down              asks, then removes
+  devd down --yes        without asking (scripts)")]
+    Down {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Sync the current state now; returns once the receiver applied it.
     #[command(after_help = "\
 Without a running daemon, syncs once in the foreground.
@@ -105,16 +153,18 @@ Examples:
         #[arg(long, short = 'w')]
         watch: bool,
     },
-    /// Show a service's logs (runtime, or its last build with --build).
+    /// Show a service's logs (runtime, or its last build and deploy with --build).
     #[command(after_help = "\
 Examples:
   devd logs web          the web service's container logs
   devd logs web --follow keep printing new lines (Ctrl-C to stop)
-  devd logs api --build  the api's last build log, e.g. after a failed build")]
+  devd logs api --build  the api's last build and deploy, e.g. after either failed")]
     Logs {
         /// The service, as named in devd.toml.
         service: String,
-        /// The last build's log instead of the running container's.
+        /// The last attempt's log instead of the running container's: the
+        /// build's output (or the reuse of an existing image), then the
+        /// deploy, so a failed deploy's error is there too.
         #[arg(long)]
         build: bool,
         /// Keep printing new lines.

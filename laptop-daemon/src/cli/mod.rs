@@ -9,11 +9,13 @@
 
 mod args;
 mod completions;
+mod down;
 mod init;
 mod lock;
 mod logs;
 mod prebuild;
 mod progress;
+mod retry;
 mod run;
 mod screen;
 mod start;
@@ -89,8 +91,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             dry_run,
         } => init::run(&ctx, yes, force, dry_run),
-        Cmd::Start { wait, take_over } => start::run(&ctx, wait, take_over).await,
-        Cmd::Stop => stop::run(&ctx).await,
+        Cmd::Start {
+            wait,
+            wait_deployed,
+            take_over,
+        } => start::run(&ctx, wait, wait_deployed, take_over).await,
+        Cmd::Stop { keep_running } => stop::run(&ctx, keep_running).await,
+        Cmd::Retry { services } => retry::run(&ctx, services).await,
+        Cmd::Down { yes } => down::run(&ctx, yes).await,
         Cmd::Sync { json } => sync::run(&ctx, json).await,
         Cmd::Status { json, watch } => {
             if watch {

@@ -6,9 +6,16 @@ use super::progress::{Source, with_progress};
 use super::sync::print_report;
 use crate::control::{self, Request};
 use anyhow::{Context, bail};
+use devd_protocol::ServiceState;
 use std::time::{Duration, Instant};
 
-pub(super) async fn run(ctx: &Ctx, wait: bool, take_over: bool) -> anyhow::Result<()> {
+pub(super) async fn run(
+    ctx: &Ctx,
+    wait: bool,
+    wait_deployed: bool,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let wait = wait || wait_deployed;
     if take_over && let Some(r) = control::request(&ctx.socket(), &Request::TakeOver).await? {
         // A daemon runs here (superseded, most likely): it takes over.
         if !r.ok {
@@ -120,7 +127,73 @@ pub(super) async fn run(ctx: &Ctx, wait: bool, take_over: bool) -> anyhow::Resul
             );
         }
         print_report(&r.data, false);
-        println!("next: `devd status` for the services' state and URLs");
+        if !wait_deployed {
+            println!(
+                "the services build and deploy in the background: `devd status` shows them (`devd start --wait-deployed` waits for them)"
+            );
+        }
+    }
+    if wait_deployed {
+        return wait_for_services(ctx).await;
     }
     Ok(())
+}
+
+/// `--wait-deployed`: poll the daemon until this start has deployed every
+/// service or seen it fail (its boot is over), printing each service once
+/// it is; fails if one failed.
+async fn wait_for_services(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut shown = std::collections::BTreeSet::new();
+    loop {
+        let Some(r) = control::request(&ctx.socket(), &Request::Status).await? else {
+            bail!(
+                "the daemon stopped while the services were coming up; see its log {}",
+                ctx.state_dir.join("daemon.log").display()
+            );
+        };
+        let st: crate::status::Status = serde_json::from_value(r.data)?;
+        if let Some(e) = &st.catalog_error {
+            bail!("devd.toml: {e}");
+        }
+        for s in &st.services {
+            let settled = matches!(s.state, ServiceState::Deployed | ServiceState::Failed);
+            if settled && st.boot.is_some() && shown.insert(s.name.clone()) {
+                match (s.state, &s.url, &s.error) {
+                    (ServiceState::Deployed, Some(url), _) => {
+                        println!("{} deployed: {url}", s.name)
+                    }
+                    (ServiceState::Deployed, None, _) => println!("{} deployed", s.name),
+                    (_, _, e) => println!(
+                        "{} failed: {}",
+                        s.name,
+                        e.as_deref().and_then(|e| e.lines().next()).unwrap_or("")
+                    ),
+                }
+            }
+        }
+        if let Some(b) = st.boot.as_ref().filter(|b| b.ms.is_some()) {
+            let took = crate::status_view::human_duration(b.ms.unwrap_or(0));
+            if b.failed > 0 {
+                bail!(
+                    "{} of {} service{} failed within {took}: `devd status` shows why, `devd retry` tries again once fixed",
+                    b.failed,
+                    b.services,
+                    if b.services == 1 { "" } else { "s" }
+                );
+            }
+            println!(
+                "all {} service{} deployed in {took}",
+                b.services,
+                if b.services == 1 { "" } else { "s" }
+            );
+            return Ok(());
+        }
+        if st.services.is_empty() && st.generation > 0 && st.boot.is_none() {
+            println!(
+                "no services: declare them in devd.toml (`devd init` proposes one from your Dockerfiles)"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

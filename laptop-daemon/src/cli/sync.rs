@@ -12,14 +12,15 @@ pub(super) fn print_report(v: &serde_json::Value, json: bool) {
     if json {
         println!("{v}");
     } else {
+        let files = v["files"].as_u64().unwrap_or(0);
         println!(
-            "synced generation {} (overlay {}): {} files, {} B sent, {} B received, {} ms",
+            "synced generation {} (overlay {}): {files} file{} written on the receiver, {} B sent, {} B received, {} ms",
             v["generation"],
             v["overlay_digest"]
                 .as_str()
                 .map(|s| &s[..12.min(s.len())])
                 .unwrap_or("-"),
-            v["files"],
+            if files == 1 { "" } else { "s" },
             v["bytes_sent"],
             v["bytes_received"],
             v["latency_ms"]

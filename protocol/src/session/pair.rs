@@ -610,6 +610,8 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Subscribe => "Subscribe",
         ClientMsg::Logs { .. } => "Logs",
         ClientMsg::Claim { .. } => "Claim",
+        ClientMsg::Retry { .. } => "Retry",
+        ClientMsg::Remove => "Remove",
     }
 }
 

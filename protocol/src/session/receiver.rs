@@ -508,7 +508,13 @@ impl Receiver {
     /// A message between syncs or while gathering `Changes`.
     fn open_message(&mut self, msg: ClientMsg) {
         if std::mem::take(&mut self.first)
-            && matches!(msg, ClientMsg::Subscribe | ClientMsg::Logs { .. })
+            && matches!(
+                msg,
+                ClientMsg::Subscribe
+                    | ClientMsg::Logs { .. }
+                    | ClientMsg::Retry { .. }
+                    | ClientMsg::Remove
+            )
         {
             self.state = State::SideStream;
             self.events.push_back(ReceiverEvent::SideStream(msg));
@@ -590,7 +596,9 @@ impl Receiver {
             | ClientMsg::Claim { .. }
             | ClientMsg::Hello { .. }
             | ClientMsg::Subscribe
-            | ClientMsg::Logs { .. } => {
+            | ClientMsg::Logs { .. }
+            | ClientMsg::Retry { .. }
+            | ClientMsg::Remove => {
                 let m = "unexpected message outside of a blob request";
                 self.close_with(None, Reject::new(ErrorCode::Malformed, m));
             }

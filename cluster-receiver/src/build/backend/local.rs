@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
+mod down;
+
 /// Label keys on every container devd runs.
 pub const LABEL_WORKSPACE: &str = "dev.devd.workspace";
 pub const LABEL_SERVICE: &str = "dev.devd.service";
@@ -476,6 +478,14 @@ impl Backend for LocalBackend {
         let _ = self.tasks.set(observation.tasks);
     }
 
+    async fn stop(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
+        self.stop_all(workspace, services).await
+    }
+
+    async fn remove(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
+        self.remove_all(workspace, services).await
+    }
+
     fn repository(&self, image: &str) -> String {
         super::qualify(image, self.cfg.registry.as_deref())
     }
@@ -618,6 +628,9 @@ impl Backend for LocalBackend {
             Some(p) => match self.published(&name, p).await {
                 Ok(a) => Some(a),
                 Err(f) => {
+                    // A container that exited at once has no port: say
+                    // so, with what it printed.
+                    let f = self.wait_ready(&name, None).await.err().unwrap_or(f);
                     self.remove(vec![name]).await;
                     return Err(f);
                 }

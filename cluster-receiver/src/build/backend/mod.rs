@@ -157,6 +157,20 @@ pub trait Backend: Send + Sync {
         service: &Service,
     ) -> Result<Option<RunningService>, Failure>;
 
+    /// Stop what runs for `services` of `workspace` on this machine, for
+    /// a laptop daemon that stops (`devd stop`); the names of the services
+    /// stopped. By default nothing: a cluster's deployments keep running
+    /// without the laptop.
+    async fn stop(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
+        let _ = (workspace, services);
+        Ok(Vec::new())
+    }
+
+    /// Remove what this backend created for `services` of `workspace`
+    /// (`devd down`): one line per removed thing (a container, an image, a
+    /// Kubernetes object).
+    async fn remove(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure>;
+
     /// Follow one workspace's build events from its pipeline's start,
     /// beside the builds (never in their path). Called once per workspace,
     /// before any build is queued. The Kubernetes backend records the

@@ -426,6 +426,31 @@ impl Backend for KubernetesBackend {
             }))
     }
 
+    /// `devd down`: the Deployment, Service and Ingress devd created for
+    /// each service (labelled managed-by devd). A Deployment devd only
+    /// patched (`deployment = …`) stays; so do the images in the registry.
+    async fn remove(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
+        let _ = workspace;
+        let mut removed = Vec::new();
+        for service in services {
+            let name = &service.name;
+            if let Run::Existing { deployment, .. } = &service.run {
+                tracing::info!(%name, %deployment, "down: leaving the Deployment devd only patched");
+                continue;
+            }
+            if self.delete_if_owned::<Deployment>(name).await? {
+                removed.push(format!("Deployment {}/{name}", self.s.namespace));
+            }
+            if self.delete_if_owned::<KubeService>(name).await? {
+                removed.push(format!("Service {}/{name}", self.s.namespace));
+            }
+            if self.delete_if_owned::<Ingress>(name).await? {
+                removed.push(format!("Ingress {}/{name}", self.s.namespace));
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every build of the workspace becomes a DevBuild resource
     /// ([`super::devbuild`]), written by a task beside the pipeline that
     /// ends when the pipeline is gone or the receiver shuts down.

@@ -46,16 +46,29 @@ impl KubernetesBackend {
             + std::fmt::Debug,
         <K as kube::Resource>::DynamicType: Default,
     {
+        self.delete_if_owned::<K>(name).await.map(|_| ())
+    }
+
+    /// Delete `name` if devd owns it (labelled managed-by devd); whether
+    /// it did.
+    pub(super) async fn delete_if_owned<K>(&self, name: &str) -> Result<bool, Failure>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
         let api: Api<K> = self.api();
         match api.get_opt(name).await {
             Ok(Some(obj)) if has_label(obj.meta(), LABEL_MANAGED_BY, "devd") => {
-                tracing::info!(%name, "deleting what devd no longer exposes");
+                tracing::info!(%name, "deleting what devd applied");
                 api.delete(name, &DeleteParams::default())
                     .await
-                    .map(|_| ())
+                    .map(|_| true)
                     .map_err(|e| api_failure(&format!("delete {name}"), e))
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(false),
             Err(e) => Err(api_failure(&format!("read {name}"), e)),
         }
     }
