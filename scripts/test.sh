@@ -29,6 +29,21 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 export DEVD_TEST_PYTHON="$PWD/.venv/bin/python"
 
+say "Temporary files of the suite in one directory (what is left there at the end is a leak)"
+suite_tmp=$(mktemp -d /tmp/devd-suite-XXXXXX)
+scripts/leaks.sh snapshot "$suite_tmp.before"
+export TMPDIR="$suite_tmp"
+# On any exit: the directory goes if nothing of the suite is left in it,
+# else it stays and what is left is listed.
+suite_exit() {
+  if scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before" >/dev/null 2>&1; then
+    rm -rf "$suite_tmp" "$suite_tmp.before"
+  else
+    scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before" || true
+  fi
+}
+trap suite_exit EXIT
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -47,13 +62,15 @@ cargo build --workspace --bins
 
 say "cargo test (unit, property, snapshot and end-to-end tests)"
 test_log=$(mktemp)
-trap 'rm -f "$test_log"' EXIT
 cargo test --workspace -- --test-threads=2 2>&1 | tee "$test_log"
 passed=$(grep -oE '^test result: ok\. [0-9]+ passed' "$test_log" | awk '{s += $4} END {print s + 0}')
 
 say "Benchmark smoke run (quick mode: every scenario must produce a number)"
 cargo build --release -p devd -p devd-receiver -p devd-benches --bins
 cargo run --release -p devd-benches -- all --quick --out target/bench-quick
+
+say "Nothing left behind: containers, pods, buildah working containers, mounts and processes started by the suite"
+scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before"
 
 say "All tests passed"
 echo "tests: ${passed} passed, 0 failed"
