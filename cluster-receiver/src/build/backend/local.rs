@@ -26,7 +26,7 @@
 //! in the log tail. A failed `buildah bud` removes its working containers
 //! (`--force-rm`), so nothing stays mounted.
 
-use super::podman::{self, PodmanSetup};
+use super::podman::{self, PodmanSetup, missing_tool};
 use super::registry::RegistryClient;
 use super::{Backend, BuildRequest, Deployment, Failure, RunningService, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
@@ -92,13 +92,6 @@ pub struct LocalBackend {
     /// probe is not kept: the next deploy probes again, e.g. after the
     /// user installed runc).
     podman: tokio::sync::OnceCell<PodmanSetup>,
-}
-
-/// Install hints for missing tools.
-pub(super) fn missing_tool(tool: &str) -> Failure {
-    Failure::new(format!(
-        "{tool} is not installed, and the local backend needs it: install it (Debian/Ubuntu: `sudo apt-get install buildah podman runc`; Fedora: `sudo dnf install buildah podman`), or point devd at a cluster receiver"
-    ))
 }
 
 /// Run a command, appending its output to `log` (if any); returns stdout.

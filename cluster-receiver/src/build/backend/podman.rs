@@ -133,6 +133,13 @@ impl PodmanSetup {
     }
 }
 
+/// Install hints for missing tools.
+pub(super) fn missing_tool(tool: &str) -> Failure {
+    Failure::new(format!(
+        "{tool} is not installed, and the local backend needs it: install it (Debian/Ubuntu: `sudo apt-get install buildah podman runc`; Fedora: `sudo dnf install buildah podman`), or point devd at a cluster receiver"
+    ))
+}
+
 /// What one probe found.
 #[derive(Debug, PartialEq, Eq)]
 enum Probe {
@@ -162,7 +169,7 @@ async fn probe(setup: &PodmanSetup, rootfs: &Path) -> Result<Probe, Failure> {
         .kill_on_drop(true);
     let out = cmd.output().await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            super::local::missing_tool("podman")
+            missing_tool("podman")
         } else {
             Failure::new(format!("cannot run podman: {e}"))
         }
