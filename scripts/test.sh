@@ -29,6 +29,25 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 export DEVD_TEST_PYTHON="$PWD/.venv/bin/python"
 
+# Every `test result:` line goes to this log; the closing count sums them.
+test_log=$(mktemp)
+
+say "Temporary files of the suite in one directory (what is left there at the end is a leak)"
+suite_tmp=$(mktemp -d /tmp/devd-suite-XXXXXX)
+scripts/leaks.sh snapshot "$suite_tmp.before"
+export TMPDIR="$suite_tmp"
+# On any exit: the directory goes if nothing of the suite is left in it,
+# else it stays and what is left is listed.
+suite_exit() {
+  rm -f "$test_log"
+  if scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before" >/dev/null 2>&1; then
+    rm -rf "$suite_tmp" "$suite_tmp.before"
+  else
+    scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before" || true
+  fi
+}
+trap suite_exit EXIT
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -37,10 +56,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 say "Architecture: crate edges point one way (protocol <- devd-sync <- devd, devd-receiver; devd builds without the receiver), no module circles, no file over 800 lines before its tests"
 python3 scripts/architecture.py
-
-# Every `test result:` line goes to this log; the closing count sums them.
-test_log=$(mktemp)
-trap 'rm -f "$test_log"' EXIT
 
 say "cargo clippy and the tray's unit tests with devd's optional tray feature (the default build leaves ksni out)"
 cargo clippy --workspace --all-targets --features devd/tray -- -D warnings
@@ -59,6 +74,9 @@ scripts/fuzz.sh ci 20
 say "Benchmark smoke run (quick mode: every scenario must produce a number)"
 cargo build --release -p devd -p devd-receiver -p devd-benches --bins
 cargo run --release -p devd-benches -- all --quick --out target/bench-quick
+
+say "Nothing left behind: containers, pods, buildah working containers, mounts and processes started by the suite"
+scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before"
 
 say "All tests passed"
 echo "tests: ${passed} passed, 0 failed"

@@ -22,22 +22,17 @@ devd="$target_dir/release/devd"
 demo="${DEVD_DEMO_DIR:-$(mktemp -d /tmp/devd-demo.XXXXXX)}"
 export DEVD_HOME="$demo/home"
 
-say "Private container configuration and storage in $demo/containers (runc, lowered ulimits)"
+# No containers.conf: devd's local backend finds by itself what podman
+# needs on this machine (a runtime that works with its cgroups, limits
+# the runtime may set) and passes it on podman's command line.
+say "Private container storage in $demo/containers (images and containers of the demo only)"
 mkdir -p "$demo/containers"
-cat > "$demo/containers/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-runtime = "runc"
-tmp_dir = "$demo/containers/tmp"
-EOF
 cat > "$demo/containers/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$demo/containers/storage"
 runroot = "$demo/containers/run"
 EOF
-export CONTAINERS_CONF="$demo/containers/containers.conf"
 export CONTAINERS_STORAGE_CONF="$demo/containers/storage.conf"
 
 say "Building the base image docker.io/library/busybox:stable from Debian's busybox-static (nothing is pulled)"
@@ -58,6 +53,7 @@ git add -A && git commit -qm "initial" && git push -q origin main && git remote 
 cleanup() {
   "$devd" stop >/dev/null 2>&1 || true
   podman rm -af -t 0 >/dev/null 2>&1 || true
+  buildah rm --all >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

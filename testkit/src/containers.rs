@@ -1,13 +1,17 @@
 //! Real image builds, a real registry and real containers, private to one
 //! test or one benchmark run.
 //!
-//! - [`ContainerEnv`]: a `containers.conf` + `storage.conf` pair giving
+//! - [`ContainerEnv`]: a `storage.conf` and a `containers.conf` giving
 //!   buildah and podman (and every devd process started with
 //!   [`ContainerEnv::env`]) their own image storage, run directory and
 //!   podman state, so runs never see each other's images or containers,
-//!   nor the machine's. Dropping it removes every container and buildah
-//!   working container and leaves no mount behind, so its directory can be
-//!   deleted (on success, on error and on panic alike).
+//!   nor the machine's. devd's processes get nothing else: no runtime, no
+//!   limits, so the tests prove that devd finds by itself what podman
+//!   needs on the machine. The fixture's own `podman run`s (tests that run
+//!   an image by hand) use a second file that also sets runc and lowered
+//!   limits. Dropping it removes every container and buildah working
+//!   container and leaves no mount behind, so its directory can be deleted
+//!   (on success, on error and on panic alike).
 //! - [`Registry`]: Debian's `docker-registry` on a free loopback port
 //!   (127.0.0.1), killed on drop.
 //!
@@ -86,7 +90,11 @@ pub fn require_container_tools() {
 #[derive(Debug)]
 pub struct ContainerEnv {
     dir: PathBuf,
+    /// What devd's processes get ([`Self::env`]): podman's run state.
     containers_conf: PathBuf,
+    /// What the fixture's own commands get ([`Self::command`]): the same,
+    /// plus runc and limits every runtime accepts.
+    testkit_conf: PathBuf,
     storage_conf: PathBuf,
     logs: Logs,
     /// Delete the image storage on drop, not only unmount it.
@@ -154,15 +162,28 @@ impl ContainerEnv {
             .canonicalize()
             .with_context(|| format!("canonicalize {}", dir.display()))?;
         let q = |sub: &str| toml::Value::String(dir.join(sub).display().to_string()).to_string();
-        // runc: crun fails here on hybrid cgroups. The ulimits: the
-        // inherited nofile/nproc limits are too high for runc to set in the
-        // container. tmp_dir: podman's default /run/libpod (exit files,
-        // events, the "alive" marker) would be shared between runs.
+        // tmp_dir: podman's default /run/libpod (exit files, events, the
+        // "alive" marker) would be shared between runs; podman refuses a
+        // storage used with another tmp_dir, so both files set the same.
         let containers_conf = dir.join("containers.conf");
         write(
             &containers_conf,
             &format!(
-                "# devd-testkit: private to one test or benchmark run\n\
+                "# devd-testkit: private to one test or benchmark run; devd finds the\n\
+                 # runtime and the limits podman needs by itself\n\
+                 [engine]\n\
+                 tmp_dir = {}\n",
+                q("tmp")
+            ),
+        )?;
+        // The fixture's own runs: runc (crun fails on hybrid cgroups) and
+        // limits below the hard limits (podman asks for more than a
+        // process without CAP_SYS_RESOURCE may set).
+        let testkit_conf = dir.join("containers-testkit.conf");
+        write(
+            &testkit_conf,
+            &format!(
+                "# devd-testkit: the fixture's own podman runs\n\
                  [containers]\n\
                  default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
                  [engine]\n\
@@ -190,6 +211,7 @@ impl ContainerEnv {
             logs: Logs::new(logs),
             dir,
             containers_conf,
+            testkit_conf,
             storage_conf,
             delete_storage: true,
         })
@@ -205,14 +227,31 @@ impl ContainerEnv {
         &self.logs
     }
 
-    /// `CONTAINERS_CONF` and `CONTAINERS_STORAGE_CONF`, for every process
-    /// that runs buildah or podman (devd, devd-receiver).
+    /// `CONTAINERS_CONF` and `CONTAINERS_STORAGE_CONF`, for every devd
+    /// process that runs buildah or podman (devd, devd-receiver): the
+    /// storage and podman's run state, nothing that makes containers
+    /// start (devd's local backend finds that out itself).
     pub fn env(&self) -> Vec<(String, String)> {
+        self.env_with_conf(&self.containers_conf)
+    }
+
+    /// [`Self::env`] with `engine` (TOML lines of containers.conf's
+    /// `[engine]` table, then any further tables) added to the
+    /// configuration: a user's setup that devd must cope with, e.g. a
+    /// default runtime that is not installed. Written as `name.conf`.
+    pub fn env_with_engine(&self, name: &str, engine: &str) -> Result<Vec<(String, String)>> {
+        let path = self.dir.join(format!("{name}.conf"));
+        let tmp = toml::Value::String(self.dir.join("tmp").display().to_string());
+        write(
+            &path,
+            &format!("# devd-testkit: {name}\n[engine]\ntmp_dir = {tmp}\n{engine}\n"),
+        )?;
+        Ok(self.env_with_conf(&path))
+    }
+
+    fn env_with_conf(&self, conf: &Path) -> Vec<(String, String)> {
         vec![
-            (
-                "CONTAINERS_CONF".into(),
-                self.containers_conf.display().to_string(),
-            ),
+            ("CONTAINERS_CONF".into(), conf.display().to_string()),
             (
                 "CONTAINERS_STORAGE_CONF".into(),
                 self.storage_conf.display().to_string(),
@@ -220,10 +259,11 @@ impl ContainerEnv {
         ]
     }
 
-    /// `program` with [`Self::env`] set.
+    /// `program` in this storage, configured for the fixture's own runs
+    /// (runc, lowered limits), not devd's ([`Self::env`]).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.envs(self.env());
+        cmd.envs(self.env_with_conf(&self.testkit_conf));
         cmd
     }
 

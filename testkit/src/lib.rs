@@ -9,8 +9,8 @@
 //!   config, no prompt), one helper for every caller.
 //! - [`net`]: a free loopback port and a tiny blocking HTTP/1.0 client for
 //!   what containers serve and for the registry API.
-//! - [`containers`]: private buildah/podman storage (runc, lowered
-//!   ulimits), the busybox base image built from Debian's `busybox-static`,
+//! - [`containers`]: private buildah/podman storage (devd's processes get
+//!   no runtime or limits: devd finds those itself), the busybox base image built from Debian's `busybox-static`,
 //!   and Debian's `docker-registry` on 127.0.0.1; all cleaned up on drop.
 //!
 //! Each fixture comes in two flavours where the callers differ: the tests'

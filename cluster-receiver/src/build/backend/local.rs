@@ -16,7 +16,17 @@
 //! waits until it accepts connections, switches the proxy, and only then
 //! removes the old one; a container that does not come up is removed and
 //! the old one keeps serving.
+//!
+//! Every podman command carries what podman needs on this machine
+//! ([`PodmanSetup`], found once by a probe: a default runtime that is not
+//! installed breaks even `podman ps`), and those that start containers
+//! (deploys and build steps) the limits too,
+//! and a container that cannot start fails with one line naming the cause
+//! and the fix ([`podman::explain_start_failure`]), podman's own message
+//! in the log tail. A failed `buildah bud` removes its working containers
+//! (`--force-rm`), so nothing stays mounted.
 
+use super::podman::{self, PodmanSetup, missing_tool};
 use super::registry::RegistryClient;
 use super::{Backend, BuildRequest, Deployment, Failure, RunningService, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
@@ -80,13 +90,10 @@ pub struct LocalBackend {
     /// outlives a deploy call (retiring old containers) runs there, so a
     /// receiver's drain waits for it.
     tasks: std::sync::OnceLock<tokio_util::task::TaskTracker>,
-}
-
-/// Install hints for missing tools.
-fn missing_tool(tool: &str) -> Failure {
-    Failure::new(format!(
-        "{tool} is not installed, and the local backend needs it: install it (Debian/Ubuntu: `sudo apt-get install buildah podman runc`; Fedora: `sudo dnf install buildah podman`), or point devd at a cluster receiver"
-    ))
+    /// How podman starts containers here, found on first use (a failed
+    /// probe is not kept: the next deploy probes again, e.g. after the
+    /// user installed runc).
+    podman: tokio::sync::OnceCell<PodmanSetup>,
 }
 
 /// Run a command, appending its output to `log` (if any); returns stdout.
@@ -165,8 +172,16 @@ impl LocalBackend {
             cfg,
             registry,
             tasks: std::sync::OnceLock::new(),
+            podman: tokio::sync::OnceCell::new(),
             proxies: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How to start containers here (probed once, see [`PodmanSetup`]).
+    async fn podman(&self) -> Result<&PodmanSetup, Failure> {
+        self.podman
+            .get_or_try_init(|| PodmanSetup::detect(&self.cfg.state_dir))
+            .await
     }
 
     fn tls_flag(&self) -> Option<&'static str> {
@@ -270,7 +285,7 @@ impl LocalBackend {
         workspace: &str,
         service: &str,
     ) -> Result<Vec<(String, String, bool)>, Failure> {
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.args(["ps", "-a", "--format", "json", "--filter"])
             .arg(format!("label={LABEL_WORKSPACE}={workspace}"))
             .arg("--filter")
@@ -289,7 +304,7 @@ impl LocalBackend {
 
     /// The host address a container's port is published on.
     async fn published(&self, name: &str, port: u16) -> Result<SocketAddr, Failure> {
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.args(["port", name, &format!("{port}/tcp")]);
         let out = run(cmd, "podman", None).await?;
         out.lines()
@@ -302,7 +317,13 @@ impl LocalBackend {
         if names.is_empty() {
             return;
         }
-        let mut cmd = Command::new("podman");
+        let mut cmd = match self.podman().await {
+            Ok(p) => p.command(),
+            Err(e) => {
+                tracing::warn!(containers = ?names, error = %e, "cannot remove old containers");
+                return;
+            }
+        };
         cmd.args(["rm", "-f", "-t", "1"]).args(&names);
         if let Err(e) = run(cmd, "podman", None).await {
             tracing::warn!(containers = ?names, error = %e, "cannot remove old containers");
@@ -351,8 +372,8 @@ impl LocalBackend {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let mut cmd = Command::new("podman");
-        cmd.args(["run", "--rm", "--user", "0:0"])
+        let mut cmd = self.podman().await?.run_command();
+        cmd.args(["--rm", "--user", "0:0"])
             .arg("--name")
             .arg(format!(
                 "devd-{}-{service}-step-{}-{n}",
@@ -395,8 +416,20 @@ impl LocalBackend {
             .map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).into_owned())
             .unwrap_or_default();
         // podman's own exit codes: 125 it failed itself (e.g. no such
-        // image), 126 the command cannot run, 127 it does not exist.
+        // image), 126 the command cannot run, 127 it does not exist; the
+        // runtime's refusals (limits, cgroups) come as 125 or 126 with an
+        // `Error: … OCI …` line.
+        let runtime_refused = output
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Error: "))
+            .is_some_and(|l| l.contains("OCI "));
         let what = match status.code() {
+            Some(125..=127) if runtime_refused => format!(
+                "step {:?} could not start: {}",
+                step.name,
+                podman::explain_start_failure(&output, &step.image, "devd.toml")
+            ),
             Some(125) => format!(
                 "step {:?} could not start (podman exit 125: image {} or container setup failed)",
                 step.name, step.image
@@ -422,7 +455,10 @@ impl LocalBackend {
     }
 
     async fn logs_of(&self, name: &str) -> Vec<String> {
-        let mut cmd = Command::new("podman");
+        let mut cmd = match self.podman().await {
+            Ok(p) => p.command(),
+            Err(f) => return f.log_tail,
+        };
         cmd.args(["logs", "--tail", &LOG_TAIL_LINES.to_string(), name]);
         match run(cmd, "podman", None).await {
             Ok(out) => tail(&out, LOG_TAIL_LINES),
@@ -435,7 +471,7 @@ impl LocalBackend {
     async fn wait_ready(&self, name: &str, addr: Option<SocketAddr>) -> Result<(), Failure> {
         let start = Instant::now();
         loop {
-            let mut cmd = Command::new("podman");
+            let mut cmd = self.podman().await?.command();
             cmd.args(["inspect", "--format", "{{.State.Status}}", name]);
             let state = run(cmd, "podman", None).await?.trim().to_owned();
             if state == "exited" || state == "stopped" || state == "dead" {
@@ -496,7 +532,7 @@ impl Backend for LocalBackend {
         {
             return r.lookup(repository, tag).await;
         }
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.args(["image", "inspect", "--format", "{{.Digest}}"])
             .arg(format!("{repository}:{tag}"));
         match run(cmd, "podman", None).await {
@@ -511,12 +547,19 @@ impl Backend for LocalBackend {
 
     async fn build(&self, req: &BuildRequest) -> Result<String, Failure> {
         let reference = format!("{}:{}", req.repository, req.tag);
+        // Not worth building what podman could not even look up or run.
+        self.podman().await.map_err(|f| Failure {
+            error: format!("build of {} failed: {}", req.service.name, f.error),
+            log_tail: f.log_tail,
+        })?;
         let started = Instant::now();
         for step in &req.service.steps {
             self.run_step(req, step).await?;
         }
         let mut cmd = Command::new("buildah");
-        cmd.args(["bud", "--isolation", "chroot", "--layers"])
+        // --force-rm: a failed build removes its working containers too
+        // (buildah keeps them by default, mounted).
+        cmd.args(["bud", "--isolation", "chroot", "--layers", "--force-rm"])
             .arg("-f")
             .arg(req.context.dir.join(&req.context.dockerfile))
             .arg("-t")
@@ -597,8 +640,8 @@ impl Backend for LocalBackend {
             return Ok(Deployment { url });
         }
         let name = container_name(workspace, &service.name);
-        let mut cmd = Command::new("podman");
-        cmd.args(["run", "-d", "--name", &name])
+        let mut cmd = self.podman().await?.run_command();
+        cmd.args(["-d", "--name", &name])
             .arg("--label")
             .arg(format!("{LABEL_WORKSPACE}={workspace}"))
             .arg("--label")
@@ -620,7 +663,14 @@ impl Backend for LocalBackend {
         if let Err(f) = run(cmd, "podman", None).await {
             self.remove(vec![name]).await;
             return Err(Failure {
-                error: format!("cannot start {image}: {}", f.error),
+                error: format!(
+                    "its container cannot start: {}",
+                    podman::explain_start_failure(
+                        &f.log_tail.join("\n"),
+                        image,
+                        service.dockerfile_path().as_str()
+                    )
+                ),
                 log_tail: f.log_tail,
             });
         }
@@ -649,8 +699,9 @@ impl Backend for LocalBackend {
         // get a second to finish requests in flight).
         let stale: Vec<String> = old.into_iter().map(|(n, _, _)| n).collect();
         if !stale.is_empty() {
+            let setup = self.podman().await?.clone();
             let retire = async move {
-                let mut cmd = Command::new("podman");
+                let mut cmd = setup.command();
                 cmd.args(["rm", "-f", "-t", "1"]).args(&stale);
                 if let Err(e) = run(cmd, "podman", None).await {
                     tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
@@ -684,7 +735,7 @@ impl Backend for LocalBackend {
                 service.name
             )));
         };
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.arg("logs");
         if follow {
             cmd.arg("--follow");

@@ -14,6 +14,7 @@
 pub mod devbuild;
 pub mod kubernetes;
 pub mod local;
+pub mod podman;
 pub mod registry;
 
 use crate::build::context::ContextSnapshot;
