@@ -142,6 +142,28 @@ impl<'a> Receiver<'a> {
         rx
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its memory from `/proc/PID/status`: (resident now, peak resident),
+    /// in bytes (`VmRSS`, `VmHWM`).
+    #[track_caller]
+    pub fn memory(&self) -> (u64, u64) {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {key} in {path}:\n{status}"))
+                * 1024
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -6,7 +6,7 @@
 //! the connection) lives in the machine. Nothing of a refused generation
 //! reaches the worktree. Further streams carry build events and logs.
 
-use crate::sync::workspace::{Inner, Prepared, Registry, Workspace};
+use crate::sync::workspace::{Inner, Prepared, Registry, Spool, Workspace};
 use devd_protocol::ErrorCode;
 use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
 use devd_protocol::session::{Applied, AuthAnswer, Limits, Receiver, ReceiverEvent, Reject};
@@ -96,6 +96,8 @@ async fn converse(
     // The workspace stays locked from `Prepare` to `Finish` (or a refusal),
     // so syncs of one workspace never interleave.
     let mut held: Option<(tokio::sync::MutexGuard<'_, Inner>, Prepared)> = None;
+    // The blob whose chunks are arriving, on disk.
+    let mut spool: Option<Spool> = None;
     loop {
         if !flush(io, &mut m).await {
             return;
@@ -119,9 +121,9 @@ async fn converse(
                         Err(r) => m.handle_prepared(Err(r), now()),
                     }
                 }
-                ReceiverEvent::StoreBlob(blob) => {
-                    let stored = ws.store_blob(blob).await;
-                    m.handle_blob_stored(stored, now())
+                ReceiverEvent::StoreChunk(part) => {
+                    let stored = ws.store_chunk(&mut spool, part).await;
+                    m.handle_chunk_stored(stored, now())
                 }
                 ReceiverEvent::Finish { generation } => {
                     let Some((mut guard, prepared)) = held.take() else {

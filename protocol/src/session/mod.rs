@@ -38,7 +38,10 @@ mod pair;
 #[cfg(test)]
 mod tests;
 
-pub use receiver::{Applied, AuthAnswer, CommitHeader, Incoming, Limits, Receiver, ReceiverEvent};
+pub use receiver::{
+    Applied, AuthAnswer, BlobPart, CHANGE_COST, CommitHeader, Incoming, Limits, Receiver,
+    ReceiverEvent,
+};
 pub use sender::{
     EncodeError, EncodeItem, Request, RequestedBlob, Sender, SenderEvent, Snapshot, SyncError,
     SyncReport,
