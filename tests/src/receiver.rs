@@ -1,6 +1,5 @@
 //! A separate `devd-receiver serve` process.
 
-use crate::bins::devd_command;
 use crate::process::{Logs, cmdline, tail};
 use crate::repo::Fixture;
 use std::fs::File;
@@ -26,6 +25,9 @@ pub struct ReceiverOpts {
     pub config: Option<PathBuf>,
     /// More arguments for `serve`.
     pub args: Vec<String>,
+    /// A command the receiver runs under, e.g. `ip netns exec NS` (it
+    /// must exec the receiver, so the process id stays the receiver's).
+    pub wrap: Vec<String>,
 }
 
 impl Default for ReceiverOpts {
@@ -38,6 +40,7 @@ impl Default for ReceiverOpts {
             git_remote: None,
             config: None,
             args: Vec::new(),
+            wrap: Vec::new(),
         }
     }
 }
@@ -70,7 +73,7 @@ impl<'a> Receiver<'a> {
     pub fn start(fx: &'a Fixture, opts: ReceiverOpts) -> Self {
         let data = opts.data.clone().unwrap_or_else(|| fx.root().join("rx"));
         std::fs::create_dir_all(&data).expect("create receiver data dir");
-        let mut cmd = devd_command("devd-receiver");
+        let mut cmd = crate::bins::wrapped_command("devd-receiver", &opts.wrap);
         cmd.arg("serve")
             .arg("--data")
             .arg(&data)
