@@ -319,5 +319,5 @@ fn a_million_long_paths_are_refused_with_the_receiver_under_256_mib() {
 /// Path `i` of the large change list: `PATH_LEN` bytes, all distinct.
 fn long_path(i: usize) -> RelPath {
     let head = format!("d{:03}/f{i:07}-", i % 1000);
-    RelPath::new(&format!("{head}{}", "x".repeat(PATH_LEN - head.len()))).unwrap()
+    RelPath::new(format!("{head}{}", "x".repeat(PATH_LEN - head.len()))).unwrap()
 }
