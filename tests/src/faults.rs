@@ -62,28 +62,50 @@ impl Rng {
 
 /// Apply between `min` and `max` random edits under `soak/` of the
 /// laptop worktree: new files (up to 64 KiB, sometimes 1 MiB), rewrites,
-/// appends, deletions, exec-bit flips. Returns how many were made.
+/// appends, deletions, exec-bit flips. Every content is made before the
+/// first file is touched, so the edits land within milliseconds (a
+/// watcher sees one burst). Returns how many were made.
 pub fn random_edits(fx: &Fixture, rng: &mut Rng, min: u64, max: u64) -> u64 {
+    enum Op {
+        Write(Vec<u8>),
+        Append(String),
+        Remove,
+        Exec(bool),
+    }
     let n = min + rng.below(max - min + 1);
+    let mut exists = std::collections::HashMap::new();
+    let mut ops = Vec::new();
     for _ in 0..n {
         let name = format!("soak/d{}/f{:03}.txt", rng.below(8), rng.below(400));
-        let exists = fx.path(&name).is_file();
-        match rng.below(10) {
+        let there = *exists
+            .entry(name.clone())
+            .or_insert_with(|| fx.path(&name).is_file());
+        let op = match rng.below(10) {
             0..=4 => {
                 let len = if rng.below(40) == 0 {
                     1 << 20
                 } else {
                     rng.below(64 << 10) as usize
                 };
-                fx.write(
-                    &name,
-                    crate::content::random_bytes(&rng.next_u64().to_string(), len),
-                );
+                Op::Write(crate::content::random_bytes(
+                    &rng.next_u64().to_string(),
+                    len,
+                ))
             }
-            5 | 6 if exists => fx.append(&name, format!("appended {}\n", rng.next_u64())),
-            7 | 8 if exists => fx.remove(&name),
-            9 if exists => fx.set_exec(&name, rng.below(2) == 0),
-            _ => fx.write(&name, format!("small {}\n", rng.next_u64())),
+            5 | 6 if there => Op::Append(format!("appended {}\n", rng.next_u64())),
+            7 | 8 if there => Op::Remove,
+            9 if there => Op::Exec(rng.below(2) == 0),
+            _ => Op::Write(format!("small {}\n", rng.next_u64()).into_bytes()),
+        };
+        exists.insert(name.clone(), !matches!(op, Op::Remove));
+        ops.push((name, op));
+    }
+    for (name, op) in ops {
+        match op {
+            Op::Write(data) => fx.write(&name, data),
+            Op::Append(line) => fx.append(&name, line),
+            Op::Remove => fx.remove(&name),
+            Op::Exec(on) => fx.set_exec(&name, on),
         }
     }
     n
