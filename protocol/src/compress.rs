@@ -40,6 +40,10 @@ pub enum CompressError {
     Length { got: u64, want: u64 },
     #[error("patch reference missing for a ZstdPatch blob")]
     MissingReference,
+    /// Writing the decoded content failed (the writer's error, e.g. a full
+    /// disk): not the blob's fault.
+    #[error("writing the decoded blob: {0}")]
+    Output(std::io::Error),
 }
 
 fn zerr(code: usize) -> CompressError {
@@ -144,6 +148,65 @@ pub fn decode(
     Ok(out)
 }
 
+/// Decode a blob from `input` into `out` without holding it whole: the
+/// receiver's path for blobs that arrive in chunks (spooled to disk), so a
+/// large file costs a zstd window of memory, not its size. `raw_len` is the
+/// announced length of the content: nothing beyond it is written, and a
+/// shorter result is an error. A patch's `reference` is held in memory; it
+/// is bounded by the patch window ([`MAX_WINDOW_LOG`]).
+pub fn decode_stream(
+    encoding: Encoding,
+    input: impl std::io::Read,
+    raw_len: u64,
+    reference: Option<&[u8]>,
+    max_len: u64,
+    out: &mut impl std::io::Write,
+) -> Result<(), CompressError> {
+    use std::io::Read;
+    if raw_len > max_len {
+        return Err(CompressError::TooLarge(raw_len, max_len));
+    }
+    let zio = |e: std::io::Error| CompressError::Zstd(e.to_string());
+    let source: Box<dyn Read + '_> = match encoding {
+        Encoding::Raw => Box::new(input),
+        Encoding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(input).map_err(zio)?;
+            d.window_log_max(MAX_WINDOW_LOG).map_err(zio)?;
+            Box::new(d)
+        }
+        Encoding::ZstdPatch { .. } => {
+            let reference = reference.ok_or(CompressError::MissingReference)?;
+            let reader = std::io::BufReader::new(input);
+            let mut d =
+                zstd::stream::read::Decoder::with_ref_prefix(reader, reference).map_err(zio)?;
+            d.window_log_max(MAX_WINDOW_LOG).map_err(zio)?;
+            Box::new(d)
+        }
+    };
+    // One byte past the announced length is enough to know it lies.
+    let mut source = source.take(raw_len + 1);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut copied = 0u64;
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(zio(e)),
+        };
+        out.write_all(&buf[..n]).map_err(CompressError::Output)?;
+        copied += n as u64;
+    }
+    out.flush().map_err(CompressError::Output)?;
+    if copied != raw_len {
+        return Err(CompressError::Length {
+            got: copied,
+            want: raw_len,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +259,69 @@ mod tests {
         assert_eq!(
             decode(enc, &bytes, random.len() as u64, None, 1 << 20).unwrap(),
             random
+        );
+    }
+
+    /// The streaming decoder gives what the buffered one gives, for every
+    /// encoding, and refuses the same lies.
+    #[test]
+    fn decode_stream_matches_decode() {
+        let old = text(300_000);
+        let mut new = old.clone();
+        new.splice(1000..1000, b"inserted\n".iter().copied());
+        let r = BlobRef::Overlay(ContentId::of(&old));
+        let cases = [
+            (Encoding::Raw, new.clone()),
+            (Encoding::Zstd, compress(&new)),
+            (
+                Encoding::ZstdPatch { reference: r },
+                compress_patch(&new, &old).unwrap(),
+            ),
+        ];
+        for (enc, bytes) in cases {
+            let mut out = Vec::new();
+            decode_stream(
+                enc,
+                &bytes[..],
+                new.len() as u64,
+                Some(&old),
+                1 << 30,
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out, new, "{enc:?}");
+            for lie in [new.len() as u64 - 1, new.len() as u64 + 1] {
+                let got = decode_stream(enc, &bytes[..], lie, Some(&old), 1 << 30, &mut Vec::new());
+                assert!(
+                    matches!(got, Err(CompressError::Length { .. })),
+                    "{enc:?} {lie}: {got:?}"
+                );
+            }
+        }
+        // Concatenated frames (a blob compressed piece by piece) decode too.
+        let mut two = compress(&old[..1000]);
+        two.extend(compress(&old[1000..]));
+        let mut out = Vec::new();
+        decode_stream(
+            Encoding::Zstd,
+            &two[..],
+            old.len() as u64,
+            None,
+            1 << 30,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, old);
+        assert!(
+            decode_stream(
+                Encoding::Zstd,
+                &b"garbage"[..],
+                7,
+                None,
+                1 << 20,
+                &mut Vec::new()
+            )
+            .is_err()
         );
     }
 

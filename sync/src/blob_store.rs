@@ -74,6 +74,25 @@ impl BlobStore {
         crate::fsutil::write_atomic_unsynced(&p, data, Some(0o644)).map_err(io)
     }
 
+    /// A writer for a blob whose content is produced piece by piece (a
+    /// large blob being decoded): it is hashed as it is written to a
+    /// temporary file in the store, and [`BlobWriter::commit`] verifies
+    /// and renames it into place. Nothing is held in memory.
+    pub fn writer(&self) -> Result<BlobWriter, BlobError> {
+        let file = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempfile_in(&self.dir)
+            .map_err(|source| BlobError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            })?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+        })
+    }
+
     /// Delete every blob not in `keep`. Returns how many were removed.
     pub fn retain(&self, keep: &HashSet<ContentId>) -> Result<usize, BlobError> {
         let io = |p: &Path| {
@@ -102,6 +121,54 @@ impl BlobStore {
     }
 }
 
+/// A blob being written (see [`BlobStore::writer`]); dropped without
+/// [`BlobWriter::commit`], its temporary file is removed.
+pub struct BlobWriter {
+    store: BlobStore,
+    file: std::io::BufWriter<tempfile::NamedTempFile>,
+    hasher: blake3::Hasher,
+}
+
+impl std::io::Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Verify that what was written hashes to `id`, and store it as `id`
+    /// (a blob already present is kept; the journal flushes the filesystem
+    /// before a generation refers to it).
+    pub fn commit(self, id: &ContentId) -> Result<(), BlobError> {
+        let actual = ContentId::from(self.hasher.finalize());
+        if actual != *id {
+            return Err(BlobError::Mismatch { id: *id, actual });
+        }
+        let p = self.store.path(id);
+        let io = |source| BlobError::Io {
+            path: p.display().to_string(),
+            source,
+        };
+        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        if p.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(p.parent().expect("fanout dir")).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+        file.persist(&p).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +186,24 @@ mod tests {
         assert_eq!(s.get(&a).unwrap(), b"a");
         assert_eq!(s.retain(&[a].into_iter().collect()).unwrap(), 1);
         assert!(s.has(&a) && !s.has(&b));
+    }
+
+    #[test]
+    fn writer_hashes_what_it_writes_and_leaves_nothing_behind() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let id = ContentId::of(b"hello world");
+        let mut w = s.writer().unwrap();
+        w.write_all(b"hello ").unwrap();
+        w.write_all(b"world").unwrap();
+        w.commit(&id).unwrap();
+        assert_eq!(s.get(&id).unwrap(), b"hello world");
+        let mut w = s.writer().unwrap();
+        w.write_all(b"hello there").unwrap();
+        let err = w.commit(&id).unwrap_err().to_string();
+        assert!(err.contains("failed verification"), "{err}");
+        // Only the fan-out directory of the stored blob is left.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -42,3 +42,20 @@ pub fn devd_command(name: &str) -> Command {
     .env("NO_COLOR", "1");
     cmd
 }
+
+/// [`devd_command`] run under `wrap` (e.g. `ip netns exec NS`), which must
+/// exec it; no wrapper when `wrap` is empty.
+pub fn wrapped_command(name: &str, wrap: &[String]) -> Command {
+    let Some((first, rest)) = wrap.split_first() else {
+        return devd_command(name);
+    };
+    let plain = devd_command(name);
+    let mut cmd = Command::new(first);
+    cmd.args(rest).arg(plain.get_program());
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}

@@ -1,6 +1,5 @@
 //! Driving the `devd` CLI with the fixture's `DEVD_HOME`.
 
-use crate::bins::devd_command;
 use crate::process::{self, Background, Run};
 use crate::repo::Fixture;
 use crate::worktree::assert_worktrees_equal;
@@ -21,6 +20,7 @@ pub struct Devd<'a> {
     repo: PathBuf,
     started: Cell<bool>,
     env: Vec<(String, String)>,
+    wrap: Vec<String>,
 }
 
 impl<'a> Devd<'a> {
@@ -30,6 +30,7 @@ impl<'a> Devd<'a> {
             repo,
             started: Cell::new(false),
             env: Vec::new(),
+            wrap: Vec::new(),
         }
     }
 
@@ -37,6 +38,14 @@ impl<'a> Devd<'a> {
     /// added, e.g. the container tools' configuration.
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
         self.env = env;
+        self
+    }
+
+    /// Run every devd command (and so the daemon `devd start` spawns)
+    /// under `wrap`, e.g. `ip netns exec NS` to put it in a network
+    /// namespace.
+    pub fn with_wrap(mut self, wrap: Vec<String>) -> Self {
+        self.wrap = wrap;
         self
     }
 
@@ -52,7 +61,7 @@ impl<'a> Devd<'a> {
 
     /// A `devd <args>` command in the repository, with `DEVD_HOME` set.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = devd_command("devd");
+        let mut cmd = crate::bins::wrapped_command("devd", &self.wrap);
         cmd.args(args)
             .current_dir(&self.repo)
             .env("DEVD_HOME", self.fx.home());

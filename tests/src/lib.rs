@@ -19,6 +19,8 @@
 //! - [`worktree`]: snapshots of worktrees, their comparison, and the
 //!   expected overlay digest computed independently of devd.
 //! - [`content`]: deterministic bulk content (random bytes, text files).
+//! - [`faults`]: what the fault tests share: the long `DEVD_SOAK=1` mode,
+//!   a seeded random source, random edits, signals, percentiles.
 //! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
 //! - [`kube_cluster`]: a Kubernetes cluster played against that emulator
 //!   (kubelet, Kaniko, rollouts), with receiver and daemon on top.
@@ -39,6 +41,7 @@ pub mod containers;
 pub mod content;
 pub mod daemon;
 pub mod desktop;
+pub mod faults;
 pub mod git_http;
 pub mod kmock;
 pub mod kube_cluster;

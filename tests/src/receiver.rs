@@ -1,6 +1,5 @@
 //! A separate `devd-receiver serve` process.
 
-use crate::bins::devd_command;
 use crate::process::{Logs, cmdline, tail};
 use crate::repo::Fixture;
 use std::fs::File;
@@ -26,6 +25,9 @@ pub struct ReceiverOpts {
     pub config: Option<PathBuf>,
     /// More arguments for `serve`.
     pub args: Vec<String>,
+    /// A command the receiver runs under, e.g. `ip netns exec NS` (it
+    /// must exec the receiver, so the process id stays the receiver's).
+    pub wrap: Vec<String>,
 }
 
 impl Default for ReceiverOpts {
@@ -38,6 +40,7 @@ impl Default for ReceiverOpts {
             git_remote: None,
             config: None,
             args: Vec::new(),
+            wrap: Vec::new(),
         }
     }
 }
@@ -70,7 +73,7 @@ impl<'a> Receiver<'a> {
     pub fn start(fx: &'a Fixture, opts: ReceiverOpts) -> Self {
         let data = opts.data.clone().unwrap_or_else(|| fx.root().join("rx"));
         std::fs::create_dir_all(&data).expect("create receiver data dir");
-        let mut cmd = devd_command("devd-receiver");
+        let mut cmd = crate::bins::wrapped_command("devd-receiver", &opts.wrap);
         cmd.arg("serve")
             .arg("--data")
             .arg(&data)
@@ -140,6 +143,28 @@ impl<'a> Receiver<'a> {
             pairing.display()
         );
         rx
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its memory from `/proc/PID/status`: (resident now, peak resident),
+    /// in bytes (`VmRSS`, `VmHWM`).
+    #[track_caller]
+    pub fn memory(&self) -> (u64, u64) {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {key} in {path}:\n{status}"))
+                * 1024
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
     }
 
     /// The address it listens on.

@@ -1,8 +1,12 @@
-//! Receiver crash in the middle of applying a generation, and recovery.
+//! Receiver and daemon crashes in the middle of syncing, and recovery: a
+//! failpoint mid-apply, SIGTERM drains, and the crash soaks (SIGKILL at
+//! random points, round after round).
 
-use devd_tests::{Fixture, Receiver, ReceiverOpts, assert_worktrees_equal, random_bytes};
+use devd_tests::{
+    Fixture, Receiver, ReceiverOpts, assert_worktrees_equal, random_bytes, wait_for_worktrees_equal,
+};
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const FAILPOINT: &str = "DEVD_RECEIVER_CRASH_AFTER_WRITES";
 /// Size of the content acknowledged before the crash; resending it would
@@ -213,5 +217,167 @@ fn edits_made_while_the_receiver_is_down_arrive_on_reconnect() {
         status.generation >= 2,
         "a new generation was applied after the restart: {}",
         status.raw
+    );
+}
+
+/// The receiver's worktree once it stops changing: no apply pending in
+/// its journal and two snapshots 200 ms apart equal.
+fn settled(rx: &Receiver<'_>) -> devd_tests::Snapshot {
+    let pending = rx.workspace_dir().join("state.pending");
+    let mut last = devd_tests::Snapshot::default();
+    let settled = devd_tests::poll_until(Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(200));
+        // A file may vanish under the walk while an apply runs: not
+        // settled yet.
+        let Ok(now) = devd_tests::Snapshot::of_tree(&rx.worktree()) else {
+            return false;
+        };
+        let same = now == last && !pending.exists();
+        last = now;
+        same
+    });
+    assert!(
+        settled.is_some(),
+        "the receiver's worktree kept changing for 60 s"
+    );
+    last
+}
+
+#[track_caller]
+fn assert_one_of(
+    got: &devd_tests::Snapshot,
+    before: &devd_tests::Snapshot,
+    after: &devd_tests::Snapshot,
+    round: usize,
+) {
+    assert!(
+        got == before || got == after,
+        "round {round}: the receiver's worktree is neither the previous generation nor the new one\nagainst the previous: {:?}\nagainst the new: {:?}",
+        before.differences(got, 10),
+        after.differences(got, 10)
+    );
+}
+
+/// Crash soak of the receiver: rounds of random edits (up to 200 files,
+/// some of 1 MiB), each with a SIGKILL of the receiver at a random point —
+/// while its journal has an apply pending when the kill lands in one, else
+/// before or after. The daemon is stopped (SIGSTOP) across the kill and
+/// restart, so what the restarted receiver shows is its own recovery: the
+/// previous generation or the new one, never a mix. Then the daemon goes
+/// on (SIGCONT) and the receiver converges to the laptop. 5 rounds in CI,
+/// 100 with `DEVD_SOAK=1`.
+#[test]
+fn receiver_killed_at_random_points_recovers_a_whole_generation() {
+    use devd_tests::faults::{Rng, ci_or_soak, random_edits, signal};
+    let rounds = ci_or_soak(5, 100);
+    let fx = Fixture::new();
+    let mut rx = fx.receiver();
+    fx.write_config(&format!("{}[sync]\ndebounce_ms = 150\n", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    let pid = devd.status().raw["pid"]
+        .as_u64()
+        .expect("status has the pid") as u32;
+    let mut rng = Rng::from_env("receiver crash soak");
+    let (mut mid_apply, mut new_gen) = (0, 0);
+    let mut converge = Vec::new();
+    for round in 0..rounds {
+        let before = devd_tests::Snapshot::of_tree(&rx.worktree()).unwrap();
+        // The daemon sleeps through the edits, so that it sees them as one
+        // change: the new generation is the laptop's state after all of them.
+        signal(pid, "STOP");
+        let edits = random_edits(&fx, &mut rng, 20, 200);
+        let after = devd_tests::Snapshot::of_laptop(fx.laptop()).unwrap();
+        signal(pid, "CONT");
+        // Kill at a random point within 1.5 s; if an apply starts first,
+        // at a random point inside it.
+        let pending = rx.workspace_dir().join("state.pending");
+        let until = Instant::now() + rng.duration(Duration::from_millis(1500));
+        let mut in_apply = false;
+        while Instant::now() < until {
+            if pending.exists() {
+                in_apply = true;
+                std::thread::sleep(rng.duration(Duration::from_millis(40)));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        signal(pid, "STOP");
+        rx.kill();
+        let restarted = restart(&fx, &rx);
+        rx = restarted;
+        let got = devd_tests::Snapshot::of_tree(&rx.worktree()).unwrap();
+        assert_one_of(&got, &before, &after, round);
+        mid_apply += usize::from(in_apply);
+        new_gen += usize::from(got == after && got != before);
+        signal(pid, "CONT");
+        let took = wait_for_worktrees_equal(fx.laptop(), &rx.worktree(), Duration::from_secs(90));
+        println!(
+            "round {round}: {edits} edits, killed {}, recovered to the {} generation, converged {:.1} s after SIGCONT",
+            if in_apply {
+                "mid-apply"
+            } else {
+                "outside an apply"
+            },
+            if got == after { "new" } else { "previous" },
+            took.as_secs_f64()
+        );
+        converge.push(took);
+    }
+    println!(
+        "receiver crash soak: {rounds} SIGKILLs survived ({mid_apply} mid-apply, {new_gen} recovered to the new generation), time to converge p50 {:.1} s, max {:.1} s",
+        devd_tests::faults::percentile(&converge, 50.0).as_secs_f64(),
+        converge.iter().max().unwrap().as_secs_f64()
+    );
+}
+
+/// Crash soak of the daemon: rounds of random edits, each with a SIGKILL
+/// of the daemon at a random point (while it scans, uploads or waits); the
+/// receiver's worktree, once settled, is the previous generation or the
+/// new one, and a new `devd start --wait` converges it to the laptop.
+/// 5 rounds in CI, 100 with `DEVD_SOAK=1`.
+#[test]
+fn daemon_killed_at_random_points_restarts_and_converges() {
+    use devd_tests::faults::{Rng, alive, ci_or_soak, random_edits, signal};
+    let rounds = ci_or_soak(5, 100);
+    let fx = Fixture::new();
+    let rx = fx.receiver();
+    fx.write_config(&format!("{}[sync]\ndebounce_ms = 150\n", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    let mut rng = Rng::from_env("daemon crash soak");
+    let mut converge = Vec::new();
+    for round in 0..rounds {
+        let pid = devd.status().raw["pid"]
+            .as_u64()
+            .expect("status has the pid") as u32;
+        let before = settled(&rx);
+        // As above: the edits are one change for the daemon.
+        signal(pid, "STOP");
+        let edits = random_edits(&fx, &mut rng, 20, 200);
+        let after = devd_tests::Snapshot::of_laptop(fx.laptop()).unwrap();
+        signal(pid, "CONT");
+        std::thread::sleep(rng.duration(Duration::from_millis(1500)));
+        signal(pid, "KILL");
+        devd_tests::wait_until(Duration::from_secs(10), "the killed daemon is gone", || {
+            !alive(pid)
+        });
+        let got = settled(&rx);
+        assert_one_of(&got, &before, &after, round);
+        let t = Instant::now();
+        devd.start_wait();
+        let took = wait_for_worktrees_equal(fx.laptop(), &rx.worktree(), Duration::from_secs(60))
+            + t.elapsed();
+        println!(
+            "round {round}: {edits} edits, the receiver had the {} generation; `devd start --wait` converged in {:.1} s",
+            if got == after { "new" } else { "previous" },
+            took.as_secs_f64()
+        );
+        converge.push(took);
+    }
+    println!(
+        "daemon crash soak: {rounds} SIGKILLs survived, restart to converged p50 {:.1} s, max {:.1} s",
+        devd_tests::faults::percentile(&converge, 50.0).as_secs_f64(),
+        converge.iter().max().unwrap().as_secs_f64()
     );
 }

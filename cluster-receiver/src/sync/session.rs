@@ -7,7 +7,7 @@
 //! reaches the worktree. Further streams carry build events and logs.
 
 use crate::sync::gate::{Admission, Slot};
-use crate::sync::workspace::{Inner, Prepared, Registry, Workspace};
+use crate::sync::workspace::{Inner, Prepared, Registry, Spool, Workspace};
 use devd_protocol::ErrorCode;
 use devd_protocol::message::{ClientMsg, MAX_FRAME, ServerMsg};
 use devd_protocol::session::{
@@ -133,6 +133,8 @@ async fn converse(
     let mut held: Option<(tokio::sync::MutexGuard<'_, Inner>, Prepared)> = None;
     // This connection's claim as the workspace's writer, once made.
     let mut grant: Option<crate::sync::writer::Grant> = None;
+    // The blob whose chunks are arriving, on disk.
+    let mut spool: Option<Spool> = None;
     loop {
         if !flush(io, &mut m).await {
             return;
@@ -162,9 +164,9 @@ async fn converse(
                         Err(r) => m.handle_prepared(Err(r), now()),
                     }
                 }
-                ReceiverEvent::StoreBlob(blob) => {
-                    let stored = ws.store_blob(blob).await;
-                    m.handle_blob_stored(stored, now())
+                ReceiverEvent::StoreChunk(part) => {
+                    let stored = ws.store_chunk(&mut spool, part).await;
+                    m.handle_chunk_stored(stored, now())
                 }
                 ReceiverEvent::Finish { generation } => {
                     let Some((mut guard, prepared)) = held.take() else {

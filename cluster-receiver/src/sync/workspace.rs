@@ -8,7 +8,7 @@ use crate::sync::materialize::{MaterializeError, Sources, Worktree};
 use crate::sync::state::{Journal, StateError, SyncState};
 use devd_protocol::compress::{self, BlobRef, Encoding};
 use devd_protocol::message::{Ack, Base, Blob};
-use devd_protocol::session::{CommitHeader, Incoming, Reject};
+use devd_protocol::session::{BlobPart, CommitHeader, Incoming, Reject};
 use devd_protocol::tree::BaseTree;
 use devd_protocol::view::View;
 use devd_protocol::{ContentId, ErrorCode, Overlay};
@@ -19,8 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Largest blob accepted (raw content), 1 GiB.
-pub const MAX_BLOB: u64 = 1 << 30;
+/// Largest blob accepted (raw content), 4 GiB. Blobs are spooled to disk
+/// and decoded as a stream, so their size costs disk, not memory.
+pub const MAX_BLOB: u64 = 4 << 30;
+/// Largest patch reference read into memory: the patch window (256 MiB).
+const MAX_REFERENCE: u64 = 1 << compress::MAX_WINDOW_LOG;
 /// Largest overlay accepted, in entries.
 pub const MAX_ENTRIES: u64 = 4_000_000;
 
@@ -388,53 +391,123 @@ impl Workspace {
         })
     }
 
-    /// Decode, verify and store one blob. A patch's reference must be a blob
-    /// the receiver has (an overlay blob or a blob of a fetched base).
+    /// Decode, verify and store one inline blob (see [`Self::decode_into_store`]).
     pub async fn store_blob(self: &Arc<Self>, blob: Blob) -> Result<(), Reject> {
-        if blob.raw_len > MAX_BLOB {
-            return Err(Reject::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "blob {} of {} bytes exceeds the {MAX_BLOB}-byte limit",
-                    blob.id, blob.raw_len
-                ),
-            ));
-        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let bad = |m: String| Reject::new(ErrorCode::BadBlob, m);
-            let reference = match blob.encoding {
-                Encoding::ZstdPatch {
-                    reference: BlobRef::Overlay(id),
-                } => Some(
-                    this.blobs
-                        .get(&id)
-                        .map_err(|e| bad(format!("patch reference {id} unavailable: {e}")))?,
-                ),
-                Encoding::ZstdPatch {
-                    reference: BlobRef::Base(oid),
-                } => Some(
-                    this.git
-                        .blob(oid)
-                        .map_err(|e| bad(format!("patch reference {oid} unavailable: {e}")))?,
-                ),
-                _ => None,
-            };
-            let data = compress::decode(
-                blob.encoding,
-                &blob.data,
-                blob.raw_len,
-                reference.as_deref(),
-                MAX_BLOB,
-            )
-            .map_err(|e| bad(format!("blob {}: {e}", blob.id)))?;
-            this.blobs.put(&blob.id, &data).map_err(|e| match e {
-                BlobError::Mismatch { .. } => bad(e.to_string()),
-                BlobError::Io { .. } => Reject::new(ErrorCode::Storage, e.to_string()),
-            })
+            this.decode_into_store(blob.id, blob.encoding, blob.raw_len, &blob.data[..])
         })
         .await
         .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?
+    }
+
+    /// Take one chunk of a requested blob: the first starts a spool file in
+    /// the workspace's scratch directory, each is appended to it, and the
+    /// last decodes the spooled blob into the store. A blob is never held
+    /// whole in memory, whatever its size.
+    pub async fn store_chunk(
+        self: &Arc<Self>,
+        spool: &mut Option<Spool>,
+        part: BlobPart,
+    ) -> Result<(), Reject> {
+        let storage =
+            |e: std::io::Error| Reject::new(ErrorCode::Storage, format!("spooling a blob: {e}"));
+        if part.is_first() {
+            check_size(part.id, part.raw_len)?;
+            let file = tempfile::Builder::new()
+                .prefix(".blob-")
+                .tempfile_in(&self.worktree.scratch)
+                .map_err(storage)?;
+            *spool = Some(Spool { file });
+        }
+        let mut current = spool.take().ok_or_else(|| {
+            Reject::new(
+                ErrorCode::Internal,
+                format!("blob {}: a chunk without its start", part.id),
+            )
+        })?;
+        let this = self.clone();
+        let (res, current) = tokio::task::spawn_blocking(move || {
+            use std::io::{Seek, Write};
+            let res = current
+                .file
+                .as_file_mut()
+                .write_all(&part.data)
+                .map_err(storage);
+            if res.is_err() || !part.is_last() {
+                return (res, Some(current));
+            }
+            let mut file = current.file;
+            let res = file.as_file_mut().rewind().map_err(storage).and_then(|()| {
+                let input = std::io::BufReader::with_capacity(1 << 20, file.as_file_mut());
+                this.decode_into_store(part.id, part.encoding, part.raw_len, input)
+            });
+            (res, None)
+        })
+        .await
+        .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+        *spool = current;
+        res
+    }
+
+    /// Decode a blob from `input` straight into the blob store, hashing as
+    /// it goes, and verify it. A patch's reference must be a blob the
+    /// receiver has (an overlay blob or a blob of a fetched base) and fit
+    /// the patch window. Blocking.
+    fn decode_into_store(
+        &self,
+        id: ContentId,
+        encoding: Encoding,
+        raw_len: u64,
+        input: impl std::io::Read,
+    ) -> Result<(), Reject> {
+        check_size(id, raw_len)?;
+        let bad = |m: String| Reject::new(ErrorCode::BadBlob, m);
+        let storage = |e: BlobError| match e {
+            BlobError::Mismatch { .. } => bad(e.to_string()),
+            BlobError::Io { .. } => Reject::new(ErrorCode::Storage, e.to_string()),
+        };
+        let reference = match encoding {
+            Encoding::ZstdPatch {
+                reference: BlobRef::Overlay(rid),
+            } => {
+                let len = std::fs::metadata(self.blobs.path(&rid)).map(|m| m.len());
+                if len.is_ok_and(|l| l > MAX_REFERENCE) {
+                    return Err(bad(format!(
+                        "patch reference {rid} is larger than the {MAX_REFERENCE}-byte patch window"
+                    )));
+                }
+                Some(
+                    self.blobs
+                        .get(&rid)
+                        .map_err(|e| bad(format!("patch reference {rid} unavailable: {e}")))?,
+                )
+            }
+            Encoding::ZstdPatch {
+                reference: BlobRef::Base(oid),
+            } => Some(
+                self.git
+                    .blob(oid)
+                    .map_err(|e| bad(format!("patch reference {oid} unavailable: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mut out = self.blobs.writer().map_err(storage)?;
+        compress::decode_stream(
+            encoding,
+            input,
+            raw_len,
+            reference.as_deref(),
+            MAX_BLOB,
+            &mut out,
+        )
+        .map_err(|e| match e {
+            compress::CompressError::Output(e) => {
+                Reject::new(ErrorCode::Storage, format!("storing blob {id}: {e}"))
+            }
+            e => bad(format!("blob {id}: {e}")),
+        })?;
+        out.commit(&id).map_err(storage)
     }
 
     /// Apply a prepared generation: journal, worktree, commit, blob GC.
@@ -487,6 +560,22 @@ impl Workspace {
             changed: stats.changed,
         })
     }
+}
+
+/// The spool file of the blob whose chunks are arriving (see
+/// [`Workspace::store_chunk`]); removed when dropped.
+pub struct Spool {
+    file: tempfile::NamedTempFile,
+}
+
+fn check_size(id: ContentId, raw_len: u64) -> Result<(), Reject> {
+    if raw_len > MAX_BLOB {
+        return Err(Reject::new(
+            ErrorCode::TooLarge,
+            format!("blob {id} of {raw_len} bytes exceeds the {MAX_BLOB}-byte limit"),
+        ));
+    }
+    Ok(())
 }
 
 /// The workspaces a receiver serves, by name.

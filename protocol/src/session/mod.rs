@@ -39,7 +39,8 @@ mod pair;
 mod tests;
 
 pub use receiver::{
-    Applied, AuthAnswer, ClaimAnswer, CommitHeader, Incoming, Limits, Receiver, ReceiverEvent,
+    Applied, AuthAnswer, BlobPart, CHANGE_COST, ClaimAnswer, CommitHeader, Incoming, Limits,
+    Receiver, ReceiverEvent,
 };
 pub use sender::{
     EncodeError, EncodeItem, Request, RequestedBlob, Sender, SenderEvent, Snapshot, SyncError,

@@ -146,6 +146,8 @@ pub(super) struct Cluster {
     pub(super) stored: Vec<(u64, ContentId)>,
     /// The generation prepared and not yet finished.
     pending: Option<(CommitHeader, Overlay, Vec<ContentId>)>,
+    /// The encoded bytes of the blob whose chunks are arriving.
+    spool: Vec<u8>,
 }
 
 impl Cluster {
@@ -471,14 +473,26 @@ impl Pair {
                     let res = self.cluster.prepare(header, incoming);
                     r.handle_prepared(res, now).expect("asked to prepare");
                 }
-                ReceiverEvent::StoreBlob(blob) => {
-                    let id = blob.id;
-                    let res = self.cluster.store(blob);
-                    if res.is_ok() {
-                        let generation = r.generation().expect("receiving a generation");
-                        self.cluster.stored.push((generation, id));
+                ReceiverEvent::StoreChunk(part) => {
+                    if part.is_first() {
+                        self.cluster.spool.clear();
                     }
-                    r.handle_blob_stored(res, now).expect("asked to store");
+                    self.cluster.spool.extend_from_slice(&part.data);
+                    let mut res = Ok(());
+                    if part.is_last() {
+                        let blob = Blob {
+                            id: part.id,
+                            encoding: part.encoding,
+                            raw_len: part.raw_len,
+                            data: std::mem::take(&mut self.cluster.spool),
+                        };
+                        res = self.cluster.store(blob);
+                        if res.is_ok() {
+                            let generation = r.generation().expect("receiving a generation");
+                            self.cluster.stored.push((generation, part.id));
+                        }
+                    }
+                    r.handle_chunk_stored(res, now).expect("asked to store");
                 }
                 ReceiverEvent::Finish { .. } => {
                     let res = self.cluster.finish();

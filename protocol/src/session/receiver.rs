@@ -16,10 +16,13 @@
 //!    `Commit` closes them: [`ReceiverEvent::Prepare`] asks the driver to
 //!    validate the generation and store its inline blobs, answered with the
 //!    ids it still lacks ([`Receiver::handle_prepared`]).
-//! 4. The machine sends `Need` and reassembles `BlobChunk`s (only requested
-//!    ids, offsets in order, sizes bounded, at most [`Limits::idle`] of
-//!    silence); each complete blob is a [`ReceiverEvent::StoreBlob`]
-//!    ([`Receiver::handle_blob_stored`]).
+//! 4. The machine sends `Need` and checks the `BlobChunk`s (only requested
+//!    ids, one blob at a time, offsets in order, sizes bounded, at most
+//!    [`Limits::idle`] of silence); it never reassembles a blob: each chunk
+//!    is a [`ReceiverEvent::StoreChunk`] ([`Receiver::handle_chunk_stored`])
+//!    that the driver appends to disk, and decodes, verifies and stores at
+//!    the blob's last chunk. What a session holds in memory is bounded:
+//!    one chunk, and [`Limits::max_held_bytes`] of changes before `Commit`.
 //! 5. With every blob in, [`ReceiverEvent::Finish`] asks the driver to
 //!    apply the generation ([`Receiver::handle_finished`]); the machine
 //!    sends `Applied` or `Rejected`.
@@ -32,10 +35,11 @@
 //! closes the stream.
 
 use super::{Reject, UsageError};
+use crate::compress::Encoding;
 use crate::content_id::ContentId;
 use crate::message::{Ack, Base, Blob, ClientMsg, ErrorCode, INLINE_TOTAL_MAX, ServerMsg, Writer};
-use crate::overlay::{Change, Digest};
-use std::collections::{HashMap, VecDeque};
+use crate::overlay::{Change, Digest, Entry};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The bounds a receiver enforces on one connection.
@@ -52,7 +56,17 @@ pub struct Limits {
     /// Largest blob accepted (raw content); its encoding may be up to
     /// twice that.
     pub max_blob: u64,
+    /// Bytes one generation's `Changes` may hold before its `Commit`:
+    /// paths, symlink targets, [`CHANGE_COST`] per change, and inline blobs.
+    /// An authenticated laptop can send millions of long paths; past this
+    /// the sync is refused instead of the receiver's memory growing.
+    pub max_held_bytes: usize,
 }
+
+/// What one change costs in memory beyond its path and symlink target
+/// (the `Change` itself and its share of the vector), for
+/// [`Limits::max_held_bytes`].
+pub const CHANGE_COST: usize = 64;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -62,6 +76,7 @@ impl Default for Limits {
             max_changes: 4_000_000,
             max_inline_bytes: 16 * INLINE_TOTAL_MAX,
             max_blob: 1 << 30,
+            max_held_bytes: 64 << 20,
         }
     }
 }
@@ -73,6 +88,46 @@ pub struct Incoming {
     pub changes: Vec<Change>,
     pub blobs: Vec<Blob>,
     pub inline_bytes: usize,
+    /// What the changes and inline blobs hold, as [`Limits::max_held_bytes`]
+    /// counts it.
+    pub held_bytes: usize,
+}
+
+/// A slice of a requested blob, handed to the driver as it arrives so no
+/// blob is ever held whole in memory (see [`ReceiverEvent::StoreChunk`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobPart {
+    pub id: ContentId,
+    pub encoding: Encoding,
+    /// Length of the decoded content.
+    pub raw_len: u64,
+    /// Encoded length of the whole blob.
+    pub total: u64,
+    /// Where `data` starts in the encoded blob.
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl BlobPart {
+    /// The blob's first chunk: the driver starts a new one.
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// The blob's last chunk: the driver decodes, verifies and stores it.
+    pub fn is_last(&self) -> bool {
+        self.offset + self.data.len() as u64 == self.total
+    }
+}
+
+/// The blob whose chunks are arriving.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    id: ContentId,
+    encoding: Encoding,
+    raw_len: u64,
+    total: u64,
+    received: u64,
 }
 
 /// The `Commit` closing a generation.
@@ -146,9 +201,11 @@ pub enum ReceiverEvent {
         header: CommitHeader,
         incoming: Incoming,
     },
-    /// Verify and store a requested blob: answer with
-    /// [`Receiver::handle_blob_stored`].
-    StoreBlob(Blob),
+    /// Append a chunk of a requested blob (a new blob starts at offset 0);
+    /// at its last chunk decode, verify and store the blob. Answer with
+    /// [`Receiver::handle_chunk_stored`]. Chunks of one blob come in order
+    /// and blobs one after another.
+    StoreChunk(BlobPart),
     /// Every blob is in: apply `generation`, answer with
     /// [`Receiver::handle_finished`].
     Finish { generation: u64 },
@@ -175,9 +232,11 @@ enum State {
     },
     Receiving {
         header: CommitHeader,
-        /// Blobs still expected, with the chunks received so far.
-        left: HashMap<ContentId, Option<Blob>>,
-        /// Waiting for the driver to store a blob (no deadline meanwhile).
+        /// Blobs still expected (the one in flight included).
+        left: HashSet<ContentId>,
+        /// The blob whose chunks are arriving, until its last one.
+        current: Option<InFlight>,
+        /// Waiting for the driver to store a chunk (no deadline meanwhile).
         storing: bool,
         deadline: Instant,
     },
@@ -378,7 +437,8 @@ impl Receiver {
                 });
                 self.state = State::Receiving {
                     header,
-                    left: missing.into_iter().map(|id| (id, None)).collect(),
+                    left: missing.into_iter().collect(),
+                    current: None,
                     storing: false,
                     deadline: now + self.limits.idle,
                 };
@@ -387,9 +447,9 @@ impl Receiver {
         Ok(())
     }
 
-    /// The driver's answer to [`ReceiverEvent::StoreBlob`]; a blob that
-    /// cannot be stored ends the session.
-    pub fn handle_blob_stored(
+    /// The driver's answer to [`ReceiverEvent::StoreChunk`]; a chunk or
+    /// blob that cannot be stored ends the session.
+    pub fn handle_chunk_stored(
         &mut self,
         result: Result<(), Reject>,
         now: Instant,
@@ -399,9 +459,10 @@ impl Receiver {
             left,
             storing: storing @ true,
             deadline,
+            ..
         } = &mut self.state
         else {
-            return Err(self.misuse("handle_blob_stored"));
+            return Err(self.misuse("handle_chunk_stored"));
         };
         if let Err(r) = result {
             self.fatal(r);
@@ -550,6 +611,16 @@ impl Receiver {
                     );
                     return self.close_with(Some(generation), Reject::new(ErrorCode::TooLarge, m));
                 }
+                let held = size + changes.iter().map(held_by).sum::<usize>();
+                if inc.held_bytes + held > self.limits.max_held_bytes {
+                    let mib = self.limits.max_held_bytes >> 20;
+                    let m = format!(
+                        "generation {generation} is more than this receiver holds for one sync ({mib} MiB of paths and inline content, reached after {} changes): commit and push the bulk of it (the receiver fetches pushed commits itself), or exclude generated files with .devdignore",
+                        inc.changes.len()
+                    );
+                    return self.close_with(Some(generation), Reject::new(ErrorCode::TooLarge, m));
+                }
+                inc.held_bytes += held;
                 inc.inline_bytes += size;
                 inc.changes.extend(changes);
                 inc.blobs.extend(blobs);
@@ -605,12 +676,14 @@ impl Receiver {
         }
     }
 
-    /// A message while blobs are expected.
+    /// A message while blobs are expected: check the chunk and hand it to
+    /// the driver.
     fn chunk(&mut self, msg: ClientMsg, now: Instant) {
         let max_blob = self.limits.max_blob;
         let idle = self.limits.idle;
         let State::Receiving {
             left,
+            current,
             storing,
             deadline,
             ..
@@ -630,38 +703,56 @@ impl Receiver {
             return self.fatal(Reject::new(ErrorCode::Malformed, "expected blob chunks"));
         };
         *deadline = now + idle;
-        let Some(slot) = left.get_mut(&id) else {
-            let m = format!("blob {id} was not requested");
-            return self.fatal(Reject::new(ErrorCode::Malformed, m));
+        let blob = match current {
+            Some(blob) if blob.id != id => {
+                let m = format!("blob {id} started before blob {} was complete", blob.id);
+                return self.fatal(Reject::new(ErrorCode::Malformed, m));
+            }
+            Some(blob) => blob,
+            None => {
+                if !left.contains(&id) {
+                    let m = format!("blob {id} was not requested");
+                    return self.fatal(Reject::new(ErrorCode::Malformed, m));
+                }
+                if total > 2 * max_blob || raw_len > max_blob {
+                    let m = format!("blob {id} is too large");
+                    return self.fatal(Reject::new(ErrorCode::TooLarge, m));
+                }
+                current.insert(InFlight {
+                    id,
+                    encoding,
+                    raw_len,
+                    total,
+                    received: 0,
+                })
+            }
         };
-        if total > 2 * max_blob || raw_len > max_blob {
-            let m = format!("blob {id} is too large");
-            return self.fatal(Reject::new(ErrorCode::TooLarge, m));
-        }
-        let blob = slot.get_or_insert_with(|| Blob {
-            id,
-            encoding,
-            raw_len,
-            data: Vec::new(),
-        });
-        if offset != blob.data.len() as u64 || blob.encoding != encoding || blob.raw_len != raw_len
+        if offset != blob.received
+            || blob.encoding != encoding
+            || blob.raw_len != raw_len
+            || blob.total != total
         {
             let m = format!("blob {id}: chunk out of order");
             return self.fatal(Reject::new(ErrorCode::Malformed, m));
         }
-        if blob.data.len() as u64 + data.len() as u64 > total {
+        if blob.received + data.len() as u64 > total {
             let m = format!("blob {id}: more bytes than announced");
             return self.fatal(Reject::new(ErrorCode::Malformed, m));
         }
-        blob.data.extend_from_slice(&data);
-        if blob.data.len() as u64 == total {
-            let blob = left
-                .remove(&id)
-                .flatten()
-                .expect("a complete blob is in its slot");
-            *storing = true;
-            self.events.push_back(ReceiverEvent::StoreBlob(blob));
+        blob.received += data.len() as u64;
+        if blob.received == total {
+            left.remove(&id);
+            *current = None;
         }
+        *storing = true;
+        self.events.push_back(ReceiverEvent::StoreChunk(BlobPart {
+            id,
+            encoding,
+            raw_len,
+            total,
+            offset,
+            data,
+        }));
     }
 
     /// Every blob is in: ask the driver to apply the generation.
@@ -689,6 +780,15 @@ impl Receiver {
         self.transmit.push_back(rejected(generation, r));
         self.state = State::Closed;
     }
+}
+
+/// What a change holds, as [`Limits::max_held_bytes`] counts it.
+fn held_by(c: &Change) -> usize {
+    let target = match &c.entry {
+        Some(Entry::Symlink { target }) => target.len(),
+        _ => 0,
+    };
+    CHANGE_COST + c.path.as_str().len() + target
 }
 
 fn rejected(generation: Option<u64>, r: Reject) -> ServerMsg {
@@ -1001,6 +1101,7 @@ mod tests {
                     changes: vec![change("a", 1), change("b", 2)],
                     blobs: vec![b],
                     inline_bytes: 3,
+                    held_bytes: 3 + 2 * (CHANGE_COST + 1),
                 }
             })
         );
@@ -1123,35 +1224,52 @@ mod tests {
         );
     }
 
+    fn part(n: u8, total: u64, offset: u64, data: Vec<u8>) -> ReceiverEvent {
+        ReceiverEvent::StoreChunk(BlobPart {
+            id: id(n),
+            encoding: Encoding::Raw,
+            raw_len: total,
+            total,
+            offset,
+            data,
+        })
+    }
+
     #[test]
-    fn chunks_are_reassembled_stored_and_then_finished() {
+    fn chunks_are_handed_over_one_by_one_and_then_finished() {
         let t0 = Instant::now();
         let mut r = receiving(t0, vec![id(1), id(2)]);
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         let t1 = t0 + Duration::from_secs(30);
         r.handle_message(chunk(1, 5, 0, vec![1, 1]), t1).unwrap();
-        assert_eq!(r.poll_event(), None);
+        let first = part(1, 5, 0, vec![1, 1]);
+        assert_eq!(r.poll_event(), Some(first.clone()));
+        let ReceiverEvent::StoreChunk(p) = first else {
+            unreachable!()
+        };
+        assert!(p.is_first() && !p.is_last());
+        assert_eq!(r.poll_timeout(), None, "no deadline while storing");
+        assert!(
+            r.handle_message(chunk(1, 5, 2, vec![1]), t1).is_err(),
+            "no frame before the chunk is stored"
+        );
+        r.handle_chunk_stored(Ok(()), t1).unwrap();
         assert_eq!(r.poll_timeout(), Some(t1 + Duration::from_secs(60)));
         r.handle_message(chunk(1, 5, 2, vec![1, 1, 1]), t1).unwrap();
-        assert_eq!(
-            r.poll_event(),
-            Some(ReceiverEvent::StoreBlob(Blob {
-                id: id(1),
-                encoding: Encoding::Raw,
-                raw_len: 5,
-                data: vec![1; 5]
-            }))
-        );
-        assert_eq!(r.poll_timeout(), None, "no deadline while storing");
-        assert!(r.handle_message(chunk(2, 1, 0, vec![2]), t1).is_err());
-        r.handle_blob_stored(Ok(()), t1).unwrap();
-        // An empty blob is one empty chunk.
+        let last = part(1, 5, 2, vec![1, 1, 1]);
+        assert_eq!(r.poll_event(), Some(last.clone()));
+        let ReceiverEvent::StoreChunk(p) = last else {
+            unreachable!()
+        };
+        assert!(!p.is_first() && p.is_last());
+        r.handle_chunk_stored(Ok(()), t1).unwrap();
+        // An empty blob is one empty chunk, first and last.
         r.handle_message(chunk(2, 0, 0, vec![]), t1).unwrap();
         assert!(matches!(
             r.poll_event(),
-            Some(ReceiverEvent::StoreBlob(Blob { data, .. })) if data.is_empty()
+            Some(ReceiverEvent::StoreChunk(p)) if p.data.is_empty() && p.is_first() && p.is_last()
         ));
-        r.handle_blob_stored(Ok(()), t1).unwrap();
+        r.handle_chunk_stored(Ok(()), t1).unwrap();
         assert_eq!(
             r.poll_event(),
             Some(ReceiverEvent::Finish { generation: 1 })
@@ -1159,18 +1277,62 @@ mod tests {
         assert_eq!(r.poll_transmit(), None);
     }
 
-    /// Feed `msgs` to a receiver waiting for blob 1 (5 bytes) and return
-    /// the refusal that ended the session.
+    /// Feed `msgs` to a receiver waiting for blob 1 (5 bytes), storing
+    /// every chunk it hands over, and return the refusal that ended the
+    /// session.
     fn fatal_after(msgs: Vec<ClientMsg>) -> (Option<u64>, ErrorCode, String) {
         let now = Instant::now();
-        let mut r = receiving(now, vec![id(1)]);
+        let mut r = receiving(now, vec![id(1), id(2)]);
         for m in msgs {
             r.handle_message(m, now).unwrap();
+            if let Some(ReceiverEvent::StoreChunk(_)) = r.poll_event() {
+                r.handle_chunk_stored(Ok(()), now).unwrap();
+            }
         }
         let out = rejected_frame(&mut r);
         assert!(r.is_closed());
-        assert_eq!(r.poll_event(), None, "nothing is stored");
+        assert_eq!(r.poll_event(), None, "no Finish");
         out
+    }
+
+    /// Blobs come one after another: a second blob starting while the first
+    /// is incomplete is refused (the driver spools one blob at a time).
+    #[test]
+    fn interleaved_blobs_end_the_session() {
+        let (_, code, message) =
+            fatal_after(vec![chunk(1, 5, 0, vec![1]), chunk(2, 5, 0, vec![2])]);
+        assert_eq!(code, ErrorCode::Malformed);
+        assert_eq!(
+            message,
+            format!("blob {} started before blob {} was complete", id(2), id(1))
+        );
+    }
+
+    /// Long paths count: a generation whose changes hold more than
+    /// `max_held_bytes` is refused with a message saying what to do.
+    #[test]
+    fn changes_holding_too_many_bytes_end_the_session() {
+        let now = Instant::now();
+        let limits = Limits {
+            max_held_bytes: 3 * CHANGE_COST + 300,
+            ..Limits::default()
+        };
+        let long = |c: char| change(&c.to_string().repeat(100), 1);
+        let mut r = open(now, limits);
+        r.handle_message(changes(1, vec![long('a'), long('b')], vec![]), now)
+            .unwrap();
+        r.handle_message(changes(1, vec![long('c')], vec![]), now)
+            .unwrap();
+        assert!(!r.is_closed(), "three 100-byte paths fit");
+        r.handle_message(changes(1, vec![change("d", 1)], vec![]), now)
+            .unwrap();
+        let (generation, code, message) = rejected_frame(&mut r);
+        assert_eq!((generation, code), (Some(1), ErrorCode::TooLarge));
+        assert!(
+            message.contains("after 3 changes") && message.contains("commit and push"),
+            "{message}"
+        );
+        assert!(r.is_closed());
     }
 
     #[test]
@@ -1233,8 +1395,8 @@ mod tests {
         let now = Instant::now();
         let mut r = receiving(now, vec![id(1), id(2)]);
         r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
-        assert!(matches!(r.poll_event(), Some(ReceiverEvent::StoreBlob(_))));
-        r.handle_blob_stored(Ok(()), now).unwrap();
+        assert!(matches!(r.poll_event(), Some(ReceiverEvent::StoreChunk(_))));
+        r.handle_chunk_stored(Ok(()), now).unwrap();
         r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
         let (_, code, message) = rejected_frame(&mut r);
         assert_eq!(code, ErrorCode::Malformed);
@@ -1265,7 +1427,7 @@ mod tests {
         let mut r = receiving(now, vec![id(1), id(2)]);
         r.handle_message(chunk(1, 1, 0, vec![1]), now).unwrap();
         r.poll_event();
-        r.handle_blob_stored(Err(Reject::new(ErrorCode::BadBlob, "hash")), now)
+        r.handle_chunk_stored(Err(Reject::new(ErrorCode::BadBlob, "hash")), now)
             .unwrap();
         assert_eq!(
             rejected_frame(&mut r),
@@ -1344,7 +1506,7 @@ mod tests {
         );
         assert!(r.handle_auth(accepted()).is_err());
         let mut r = open(now, Limits::default());
-        assert!(r.handle_blob_stored(Ok(()), now).is_err());
+        assert!(r.handle_chunk_stored(Ok(()), now).is_err());
         assert!(
             r.handle_finished(Err(Reject::new(ErrorCode::Internal, "x")))
                 .is_err()
