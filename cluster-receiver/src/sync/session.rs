@@ -55,14 +55,27 @@ pub async fn serve_connection(
         }
     };
     let mut io = Framed::new(send, recv, MAX_FRAME);
-    converse(&mut io, Some(&conn), remote, registry, cancel, admission).await;
+    converse(
+        &mut io,
+        Some(&conn),
+        remote,
+        registry,
+        cancel.clone(),
+        admission,
+    )
+    .await;
     // Let the last message (often a Rejected) reach the peer before the
     // connection goes away: finish the stream, stop reading (so that a
     // laptop still uploading learns at once, and reads the refusal rather
     // than wait on flow control) and give the peer a moment.
     io.finish().await;
     io.stop_reading();
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    // Not when the receiver is shutting down (an embedded receiver with its
+    // daemon, `devd stop`): the endpoint closes every connection anyway,
+    // and waiting here held the daemon's exit for the whole 2 s.
+    if !cancel.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
 }
 
 /// Serve one connection of the TCP + TLS fallback. It carries a single

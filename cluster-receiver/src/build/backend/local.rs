@@ -460,9 +460,19 @@ impl LocalBackend {
             Err(f) => return f.log_tail,
         };
         cmd.args(["logs", "--tail", &LOG_TAIL_LINES.to_string(), name]);
-        match run(cmd, "podman", None).await {
-            Ok(out) => tail(&out, LOG_TAIL_LINES),
-            Err(f) => f.log_tail,
+        // `podman logs` replays the container's stderr on its own stderr:
+        // both streams are the container's output.
+        cmd.stdin(Stdio::null());
+        match cmd.output().await {
+            Ok(out) => tail(
+                &format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                LOG_TAIL_LINES,
+            ),
+            Err(e) => vec![format!("cannot run podman logs: {e}")],
         }
     }
 
