@@ -290,23 +290,35 @@ impl Scanner {
         all
     }
 
+    /// Git's stat comparison (`ie_match_stat` with `core.checkStat =
+    /// default`): size, mtime, ctime, inode, uid and gid all as recorded,
+    /// and the entry not racy. ctime matters: `touch -r` (or an editor that
+    /// restores the mtime) cannot restore it, so a same-size rewrite with
+    /// the old mtime still shows.
     fn index_fresh(&self, ix: &IndexStat, m: &std::fs::Metadata) -> bool {
         let stat_ok = ix.size == m.size() as u32
             && ix.mtime_secs == m.mtime() as u32
             && ix.mtime_nsecs == m.mtime_nsec() as u32
-            && ix.ino == m.ino() as u32;
+            && ix.ctime_secs == m.ctime() as u32
+            && ix.ctime_nsecs == m.ctime_nsec() as u32
+            && ix.ino == m.ino() as u32
+            && ix.uid == m.uid()
+            && ix.gid == m.gid();
         if !stat_ok {
             return false;
         }
-        // Racy: modified in the same tick as (or after) the index was written.
+        // Racy: changed in the same tick as (or after) the index was
+        // written. The later of mtime and ctime counts, since a restored
+        // mtime says nothing about when the content changed.
         let Some(index_mtime) = self.index.mtime else {
             return false;
         };
         let Ok(since) = index_mtime.duration_since(std::time::UNIX_EPOCH) else {
             return false;
         };
-        let entry_ns = ix.mtime_secs as i128 * 1_000_000_000 + ix.mtime_nsecs as i128;
-        since.as_nanos() as i128 - entry_ns >= crate::hash_cache::RACY_NS
+        let mtime_ns = ix.mtime_secs as i128 * 1_000_000_000 + ix.mtime_nsecs as i128;
+        let ctime_ns = ix.ctime_secs as i128 * 1_000_000_000 + ix.ctime_nsecs as i128;
+        since.as_nanos() as i128 - mtime_ns.max(ctime_ns) >= crate::hash_cache::RACY_NS
     }
 
     /// The overlay entry of one path that exists in the worktree, `None`
@@ -719,5 +731,70 @@ mod tests {
         let partial = s.overlay().clone();
         s.full_scan().unwrap();
         assert_eq!(s.overlay(), &partial);
+    }
+
+    /// A same-size rewrite whose mtime is set back (`touch -r`) keeps size,
+    /// mtime and inode; only ctime tells. The index shortcut and the hash
+    /// cache compare it as git does, so the edit is in the overlay, and a
+    /// second same-size rewrite (mtime restored again) is seen too.
+    #[test]
+    fn same_size_edit_with_restored_mtime_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = tmp.path().join("repo");
+        std::fs::create_dir_all(&wd).unwrap();
+        git(&wd, &["init", "-q"]);
+        write(&wd, "a.txt", "aaaa\n");
+        git(&wd, &["add", "-A"]);
+        git(&wd, &["commit", "-qm", "base"]);
+        let mtime = std::fs::metadata(wd.join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        // Let the entry age past the racy window, then refresh the index
+        // (as `git status` does), so its stat data is trusted.
+        std::thread::sleep(Duration::from_millis(300));
+        git(&wd, &["update-index", "--refresh"]);
+        std::thread::sleep(Duration::from_millis(300));
+
+        let repo = Arc::new(Repo::discover(&wd).unwrap());
+        let cfg = ScanConfig {
+            upstream: None,
+            max_file_bytes: 1 << 20,
+        };
+        let mut s = Scanner::new(repo, cfg, tmp.path());
+        s.full_scan().unwrap();
+        assert!(s.overlay().is_empty(), "clean: {:?}", s.overlay());
+
+        let rewrite = |data: &str| {
+            // In place: same inode, same size; then the old mtime back.
+            std::fs::write(wd.join("a.txt"), data).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(wd.join("a.txt"))
+                .unwrap();
+            f.set_modified(mtime).unwrap();
+        };
+        rewrite("bbbb\n");
+        std::thread::sleep(Duration::from_millis(300));
+        s.full_scan().unwrap();
+        assert_eq!(
+            s.overlay().get(&p("a.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"bbbb\n"),
+                exec: false
+            }),
+            "the same-size edit with the mtime restored is lost"
+        );
+        rewrite("cccc\n");
+        std::thread::sleep(Duration::from_millis(300));
+        s.rescan(&[wd.join("a.txt")]).unwrap();
+        assert_eq!(
+            s.overlay().get(&p("a.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"cccc\n"),
+                exec: false
+            }),
+            "the hash cache kept the previous content"
+        );
     }
 }
