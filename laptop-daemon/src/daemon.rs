@@ -164,10 +164,22 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let workdir = repo.workdir().to_owned();
     let cfg = Config::load(&workdir)?;
     let state_dir = repo_state_dir(&opts.home, &workdir);
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::State {
-        path: state_dir.display().to_string(),
-        source,
-    })?;
+    // Private: it holds copies of worktree files (sent blobs, the
+    // embedded receiver's store) whatever their own modes.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| DaemonError::State {
+                path: state_dir.display().to_string(),
+                source,
+            })?;
+    }
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (target, receiver) = resolve_target(&cfg, &repo, &state_dir, &cancel).await?;

@@ -14,8 +14,8 @@ use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
 use devd_protocol::message::Base;
 use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
 use devd_protocol::{Entry, Overlay, RelPath};
-use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,26 +72,40 @@ pub struct Scanner {
     upload_mode: bool,
     /// Files not synced, with the reason (e.g. too large).
     pub skipped: HashMap<RelPath, String>,
+    /// The paths in `skipped` because they cannot be read (permission
+    /// denied): re-checked by every scan that covers them.
+    unreadable: BTreeSet<RelPath>,
     /// Where the progress of long scans goes.
     progress: Option<crate::progress::Reporter>,
     /// Bytes read to hash files, for progress.
     bytes_hashed: u64,
 }
 
+/// What the walk found: files (with their `lstat`), and the paths it could
+/// not read (permission denied).
+#[derive(Default)]
+struct Walked {
+    files: Vec<(RelPath, std::fs::Metadata)>,
+    denied: Vec<RelPath>,
+}
+
 /// A walker thread's results, handed over in one lock when it finishes.
 struct WalkBuffer {
-    local: Vec<(RelPath, std::fs::Metadata)>,
-    shared: Arc<Mutex<Vec<(RelPath, std::fs::Metadata)>>>,
+    local: Walked,
+    shared: Arc<Mutex<Walked>>,
 }
 
 impl Drop for WalkBuffer {
     fn drop(&mut self) {
-        self.shared
-            .lock()
-            .expect("walk results")
-            .append(&mut self.local);
+        let mut shared = self.shared.lock().expect("walk results");
+        shared.files.append(&mut self.local.files);
+        shared.denied.append(&mut self.local.denied);
     }
 }
+
+/// Why an unreadable path is listed in the status.
+const UNREADABLE: &str =
+    "permission denied: devd cannot read it; not synced (the receiver keeps its previous version)";
 
 /// Result of scanning part of the worktree.
 struct ScopeScan {
@@ -129,6 +143,7 @@ impl Scanner {
             overlay: Overlay::new(),
             upload_mode: false,
             skipped: HashMap::new(),
+            unreadable: BTreeSet::new(),
             progress: None,
             bytes_hashed: 0,
             workdir,
@@ -235,7 +250,7 @@ impl Scanner {
     }
 
     /// Walk the worktree (honouring ignore files), limited to `scope`.
-    fn walk(&self, scope: Option<&[RelPath]>) -> Vec<(RelPath, std::fs::Metadata)> {
+    fn walk(&self, scope: Option<&[RelPath]>) -> Walked {
         let root = self.workdir.clone();
         let scope: Option<Arc<Vec<String>>> =
             scope.map(|s| Arc::new(s.iter().map(|p| p.as_str().to_owned()).collect()));
@@ -244,6 +259,14 @@ impl Scanner {
         let root2 = root.clone();
         wb.filter_entry(move |e| {
             if e.file_name() == ".git" {
+                return false;
+            }
+            // A submodule (or any nested repository) is what git sees: a
+            // commit, not files. Its own `.git` marks it.
+            if e.depth() > 0
+                && e.file_type().is_some_and(|t| t.is_dir())
+                && e.path().join(".git").symlink_metadata().is_ok()
+            {
                 return false;
             }
             let Some(scope) = &scope else { return true };
@@ -262,12 +285,27 @@ impl Scanner {
                     || (rel.starts_with(p.as_str()) && rel.as_bytes().get(p.len()) == Some(&b'/'))
             })
         });
-        let out = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::new(Mutex::new(Walked::default()));
         wb.build_parallel().run(|| {
-            let mut buf = WalkBuffer { local: Vec::with_capacity(4096), shared: out.clone() };
+            let mut buf = WalkBuffer {
+                local: Walked { files: Vec::with_capacity(4096), denied: Vec::new() },
+                shared: out.clone(),
+            };
             let root = root.clone();
             Box::new(move |res| {
-                let Ok(entry) = res else { return ignore::WalkState::Continue };
+                let entry = match res {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        if let Some(rel) = crate::walk::permission_denied(&e)
+                            .and_then(|p| p.strip_prefix(&root).ok())
+                            .and_then(|p| p.to_str())
+                            .and_then(|s| RelPath::new(s).ok())
+                        {
+                            buf.local.denied.push(rel);
+                        }
+                        return ignore::WalkState::Continue;
+                    }
+                };
                 let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
                 if ft.is_dir() {
                     return ignore::WalkState::Continue;
@@ -278,7 +316,7 @@ impl Scanner {
                     return ignore::WalkState::Continue;
                 };
                 if let Ok(m) = entry.metadata() {
-                    buf.local.push((rel, m));
+                    buf.local.files.push((rel, m));
                 }
                 ignore::WalkState::Continue
             })
@@ -286,8 +324,36 @@ impl Scanner {
         let mut all = Arc::try_unwrap(out)
             .map(|m| m.into_inner().expect("walk results"))
             .unwrap_or_default();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.denied.sort();
+        all.denied.dedup();
         all
+    }
+
+    /// `rel` cannot be read: list it, and keep what the receiver has (its
+    /// entry in the overlay sent so far, or the base's version).
+    fn unreadable(&mut self, rel: &RelPath) -> Option<Entry> {
+        if self.unreadable.insert(rel.clone()) {
+            tracing::warn!(path = %rel, "{UNREADABLE}");
+        }
+        self.skipped.insert(rel.clone(), UNREADABLE.to_owned());
+        self.overlay.get(rel).cloned()
+    }
+
+    /// Forget the unreadable paths a scan of `scope` checks again.
+    fn recheck_unreadable(&mut self, scope: Option<&[RelPath]>) {
+        let again: Vec<RelPath> = self
+            .unreadable
+            .iter()
+            .filter(|u| {
+                scope.is_none_or(|s| s.iter().any(|p| u.starts_with(p) || p.starts_with(u)))
+            })
+            .cloned()
+            .collect();
+        for u in again {
+            self.unreadable.remove(&u);
+            self.skipped.remove(&u);
+        }
     }
 
     /// Git's stat comparison (`ie_match_stat` with `core.checkStat =
@@ -336,6 +402,7 @@ impl Scanner {
             source,
         };
         let ft = m.file_type();
+        let was_skipped = self.skipped.remove(rel).is_some();
         if ft.is_symlink() {
             let target = match std::fs::read_link(full()) {
                 Ok(t) => t,
@@ -358,7 +425,23 @@ impl Scanner {
             return Ok(Some(Entry::Symlink { target }));
         }
         if !ft.is_file() {
-            return Ok(None);
+            // A FIFO, socket or device has no content to sync: as far as
+            // the receiver is concerned the path is gone.
+            let kind = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            let why = format!("{kind}, not synced (the receiver has no file there)");
+            if !was_skipped {
+                tracing::warn!(path = %rel, "{why}");
+            }
+            self.skipped.insert(rel.clone(), why);
+            return Ok(base.map(|_| Entry::Deleted));
         }
         let exec = m.permissions().mode() & 0o100 != 0;
         if m.len() > self.cfg.max_file_bytes {
@@ -367,13 +450,12 @@ impl Scanner {
                 m.len(),
                 self.cfg.max_file_bytes
             );
-            if !self.skipped.contains_key(rel) {
+            if !was_skipped {
                 tracing::warn!(path = %rel, "{why}; not synced");
             }
             self.skipped.insert(rel.clone(), why);
             return Ok(None);
         }
-        self.skipped.remove(rel);
         let kind_matches = base.is_some_and(|b| match b.kind {
             EntryKind::File => !exec,
             EntryKind::Exec => exec,
@@ -395,6 +477,9 @@ impl Scanner {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Ok(base.map(|_| Entry::Deleted));
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Ok(self.unreadable(rel));
+                    }
                     Err(e) => return Err(io(e)),
                 };
                 *hashed += 1;
@@ -413,12 +498,18 @@ impl Scanner {
 
     fn scan_scope(&mut self, scope: Option<&[RelPath]>) -> Result<ScopeScan, ScanError> {
         let t0 = Instant::now();
-        let walked = self.walk(scope);
+        self.recheck_unreadable(scope);
+        let Walked {
+            files: walked,
+            denied,
+        } = self.walk(scope);
         tracing::trace!(
             ms = t0.elapsed().as_millis() as u64,
             files = walked.len(),
+            denied = denied.len(),
             "walked"
         );
+        let under_denied = |rel: &RelPath| denied.iter().any(|d| rel.starts_with(d));
         let tree = self.base.tree.clone();
         // Base entries in scope, in path order (scope prefixes are sorted and
         // disjoint, so their ranges concatenate in order).
@@ -478,7 +569,9 @@ impl Scanner {
                 std::cmp::Ordering::Greater => {
                     // In the base but not walked: deleted, or tracked but ignored.
                     let (rel, base) = t.next().expect("peeked");
-                    if self.devd_ignored(rel) {
+                    // Below a directory that cannot be listed: kept as the
+                    // receiver has it (added after the merge).
+                    if self.devd_ignored(rel) || under_denied(rel) {
                         continue;
                     }
                     match std::fs::symlink_metadata(self.workdir.join(rel.as_str())) {
@@ -487,10 +580,25 @@ impl Scanner {
                                 out.push((rel.clone(), e));
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            if let Some(e) = self.unreadable(rel) {
+                                out.push((rel.clone(), e));
+                            }
+                        }
                         _ => out.push((rel.clone(), Entry::Deleted)),
                     }
                 }
             }
+        }
+        for d in &denied {
+            self.unreadable(d);
+            let kept: Vec<(RelPath, Entry)> = self
+                .overlay
+                .iter_prefix(d)
+                .filter(|(k, _)| *k != d)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            out.extend(kept);
         }
         let n_walked = walked.len();
         Ok(ScopeScan {
@@ -523,9 +631,13 @@ impl Scanner {
             "full scan phases"
         );
         self.overlay = entries.into_iter().collect();
-        // Forget hashes of files that no longer exist (the walk is sorted).
-        self.cache
-            .retain(|k| walked_paths.binary_search_by(|p| p.as_str().cmp(k)).is_ok());
+        // Forget hashes of files that no longer exist (the walk is sorted),
+        // and the reasons for skipping them.
+        let exists = |k: &str| walked_paths.binary_search_by(|p| p.as_str().cmp(k)).is_ok();
+        self.cache.retain(exists);
+        let unreadable = &self.unreadable;
+        self.skipped
+            .retain(|k, _| exists(k.as_str()) || unreadable.contains(k));
         self.save_cache();
         let changed = before != (self.base.base, self.overlay.digest());
         Ok(ScanOutcome {
@@ -548,12 +660,20 @@ impl Scanner {
             if s.is_empty() {
                 return self.full_scan();
             }
-            if s == ".devdignore" {
+            if s == ".devdignore" || s == ".gitignore" {
                 return self.full_scan();
             }
-            if let Ok(r) = RelPath::new(s) {
-                prefixes.push(r);
+            let Ok(r) = RelPath::new(s) else { continue };
+            // A nested `.gitignore` governs its directory: added, edited or
+            // deleted, everything below may have changed sides.
+            if r.as_str().rsplit('/').next() == Some(".gitignore") {
+                match r.parent() {
+                    Some(dir) => prefixes.push(dir),
+                    None => return self.full_scan(),
+                }
+                continue;
             }
+            prefixes.push(r);
         }
         if prefixes.is_empty() {
             return Ok(ScanOutcome::default());

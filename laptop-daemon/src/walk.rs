@@ -20,3 +20,31 @@ pub fn worktree(root: &Path) -> ignore::WalkBuilder {
         .follow_links(false);
     wb
 }
+
+/// The path a walk error is about when the error is "permission denied"
+/// (a directory the daemon may not list, an ignore file it may not read):
+/// the scan skips it and goes on, rather than failing or treating what is
+/// below it as deleted.
+pub fn permission_denied(err: &ignore::Error) -> Option<&Path> {
+    fn denied(err: &ignore::Error) -> bool {
+        match err {
+            ignore::Error::Io(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+            ignore::Error::WithPath { err, .. }
+            | ignore::Error::WithDepth { err, .. }
+            | ignore::Error::WithLineNumber { err, .. } => denied(err),
+            ignore::Error::Partial(errs) => errs.iter().any(denied),
+            _ => false,
+        }
+    }
+    fn path(err: &ignore::Error) -> Option<&Path> {
+        match err {
+            ignore::Error::WithPath { path, .. } => Some(path),
+            ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+                path(err)
+            }
+            ignore::Error::Partial(errs) => errs.iter().find_map(path),
+            _ => None,
+        }
+    }
+    if denied(err) { path(err) } else { None }
+}

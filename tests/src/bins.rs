@@ -32,7 +32,20 @@ pub fn bin(name: &str) -> PathBuf {
 /// test gets: `RUST_LOG` from `DEVD_TEST_LOG` (default: debug, but quiet
 /// QUIC, TLS and git internals), backtraces, no colors in the logs.
 pub fn devd_command(name: &str) -> Command {
-    let mut cmd = Command::new(bin(name));
+    devd_command_via(&[], name)
+}
+
+/// [`devd_command`] run through `prefix` (e.g. `setpriv` with options, to
+/// run the binary with fewer capabilities): `prefix… <bin(name)>`.
+pub fn devd_command_via(prefix: &[String], name: &str) -> Command {
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
+    };
     cmd.env(
         "RUST_LOG",
         std::env::var("DEVD_TEST_LOG")

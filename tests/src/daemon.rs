@@ -1,6 +1,6 @@
 //! Driving the `devd` CLI with the fixture's `DEVD_HOME`.
 
-use crate::bins::devd_command;
+use crate::bins::devd_command_via;
 use crate::process::{self, Background, Run};
 use crate::repo::Fixture;
 use crate::worktree::assert_worktrees_equal;
@@ -21,6 +21,8 @@ pub struct Devd<'a> {
     repo: PathBuf,
     started: Cell<bool>,
     env: Vec<(String, String)>,
+    /// Every devd command runs as `prefix… devd …` (see [`Devd::via`]).
+    prefix: Vec<String>,
 }
 
 impl<'a> Devd<'a> {
@@ -30,7 +32,15 @@ impl<'a> Devd<'a> {
             repo,
             started: Cell::new(false),
             env: Vec::new(),
+            prefix: Vec::new(),
         }
+    }
+
+    /// Run every devd command (and so the daemon it starts) through
+    /// `prefix`, e.g. `setpriv` dropping capabilities.
+    pub fn via(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// Run every devd command (and so the daemon it starts) with `env`
@@ -52,7 +62,7 @@ impl<'a> Devd<'a> {
 
     /// A `devd <args>` command in the repository, with `DEVD_HOME` set.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = devd_command("devd");
+        let mut cmd = devd_command_via(&self.prefix, "devd");
         cmd.args(args)
             .current_dir(&self.repo)
             .env("DEVD_HOME", self.fx.home());
