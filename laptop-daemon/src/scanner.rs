@@ -11,13 +11,14 @@
 
 use crate::hash_cache::{HashCache, Stamp};
 use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
+use crate::walk::Walked;
 use devd_protocol::message::Base;
 use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
 use devd_protocol::{Entry, Overlay, RelPath};
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors while scanning.
@@ -75,32 +76,28 @@ pub struct Scanner {
     /// The paths in `skipped` because they cannot be read (permission
     /// denied): re-checked by every scan that covers them.
     unreadable: BTreeSet<RelPath>,
+    /// Files held back while they keep changing (see [`Scanner::hold`]).
+    held: HashMap<RelPath, Held>,
+    /// Files that changed while being sent this many times (listed in the
+    /// status from [`UNSTABLE_AFTER`] on), until they settle.
+    unstable: HashMap<RelPath, u32>,
     /// Where the progress of long scans goes.
     progress: Option<crate::progress::Reporter>,
     /// Bytes read to hash files, for progress.
     bytes_hashed: u64,
 }
 
-/// What the walk found: files (with their `lstat`), and the paths it could
-/// not read (permission denied).
-#[derive(Default)]
-struct Walked {
-    files: Vec<(RelPath, std::fs::Metadata)>,
-    denied: Vec<RelPath>,
-}
+/// Tries after which a file that keeps changing while being sent is
+/// listed as unstable.
+pub const UNSTABLE_AFTER: u32 = 3;
 
-/// A walker thread's results, handed over in one lock when it finishes.
-struct WalkBuffer {
-    local: Walked,
-    shared: Arc<Mutex<Walked>>,
-}
-
-impl Drop for WalkBuffer {
-    fn drop(&mut self) {
-        let mut shared = self.shared.lock().expect("walk results");
-        shared.files.append(&mut self.local.files);
-        shared.denied.append(&mut self.local.denied);
-    }
+/// A file held at the version the receiver has, until `until`: it changed
+/// while being sent, and is retried later (with backoff) rather than
+/// failing every sync.
+#[derive(Debug)]
+struct Held {
+    keep: Option<Entry>,
+    until: Instant,
 }
 
 /// Why an unreadable path is listed in the status.
@@ -144,6 +141,8 @@ impl Scanner {
             upload_mode: false,
             skipped: HashMap::new(),
             unreadable: BTreeSet::new(),
+            held: HashMap::new(),
+            unstable: HashMap::new(),
             progress: None,
             bytes_hashed: 0,
             workdir,
@@ -179,6 +178,56 @@ impl Scanner {
     /// full scan.
     pub fn set_upload_mode(&mut self, on: bool) {
         self.upload_mode = on;
+    }
+
+    /// `rel` changed while it was being sent (`tries` times in a row): keep
+    /// it at `keep` (what the receiver has; `None`: the base version or
+    /// nothing) until `until`, so the rest of the worktree syncs; the next
+    /// scan of it after `until` tries again.
+    pub fn hold(&mut self, rel: RelPath, keep: Option<Entry>, until: Instant, tries: u32) {
+        if tries >= UNSTABLE_AFTER && self.unstable.insert(rel.clone(), tries).is_none() {
+            tracing::warn!(path = %rel, tries, "file keeps changing while it is being sent; it is sent once it settles");
+        }
+        self.unstable.insert(rel.clone(), tries);
+        self.held.insert(rel, Held { keep, until });
+    }
+
+    /// These files were sent (or are gone): no longer unstable.
+    pub fn settled(&mut self, paths: &[RelPath]) {
+        for p in paths {
+            self.unstable.remove(p);
+        }
+    }
+
+    /// Files held back now.
+    pub fn held_paths(&self) -> Vec<RelPath> {
+        let now = Instant::now();
+        let mut v: Vec<RelPath> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What is not synced and why, for the status: skipped files and
+    /// files listed as unstable.
+    pub fn not_synced(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .chain(
+                self.unstable
+                    .iter()
+                    .filter(|(_, n)| **n >= UNSTABLE_AFTER)
+                    .map(|(p, n)| format!("{p}: unstable, changed while being sent {n} times; sent once it stops changing")),
+            )
+            .collect();
+        v.sort();
+        v
     }
 
     /// Persist the hash cache.
@@ -251,83 +300,7 @@ impl Scanner {
 
     /// Walk the worktree (honouring ignore files), limited to `scope`.
     fn walk(&self, scope: Option<&[RelPath]>) -> Walked {
-        let root = self.workdir.clone();
-        let scope: Option<Arc<Vec<String>>> =
-            scope.map(|s| Arc::new(s.iter().map(|p| p.as_str().to_owned()).collect()));
-        let mut wb = crate::walk::worktree(&root);
-        wb.threads(2);
-        let root2 = root.clone();
-        wb.filter_entry(move |e| {
-            if e.file_name() == ".git" {
-                return false;
-            }
-            // A submodule (or any nested repository) is what git sees: a
-            // commit, not files. Its own `.git` marks it.
-            if e.depth() > 0
-                && e.file_type().is_some_and(|t| t.is_dir())
-                && e.path().join(".git").symlink_metadata().is_ok()
-            {
-                return false;
-            }
-            let Some(scope) = &scope else { return true };
-            let Ok(rel) = e.path().strip_prefix(&root2) else {
-                return true;
-            };
-            let Some(rel) = rel.to_str() else {
-                return false;
-            };
-            if rel.is_empty() {
-                return true;
-            }
-            scope.iter().any(|p| {
-                // `rel` is at or below a scope path, or one of its ancestors.
-                (p.starts_with(rel) && (p.len() == rel.len() || p.as_bytes()[rel.len()] == b'/'))
-                    || (rel.starts_with(p.as_str()) && rel.as_bytes().get(p.len()) == Some(&b'/'))
-            })
-        });
-        let out = Arc::new(Mutex::new(Walked::default()));
-        wb.build_parallel().run(|| {
-            let mut buf = WalkBuffer {
-                local: Walked { files: Vec::with_capacity(4096), denied: Vec::new() },
-                shared: out.clone(),
-            };
-            let root = root.clone();
-            Box::new(move |res| {
-                let entry = match res {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        if let Some(rel) = crate::walk::permission_denied(&e)
-                            .and_then(|p| p.strip_prefix(&root).ok())
-                            .and_then(|p| p.to_str())
-                            .and_then(|s| RelPath::new(s).ok())
-                        {
-                            buf.local.denied.push(rel);
-                        }
-                        return ignore::WalkState::Continue;
-                    }
-                };
-                let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
-                if ft.is_dir() {
-                    return ignore::WalkState::Continue;
-                }
-                let Ok(rel) = entry.path().strip_prefix(&root) else { return ignore::WalkState::Continue };
-                let Some(rel) = rel.to_str().and_then(|s| RelPath::new(s).ok()) else {
-                    tracing::warn!(path = %entry.path().display(), "skipping a path devd cannot sync (not UTF-8 or invalid)");
-                    return ignore::WalkState::Continue;
-                };
-                if let Ok(m) = entry.metadata() {
-                    buf.local.files.push((rel, m));
-                }
-                ignore::WalkState::Continue
-            })
-        });
-        let mut all = Arc::try_unwrap(out)
-            .map(|m| m.into_inner().expect("walk results"))
-            .unwrap_or_default();
-        all.files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all.denied.sort();
-        all.denied.dedup();
-        all
+        crate::walk::scoped(&self.workdir, scope)
     }
 
     /// `rel` cannot be read: list it, and keep what the receiver has (its
@@ -401,6 +374,12 @@ impl Scanner {
             path: full().display().to_string(),
             source,
         };
+        if let Some(h) = self.held.get(rel) {
+            if Instant::now() < h.until {
+                return Ok(h.keep.clone());
+            }
+            self.held.remove(rel);
+        }
         let ft = m.file_type();
         let was_skipped = self.skipped.remove(rel).is_some();
         if ft.is_symlink() {

@@ -3,7 +3,7 @@
 
 use devd_protocol::ContentId;
 use std::collections::HashSet;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Errors of the blob store.
@@ -16,14 +16,6 @@ pub enum BlobError {
         path: String,
         source: std::io::Error,
     },
-}
-
-/// `mkdir -p -m 0700`.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 /// A directory of blobs named by content id.
@@ -41,8 +33,7 @@ impl BlobStore {
             path: dir.display().to_string(),
             source,
         };
-        private_dir(dir).map_err(io)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        crate::fsutil::private_dir(dir).map_err(io)?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -83,7 +74,11 @@ impl BlobStore {
             path: p.display().to_string(),
             source,
         };
-        private_dir(p.parent().expect("fanout dir")).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p.parent().expect("fanout dir"))
+            .map_err(io)?;
         crate::fsutil::write_atomic_unsynced(&p, data, Some(0o600)).map_err(io)
     }
 

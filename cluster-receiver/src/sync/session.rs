@@ -144,6 +144,13 @@ async fn converse(
                         apply_ms: a.apply_ms,
                     }))
                 }
+                ReceiverEvent::Abandoned { generation } => {
+                    // Prepared only, nothing written: forget it and unlock
+                    // the workspace.
+                    tracing::info!(workspace = %ws.name, generation, "the laptop abandoned a generation (a file changed while it was being sent)");
+                    held = None;
+                    Ok(())
+                }
                 ReceiverEvent::Authenticate { .. } => {
                     return driver_bug("a second Authenticate".into());
                 }

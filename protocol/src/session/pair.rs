@@ -484,6 +484,7 @@ impl Pair {
                     let res = self.cluster.finish();
                     r.handle_finished(res).expect("asked to finish");
                 }
+                ReceiverEvent::Abandoned { .. } => self.cluster.pending = None,
             }
         }
     }
@@ -601,6 +602,7 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::BlobChunk { .. } => "BlobChunk",
         ClientMsg::Subscribe => "Subscribe",
         ClientMsg::Logs { .. } => "Logs",
+        ClientMsg::Abandon { .. } => "Abandon",
     }
 }
 

@@ -136,6 +136,10 @@ pub enum ReceiverEvent {
     /// Every blob is in: apply `generation`, answer with
     /// [`Receiver::handle_finished`].
     Finish { generation: u64 },
+    /// The laptop dropped `generation` while its blobs were expected (a
+    /// file changed while it was being sent): release what was prepared
+    /// for it. No answer.
+    Abandoned { generation: u64 },
 }
 
 #[derive(Debug)]
@@ -533,6 +537,9 @@ impl Receiver {
                     incoming: inc,
                 });
             }
+            // A generation the receiver already refused (or never got):
+            // nothing to drop.
+            ClientMsg::Abandon { .. } => {}
             ClientMsg::BlobChunk { .. }
             | ClientMsg::Hello { .. }
             | ClientMsg::Subscribe
@@ -556,6 +563,16 @@ impl Receiver {
         else {
             unreachable!("chunk is only called while receiving");
         };
+        if let ClientMsg::Abandon { generation } = msg {
+            if self.generation() != Some(generation) {
+                let m = format!("abandon of generation {generation}, which is not being received");
+                return self.fatal(Reject::new(ErrorCode::Malformed, m));
+            }
+            self.state = State::Open { incoming: None };
+            self.events
+                .push_back(ReceiverEvent::Abandoned { generation });
+            return;
+        }
         let ClientMsg::BlobChunk {
             id,
             encoding,
