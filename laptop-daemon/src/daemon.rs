@@ -80,6 +80,10 @@ enum ScanMsg {
     /// Full scan, then answer with the resulting snapshot.
     SyncNow(oneshot::Sender<Snapshot>),
     UploadMode,
+    /// A file changed while being sent: hold it (see `Scanner::hold`).
+    Hold(crate::unstable::Hold),
+    /// These once-unstable files were sent.
+    Settled(Vec<devd_protocol::RelPath>),
 }
 
 impl From<Trigger> for ScanMsg {
@@ -181,7 +185,9 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let workdir = repo.workdir().to_owned();
     let cfg = Config::load(&workdir)?;
     let state_dir = repo_state_dir(&opts.home, &workdir);
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::State {
+    // Private: it holds copies of worktree files (sent blobs, the
+    // embedded receiver's store) whatever their own modes.
+    devd_sync::fsutil::private_dir(&state_dir).map_err(|source| DaemonError::State {
         path: state_dir.display().to_string(),
         source,
     })?;
@@ -370,6 +376,16 @@ fn scanner_loop(
                     full = true;
                     noticed = Some(noticed.unwrap_or_else(Instant::now));
                 }
+                ScanMsg::Hold(h) => {
+                    paths.push(scanner.repo().workdir().join(h.path.as_str()));
+                    scanner.hold(h.path, h.keep, h.until, h.tries);
+                    noticed = Some(noticed.unwrap_or_else(Instant::now));
+                }
+                ScanMsg::Settled(p) => {
+                    scanner.settled(&p);
+                    let listed = scanner.not_synced();
+                    update(&status, |s| s.skipped = listed);
+                }
             }
         }
         if index
@@ -415,11 +431,7 @@ fn scanner_loop(
                     s.upstream = base.info.as_ref().and_then(|i| i.upstream.clone());
                     s.base_mode = base_mode(base.base);
                     s.overlay_entries = scanner.overlay().len();
-                    s.skipped = scanner
-                        .skipped
-                        .iter()
-                        .map(|(p, why)| format!("{p}: {why}"))
-                        .collect();
+                    s.skipped = scanner.not_synced();
                     s.last_error = None;
                 });
                 update(&status, |s| {
@@ -439,6 +451,7 @@ fn scanner_loop(
                         digest: overlay.digest(),
                         overlay,
                         noticed: noticed.unwrap_or_else(Instant::now),
+                        held: Arc::new(scanner.held_paths()),
                     };
                     let unchanged = snap_tx
                         .borrow()
@@ -482,6 +495,7 @@ async fn uplink_loop(
     cancel: CancellationToken,
     lost: Arc<tokio::sync::Notify>,
 ) {
+    let mut unstable = crate::unstable::Unstable::default();
     while let Some(attempt) = schedule
         .next(uplink.acked(), &mut snap_rx, &lost, &cancel)
         .await
@@ -526,6 +540,10 @@ async fn uplink_loop(
         match uplink.sync(&snap).await {
             Ok(report) => {
                 schedule.succeeded();
+                let settled = unstable.settled(&snap);
+                if !settled.is_empty() {
+                    let _ = scan_tx.send(ScanMsg::Settled(settled)).await;
+                }
                 let ack = uplink.acked().expect("acked after a sync");
                 let transport = uplink.transport().map(str::to_owned);
                 update(&status, |s| {
@@ -570,13 +588,13 @@ async fn uplink_loop(
                 schedule.retry_after(IDLE_RECHECK);
             }
             Err(SyncError::Session(session::SyncError::Changed(path))) => {
-                tracing::debug!(%path, "file changed during send; rescanning it");
-                let _ = scan_tx
-                    .send(ScanMsg::Trigger(Trigger::Paths(
-                        vec![uplink.workdir().join(path.as_str())],
-                        snap.noticed,
-                    )))
-                    .await;
+                // The connection stays; the file waits (with backoff) at the
+                // version the receiver has, and everything else goes now.
+                let hold = unstable.changed(path);
+                let abs = uplink.workdir().join(hold.path.as_str());
+                let rescan = ScanMsg::Trigger(Trigger::Paths(vec![abs], hold.until));
+                crate::unstable::send_at(hold.until, scan_tx.clone(), rescan);
+                let _ = scan_tx.send(ScanMsg::Hold(hold)).await;
                 schedule.retry_after(Duration::from_millis(5));
             }
             Err(e @ SyncError::OtherWriter(_)) => {

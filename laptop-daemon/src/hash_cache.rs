@@ -4,7 +4,8 @@
 //!
 //! Racy timestamps: mtimes come from a coarse clock, so a same-size rewrite
 //! within one tick keeps the stat data. An entry is trusted only when it was
-//! recorded clearly after the file's mtime (git's racy-entry rule).
+//! recorded clearly after the file's mtime and ctime (git's racy-entry
+//! rule).
 
 use devd_protocol::{ContentId, GitOid};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,15 @@ struct Cached {
     id: ContentId,
     git: Option<GitOid>,
     recorded_ns: i128,
+}
+
+impl Cached {
+    /// Recorded too soon after the file last changed to be trusted: a
+    /// rewrite in the same clock tick would keep the stat data. The later
+    /// of mtime and ctime counts (an mtime can be set back; ctime cannot).
+    fn racy(&self) -> bool {
+        self.recorded_ns - self.stamp.mtime_ns.max(self.stamp.ctime_ns) < RACY_NS
+    }
 }
 
 /// Hashes of one worktree's files.
@@ -100,7 +110,7 @@ impl HashCache {
     /// `rel`, from the cache when `stamp` matches and the entry is not racy.
     pub fn get(&self, rel: &str, stamp: &Stamp) -> Option<Hashes> {
         let c = self.entries.get(rel)?;
-        (c.stamp == *stamp && c.recorded_ns - c.stamp.mtime_ns >= RACY_NS)
+        (c.stamp == *stamp && !c.racy())
             .then(|| c.git.map(|git| Hashes { id: c.id, git }))
             .flatten()
     }
@@ -163,10 +173,18 @@ mod tests {
         let h = c.hash("b", old, b"y");
         assert_eq!(c.get("b", &old), Some(h));
         assert_eq!(c.get("b", &Stamp { size: 2, ..old }), None);
+        // An old mtime (restored with `touch -r`) but a fresh ctime: the
+        // content changed just now, so the entry is racy too.
+        let restored = Stamp {
+            ctime_ns: now,
+            ..old
+        };
+        c.hash("c", restored, b"z");
+        assert_eq!(c.get("c", &restored), None, "ctime within the racy window");
         let p = d.path().join("cache");
         c.save(&p).unwrap();
         let back = HashCache::load(&p);
         assert_eq!(back.get("b", &old), Some(h));
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.len(), 3);
     }
 }

@@ -22,6 +22,7 @@
 //! - [`hash_cache`]: persisted content hashes keyed by stat data.
 //! - [`repo`]: the git repository: base, index, objects (gix).
 //! - [`uplink`]: the sync exchange with the receiver.
+//! - [`unstable`]: files that keep changing while they are sent.
 //! - [`transport`]: QUIC client with the pinned certificate.
 //! - [`control`]: the Unix control socket.
 //! - [`logs`]: the daemon's side of `devd logs`: the receiver's log stream.
@@ -56,6 +57,7 @@ pub mod status_view;
 pub mod transport;
 #[cfg(all(feature = "tray", target_os = "linux"))]
 pub mod tray;
+pub mod unstable;
 pub mod uplink;
 pub mod walk;
 pub mod watcher;

@@ -58,6 +58,8 @@ pub struct IndexStat {
     pub ctime_nsecs: u32,
     pub ino: u32,
     pub dev: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The index as read at one moment.
@@ -482,6 +484,8 @@ impl Repo {
                     ctime_nsecs: s.ctime.nsecs,
                     ino: s.ino,
                     dev: s.dev,
+                    uid: s.uid,
+                    gid: s.gid,
                 },
             );
         }

@@ -11,13 +11,14 @@
 
 use crate::hash_cache::{HashCache, Stamp};
 use crate::repo::{BaseInfo, IndexSnapshot, IndexStat, Repo, RepoError};
+use crate::walk::Walked;
 use devd_protocol::message::Base;
 use devd_protocol::tree::{BaseTree, EntryKind, TreeEntry};
 use devd_protocol::{Entry, Overlay, RelPath};
-use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors while scanning.
@@ -72,26 +73,36 @@ pub struct Scanner {
     upload_mode: bool,
     /// Files not synced, with the reason (e.g. too large).
     pub skipped: HashMap<RelPath, String>,
+    /// The paths in `skipped` because they cannot be read (permission
+    /// denied): re-checked by every scan that covers them.
+    unreadable: BTreeSet<RelPath>,
+    /// Files held back while they keep changing (see [`Scanner::hold`]).
+    held: HashMap<RelPath, Held>,
+    /// Files that changed while being sent this many times (listed in the
+    /// status from [`UNSTABLE_AFTER`] on), until they settle.
+    unstable: HashMap<RelPath, u32>,
     /// Where the progress of long scans goes.
     progress: Option<crate::progress::Reporter>,
     /// Bytes read to hash files, for progress.
     bytes_hashed: u64,
 }
 
-/// A walker thread's results, handed over in one lock when it finishes.
-struct WalkBuffer {
-    local: Vec<(RelPath, std::fs::Metadata)>,
-    shared: Arc<Mutex<Vec<(RelPath, std::fs::Metadata)>>>,
+/// Tries after which a file that keeps changing while being sent is
+/// listed as unstable.
+pub const UNSTABLE_AFTER: u32 = 3;
+
+/// A file held at the version the receiver has, until `until`: it changed
+/// while being sent, and is retried later (with backoff) rather than
+/// failing every sync.
+#[derive(Debug)]
+struct Held {
+    keep: Option<Entry>,
+    until: Instant,
 }
 
-impl Drop for WalkBuffer {
-    fn drop(&mut self) {
-        self.shared
-            .lock()
-            .expect("walk results")
-            .append(&mut self.local);
-    }
-}
+/// Why an unreadable path is listed in the status.
+const UNREADABLE: &str =
+    "permission denied: devd cannot read it; not synced (the receiver keeps its previous version)";
 
 /// Result of scanning part of the worktree.
 struct ScopeScan {
@@ -129,6 +140,9 @@ impl Scanner {
             overlay: Overlay::new(),
             upload_mode: false,
             skipped: HashMap::new(),
+            unreadable: BTreeSet::new(),
+            held: HashMap::new(),
+            unstable: HashMap::new(),
             progress: None,
             bytes_hashed: 0,
             workdir,
@@ -164,6 +178,56 @@ impl Scanner {
     /// full scan.
     pub fn set_upload_mode(&mut self, on: bool) {
         self.upload_mode = on;
+    }
+
+    /// `rel` changed while it was being sent (`tries` times in a row): keep
+    /// it at `keep` (what the receiver has; `None`: the base version or
+    /// nothing) until `until`, so the rest of the worktree syncs; the next
+    /// scan of it after `until` tries again.
+    pub fn hold(&mut self, rel: RelPath, keep: Option<Entry>, until: Instant, tries: u32) {
+        if tries >= UNSTABLE_AFTER && self.unstable.insert(rel.clone(), tries).is_none() {
+            tracing::warn!(path = %rel, tries, "file keeps changing while it is being sent; it is sent once it settles");
+        }
+        self.unstable.insert(rel.clone(), tries);
+        self.held.insert(rel, Held { keep, until });
+    }
+
+    /// These files were sent (or are gone): no longer unstable.
+    pub fn settled(&mut self, paths: &[RelPath]) {
+        for p in paths {
+            self.unstable.remove(p);
+        }
+    }
+
+    /// Files held back now.
+    pub fn held_paths(&self) -> Vec<RelPath> {
+        let now = Instant::now();
+        let mut v: Vec<RelPath> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What is not synced and why, for the status: skipped files and
+    /// files listed as unstable.
+    pub fn not_synced(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .chain(
+                self.unstable
+                    .iter()
+                    .filter(|(_, n)| **n >= UNSTABLE_AFTER)
+                    .map(|(p, n)| format!("{p}: unstable, changed while being sent {n} times; sent once it stops changing")),
+            )
+            .collect();
+        v.sort();
+        v
     }
 
     /// Persist the hash cache.
@@ -235,78 +299,65 @@ impl Scanner {
     }
 
     /// Walk the worktree (honouring ignore files), limited to `scope`.
-    fn walk(&self, scope: Option<&[RelPath]>) -> Vec<(RelPath, std::fs::Metadata)> {
-        let root = self.workdir.clone();
-        let scope: Option<Arc<Vec<String>>> =
-            scope.map(|s| Arc::new(s.iter().map(|p| p.as_str().to_owned()).collect()));
-        let mut wb = crate::walk::worktree(&root);
-        wb.threads(2);
-        let root2 = root.clone();
-        wb.filter_entry(move |e| {
-            if e.file_name() == ".git" {
-                return false;
-            }
-            let Some(scope) = &scope else { return true };
-            let Ok(rel) = e.path().strip_prefix(&root2) else {
-                return true;
-            };
-            let Some(rel) = rel.to_str() else {
-                return false;
-            };
-            if rel.is_empty() {
-                return true;
-            }
-            scope.iter().any(|p| {
-                // `rel` is at or below a scope path, or one of its ancestors.
-                (p.starts_with(rel) && (p.len() == rel.len() || p.as_bytes()[rel.len()] == b'/'))
-                    || (rel.starts_with(p.as_str()) && rel.as_bytes().get(p.len()) == Some(&b'/'))
-            })
-        });
-        let out = Arc::new(Mutex::new(Vec::new()));
-        wb.build_parallel().run(|| {
-            let mut buf = WalkBuffer { local: Vec::with_capacity(4096), shared: out.clone() };
-            let root = root.clone();
-            Box::new(move |res| {
-                let Ok(entry) = res else { return ignore::WalkState::Continue };
-                let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
-                if ft.is_dir() {
-                    return ignore::WalkState::Continue;
-                }
-                let Ok(rel) = entry.path().strip_prefix(&root) else { return ignore::WalkState::Continue };
-                let Some(rel) = rel.to_str().and_then(|s| RelPath::new(s).ok()) else {
-                    tracing::warn!(path = %entry.path().display(), "skipping a path devd cannot sync (not UTF-8 or invalid)");
-                    return ignore::WalkState::Continue;
-                };
-                if let Ok(m) = entry.metadata() {
-                    buf.local.push((rel, m));
-                }
-                ignore::WalkState::Continue
-            })
-        });
-        let mut all = Arc::try_unwrap(out)
-            .map(|m| m.into_inner().expect("walk results"))
-            .unwrap_or_default();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all
+    fn walk(&self, scope: Option<&[RelPath]>) -> Walked {
+        crate::walk::scoped(&self.workdir, scope)
     }
 
+    /// `rel` cannot be read: list it, and keep what the receiver has (its
+    /// entry in the overlay sent so far, or the base's version).
+    fn unreadable(&mut self, rel: &RelPath) -> Option<Entry> {
+        if self.unreadable.insert(rel.clone()) {
+            tracing::warn!(path = %rel, "{UNREADABLE}");
+        }
+        self.skipped.insert(rel.clone(), UNREADABLE.to_owned());
+        self.overlay.get(rel).cloned()
+    }
+
+    /// Forget the unreadable paths a scan of `scope` checks again.
+    fn recheck_unreadable(&mut self, scope: Option<&[RelPath]>) {
+        let again: Vec<RelPath> = self
+            .unreadable
+            .iter()
+            .filter(|u| {
+                scope.is_none_or(|s| s.iter().any(|p| u.starts_with(p) || p.starts_with(u)))
+            })
+            .cloned()
+            .collect();
+        for u in again {
+            self.unreadable.remove(&u);
+            self.skipped.remove(&u);
+        }
+    }
+
+    /// Git's stat comparison (`ie_match_stat` with `core.checkStat =
+    /// default`): size, mtime, ctime, inode, uid and gid all as recorded,
+    /// and the entry not racy. ctime matters: `touch -r` (or an editor that
+    /// restores the mtime) cannot restore it, so a same-size rewrite with
+    /// the old mtime still shows.
     fn index_fresh(&self, ix: &IndexStat, m: &std::fs::Metadata) -> bool {
         let stat_ok = ix.size == m.size() as u32
             && ix.mtime_secs == m.mtime() as u32
             && ix.mtime_nsecs == m.mtime_nsec() as u32
-            && ix.ino == m.ino() as u32;
+            && ix.ctime_secs == m.ctime() as u32
+            && ix.ctime_nsecs == m.ctime_nsec() as u32
+            && ix.ino == m.ino() as u32
+            && ix.uid == m.uid()
+            && ix.gid == m.gid();
         if !stat_ok {
             return false;
         }
-        // Racy: modified in the same tick as (or after) the index was written.
+        // Racy: changed in the same tick as (or after) the index was
+        // written. The later of mtime and ctime counts, since a restored
+        // mtime says nothing about when the content changed.
         let Some(index_mtime) = self.index.mtime else {
             return false;
         };
         let Ok(since) = index_mtime.duration_since(std::time::UNIX_EPOCH) else {
             return false;
         };
-        let entry_ns = ix.mtime_secs as i128 * 1_000_000_000 + ix.mtime_nsecs as i128;
-        since.as_nanos() as i128 - entry_ns >= crate::hash_cache::RACY_NS
+        let mtime_ns = ix.mtime_secs as i128 * 1_000_000_000 + ix.mtime_nsecs as i128;
+        let ctime_ns = ix.ctime_secs as i128 * 1_000_000_000 + ix.ctime_nsecs as i128;
+        since.as_nanos() as i128 - mtime_ns.max(ctime_ns) >= crate::hash_cache::RACY_NS
     }
 
     /// The overlay entry of one path that exists in the worktree, `None`
@@ -323,7 +374,14 @@ impl Scanner {
             path: full().display().to_string(),
             source,
         };
+        if let Some(h) = self.held.get(rel) {
+            if Instant::now() < h.until {
+                return Ok(h.keep.clone());
+            }
+            self.held.remove(rel);
+        }
         let ft = m.file_type();
+        let was_skipped = self.skipped.remove(rel).is_some();
         if ft.is_symlink() {
             let target = match std::fs::read_link(full()) {
                 Ok(t) => t,
@@ -346,7 +404,23 @@ impl Scanner {
             return Ok(Some(Entry::Symlink { target }));
         }
         if !ft.is_file() {
-            return Ok(None);
+            // A FIFO, socket or device has no content to sync: as far as
+            // the receiver is concerned the path is gone.
+            let kind = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            let why = format!("{kind}, not synced (the receiver has no file there)");
+            if !was_skipped {
+                tracing::warn!(path = %rel, "{why}");
+            }
+            self.skipped.insert(rel.clone(), why);
+            return Ok(base.map(|_| Entry::Deleted));
         }
         let exec = m.permissions().mode() & 0o100 != 0;
         if m.len() > self.cfg.max_file_bytes {
@@ -355,13 +429,12 @@ impl Scanner {
                 m.len(),
                 self.cfg.max_file_bytes
             );
-            if !self.skipped.contains_key(rel) {
+            if !was_skipped {
                 tracing::warn!(path = %rel, "{why}; not synced");
             }
             self.skipped.insert(rel.clone(), why);
             return Ok(None);
         }
-        self.skipped.remove(rel);
         let kind_matches = base.is_some_and(|b| match b.kind {
             EntryKind::File => !exec,
             EntryKind::Exec => exec,
@@ -383,6 +456,9 @@ impl Scanner {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Ok(base.map(|_| Entry::Deleted));
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Ok(self.unreadable(rel));
+                    }
                     Err(e) => return Err(io(e)),
                 };
                 *hashed += 1;
@@ -401,12 +477,18 @@ impl Scanner {
 
     fn scan_scope(&mut self, scope: Option<&[RelPath]>) -> Result<ScopeScan, ScanError> {
         let t0 = Instant::now();
-        let walked = self.walk(scope);
+        self.recheck_unreadable(scope);
+        let Walked {
+            files: walked,
+            denied,
+        } = self.walk(scope);
         tracing::trace!(
             ms = t0.elapsed().as_millis() as u64,
             files = walked.len(),
+            denied = denied.len(),
             "walked"
         );
+        let under_denied = |rel: &RelPath| denied.iter().any(|d| rel.starts_with(d));
         let tree = self.base.tree.clone();
         // Base entries in scope, in path order (scope prefixes are sorted and
         // disjoint, so their ranges concatenate in order).
@@ -466,7 +548,9 @@ impl Scanner {
                 std::cmp::Ordering::Greater => {
                     // In the base but not walked: deleted, or tracked but ignored.
                     let (rel, base) = t.next().expect("peeked");
-                    if self.devd_ignored(rel) {
+                    // Below a directory that cannot be listed: kept as the
+                    // receiver has it (added after the merge).
+                    if self.devd_ignored(rel) || under_denied(rel) {
                         continue;
                     }
                     match std::fs::symlink_metadata(self.workdir.join(rel.as_str())) {
@@ -475,10 +559,25 @@ impl Scanner {
                                 out.push((rel.clone(), e));
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            if let Some(e) = self.unreadable(rel) {
+                                out.push((rel.clone(), e));
+                            }
+                        }
                         _ => out.push((rel.clone(), Entry::Deleted)),
                     }
                 }
             }
+        }
+        for d in &denied {
+            self.unreadable(d);
+            let kept: Vec<(RelPath, Entry)> = self
+                .overlay
+                .iter_prefix(d)
+                .filter(|(k, _)| *k != d)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            out.extend(kept);
         }
         let n_walked = walked.len();
         Ok(ScopeScan {
@@ -511,9 +610,13 @@ impl Scanner {
             "full scan phases"
         );
         self.overlay = entries.into_iter().collect();
-        // Forget hashes of files that no longer exist (the walk is sorted).
-        self.cache
-            .retain(|k| walked_paths.binary_search_by(|p| p.as_str().cmp(k)).is_ok());
+        // Forget hashes of files that no longer exist (the walk is sorted),
+        // and the reasons for skipping them.
+        let exists = |k: &str| walked_paths.binary_search_by(|p| p.as_str().cmp(k)).is_ok();
+        self.cache.retain(exists);
+        let unreadable = &self.unreadable;
+        self.skipped
+            .retain(|k, _| exists(k.as_str()) || unreadable.contains(k));
         self.save_cache();
         let changed = before != (self.base.base, self.overlay.digest());
         Ok(ScanOutcome {
@@ -536,12 +639,20 @@ impl Scanner {
             if s.is_empty() {
                 return self.full_scan();
             }
-            if s == ".devdignore" {
+            if s == ".devdignore" || s == ".gitignore" {
                 return self.full_scan();
             }
-            if let Ok(r) = RelPath::new(s) {
-                prefixes.push(r);
+            let Ok(r) = RelPath::new(s) else { continue };
+            // A nested `.gitignore` governs its directory: added, edited or
+            // deleted, everything below may have changed sides.
+            if r.as_str().rsplit('/').next() == Some(".gitignore") {
+                match r.parent() {
+                    Some(dir) => prefixes.push(dir),
+                    None => return self.full_scan(),
+                }
+                continue;
             }
+            prefixes.push(r);
         }
         if prefixes.is_empty() {
             return Ok(ScanOutcome::default());
@@ -719,5 +830,70 @@ mod tests {
         let partial = s.overlay().clone();
         s.full_scan().unwrap();
         assert_eq!(s.overlay(), &partial);
+    }
+
+    /// A same-size rewrite whose mtime is set back (`touch -r`) keeps size,
+    /// mtime and inode; only ctime tells. The index shortcut and the hash
+    /// cache compare it as git does, so the edit is in the overlay, and a
+    /// second same-size rewrite (mtime restored again) is seen too.
+    #[test]
+    fn same_size_edit_with_restored_mtime_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = tmp.path().join("repo");
+        std::fs::create_dir_all(&wd).unwrap();
+        git(&wd, &["init", "-q"]);
+        write(&wd, "a.txt", "aaaa\n");
+        git(&wd, &["add", "-A"]);
+        git(&wd, &["commit", "-qm", "base"]);
+        let mtime = std::fs::metadata(wd.join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        // Let the entry age past the racy window, then refresh the index
+        // (as `git status` does), so its stat data is trusted.
+        std::thread::sleep(Duration::from_millis(300));
+        git(&wd, &["update-index", "--refresh"]);
+        std::thread::sleep(Duration::from_millis(300));
+
+        let repo = Arc::new(Repo::discover(&wd).unwrap());
+        let cfg = ScanConfig {
+            upstream: None,
+            max_file_bytes: 1 << 20,
+        };
+        let mut s = Scanner::new(repo, cfg, tmp.path());
+        s.full_scan().unwrap();
+        assert!(s.overlay().is_empty(), "clean: {:?}", s.overlay());
+
+        let rewrite = |data: &str| {
+            // In place: same inode, same size; then the old mtime back.
+            std::fs::write(wd.join("a.txt"), data).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(wd.join("a.txt"))
+                .unwrap();
+            f.set_modified(mtime).unwrap();
+        };
+        rewrite("bbbb\n");
+        std::thread::sleep(Duration::from_millis(300));
+        s.full_scan().unwrap();
+        assert_eq!(
+            s.overlay().get(&p("a.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"bbbb\n"),
+                exec: false
+            }),
+            "the same-size edit with the mtime restored is lost"
+        );
+        rewrite("cccc\n");
+        std::thread::sleep(Duration::from_millis(300));
+        s.rescan(&[wd.join("a.txt")]).unwrap();
+        assert_eq!(
+            s.overlay().get(&p("a.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"cccc\n"),
+                exec: false
+            }),
+            "the hash cache kept the previous content"
+        );
     }
 }

@@ -186,6 +186,7 @@ mod tests {
             digest: overlay.digest(),
             overlay,
             noticed: Instant::now(),
+            held: Arc::default(),
         }
     }
 

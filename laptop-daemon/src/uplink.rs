@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub digest: Digest,
     /// When the change that led to this snapshot was noticed.
     pub noticed: Instant,
+    /// Files held at the version the receiver has because they kept
+    /// changing while being sent (see [`crate::scanner::Scanner::hold`]).
+    pub held: Arc<Vec<RelPath>>,
 }
 
 /// Why a sync failed: the receiver could not be reached (or refused the

@@ -3,7 +3,9 @@
 //! after a short quiet window (default 10 ms, capped at ten windows while
 //! events keep coming). Events are triggers, not truth: each batch becomes a
 //! rescan of the touched paths (a new directory is rescanned as a subtree);
-//! overflow or rescan flags and moves of HEAD or refs become a full scan.
+//! overflow or rescan flags, moves of HEAD or refs, and edits of the ignore
+//! files outside the worktree (`.git/info/exclude`, the global excludes
+//! file) become a full scan.
 //! Running out of inotify watches is fatal, with the sysctl that fixes it.
 //!
 //! notify-debouncer-full was the first choice, but its timer thread wakes
@@ -75,8 +77,20 @@ fn relevant(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// What is watched: the worktree, its git directory, and the global
+/// excludes file (`core.excludesFile`, else `~/.config/git/ignore`).
+struct Roots {
+    workdir: PathBuf,
+    git_dir: PathBuf,
+    global_excludes: Option<PathBuf>,
+}
+
 /// Classify one event path.
-fn classify(workdir: &Path, git_dir: &Path, p: &Path) -> Option<Trigger> {
+fn classify(roots: &Roots, p: &Path) -> Option<Trigger> {
+    let (workdir, git_dir) = (&roots.workdir, &roots.git_dir);
+    if roots.global_excludes.as_deref() == Some(p) {
+        return Some(Trigger::Full(Instant::now()));
+    }
     if let Ok(rel) = p.strip_prefix(git_dir) {
         let s = rel.to_string_lossy();
         if s == "index" {
@@ -85,6 +99,7 @@ fn classify(workdir: &Path, git_dir: &Path, p: &Path) -> Option<Trigger> {
         if s == "HEAD"
             || s == "packed-refs"
             || s == "config"
+            || s == "info/exclude"
             || (s.starts_with("refs/") && !s.ends_with(".lock"))
         {
             return Some(Trigger::Full(Instant::now()));
@@ -108,7 +123,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, wd: &Path, gd: &Path, res: notify::Result<notify::Event>) {
+    fn add(&mut self, roots: &Roots, res: notify::Result<notify::Event>) {
         self.first.get_or_insert_with(Instant::now);
         match res {
             Ok(ev) => {
@@ -121,7 +136,7 @@ impl Batch {
                 }
                 for p in &ev.paths {
                     tracing::trace!(path = %p.display(), kind = ?ev.kind, "event");
-                    match classify(wd, gd, p) {
+                    match classify(roots, p) {
                         Some(Trigger::Paths(mut v, _)) => self.paths.append(&mut v),
                         Some(Trigger::Full(_)) => self.full = true,
                         Some(Trigger::Index) => self.index = true,
@@ -164,8 +179,7 @@ impl Batch {
 async fn coalesce<M: From<Trigger>>(
     mut rx: mpsc::Receiver<notify::Result<notify::Event>>,
     overflow: Arc<AtomicBool>,
-    wd: PathBuf,
-    gd: PathBuf,
+    roots: Roots,
     window: Duration,
     tx: mpsc::Sender<M>,
     cancel: CancellationToken,
@@ -180,10 +194,10 @@ async fn coalesce<M: From<Trigger>>(
         };
         let opened = Instant::now();
         let mut batch = Batch::default();
-        batch.add(&wd, &gd, first);
+        batch.add(&roots, first);
         while opened.elapsed() < window * 10 {
             match tokio::time::timeout(window, rx.recv()).await {
-                Ok(Some(ev)) => batch.add(&wd, &gd, ev),
+                Ok(Some(ev)) => batch.add(&roots, ev),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -240,11 +254,25 @@ pub fn watch<M: From<Trigger> + Send + 'static>(
             .watch(git_dir, RecursiveMode::Recursive)
             .map_err(|e| wrap(git_dir, e))?;
     }
+    // The global excludes file: its directory (the file may be replaced
+    // by a rename, or not exist yet). Not being able to is no reason to
+    // stop; a full scan still applies it.
+    let global_excludes = ignore::gitignore::gitconfig_excludes_path()
+        .filter(|p| !p.starts_with(workdir) && !p.starts_with(git_dir));
+    if let Some(dir) = global_excludes.as_deref().and_then(Path::parent)
+        && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+    {
+        tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the global excludes file's directory");
+    }
+    let roots = Roots {
+        workdir: workdir.to_owned(),
+        git_dir: git_dir.to_owned(),
+        global_excludes,
+    };
     let task = tracker.spawn(coalesce(
         raw_rx,
         overflow,
-        workdir.to_owned(),
-        git_dir.to_owned(),
+        roots,
         window,
         tx,
         cancel.clone(),
@@ -277,26 +305,30 @@ mod tests {
 
     #[test]
     fn classifies_git_metadata_and_worktree_paths() {
-        let wd = Path::new("/r");
-        let gd = Path::new("/r/.git");
+        let roots = Roots {
+            workdir: "/r".into(),
+            git_dir: "/r/.git".into(),
+            global_excludes: Some("/home/u/.config/git/ignore".into()),
+        };
+        let classify = |p: &str| classify(&roots, Path::new(p));
         assert!(matches!(
-            classify(wd, gd, Path::new("/r/.git/index")),
-            Some(Trigger::Index)
-        ));
-        assert!(matches!(
-            classify(wd, gd, Path::new("/r/.git/HEAD")),
+            classify("/r/.git/info/exclude"),
             Some(Trigger::Full(_))
         ));
         assert!(matches!(
-            classify(wd, gd, Path::new("/r/.git/refs/remotes/origin/main")),
+            classify("/home/u/.config/git/ignore"),
             Some(Trigger::Full(_))
         ));
-        assert!(classify(wd, gd, Path::new("/r/.git/objects/ab/cdef")).is_none());
-        assert!(classify(wd, gd, Path::new("/r/.git/refs/heads/main.lock")).is_none());
+        assert!(classify("/home/u/.config/git/config").is_none());
+        assert!(matches!(classify("/r/.git/index"), Some(Trigger::Index)));
+        assert!(matches!(classify("/r/.git/HEAD"), Some(Trigger::Full(_))));
         assert!(matches!(
-            classify(wd, gd, Path::new("/r/src/a.rs")),
-            Some(Trigger::Paths(..))
+            classify("/r/.git/refs/remotes/origin/main"),
+            Some(Trigger::Full(_))
         ));
-        assert!(classify(wd, gd, Path::new("/elsewhere")).is_none());
+        assert!(classify("/r/.git/objects/ab/cdef").is_none());
+        assert!(classify("/r/.git/refs/heads/main.lock").is_none());
+        assert!(matches!(classify("/r/src/a.rs"), Some(Trigger::Paths(..))));
+        assert!(classify("/elsewhere").is_none());
     }
 }

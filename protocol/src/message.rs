@@ -132,6 +132,11 @@ pub enum ClientMsg {
     /// images, or the Kubernetes objects devd applied) (`devd down`).
     /// Answered with [`ServerMsg::Done`] naming what was removed.
     Remove,
+    /// Drop `generation`, whose blobs are being requested: a file changed
+    /// while it was being sent, so the laptop cannot send that version. The
+    /// receiver forgets the generation (its acknowledged state stays) and
+    /// the connection goes on with the next one; there is no answer.
+    Abandon { generation: u64 },
 }
 
 /// Why the receiver refused something.

@@ -3,6 +3,7 @@
 
 use devd_protocol::ContentId;
 use std::collections::HashSet;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Errors of the blob store.
@@ -24,12 +25,15 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Open (creating) the store at `dir`.
+    /// Open (creating) the store at `dir`. The store is private to its
+    /// owner (directories 0700, blobs 0600): it holds copies of files
+    /// whatever their own modes were.
     pub fn open(dir: &Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(dir).map_err(|source| BlobError::Io {
+        let io = |source| BlobError::Io {
             path: dir.display().to_string(),
             source,
-        })?;
+        };
+        crate::fsutil::private_dir(dir).map_err(io)?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -70,8 +74,12 @@ impl BlobStore {
             path: p.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(p.parent().expect("fanout dir")).map_err(io)?;
-        crate::fsutil::write_atomic_unsynced(&p, data, Some(0o644)).map_err(io)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p.parent().expect("fanout dir"))
+            .map_err(io)?;
+        crate::fsutil::write_atomic_unsynced(&p, data, Some(0o600)).map_err(io)
     }
 
     /// A writer for a blob whose content is produced piece by piece (a

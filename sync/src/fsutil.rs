@@ -1,5 +1,5 @@
-//! Small filesystem helpers shared by the stores: atomic writes and
-//! filesystem-wide flushes.
+//! Small filesystem helpers shared by the stores: atomic writes,
+//! filesystem-wide flushes, private directories.
 
 use std::io::Write;
 use std::path::Path;
@@ -39,6 +39,17 @@ fn write_via_temp(
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// `mkdir -p` a directory only its owner may enter (0700, also when it
+/// existed): for caches holding copies of files whatever their own modes.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// fsync a directory so that renames in it are durable.

@@ -34,6 +34,13 @@ impl<'a> Devd<'a> {
         }
     }
 
+    /// Run every devd command (and so the daemon it starts) through
+    /// `prefix`, e.g. `setpriv` dropping capabilities.
+    pub fn via(mut self, prefix: &[&str]) -> Self {
+        self.wrap = prefix.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Run every devd command (and so the daemon it starts) with `env`
     /// added, e.g. the container tools' configuration.
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {

@@ -219,6 +219,14 @@ async fn converse(
                         Err(r) => m.handle_claim(ClaimAnswer::Refused(r)),
                     }
                 }
+                ReceiverEvent::Abandoned { generation } => {
+                    // Prepared only, nothing written: forget it (and a blob
+                    // half spooled for it) and unlock the workspace.
+                    tracing::info!(workspace = %ws.name, generation, "the laptop abandoned a generation (a file changed while it was being sent)");
+                    held = None;
+                    spool = None;
+                    Ok(())
+                }
                 ReceiverEvent::Authenticate { .. } => {
                     return driver_bug("a second Authenticate".into());
                 }

@@ -528,17 +528,25 @@ impl Workspace {
         let old_tree = inner.tree.clone();
         let Prepared { target, tree, .. } = prepared;
         let res = tokio::task::spawn_blocking(move || {
-            let r = this
-                .journal
-                .begin(&target)
-                .map_err(Reject::from)
-                .and_then(|()| this.move_to(&old_state, &old_tree, &target, &tree));
+            let t0 = Instant::now();
+            let r = this.journal.begin(&target).map_err(Reject::from);
+            let t_begin = t0.elapsed();
+            let r = r.and_then(|()| this.move_to(&old_state, &old_tree, &target, &tree));
+            let t_move = t0.elapsed();
             match r {
                 Ok(stats) => {
                     let keep: HashSet<ContentId> = target.overlay.blob_ids().collect();
                     if let Err(e) = this.blobs.retain(&keep) {
                         tracing::warn!(error = %e, "blob garbage collection failed");
                     }
+                    tracing::debug!(
+                        journal_ms = t_begin.as_millis() as u64,
+                        worktree_and_commit_ms = (t_move - t_begin).as_millis() as u64,
+                        blob_gc_ms = (t0.elapsed() - t_move).as_millis() as u64,
+                        written = stats.written,
+                        removed = stats.removed,
+                        "apply phases"
+                    );
                     (Ok(stats), target, tree)
                 }
                 // The pending state stays in the journal: the next sync (or

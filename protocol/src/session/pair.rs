@@ -506,6 +506,7 @@ impl Pair {
                     };
                     r.handle_claim(answer).expect("asked to claim");
                 }
+                ReceiverEvent::Abandoned { .. } => self.cluster.pending = None,
             }
         }
     }
@@ -626,6 +627,7 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Claim { .. } => "Claim",
         ClientMsg::Retry { .. } => "Retry",
         ClientMsg::Remove => "Remove",
+        ClientMsg::Abandon { .. } => "Abandon",
     }
 }
 

@@ -212,6 +212,10 @@ pub enum ReceiverEvent {
     /// The laptop claims the workspace as its writer: answer with
     /// [`Receiver::handle_claim`].
     Claim { writer: Writer, take_over: bool },
+    /// The laptop dropped `generation` while its blobs were expected (a
+    /// file changed while it was being sent): release what was prepared
+    /// for it. No answer.
+    Abandoned { generation: u64 },
 }
 
 #[derive(Debug)]
@@ -663,6 +667,9 @@ impl Receiver {
                 self.events
                     .push_back(ReceiverEvent::Claim { writer, take_over });
             }
+            // A generation the receiver already refused (or never got):
+            // nothing to drop.
+            ClientMsg::Abandon { .. } => {}
             ClientMsg::BlobChunk { .. }
             | ClientMsg::Claim { .. }
             | ClientMsg::Hello { .. }
@@ -691,6 +698,16 @@ impl Receiver {
         else {
             unreachable!("chunk is only called while receiving");
         };
+        if let ClientMsg::Abandon { generation } = msg {
+            if self.generation() != Some(generation) {
+                let m = format!("abandon of generation {generation}, which is not being received");
+                return self.fatal(Reject::new(ErrorCode::Malformed, m));
+            }
+            self.state = State::Open { incoming: None };
+            self.events
+                .push_back(ReceiverEvent::Abandoned { generation });
+            return;
+        }
         let ClientMsg::BlobChunk {
             id,
             encoding,

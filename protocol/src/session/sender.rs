@@ -22,6 +22,11 @@
 //! the acknowledged state and resending the full overlay (small blobs ride
 //! inline again; larger ones are only uploaded if the receiver asks).
 //!
+//! A file that changed since the scan cannot be sent in the version the
+//! generation names: the sync fails with [`SyncError::Changed`], and if the
+//! receiver was already waiting for blobs the sender tells it to drop the
+//! generation (`Abandon`); the connection stays up for the next snapshot.
+//!
 //! After [`SenderEvent::Failed`] any outstanding request is void: the driver
 //! drops its answer. [`SyncError::closes_connection`] says whether the
 //! driver should also drop the connection (the sender already considers it
@@ -145,11 +150,8 @@ impl SyncError {
                     | ErrorCode::Malformed
                     | ErrorCode::Internal
             ),
-            SyncError::BaseUnavailable(_) => false,
-            SyncError::Refused { .. }
-            | SyncError::Lost(_)
-            | SyncError::Changed(_)
-            | SyncError::Protocol(_) => true,
+            SyncError::BaseUnavailable(_) | SyncError::Changed(_) => false,
+            SyncError::Refused { .. } | SyncError::Lost(_) | SyncError::Protocol(_) => true,
         }
     }
 }
@@ -430,6 +432,15 @@ impl Sender {
         let blobs = match result {
             Ok(blobs) => blobs,
             Err(EncodeError::Changed(path)) => {
+                // Nothing of this generation is on the wire before the inline
+                // blobs are encoded; after the `Commit` the receiver waits
+                // for blobs and must be told to stop.
+                if matches!(cur.phase, Phase::EncodingRequested) {
+                    let generation = cur.expected.ack.generation;
+                    self.transmit
+                        .push_back(Outgoing::Msg(ClientMsg::Abandon { generation }));
+                }
+                self.in_flight = None;
                 self.fail(SyncError::Changed(path));
                 return Ok(());
             }

@@ -346,13 +346,36 @@ fn a_file_edited_during_the_sync_fails_it_and_a_rescan_succeeds() {
     pair.laptop.write("a", "one");
     pair.laptop.edit_during_sync = Some(p("a"));
     assert_eq!(pair.sync(), SenderEvent::Failed(SyncError::Changed(p("a"))));
-    assert!(!pair.sender.is_connected());
+    assert!(pair.sender.is_connected(), "the connection stays up");
     assert_eq!(pair.kinds(0), ["Hello"], "nothing but Hello was sent");
     synced(pair.sync());
     assert_eq!(
         pair.cluster.overlay.get(&p("a")),
         pair.laptop.overlay().get(&p("a"))
     );
+    assert_eq!(pair.kinds(0).iter().filter(|k| **k == "Hello").count(), 1);
+    pair.assert_converged(base(1));
+}
+
+/// A requested (large) file that changed before the receiver asked for it:
+/// the sender abandons the generation the receiver holds open, the
+/// connection stays, and the next generation (same number) applies.
+#[test]
+fn a_requested_file_edited_during_the_sync_is_abandoned_without_reconnecting() {
+    let mut pair = Pair::new();
+    pair.laptop.write("big", noise(4, 300_000));
+    pair.laptop.write("small", "s");
+    pair.laptop.edit_during_sync = Some(p("big"));
+    assert_eq!(
+        pair.sync(),
+        SenderEvent::Failed(SyncError::Changed(p("big")))
+    );
+    assert!(pair.sender.is_connected(), "the connection stays up");
+    assert_eq!(pair.kinds(0), ["Hello", "Changes", "Commit", "Abandon"]);
+    assert_eq!(pair.cluster.overlay.len(), 0, "nothing was applied");
+    let r = synced(pair.sync());
+    assert_eq!(r.generation, 1, "the abandoned number is used again");
+    assert_eq!(pair.kinds(0).iter().filter(|k| **k == "Hello").count(), 1);
     pair.assert_converged(base(1));
 }
 
