@@ -332,7 +332,7 @@ mod tests {
         );
         // A controller at work: wait (a cloud may take minutes).
         assert_eq!(
-            lb_verdict(&[ensuring.clone()], Duration::from_secs(600)),
+            lb_verdict(std::slice::from_ref(&ensuring), Duration::from_secs(600)),
             None
         );
         // Nobody at all: give up after LB_SILENCE, not before.
