@@ -100,9 +100,17 @@ impl ApiMock {
 
     /// The next request (panics after 10 s without one).
     pub(crate) async fn next(&mut self) -> Call {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
+        self.next_within(Duration::from_secs(10))
             .await
             .expect("no request to the Kubernetes API within 10 s")
+    }
+
+    /// The next request, or `None` when none comes within `wait` (the
+    /// code under test is done asking).
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Call> {
+        let (req, send) = tokio::time::timeout(wait, self.0.next_request())
+            .await
+            .ok()?
             .expect("the code under test dropped its client");
         let (method, path, query) = (
             req.method().clone(),
@@ -120,13 +128,13 @@ impl ApiMock {
         } else {
             serde_json::from_slice(&bytes).expect("a JSON body")
         };
-        Call {
+        Some(Call {
             method,
             path,
             query,
             content_type,
             body,
             send,
-        }
+        })
     }
 }

@@ -75,6 +75,10 @@ impl ReceiverConfig {
         s.registry_secret = k.registry_secret.clone();
         s.docker_config = k.docker_config.clone();
         s.service_account = k.service_account.clone();
+        s.image_pull_secrets = k
+            .image_pull_secrets
+            .clone()
+            .unwrap_or_else(|| k.registry_secret.iter().cloned().collect());
         s.kaniko_args = k.kaniko_args.clone();
         s.resources = k.resources.clone();
         if let Some(v) = k.active_deadline_seconds {
@@ -86,6 +90,9 @@ impl ReceiverConfig {
         s.domain = k.domain.clone();
         s.url_template = k.url_template.clone();
         s.ingress_class = k.ingress_class.clone();
+        if let Some(v) = k.ingress_wait_seconds {
+            s.ingress_wait = Duration::from_secs(v);
+        }
         if let Some(v) = k.rollout_timeout_seconds {
             s.rollout_timeout = Duration::from_secs(v);
         }

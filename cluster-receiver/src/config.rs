@@ -88,6 +88,8 @@ pub struct KubernetesConfig {
     pub registry_secret: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub service_account: Option<String>,
+    /// Default: `[registry_secret]`; `[]` for none.
+    pub image_pull_secrets: Option<Vec<String>>,
     #[serde(default)]
     pub kaniko_args: Vec<String>,
     #[serde(default)]
@@ -97,6 +99,7 @@ pub struct KubernetesConfig {
     pub domain: Option<String>,
     pub url_template: Option<String>,
     pub ingress_class: Option<String>,
+    pub ingress_wait_seconds: Option<u64>,
     pub rollout_timeout_seconds: Option<u64>,
     pub poll_interval_ms: Option<u64>,
     pub devbuilds_per_service: Option<usize>,

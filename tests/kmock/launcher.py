@@ -24,9 +24,27 @@ need an API server to do:
   manifests/crd/ is registered (group, versions, plural, kind, scope), so
   e.g. DevBuilds can be listed before the first one exists.
 
-It stays what kmock is otherwise: lists ignore label selectors, patches
-merge naively (lists replaced), and no controller runs — the test sets Job
-and Deployment statuses and creates pods itself.
+- applies label selectors (`labelSelector`: `k=v`, `k==v`, `k!=v`, `k`,
+  `!k`, `k in (a,b)`, `k notin (a,b)`) and field selectors (`fieldSelector`:
+  `path=v`, `path==v`, `path!=v` on any dotted field, e.g.
+  `involvedObject.name`) to lists and watches, as an API server does — code
+  that forgets to check what it listed is caught here;
+- answers a log request for a container the pod does not have with 400
+  and the API server's message ("container X is not valid for pod Y");
+- plays admission on pod creation, refusing with 403 Forbidden and the API
+  server's messages: Pod Security (the namespace's
+  `pod-security.kubernetes.io/enforce` label, `baseline` or `restricted`,
+  a subset of their checks: privileged, host namespaces, hostPath, added
+  capabilities; and for restricted also runAsNonRoot, allowPrivilegeEscalation,
+  capabilities.drop ALL, seccompProfile) and ResourceQuota (`spec.hard.pods`
+  against the namespace's pods that are not Succeeded or Failed; a quota on
+  `requests.*`/`limits.*` refuses containers that do not specify them). A test
+  playing the Job or ReplicaSet controller turns the refusal into the
+  FailedCreate event or ReplicaFailure condition a real controller writes.
+
+It stays what kmock is otherwise: patches merge naively (lists replaced),
+and no controller runs — the test sets Job and Deployment statuses and
+creates pods itself.
 
 Usage: launcher.py [--port N]; prints "listening on http://127.0.0.1:PORT"
 on stdout once it accepts connections, and serves until SIGTERM/SIGINT.
@@ -95,6 +113,16 @@ class Emulator(kmock.KubernetesEmulator):
 
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
+
+        if (
+            action == enums.action.CREATE
+            and data is not None
+            and request.resource.plural == "pods"
+            and request.subresource is None
+        ):
+            refusal = self._admit_pod(request.namespace or data.get("metadata", {}).get("namespace"), data)
+            if refusal is not None:
+                return _status(403, "Forbidden", refusal)
         content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
 
         if action == enums.action.UPDATE and data is not None:
@@ -147,6 +175,67 @@ class Emulator(kmock.KubernetesEmulator):
             )
         return await super()._render_error(exc)
 
+    async def _serve_list(self, request):
+        payload = await super()._serve_list(request)
+        match = _selector(request.params)
+        payload["items"] = [o for o in payload["items"] if match(o)]
+        return payload
+
+    async def _serve_watch(self, request):
+        match = _selector(request.params)
+        async for event in super()._serve_watch(request):
+            if isinstance(event, dict) and isinstance(event.get("object"), dict):
+                if not match(event["object"]):
+                    continue
+            yield event
+
+    def _objects_of(self, plural, namespace=None):
+        for (resource, ns, _name), obj in list(self.objects.items()):
+            if resource.plural == plural and (namespace is None or ns == namespace) and not obj.deleted:
+                yield obj.raw
+
+    def _admit_pod(self, namespace, pod):
+        """Why admission refuses `pod` in `namespace`, or None."""
+        name = pod.get("metadata", {}).get("name", "")
+        ns_labels = {}
+        for ns in self._objects_of("namespaces"):
+            if ns.get("metadata", {}).get("name") == namespace:
+                ns_labels = ns.get("metadata", {}).get("labels") or {}
+        level = ns_labels.get("pod-security.kubernetes.io/enforce")
+        if level in ("baseline", "restricted"):
+            violations = _pod_security(pod.get("spec") or {}, level)
+            if violations:
+                return (f'pods "{name}" is forbidden: violates PodSecurity "{level}:latest": '
+                        + ", ".join(violations))
+        containers = ((pod.get("spec") or {}).get("initContainers") or []) + \
+            ((pod.get("spec") or {}).get("containers") or [])
+        for quota in self._objects_of("resourcequotas", namespace):
+            qname = quota.get("metadata", {}).get("name", "")
+            hard_all = (quota.get("spec") or {}).get("hard") or {}
+            # A quota on compute resources makes them mandatory on every
+            # container (the quota admission plugin's "must specify").
+            missing = sorted(
+                key for key in hard_all
+                if key.split(".")[0] in ("requests", "limits")
+                and any(
+                    key.split(".", 1)[1] not in ((c.get("resources") or {}).get(key.split(".")[0]) or {})
+                    for c in containers
+                )
+            )
+            if missing:
+                return f'pods "{name}" is forbidden: failed quota: {qname}: must specify {",".join(missing)}'
+            hard = hard_all.get("pods")
+            if hard is None:
+                continue
+            used = sum(
+                1 for p in self._objects_of("pods", namespace)
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            )
+            if used + 1 > int(hard):
+                return (f'pods "{name}" is forbidden: exceeded quota: {qname}, requested: pods=1, '
+                        f"used: pods={used}, limited: pods={hard}")
+        return None
+
     def _serve_log(self, request):
         pod = self._existing(_key(request))
         if pod is None:
@@ -157,6 +246,11 @@ class Emulator(kmock.KubernetesEmulator):
                 status=404,
             )
         container = request.params.get("container", "")
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+        if container and names and container not in names:
+            return _status(400, "BadRequest",
+                           f"container {container} is not valid for pod {request.name}")
         annotations = pod.get("metadata", {}).get("annotations", {}) or {}
         text = annotations.get(f"devd.test/log.{container}", "")
         tail = request.params.get("tailLines")
@@ -164,6 +258,136 @@ class Emulator(kmock.KubernetesEmulator):
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-int(tail):])
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+
+def _status(code, reason, message):
+    return aiohttp.web.json_response(
+        {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+         "reason": reason, "code": code, "message": message},
+        status=code,
+    )
+
+
+def _split_terms(text):
+    """Split a selector at commas outside parentheses."""
+    terms, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            terms.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        terms.append(cur)
+    return [t.strip() for t in terms if t.strip()]
+
+
+def _field(obj, path):
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _selector(params):
+    """A predicate on objects for the request's labelSelector and fieldSelector."""
+    checks = []
+    for term in _split_terms(params.get("labelSelector", "")):
+        words = term.split()
+        if len(words) >= 3 and words[1] in ("in", "notin"):
+            key, op = words[0], words[1]
+            values = {v.strip() for v in term.split("(", 1)[1].rstrip(")").split(",")}
+
+            def check(labels, key=key, op=op, values=values):
+                return (labels.get(key) in values) == (op == "in") if key in labels else op == "notin"
+        elif "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+
+            def check(labels, key=key, value=value):
+                return labels.get(key) != value
+        elif "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+
+            def check(labels, key=key, value=value):
+                return labels.get(key) == value
+        elif term.startswith("!"):
+            def check(labels, key=term[1:].strip()):
+                return key not in labels
+        else:
+            def check(labels, key=term):
+                return key in labels
+        checks.append(lambda o, c=check: c((o.get("metadata") or {}).get("labels") or {}))
+    for term in _split_terms(params.get("fieldSelector", "")):
+        negate = "!=" in term
+        path, value = (s.strip() for s in term.replace("!=", "=").replace("==", "=").split("=", 1))
+
+        def fcheck(o, path=path, value=value, negate=negate):
+            got = _field(o, path)
+            got = "" if got is None else str(got)
+            return (got != value) if negate else (got == value)
+        checks.append(fcheck)
+    return lambda o: all(c(o) for c in checks)
+
+
+_BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                  "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+
+
+def _pod_security(spec, level):
+    """Pod Security Standards violations of a pod spec (a subset of the
+    checks of k8s.io/pod-security-admission), in its message format."""
+    out = []
+    containers = (spec.get("initContainers") or []) + (spec.get("containers") or [])
+    psc = spec.get("securityContext") or {}
+
+    def quoted(names):
+        return ", ".join(f'"{n}"' for n in names)
+
+    def plural(names):
+        return "containers" if len(names) > 1 else "container"
+
+    if any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")):
+        out.append("host namespaces (hostNetwork=true)")
+    priv = [c["name"] for c in containers if (c.get("securityContext") or {}).get("privileged")]
+    if priv:
+        out.append(f"privileged ({plural(priv)} {quoted(priv)} must not set securityContext.privileged=true)")
+    host_path = [v["name"] for v in spec.get("volumes") or [] if "hostPath" in v]
+    if host_path:
+        out.append(f"hostPath volumes (volumes {quoted(host_path)})")
+    added = [c["name"] for c in containers
+             if set(((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []) - _BASELINE_CAPS]
+    if added:
+        out.append(f"non-default capabilities ({plural(added)} {quoted(added)} must not include capabilities beyond the default set)")
+    if level != "restricted":
+        return out
+    esc = [c["name"] for c in containers
+           if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False]
+    if esc:
+        out.append(f"allowPrivilegeEscalation != false ({plural(esc)} {quoted(esc)} must set securityContext.allowPrivilegeEscalation=false)")
+    caps = [c["name"] for c in containers
+            if "ALL" not in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])]
+    if caps:
+        out.append(f'unrestricted capabilities ({plural(caps)} {quoted(caps)} must set securityContext.capabilities.drop=["ALL"])')
+
+    root = [c["name"] for c in containers
+            if (c.get("securityContext") or {}).get("runAsNonRoot", psc.get("runAsNonRoot")) is not True]
+    if root:
+        out.append(f"runAsNonRoot != true (pod or {plural(root)} {quoted(root)} must set securityContext.runAsNonRoot=true)")
+    uid0 = [c["name"] for c in containers
+            if (c.get("securityContext") or {}).get("runAsUser", psc.get("runAsUser")) == 0]
+    if uid0:
+        out.append(f"runAsUser=0 ({plural(uid0)} {quoted(uid0)} must not set runAsUser=0)")
+    seccomp = [c["name"] for c in containers
+               if (((c.get("securityContext") or {}).get("seccompProfile") or psc.get("seccompProfile") or {})
+                   .get("type")) not in ("RuntimeDefault", "Localhost")]
+    if seccomp:
+        out.append(f'seccompProfile (pod or {plural(seccomp)} {quoted(seccomp)} must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+    return out
 
 
 def _register_crds(emulator):

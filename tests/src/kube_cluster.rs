@@ -15,8 +15,16 @@
 //!   the service is in [`Cluster::failing`]; it creates the Job's pod with
 //!   the digest or the log in the Kaniko container's `terminated.message`,
 //!   and marks the Job Complete or Failed;
-//! - for each Deployment whose generation is ahead of its status, it
-//!   reports the rollout done.
+//!   The build pod is created from the Job's pod template first, so the
+//!   emulator's admission (Pod Security, ResourceQuota) can refuse it; a
+//!   refused build pod becomes the Job's `FailedCreate` event and nothing
+//!   runs;
+//! - for each Deployment whose generation is ahead of its status, it plays
+//!   the Deployment and ReplicaSet controllers
+//!   ([`crate::kube_controllers::roll_out`]): a ReplicaSet, pods owned by
+//!   it, the rollout reported done, or `ReplicaFailure` when a pod is refused;
+//! - an ingress controller takes the Ingresses of an existing or the default
+//!   IngressClass ([`Setup`] installs `nginx` as the default).
 //!
 //! [`Setup::start`] brings up the emulator, a registry, the cluster, a
 //! `devd-receiver serve --http-listen` with the Kubernetes backend and the
@@ -25,7 +33,9 @@
 
 use crate::containers::Registry;
 use crate::kmock::KubeEmulator;
+use crate::kube_controllers::{self as controllers, Rollout};
 use crate::{Devd, FAST_SYNC, Fixture, Receiver, ReceiverOpts, Service, bin};
+use devd_receiver::build::backend::kubernetes::names::CONTEXT_DIR;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -63,6 +73,8 @@ pub struct Build {
     pub digest: Option<String>,
     /// The build step init containers that ran, in order, with exit codes.
     pub steps: Vec<(String, i32)>,
+    /// Admission's refusal of the build pod (then nothing ran).
+    pub refused: Option<String>,
 }
 
 #[derive(Default)]
@@ -70,6 +82,8 @@ struct Seen {
     builds: Vec<Build>,
     /// (deployment, generation, image) per rollout reported done.
     rollouts: Vec<(String, i64, String)>,
+    /// (deployment, generation) whose pods admission refused.
+    refused: Vec<(String, i64)>,
 }
 
 /// Errors of the tasks playing the cluster, reported by
@@ -176,6 +190,11 @@ impl Cluster {
     /// (deployment, generation, image) per rollout reported done, in order.
     pub fn rollouts(&self) -> Vec<(String, i64, String)> {
         self.seen.lock().unwrap().rollouts.clone()
+    }
+
+    /// (deployment, generation) per rollout whose pods admission refused.
+    pub fn refused_rollouts(&self) -> Vec<(String, i64)> {
+        self.seen.lock().unwrap().refused.clone()
     }
 
     /// Fail unless every task playing the cluster succeeded so far.
@@ -289,38 +308,20 @@ impl Kubelet {
             if observed >= generation {
                 continue;
             }
-            let name = d.metadata.name.clone().unwrap_or_default();
-            let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let image = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
-            deployments
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {
-                        "observedGeneration": generation,
-                        "replicas": replicas,
-                        "updatedReplicas": replicas,
-                        "readyReplicas": replicas,
-                        "availableReplicas": replicas,
-                        "conditions": [
-                            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
-                        ],
-                    }})),
-                )
-                .await?;
-            self.seen
-                .lock()
-                .unwrap()
-                .rollouts
-                .push((name, generation, image));
+            match controllers::roll_out(&self.client, &self.ns, &d).await? {
+                Rollout::Done(name, generation, image) => self
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .rollouts
+                    .push((name, generation, image)),
+                Rollout::Refused => {
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    self.seen.lock().unwrap().refused.push((name, generation));
+                }
+            }
         }
+        controllers::admit_ingresses(&self.client, &self.ns).await?;
         Ok(())
     }
 
@@ -330,6 +331,41 @@ impl Kubelet {
     async fn run_job(&mut self, name: &str, job: Value) -> anyhow::Result<()> {
         let ns = self.ns.clone();
         let pod_spec = &job["spec"]["template"]["spec"];
+        let service = job["metadata"]["labels"]["dev.devd/service"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // The Job controller creates the pod from the template; admission
+        // may refuse it.
+        let pod_name = format!("{name}-kblt1");
+        let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+        labels["job-name"] = json!(name);
+        labels["batch.kubernetes.io/job-name"] = json!(name);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let pending: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
+                "annotations": job["spec"]["template"]["metadata"]["annotations"]},
+            "spec": pod_spec,
+            "status": {"phase": "Pending"},
+        }))?;
+        if let Err(e) = pods.create(&PostParams::default(), &pending).await {
+            let Some(message) = controllers::refusal(&e) else {
+                return Err(e.into());
+            };
+            controllers::failed_create_event(&self.client, &ns, name, &message).await?;
+            self.seen.lock().unwrap().builds.push(Build {
+                name: name.to_owned(),
+                job,
+                service,
+                context: PathBuf::new(),
+                destination: String::new(),
+                digest: None,
+                steps: Vec::new(),
+                refused: Some(message),
+            });
+            return Ok(());
+        }
         let init = strings(&pod_spec["initContainers"][0]["command"]);
         let url = after(&init, "--url")?;
         let blake3 = after(&init, "--blake3")?;
@@ -361,9 +397,9 @@ impl Kubelet {
             let cname = c["name"].as_str().unwrap_or_default().to_owned();
             let argv = strings(&c["command"]);
             anyhow::ensure!(!argv.is_empty(), "init container {cname} has no command");
-            let workdir = c["workingDir"].as_str().unwrap_or("/workspace");
-            let rel = workdir.strip_prefix("/workspace").ok_or_else(|| {
-                anyhow::anyhow!("{cname}: workingDir {workdir} is not in /workspace")
+            let workdir = c["workingDir"].as_str().unwrap_or(CONTEXT_DIR);
+            let rel = workdir.strip_prefix(CONTEXT_DIR).ok_or_else(|| {
+                anyhow::anyhow!("{cname}: workingDir {workdir} is not in {CONTEXT_DIR}")
             })?;
             let dir = dest.join(rel.trim_start_matches('/'));
             std::fs::create_dir_all(&dir)?;
@@ -404,11 +440,14 @@ impl Kubelet {
         };
         let destination = arg("--destination=")?;
         let dockerfile = arg("--dockerfile=")?;
-        let dockerfile = dest.join(dockerfile.trim_start_matches("/workspace/"));
-        let service = job["metadata"]["labels"]["dev.devd/service"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let dockerfile = dest.join(
+            dockerfile
+                .strip_prefix(CONTEXT_DIR)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--dockerfile {dockerfile} is not in {CONTEXT_DIR}")
+                })?
+                .trim_start_matches('/'),
+        );
         let fails = step_failed
             || std::fs::read_to_string(&dockerfile)?.contains(FAIL_MARKER)
             || self.failing.lock().unwrap().contains(&service);
@@ -431,23 +470,20 @@ impl Kubelet {
                 "exitCode": exit, "reason": if fails { "Error" } else { "Completed" },
                 "message": message}})
         };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": format!("{name}-kblt1"), "namespace": ns,
-                "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
-                "annotations": annotations,
-            },
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "kaniko", "image": pod_spec["containers"][0]["image"]}]},
-            "status": {
-                "phase": if fails { "Failed" } else { "Succeeded" },
-                "initContainerStatuses": init_statuses,
-                "containerStatuses": [{"name": "kaniko", "ready": false, "restartCount": 0,
-                    "image": "x", "imageID": "", "state": kaniko_state}],
-            },
-        }))?;
-        pods.create(&PostParams::default(), &pod).await?;
+        pods.patch(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": annotations},
+                "status": {
+                    "phase": if fails { "Failed" } else { "Succeeded" },
+                    "initContainerStatuses": init_statuses,
+                    "containerStatuses": [{"name": "kaniko", "ready": false, "restartCount": 0,
+                        "image": "x", "imageID": "", "state": kaniko_state}],
+                },
+            })),
+        )
+        .await?;
         let status = if fails {
             json!({"failed": 1, "conditions": [
                 {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
@@ -475,6 +511,7 @@ impl Kubelet {
             destination,
             digest,
             steps,
+            refused: None,
         });
         Ok(())
     }
@@ -549,6 +586,9 @@ impl<'a> Setup<'a> {
         let emu = KubeEmulator::start(fx, opts.namespace);
         let registry = Registry::start(fx.root(), fx.logs());
         let cluster = Cluster::start(&emu, opts.namespace, &registry, fx.root());
+        cluster
+            .block_on(controllers::install_default_ingress_class(&cluster.client))
+            .expect("install the default IngressClass");
         let t = before_receiver(&cluster);
         let config = fx.root().join("receiver.toml");
         std::fs::write(

@@ -23,7 +23,9 @@
 //!   a seeded random source, random edits, signals, percentiles.
 //! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
 //! - [`kube_cluster`]: a Kubernetes cluster played against that emulator
-//!   (kubelet, Kaniko, rollouts), with receiver and daemon on top.
+//!   (kubelet, Kaniko, rollouts), with receiver and daemon on top;
+//!   [`kube_controllers`]: its Deployment, ReplicaSet and ingress
+//!   controllers.
 //! - [`containers`]: private buildah/podman storage per test, a local
 //!   `docker-registry`, a tiny HTTP client for what containers serve (from
 //!   [`devd_testkit`]), and a receiver that pushes to that registry.
@@ -45,6 +47,7 @@ pub mod faults;
 pub mod git_http;
 pub mod kmock;
 pub mod kube_cluster;
+pub mod kube_controllers;
 pub use devd_testkit::process;
 pub mod receiver;
 pub mod repo;

@@ -13,8 +13,12 @@
 //!   order, as host processes on the fetched context (their working
 //!   directory mapped from `/workspace`); the first non-zero exit fails the
 //!   pod before Kaniko, with that container's log;
-//! - for each Deployment whose generation is ahead of its status, it
-//!   reports the rollout done.
+//! - for each Deployment whose generation is ahead of its status, it plays
+//!   the Deployment and ReplicaSet controllers (pods owned by a
+//!   ReplicaSet, or `ReplicaFailure` when admission refuses one), and an
+//!   ingress controller takes Ingresses of the default IngressClass;
+//! - the emulator applies label and field selectors and plays admission
+//!   (Pod Security by the namespace's label, ResourceQuota).
 //!
 //! The receiver (`devd-receiver serve --http-listen`) and the daemon are the
 //! real binaries on a real git fixture (`examples/demo`); assertions are on
@@ -26,8 +30,11 @@ use devd_tests::containers::http_get;
 use devd_tests::kube_cluster::{
     ClusterOpts, DOMAIN, FAIL_MARKER, KANIKO_ERROR, Setup, after, strings,
 };
-use k8s_openapi::api::core::v1::Service as KubeService;
-use k8s_openapi::api::networking::v1::Ingress;
+use devd_tests::kube_controllers::{DEFAULT_INGRESS_CLASS, INGRESS_ADDRESS};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Service as KubeService};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use std::path::Path;
 
 const NS: &str = "devd-e2e";
@@ -86,7 +93,7 @@ fn emulator_kaniko_job_then_deploy_by_digest_then_reuse_without_a_job() {
         assert!(kaniko["resources"]["limits"]["memory"].is_string());
         let args = strings(&kaniko["args"]);
         assert!(args.contains(&"--digest-file=/dev/termination-log".to_owned()));
-        assert!(args.contains(&"--context=dir:///workspace".to_owned()));
+        assert!(args.contains(&"--context=dir:///kaniko/buildcontext/context".to_owned()));
         assert!(args.contains(&"--insecure".to_owned()), "{args:?}");
         assert!(
             b.destination
@@ -345,4 +352,194 @@ fn emulator_build_steps_run_as_init_containers_before_kaniko_and_a_failing_one_i
         "the Deployment is untouched"
     );
     assert_eq!(st.cluster.image_of("web"), web0.image.clone().unwrap());
+}
+
+/// A namespace with Pod Security `restricted` (OpenShift's `restricted-v2`
+/// is as strict): the Job controller cannot create Kaniko's pod (it runs as
+/// root), and the build fails at once with the admission message instead of
+/// waiting for activeDeadlineSeconds. Under `baseline` the build runs; then a
+/// ResourceQuota on requests.memory refuses the new app pod (devd's
+/// Deployment sets no requests): the rollout fails at once on the
+/// Deployment's `ReplicaFailure` with the quota's message, blames no build
+/// pod, and the previous image is applied back. `devd logs` reads the app's
+/// own pod (through its ReplicaSet), never a build pod.
+#[test]
+fn emulator_admission_refusals_fail_builds_and_rollouts_at_once_with_their_reason() {
+    let fx = Fixture::from_example("demo");
+    let (st, ()) = Setup::start_with(
+        &fx,
+        &ClusterOpts {
+            namespace: NS,
+            kubernetes_config: "registry_secret = \"devd-registry\"\n",
+        },
+        |c| {
+            let ns: Namespace = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+            }))
+            .unwrap();
+            c.block_on(Api::<Namespace>::all(c.client()).create(&PostParams::default(), &ns))
+                .unwrap();
+        },
+    );
+    let failed = st.wait_service("web", "failed", |s| s.state == "failed");
+    st.cluster.assert_no_errors();
+    let error = failed.error.clone().unwrap();
+    for want in [
+        "was refused",
+        "violates PodSecurity \"restricted:latest\"",
+        "runAsNonRoot != true",
+        "baseline",
+    ] {
+        assert!(error.contains(want), "{want}: {error}");
+    }
+    assert!(
+        !error.contains("activeDeadlineSeconds") && !error.contains("no pod was started"),
+        "{error}"
+    );
+    let refused = st.cluster.builds_of("web");
+    assert!(refused[0].refused.is_some() && refused[0].digest.is_none());
+    let job = &refused[0].name;
+    assert!(
+        st.cluster
+            .block_on(st.cluster.api::<Job>().get_opt(job))
+            .unwrap()
+            .is_none(),
+        "the refused Job is deleted"
+    );
+
+    // baseline: Kaniko runs.
+    st.cluster
+        .block_on(Api::<Namespace>::all(st.cluster.client()).patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "baseline"}}})),
+        ))
+        .unwrap();
+    fx.write("services/web/www/index.html", "<h1>web v2</h1>\n");
+    let web = st.wait_service("web", "deployed", |s| s.state == "deployed");
+    st.cluster.assert_no_errors();
+    let image = web.image.clone().unwrap();
+    assert_eq!(st.cluster.image_of("web"), image);
+    // Its logs are its own pod's, not a build pod's.
+    let log = st.devd.run(&["logs", "web"]);
+    log.assert_success();
+    assert!(
+        log.stdout.contains("log of web in web-"),
+        "the app pod's log:\n{}\n{}",
+        log.stdout,
+        log.stderr
+    );
+
+    // A quota on requests.memory: the build pod specifies its requests, the
+    // app's new pod does not, so the ReplicaSet controller cannot create it.
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "compute"}, "spec": {"hard": {"requests.memory": "64Gi"}},
+    }))
+    .unwrap();
+    st.cluster
+        .block_on(
+            st.cluster
+                .api::<ResourceQuota>()
+                .create(&PostParams::default(), &quota),
+        )
+        .unwrap();
+    fx.write("services/web/www/index.html", "<h1>web v3</h1>\n");
+    let failed = st.wait_service("web", "rollout failed", |s| {
+        s.state == "failed" && s.error.as_deref().is_some_and(|e| e.contains("rollout"))
+    });
+    st.cluster.assert_no_errors();
+    let error = failed.error.clone().unwrap();
+    for want in [
+        "ReplicaFailure: FailedCreate",
+        "failed quota: compute: must specify requests.memory",
+    ] {
+        assert!(error.contains(want), "{want}: {error}");
+    }
+    assert!(
+        !error.contains("kaniko") && !error.contains("devd-web-"),
+        "no build pod is blamed: {error}"
+    );
+    let last_build = st.cluster.builds_of("web").last().cloned().unwrap();
+    assert!(last_build.digest.is_some(), "the build itself ran");
+    assert_eq!(
+        st.cluster.refused_rollouts().len(),
+        1,
+        "{:?}",
+        st.cluster.refused_rollouts()
+    );
+    assert_eq!(
+        st.cluster.image_of("web"),
+        image,
+        "the previous image is applied back"
+    );
+}
+
+/// An external service's URL is announced only once an ingress controller
+/// took its Ingress: without `ingress_class` and without a default
+/// IngressClass no controller does (ingress-nginx 1.0 and later), and the
+/// deploy fails saying what to set; with a default class it is taken.
+#[test]
+fn emulator_an_ingress_no_controller_takes_fails_the_deploy_with_what_to_set() {
+    let fx = Fixture::from_example("demo");
+    let (st, ()) = Setup::start_with(
+        &fx,
+        &ClusterOpts {
+            namespace: NS,
+            kubernetes_config: "registry_secret = \"devd-registry\"\ningress_wait_seconds = 3\n",
+        },
+        |c| {
+            let classes: Api<IngressClass> = Api::all(c.client());
+            c.block_on(classes.delete(DEFAULT_INGRESS_CLASS, &DeleteParams::default()))
+                .unwrap();
+        },
+    );
+    let failed = st.wait_service("web", "failed", |s| s.state == "failed");
+    let error = failed.error.clone().unwrap();
+    for want in [
+        "Ingress web got no address",
+        "ingress_class",
+        "is-default-class",
+    ] {
+        assert!(error.contains(want), "{want}: {error}");
+    }
+    // The internal services need no Ingress.
+    st.wait_service("api", "deployed", |s| s.state == "deployed");
+    let class: IngressClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "traefik",
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "traefik.io/ingress-controller"},
+    }))
+    .unwrap();
+    st.cluster
+        .block_on(
+            Api::<IngressClass>::all(st.cluster.client()).create(&PostParams::default(), &class),
+        )
+        .unwrap();
+    fx.write("services/web/www/index.html", "<h1>web v2</h1>\n");
+    let web = st.wait_service("web", "deployed", |s| s.state == "deployed");
+    st.cluster.assert_no_errors();
+    assert_eq!(
+        web.url.as_deref(),
+        Some(&*format!("http://web.{NS}.{DOMAIN}"))
+    );
+    let ingress = st
+        .cluster
+        .block_on(st.cluster.api::<Ingress>().get("web"))
+        .unwrap();
+    assert_eq!(
+        ingress
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some(INGRESS_ADDRESS)
+    );
 }

@@ -82,6 +82,22 @@ impl Env {
         run.stdout
     }
 
+    /// `kubectl kustomize` of a kustomization written next to the copy of
+    /// `manifests/` (for components, which render only inside one).
+    #[track_caller]
+    fn render_with(&self, name: &str, kustomization: &str) -> String {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+        let kubectl = process::find_program("kubectl").expect("kubectl");
+        let run = self.run(
+            Command::new(kubectl).arg("kustomize").arg(&dir),
+            "kustomize",
+        );
+        run.assert_success();
+        run.stdout
+    }
+
     /// Write `yaml` to a file and validate it strictly for `version`.
     fn validate(&self, name: &str, yaml: &str, version: &str, strict: bool) -> Run {
         let file = self.dir.path().join(format!("{name}.yaml"));
@@ -166,6 +182,8 @@ fn every_manifest_validates_strictly_on_kubernetes_1_30_and_1_37() {
     require_validator();
     let env = Env::new();
     let mut sets = renders(&env);
+    // The optional NetworkPolicy component, with the receiver.
+    sets.push(("networkpolicy", netpol_render(&env)));
     // The templates on their own too, as `devd workspace create` reads them.
     for f in ["workspace/namespace.yaml", "vacuum/cronjob.yaml"] {
         sets.push((f, std::fs::read_to_string(env.manifests().join(f)).unwrap()));
@@ -460,9 +478,23 @@ fn objects_are_what_the_issue_asks_for() {
             );
         }
     }
+    assert_eq!(
+        quic["spec"]["externalTrafficPolicy"], "Local",
+        "a LoadBalancer keeps the laptop's address"
+    );
+    // Private registries without node credentials: the receiver's and the
+    // vacuum's image are pulled with the registry Secret.
+    assert_eq!(
+        pod["imagePullSecrets"],
+        serde_json::json!([{"name": "devd-registry"}])
+    );
     let np = objects(&env.render("overlays/nodeport"));
     let quic = find(&np, "Service", "devd-receiver-quic");
     assert_eq!(quic["spec"]["type"], "NodePort");
+    assert_eq!(
+        quic["spec"]["externalTrafficPolicy"], "Cluster",
+        "with Local, every node without the receiver's pod drops what laptops send"
+    );
     assert_eq!(quic["spec"]["ports"][0]["nodePort"], 30747);
     assert_eq!(quic["spec"]["ports"][1]["nodePort"], 30747);
     for (kind, name) in [
@@ -475,6 +507,10 @@ fn objects_are_what_the_issue_asks_for() {
     let cron = find(&objs, "CronJob", "devd-vacuum");
     let job_pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     assert_eq!(job_pod["serviceAccountName"], "devd-vacuum");
+    assert_eq!(
+        job_pod["imagePullSecrets"],
+        serde_json::json!([{"name": "devd-registry"}])
+    );
     assert_eq!(job_pod["containers"][0]["args"][0], "vacuum");
     assert_eq!(
         job_pod["containers"][0]["image"], c["image"],
@@ -573,6 +609,8 @@ fn resource_of(ty: &str) -> (&'static str, &'static str) {
         "Namespace" => ("", "namespaces"),
         "DevBuild" => ("devd.dev", "devbuilds"),
         "Secret" => ("", "secrets"),
+        "ReplicaSet" => ("apps", "replicasets"),
+        "Event" => ("", "events"),
         other => panic!(
             "the code calls the API for `{other}`, which this test cannot map to an RBAC \
              resource: add it to resource_of() and grant it in manifests/"
@@ -1076,8 +1114,17 @@ fn vacuum_cluster_role_grants_exactly_what_vacuum_calls() {
         .collect();
     assert_eq!(
         cluster_roles,
+        ["devd-devbuilds-edit", "devd-devbuilds-view", "devd-vacuum"]
+    );
+    let bound: Vec<&str> = objs
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .map(|o| o["roleRef"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bound,
         ["devd-vacuum"],
-        "the vacuum is the only cluster-wide grant"
+        "the vacuum is the only cluster-wide grant; the DevBuild roles only add to admin/edit/view"
     );
 }
 
@@ -1114,4 +1161,197 @@ fn the_code_reading_finds_calls_in_every_shape_the_backend_writes() {
             grant("", "pods/log", "get"),
         ])
     );
+}
+
+/// The optional NetworkPolicy component rendered with the receiver.
+fn netpol_render(env: &Env) -> String {
+    env.render_with(
+        "with-networkpolicy",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: devd-alice\n\
+         resources:\n  - ../manifests/receiver\ncomponents:\n  - ../manifests/components/networkpolicy\n",
+    )
+}
+
+/// Every way to install devd ships what `manifests/` ships: the nodeport
+/// overlay lists manifests/'s parts itself (kustomize refuses a base that
+/// contains its overlay), so a part added to one and not the other (the
+/// DevBuild CRD once) would answer 404 on every DevBuild write there.
+#[test]
+fn every_overlay_ships_every_object_the_install_ships() {
+    let env = Env::new();
+    let key = |o: &Value| {
+        (
+            o["kind"].as_str().unwrap().to_owned(),
+            o["metadata"]["name"].as_str().unwrap().to_owned(),
+        )
+    };
+    let install: BTreeSet<(String, String)> = objects(&env.render(".")).iter().map(key).collect();
+    assert!(install.contains(&(
+        "CustomResourceDefinition".to_owned(),
+        "devbuilds.devd.dev".to_owned()
+    )));
+    let overlays = std::fs::read_dir(env.manifests().join("overlays")).unwrap();
+    let mut seen = 0;
+    for o in overlays {
+        let name = o.unwrap().file_name().into_string().unwrap();
+        let shipped: BTreeSet<(String, String)> = objects(&env.render(&format!("overlays/{name}")))
+            .iter()
+            .map(key)
+            .collect();
+        let missing: Vec<_> = install.difference(&shipped).collect();
+        assert!(
+            missing.is_empty(),
+            "overlays/{name} leaves out {missing:?}, which manifests/ installs"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 1, "no overlays found");
+}
+
+/// (group, resource, verb) grants of the rules of `roles`, wildcards refused.
+fn rule_grants<'a>(roles: impl IntoIterator<Item = &'a Value>) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for role in roles {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        out.insert(grant(
+                            g.as_str().unwrap(),
+                            r.as_str().unwrap(),
+                            v.as_str().unwrap(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A developer holding the built-in `admin` ClusterRole in a workspace
+/// namespace (what the README suggests) may create the receiver's Role:
+/// RBAC's escalation prevention lets one grant only what one holds, and
+/// `admin` is the aggregation of Kubernetes' own rules (the fixture, from
+/// its bootstrap policy) and of every ClusterRole labelled
+/// aggregate-to-admin/-edit/-view — devd's DevBuild roles among them. Without
+/// those, the devbuilds grants would be refused with 403.
+#[test]
+fn the_built_in_admin_role_holds_everything_the_receivers_role_grants() {
+    let env = Env::new();
+    let install = objects(&env.render("."));
+    let builtin = objects(
+        &std::fs::read_to_string(
+            root().join("tests/fixtures/kubernetes-aggregated-clusterroles.yaml"),
+        )
+        .unwrap(),
+    );
+    let builtin: Vec<Value> = builtin[0]["items"].as_array().unwrap().clone();
+    let aggregated_into_admin = |o: &&Value| {
+        o["kind"] == "ClusterRole"
+            && ["admin", "edit", "view"].iter().any(|to| {
+                o["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")]
+                    == "true"
+            })
+    };
+    let kubernetes_admin = rule_grants(builtin.iter());
+    let devd_roles: Vec<&Value> = install.iter().filter(aggregated_into_admin).collect();
+    assert!(
+        !devd_roles.is_empty(),
+        "manifests/ aggregates no rules into admin"
+    );
+    let admin: BTreeSet<Grant> = kubernetes_admin
+        .iter()
+        .cloned()
+        .chain(rule_grants(devd_roles.iter().copied()))
+        .collect();
+    let role = find(&install, "Role", "devd-receiver");
+    let granted = grants_of_role(role);
+    let beyond: BTreeSet<Grant> = granted.difference(&admin).cloned().collect();
+    assert!(
+        beyond.is_empty(),
+        "the receiver's Role grants what `admin` does not hold: [{}]; `devd workspace create` would get 403",
+        show(&beyond)
+    );
+    // What devd's aggregated roles are there for.
+    let without: BTreeSet<Grant> = granted.difference(&kubernetes_admin).cloned().collect();
+    assert_eq!(
+        without,
+        BTreeSet::from([
+            grant("devd.dev", "devbuilds", "create"),
+            grant("devd.dev", "devbuilds", "delete"),
+            grant("devd.dev", "devbuilds", "list"),
+            grant("devd.dev", "devbuilds/status", "patch"),
+        ]),
+        "Kubernetes' own admin lacks exactly the DevBuild grants"
+    );
+}
+
+/// The optional NetworkPolicies let exactly the build pods (the labels the
+/// Kubernetes backend gives them) reach the receiver's HTTP port, not the
+/// apps' pods, and leave the laptops' QUIC and TCP ports open.
+#[test]
+fn the_network_policies_let_build_pods_and_laptops_reach_the_receiver() {
+    use devd_receiver::build::backend::kubernetes::names;
+    let env = Env::new();
+    let objs = objects(&netpol_render(&env));
+    let d = find(&objs, "Deployment", "devd-receiver");
+    let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
+    let matches = |selector: &Value, labels: &Value| {
+        let by_labels = selector["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| &labels[k] == v);
+        let by_expressions = selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| match e["operator"].as_str().unwrap() {
+                "Exists" => labels.get(e["key"].as_str().unwrap()).is_some(),
+                other => panic!("operator {other} not understood here"),
+            });
+        by_labels && by_expressions
+    };
+    let ingress = find(&objs, "NetworkPolicy", "devd-receiver");
+    assert_eq!(ingress["metadata"]["namespace"], "devd-alice");
+    assert!(matches(&ingress["spec"]["podSelector"], pod_labels));
+    let build = serde_json::to_value(names::build_pod_labels("alice", "web")).unwrap();
+    let app = serde_json::to_value(names::labels("alice", "web")).unwrap();
+    let rules = ingress["spec"]["ingress"].as_array().unwrap();
+    let from_build = &rules[0];
+    let from = &from_build["from"][0]["podSelector"];
+    assert!(matches(from, &build), "build pods reach the context server");
+    assert!(!matches(from, &app), "the apps' pods do not");
+    assert_eq!(
+        from_build["ports"],
+        serde_json::json!([{"port": "http", "protocol": "TCP"}])
+    );
+    let container_ports: BTreeSet<&str> = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let laptops = &rules[1];
+    assert!(laptops.get("from").is_none(), "laptops come from anywhere");
+    for p in laptops["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(from_build["ports"].as_array().unwrap())
+    {
+        assert!(
+            container_ports.contains(p["port"].as_str().unwrap()),
+            "{p} names no port of the receiver"
+        );
+    }
+    let egress = find(&objs, "NetworkPolicy", "devd-build-pods");
+    assert!(matches(&egress["spec"]["podSelector"], &build));
+    assert!(!matches(&egress["spec"]["podSelector"], &app));
+    assert!(matches(
+        &egress["spec"]["egress"][0]["to"][0]["podSelector"],
+        pod_labels
+    ));
+    assert_eq!(egress["spec"]["egress"][0]["ports"][0]["port"], 8080);
 }

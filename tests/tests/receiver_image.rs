@@ -99,6 +99,9 @@ fn dockerfile_builds_with_buildah_and_the_image_answers_healthz_under_podman() {
             &format!("ROOTFS={ROOTFS_IMAGE}"),
             "--build-arg",
             "RUNTIME_IMAGE=scratch",
+            // The amd64 path of the multi-arch build (TARGETARCH=amd64).
+            "--platform",
+            "linux/amd64",
             "-f",
             &dockerfile.display().to_string(),
             "-t",
@@ -113,6 +116,15 @@ fn dockerfile_builds_with_buildah_and_the_image_answers_healthz_under_podman() {
         "the unused stages must be skipped:\n{}",
         build.output()
     );
+
+    // An amd64 image (arm64 is built the same way, but not here).
+    let arch = env.run(
+        "podman",
+        &["image", "inspect", "--format", "{{.Architecture}}", IMAGE],
+        Duration::from_secs(60),
+    );
+    arch.assert_success();
+    assert_eq!(arch.stdout.trim(), "amd64");
 
     // The image's configuration: non-root, the binary as entrypoint.
     let inspect = env.run(
@@ -230,5 +242,53 @@ fn dockerfile_builds_with_buildah_and_the_image_answers_healthz_under_podman() {
         logs.output().contains("\"receiver ready\""),
         "JSON logs:\n{}",
         logs.output()
+    );
+}
+
+/// The Rust build stage takes its target from the platform being built
+/// (`TARGETARCH`), through `cluster-receiver/rust-target.sh`, for both the
+/// `rustup target add` and the `cargo build`: amd64 and arm64 nodes get a
+/// binary they can run (arm64 cannot be built here; the mapping is what is
+/// checked).
+#[test]
+fn the_dockerfile_builds_for_the_platforms_architecture() {
+    let script = repo_root().join("cluster-receiver/rust-target.sh");
+    let target = |arch: &str| {
+        let out = Command::new("sh").arg(&script).arg(arch).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(target("amd64").1, "x86_64-unknown-linux-musl");
+    assert_eq!(target("arm64").1, "aarch64-unknown-linux-musl");
+    let host = target("");
+    assert!(host.0, "{}", host.2);
+    assert_eq!(
+        host.1,
+        match std::env::consts::ARCH {
+            "x86_64" => "x86_64-unknown-linux-musl",
+            "aarch64" => "aarch64-unknown-linux-musl",
+            other => panic!("untested host architecture {other}"),
+        },
+        "without TARGETARCH: this machine's"
+    );
+    let (ok, _, err) = target("riscv64");
+    assert!(
+        !ok && err.contains("no Rust target for architecture 'riscv64'"),
+        "{err}"
+    );
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("cluster-receiver/Dockerfile")).unwrap();
+    assert!(
+        !dockerfile.contains("x86_64-unknown-linux-musl"),
+        "no fixed target left in the Dockerfile"
+    );
+    assert!(dockerfile.contains("ARG TARGETARCH"));
+    assert_eq!(
+        dockerfile.matches("rust-target \"${TARGETARCH}\"").count(),
+        2,
+        "rustup and cargo both use the platform's target"
     );
 }

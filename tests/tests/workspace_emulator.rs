@@ -310,7 +310,7 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     use devd_sync::pairing::Pairing;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{
-        ConfigMap, Node, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+        ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
     };
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
@@ -579,19 +579,30 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     );
 
     // --node-port: the QUIC Service is a NodePort whose port the cluster
-    // numbers (the test plays the API server's allocation), and devd dials
-    // a node's ExternalIP at it.
+    // numbers (the test plays the API server's allocation), with the
+    // Cluster traffic policy, and devd dials the ExternalIP of the node
+    // that runs the receiver's pod at it. Two nodes, as on a multi-node
+    // kind cluster: the first one listed is the control plane, which never
+    // runs the receiver (with the Local policy it would drop the traffic).
     let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": "10.0.0.5"},
-            {"type": "ExternalIP", "address": "198.51.100.9"},
-        ]},
-    }))
-    .unwrap();
-    rt.block_on(nodes.create(&PostParams::default(), &node))
-        .unwrap();
+    for (name, internal, external, role) in [
+        ("kind-control-plane", "10.0.0.2", "198.51.100.2", true),
+        ("kind-worker", "10.0.0.5", "198.51.100.9", false),
+    ] {
+        let mut node = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": internal},
+                {"type": "ExternalIP", "address": external},
+            ]},
+        });
+        if role {
+            node["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = "".into();
+        }
+        let node: Node = serde_json::from_value(node).unwrap();
+        rt.block_on(nodes.create(&PostParams::default(), &node))
+            .unwrap();
+    }
     let np_ns = "devd-alice-np";
     let mut cmd = env.cmd(
         "devd",
@@ -616,6 +627,41 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     let quic = rt.block_on(np_services.get("devd-receiver-quic")).unwrap();
     let spec = quic.spec.unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    assert_eq!(
+        spec.external_traffic_policy.as_deref(),
+        Some("Cluster"),
+        "with Local, nodes without the receiver's pod drop the traffic"
+    );
+    // The test's scheduler and kubelet: the receiver's pod runs on the
+    // worker (a pod of another app, with other labels, on the control plane).
+    let np_pods: Api<Pod> = Api::namespaced(client.clone(), np_ns);
+    let template_labels = np_deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap();
+    for (name, labels, node) in [
+        ("other-app-1", json!({"app": "other"}), "kind-control-plane"),
+        (
+            "devd-receiver-5d8f7-abcde",
+            json!(template_labels),
+            "kind-worker",
+        ),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap();
+        rt.block_on(np_pods.create(&PostParams::default(), &pod))
+            .unwrap();
+    }
     // Numbered per protocol: UDP and the TCP fallback differ at first.
     let mut ports = serde_json::to_value(spec.ports.unwrap()).unwrap();
     for p in ports.as_array_mut().unwrap() {
@@ -669,7 +715,7 @@ fn workspace_emulator_create_deploys_a_receiver_and_pairs() {
     assert!(run.success(), "{}", run.describe());
     assert!(
         run.stdout.contains("198.51.100.9:31234"),
-        "a node's ExternalIP and the nodePort:\n{}",
+        "the receiver's node's ExternalIP and the nodePort:\n{}",
         run.stdout
     );
     let written: toml::Table = toml::from_str(&std::fs::read_to_string(&local).unwrap()).unwrap();

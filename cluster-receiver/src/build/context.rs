@@ -97,6 +97,10 @@ impl Walk<'_> {
             }
             let out = self.dest.join(rel);
             std::fs::create_dir_all(&out).map_err(io(&out))?;
+            // 0755 whatever the umask: the archive a build pod unpacks
+            // says 0755 for every directory, so both backends see the same.
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(&out))?;
             let mut names: Vec<_> = std::fs::read_dir(src)
                 .map_err(io(src))?
                 .map(|e| e.map(|e| e.file_name()))

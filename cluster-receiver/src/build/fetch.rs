@@ -101,6 +101,14 @@ pub async fn fetch_context(url: &str, dest: &Path, blake3: &str) -> Result<Fetch
         return Err(FetchError::BadDigest(blake3.to_owned()));
     }
     std::fs::create_dir_all(dest).map_err(io(dest))?;
+    // The context's root gets 0755 as its subdirectories do (and as a
+    // checkout has): `dest` is a subdirectory of the build pod's emptyDir,
+    // whose own root is world-writable, and Kaniko may carry the context
+    // root's mode onto a `COPY . /app` target (kaniko#2136).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).map_err(io(dest))?;
+    }
     let file: PathBuf = dest.join(format!(".devd-context-{}.tar.zst", std::process::id()));
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))

@@ -122,6 +122,17 @@ fn rollout(d: &Deployment) -> Rollout {
     let status = d.status.clone().unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
     let cond = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    // Admission (Pod Security, a ResourceQuota, a LimitRange) refused the
+    // receiver's pod: waiting would only reach ProgressDeadlineExceeded.
+    if let Some(c) = cond("ReplicaFailure")
+        && c.status == "True"
+    {
+        return Rollout::Failed(format!(
+            "ReplicaFailure: {}: {}",
+            c.reason.as_deref().unwrap_or("FailedCreate"),
+            c.message.as_deref().unwrap_or_default()
+        ));
+    }
     if let Some(c) = cond("Progressing")
         && c.status == "False"
     {
@@ -151,7 +162,9 @@ fn rollout(d: &Deployment) -> Rollout {
 /// configuration.
 ///
 /// With `node_port`, the QUIC Service becomes a NodePort whose port the
-/// cluster picks (a fixed one would collide between workspaces).
+/// cluster picks (a fixed one would collide between workspaces), with
+/// `externalTrafficPolicy: Cluster` so that any node forwards to the
+/// receiver.
 fn prepare(
     objects: Vec<DynamicObject>,
     namespace: &str,
@@ -171,6 +184,9 @@ fn prepare(
         match kind.as_str() {
             "Service" if node_port && o.metadata.name.as_deref() == Some(QUIC_SERVICE) => {
                 o.data["spec"]["type"] = "NodePort".into();
+                // With the manifests' Local, kube-proxy drops what reaches
+                // a node without the receiver's pod; laptops dial one node.
+                o.data["spec"]["externalTrafficPolicy"] = "Cluster".into();
                 if let Some(ports) = o.data["spec"]["ports"].as_array_mut() {
                     for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
                         p.remove("nodePort");
@@ -427,6 +443,7 @@ mod tests {
             .find(|o| o.metadata.name.as_deref() == Some(QUIC_SERVICE))
             .unwrap();
         assert_eq!(quic.data["spec"]["type"], "NodePort");
+        assert_eq!(quic.data["spec"]["externalTrafficPolicy"], "Cluster");
         for p in quic.data["spec"]["ports"].as_array().unwrap() {
             assert!(p.get("nodePort").is_none(), "{p}");
         }
@@ -457,6 +474,17 @@ mod tests {
         assert!(
             matches!(rollout(&d(v.clone())), Rollout::Waiting(_)),
             "an older generation's status"
+        );
+        let mut refused = base.clone();
+        refused["status"] = serde_json::json!({"conditions": [{"type": "ReplicaFailure",
+            "status": "True", "reason": "FailedCreate",
+            "message": "pods \"devd-receiver-1\" is forbidden: exceeded quota: q"}]});
+        assert_eq!(
+            rollout(&d(refused)),
+            Rollout::Failed(
+                "ReplicaFailure: FailedCreate: pods \"devd-receiver-1\" is forbidden: exceeded quota: q"
+                    .into()
+            )
         );
         let mut v = base;
         v["status"] = serde_json::json!({"conditions": [{"type": "Progressing", "status": "False",

@@ -6,12 +6,14 @@ use super::KubernetesBackend;
 use super::names::{
     FETCH_CONTAINER, KANIKO_CONTAINER, LABEL_WORKSPACE, label_value, step_container,
 };
-use super::state::{JobState, Stuck, Terminated, has_label, job_state, stuck, terminated};
+use super::state::{
+    JobState, Stuck, Terminated, failed_create, has_label, job_state, stuck, terminated,
+};
 use super::{api_failure, is_status};
 use crate::build::backend::{BuildRequest, Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -96,6 +98,24 @@ impl KubernetesBackend {
         }
     }
 
+    /// Why the Job controller cannot create Job `name`'s pod, if it said
+    /// so: the message of its `FailedCreate` event (an admission webhook,
+    /// Pod Security, a ResourceQuota or a LimitRange refused the pod). The
+    /// controller retries with a back-off, but the rejection is the same
+    /// each time, and without this the build would wait for
+    /// `activeDeadlineSeconds` and say only "no pod was started".
+    async fn rejected(&self, name: &str) -> Option<String> {
+        let events: Api<Event> = self.api();
+        let fields = format!("involvedObject.kind=Job,involvedObject.name={name}");
+        match events.list(&ListParams::default().fields(&fields)).await {
+            Ok(list) => failed_create(&list.items, "Job", name),
+            Err(e) => {
+                tracing::debug!(job = %name, error = %e, "cannot list the Job's events");
+                None
+            }
+        }
+    }
+
     pub(super) async fn delete_job(&self, name: &str) {
         let jobs: Api<Job> = self.api();
         if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
@@ -147,7 +167,14 @@ impl KubernetesBackend {
                         )));
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(why) = self.rejected(name).await {
+                        self.delete_job(name).await;
+                        return Err(Failure::new(format!(
+                            "build pod of Job {name} was refused: {why} — the namespace's admission rules (Pod Security, ResourceQuota, LimitRange) reject it; Kaniko runs as root, so the namespace needs Pod Security `baseline`, not `restricted` (see the README's cluster compatibility table)"
+                        )));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(job = %name, error = %e, "cannot list the build pod; retrying")
                 }

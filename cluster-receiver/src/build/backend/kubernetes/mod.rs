@@ -7,8 +7,15 @@
 //!   server under a one-build random token ([`crate::build::http`]); the Job's
 //!   init container runs `devd-receiver fetch-context` (the receiver's own
 //!   image, as a non-root user) to download it, check its blake3 digest and
-//!   unpack it into an emptyDir that the Kaniko container reads as
-//!   `--context=dir:///workspace`.
+//!   unpack it into a 0755 subdirectory of an emptyDir mounted at
+//!   `/kaniko/buildcontext` (as Skaffold does), which the Kaniko container
+//!   reads as `--context=dir:///kaniko/buildcontext/context`, with
+//!   `FF_KANIKO_COPY_AS_ROOT=true` so that `COPY` gives files to root as
+//!   `docker build` does ([`names::BUILD_MOUNT`], [`names::CONTEXT_DIR`]).
+//! - Build pods carry `dev.devd/build-of`, not the service label their
+//!   app's Deployment selects on, opt out of Istio sidecars (which would keep
+//!   the Job from completing), run with the RuntimeDefault seccomp profile
+//!   and pull with the configured `imagePullSecrets`.
 //! - Kaniko pushes `REPO:TAG` and writes the manifest digest to
 //!   `/dev/termination-log` (`--digest-file`); the backend reads it from the
 //!   Kaniko container's `terminated.message` and checks it is
@@ -20,7 +27,9 @@
 //! - The Job is polled (with backoff) until it is Complete or Failed;
 //!   `kube`'s `is_job_completed` ignores failures, so the conditions are
 //!   read here. A pod that cannot start (image pull back-off, a missing
-//!   Secret) fails the build at once and the Job is deleted. On failure the
+//!   Secret) fails the build at once and the Job is deleted, and so does a
+//!   pod the namespace's admission refuses (the Job's `FailedCreate` event:
+//!   Pod Security, ResourceQuota, LimitRange). On failure the
 //!   error names the reason and the log tail comes from the pod log API
 //!   (the init container's when the context fetch failed, else Kaniko's).
 //!
@@ -32,8 +41,12 @@
 //! - An existing Deployment: an apply that sets only the named container's
 //!   image (devd owns that one field).
 //! - Then the rollout is awaited like `kubectl rollout status` does; on a
-//!   failure (`ProgressDeadlineExceeded`, timeout) the previous image is
-//!   applied back, so what ran before keeps running.
+//!   failure (`ProgressDeadlineExceeded`, a `ReplicaFailure` condition from
+//!   a refused pod, timeout) the previous image is applied back, so what ran
+//!   before keeps running. The app's pods are found through the
+//!   Deployment's ReplicaSets (owner references), never by labels alone.
+//! - An external service's URL is reported once an ingress controller has
+//!   taken its Ingress (given it an address).
 //!
 //! Images are always referenced as `repo@sha256:…`.
 //!
@@ -65,7 +78,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, LogParams};
 use state::terminated;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -333,6 +346,11 @@ impl Backend for KubernetesBackend {
             }
             return Err(f);
         }
+        if let Run::Spec(spec) = &service.run
+            && spec.expose == Expose::External
+        {
+            self.wait_ingress(&service.name).await?;
+        }
         Ok(Deployed {
             url: self.url(workspace, service),
         })
@@ -365,14 +383,12 @@ impl Backend for KubernetesBackend {
                     service.name
                 ))
             })?;
-        let selector = state::pod_selector(&d);
         let pods: Api<Pod> = self.api();
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
+        let mut items = self
+            .app_pods(&d)
             .await
             .map_err(|e| api_failure("listing pods", e))?;
         // The newest running pod, else the newest one.
-        let mut items = list.items;
         items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
         let running = |p: &Pod| {
             p.status

@@ -16,11 +16,32 @@ pub const KANIKO_CONTAINER: &str = "kaniko";
 pub const FETCH_CONTAINER: &str = "fetch-context";
 /// Build steps run as init containers named `step-NAME`, after the fetch.
 pub const STEP_CONTAINER_PREFIX: &str = "step-";
-/// Where the build context is unpacked and read.
-pub const WORKSPACE_DIR: &str = "/workspace";
+/// Where the build pod's emptyDir is mounted, in every container: where
+/// Skaffold's Kaniko builder mounts its context too
+/// (`DefaultEmptyDirMountPath` in Skaffold's kaniko constants). Not
+/// `/workspace`: Kaniko does not snapshot mounted paths (kaniko#464), so a
+/// Dockerfile with `WORKDIR /workspace` (PyTorch and NGC base images) would
+/// silently lose its files there, and `RUN mkdir /workspace` fails (#1508).
+/// Kaniko leaves everything under `/kaniko` out of the image.
+pub const BUILD_MOUNT: &str = "/kaniko/buildcontext";
+/// Where the build context is unpacked and read: a subdirectory of the
+/// emptyDir, which `fetch-context` creates with mode 0755. The emptyDir's
+/// own root is 0777, and Kaniko can carry the source directory's mode onto
+/// the target of `COPY . /app` (kaniko#2136): the image would get a
+/// world-writable directory that `docker build` does not give.
+pub const CONTEXT_DIR: &str = "/kaniko/buildcontext/context";
+/// Label of the build pods naming the service built. Not [`LABEL_SERVICE`]:
+/// that label is the whole selector of the service's Deployment, and a build
+/// pod carrying it would be taken for one of the app's pods.
+pub const LABEL_BUILD_OF: &str = "dev.devd/build-of";
+/// Kaniko's switch (the maintained fork's feature flag) for `COPY` from the
+/// context to give files to root:root, as `docker build` does, instead of
+/// keeping the context's owner (the fetcher's uid; kaniko#2921, #1921).
+pub const KANIKO_COPY_AS_ROOT: &str = "FF_KANIKO_COPY_AS_ROOT";
 /// Where Kaniko looks for `config.json` with registry credentials.
 pub const DOCKER_CONFIG_DIR: &str = "/kaniko/.docker";
-/// The uid the fetcher runs as (non-root; the emptyDir is world-writable).
+/// The uid the fetcher runs as (non-root; the emptyDir is world-writable):
+/// the context's files belong to it, hence [`KANIKO_COPY_AS_ROOT`].
 pub const FETCH_UID: i64 = 65532;
 
 /// A label value from free text: at most 63 characters of
@@ -62,13 +83,24 @@ pub fn ingress_host(service: &str, namespace: &str, domain: &str) -> String {
 }
 
 /// The labels of everything devd creates for `service` of `workspace`:
-/// managed by devd, with the service and workspace as label values.
+/// managed by devd, with the service and workspace as label values. Build
+/// pods get [`build_pod_labels`] instead.
 pub fn labels(workspace: &str, service: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_MANAGED_BY.to_owned(), "devd".to_owned()),
         (LABEL_SERVICE.to_owned(), label_value(service)),
         (LABEL_WORKSPACE.to_owned(), label_value(workspace)),
     ])
+}
+
+/// The labels of a build pod of `service`: devd's and the workspace's, and
+/// [`LABEL_BUILD_OF`] instead of [`LABEL_SERVICE`], so no selector of the
+/// service's own pods picks it.
+pub fn build_pod_labels(workspace: &str, service: &str) -> BTreeMap<String, String> {
+    let mut l = labels(workspace, service);
+    l.remove(LABEL_SERVICE);
+    l.insert(LABEL_BUILD_OF.to_owned(), label_value(service));
+    l
 }
 
 #[cfg(test)]

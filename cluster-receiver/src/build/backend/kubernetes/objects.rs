@@ -5,27 +5,36 @@
 
 use super::KubernetesBackend;
 use super::names::{
-    ANNOTATION_CONTEXT, ANNOTATION_GENERATION, DOCKER_CONFIG_DIR, FETCH_CONTAINER, FETCH_UID,
-    KANIKO_CONTAINER, LABEL_CONTEXT, LABEL_SERVICE, WORKSPACE_DIR, ingress_host, label_value,
-    step_container,
+    ANNOTATION_CONTEXT, ANNOTATION_GENERATION, BUILD_MOUNT, CONTEXT_DIR, DOCKER_CONFIG_DIR,
+    FETCH_CONTAINER, FETCH_UID, KANIKO_CONTAINER, KANIKO_COPY_AS_ROOT, LABEL_CONTEXT,
+    LABEL_SERVICE, build_pod_labels, ingress_host, label_value, step_container,
 };
 use crate::build::backend::BuildRequest;
 use devd_sync::catalog::{Expose, Run, Service};
 use serde_json::{Value, json};
+
+/// Istio's per-pod switch for sidecar injection.
+const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
 
 impl KubernetesBackend {
     /// The Job that builds `req`, fetching its context from `url` (an
     /// archive with blake3 `blake3`).
     pub fn job_spec(&self, req: &BuildRequest, name: &str, url: &str, blake3: &str) -> Value {
         let s = &self.s;
+        let context_label = label_value(&req.context.digest[..40.min(req.context.digest.len())]);
+        // The Job keeps the service label (`kubectl get jobs -l
+        // dev.devd/service=web`); its pods do not (names::LABEL_BUILD_OF).
         let mut labels = self.labels(&req.workspace, &req.service.name);
-        labels.insert(
-            LABEL_CONTEXT.into(),
-            label_value(&req.context.digest[..40.min(req.context.digest.len())]),
-        );
+        labels.insert(LABEL_CONTEXT.into(), context_label.clone());
+        let mut pod_labels = build_pod_labels(&req.workspace, &req.service.name);
+        pod_labels.insert(LABEL_CONTEXT.into(), context_label);
+        // Istio's sidecar never exits, so a Job pod with one never
+        // completes: opt out (the label is Istio's current switch, the
+        // annotation the older one; Kyma's Kaniko build Jobs set it too).
+        pod_labels.insert(SIDECAR_INJECT.into(), "false".into());
         let mut args = vec![
-            format!("--dockerfile={WORKSPACE_DIR}/{}", req.context.dockerfile),
-            format!("--context=dir://{WORKSPACE_DIR}"),
+            format!("--dockerfile={CONTEXT_DIR}/{}", req.context.dockerfile),
+            format!("--context=dir://{CONTEXT_DIR}"),
             format!("--destination={}:{}", req.repository, req.tag),
             "--digest-file=/dev/termination-log".to_owned(),
         ];
@@ -37,7 +46,7 @@ impl KubernetesBackend {
             args.push("--skip-tls-verify".into());
         }
         args.extend(s.kaniko_args.iter().cloned());
-        let mut kaniko_mounts = vec![json!({"name": "workspace", "mountPath": WORKSPACE_DIR})];
+        let mut kaniko_mounts = vec![json!({"name": "workspace", "mountPath": BUILD_MOUNT})];
         let mut volumes = vec![json!({
             "name": "workspace",
             "emptyDir": {"sizeLimit": s.resources.workspace_size_limit},
@@ -62,10 +71,10 @@ impl KubernetesBackend {
             "command": [
                 "devd-receiver", "fetch-context",
                 "--url", url,
-                "--dest", WORKSPACE_DIR,
+                "--dest", CONTEXT_DIR,
                 "--blake3", blake3,
             ],
-            "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR}],
+            "volumeMounts": [{"name": "workspace", "mountPath": BUILD_MOUNT}],
             "resources": {
                 "requests": {"cpu": "50m", "memory": "64Mi"},
                 "limits": {"cpu": "1", "memory": "256Mi"},
@@ -85,8 +94,8 @@ impl KubernetesBackend {
         // files belong to the fetcher's uid), with the Kaniko resources.
         for step in &req.service.steps {
             let workdir = match &step.workdir {
-                Some(w) => format!("{WORKSPACE_DIR}/{}", w.as_str()),
-                None => WORKSPACE_DIR.to_owned(),
+                Some(w) => format!("{CONTEXT_DIR}/{}", w.as_str()),
+                None => CONTEXT_DIR.to_owned(),
             };
             let env: Vec<Value> = step
                 .env
@@ -99,7 +108,7 @@ impl KubernetesBackend {
                 "command": step.command,
                 "workingDir": workdir,
                 "env": env,
-                "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR}],
+                "volumeMounts": [{"name": "workspace", "mountPath": BUILD_MOUNT}],
                 "resources": {
                     "requests": {"cpu": s.resources.cpu_request, "memory": s.resources.memory_request},
                     "limits": {"cpu": s.resources.cpu_limit, "memory": s.resources.memory_limit},
@@ -112,11 +121,16 @@ impl KubernetesBackend {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
+            // Pod Security `baseline` and `restricted` both accept
+            // RuntimeDefault; Kaniko needs no syscall it blocks (it runs no
+            // namespaces or mounts of its own).
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "initContainers": init_containers,
             "containers": [{
                 "name": KANIKO_CONTAINER,
                 "image": s.kaniko_image,
                 "args": args,
+                "env": [{"name": KANIKO_COPY_AS_ROOT, "value": "true"}],
                 "volumeMounts": kaniko_mounts,
                 "resources": {
                     "requests": {"cpu": s.resources.cpu_request, "memory": s.resources.memory_request},
@@ -129,6 +143,9 @@ impl KubernetesBackend {
         });
         if let Some(sa) = &s.service_account {
             pod_spec["serviceAccountName"] = json!(sa);
+        }
+        if let Some(secrets) = self.pull_secrets() {
+            pod_spec["imagePullSecrets"] = secrets;
         }
         json!({
             "apiVersion": "batch/v1",
@@ -147,10 +164,24 @@ impl KubernetesBackend {
                 "activeDeadlineSeconds": s.active_deadline_seconds,
                 "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {SIDECAR_INJECT: "false"},
+                    },
                     "spec": pod_spec,
                 },
             },
+        })
+    }
+
+    /// `imagePullSecrets` of the pods devd creates, if any are configured.
+    fn pull_secrets(&self) -> Option<Value> {
+        (!self.s.image_pull_secrets.is_empty()).then(|| {
+            self.s
+                .image_pull_secrets
+                .iter()
+                .map(|n| json!({"name": n}))
+                .collect()
         })
     }
 
@@ -192,6 +223,10 @@ impl KubernetesBackend {
             return Value::Null;
         };
         let labels = self.labels(workspace, &service.name);
+        let mut pod_spec = json!({"enableServiceLinks": false});
+        if let Some(secrets) = self.pull_secrets() {
+            pod_spec["imagePullSecrets"] = secrets;
+        }
         let mut container = json!({
             "name": service.name,
             "image": image,
@@ -205,6 +240,7 @@ impl KubernetesBackend {
                 "failureThreshold": 3,
             });
         }
+        pod_spec["containers"] = json!([container]);
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -219,7 +255,7 @@ impl KubernetesBackend {
                 },
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [container], "enableServiceLinks": false},
+                    "spec": pod_spec,
                 },
             },
         })

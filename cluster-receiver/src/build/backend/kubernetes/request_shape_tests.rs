@@ -118,6 +118,7 @@ async fn build_request_shape_job_spec_and_digest() {
         s.ttl_seconds_after_finished = 30;
         s.resources.memory_limit = "3Gi".into();
         s.service_account = Some("builder".into());
+        s.image_pull_secrets = vec!["regcred".into()];
     });
     let req = request(&st);
     let name = job_name("greeter", 7, &req.context.digest);
@@ -142,7 +143,27 @@ async fn build_request_shape_job_spec_and_digest() {
         assert_eq!(spec["activeDeadlineSeconds"], 120);
         assert_eq!(spec["ttlSecondsAfterFinished"], 30);
         let pod_spec = &spec["template"]["spec"];
-        assert_eq!(spec["template"]["metadata"]["labels"], *labels);
+        // The build pod is not one of greeter's pods: it lacks the label
+        // greeter's Deployment selects on, and says what it builds instead.
+        let pod_labels = &spec["template"]["metadata"]["labels"];
+        assert_eq!(
+            *pod_labels,
+            json!({LABEL_MANAGED_BY: "devd", LABEL_WORKSPACE: "alice",
+                   LABEL_BUILD_OF: "greeter", LABEL_CONTEXT: &req.context.digest[..40],
+                   "sidecar.istio.io/inject": "false"})
+        );
+        assert!(pod_labels.get(LABEL_SERVICE).is_none());
+        // Istio's sidecar would keep the Job from completing.
+        assert_eq!(
+            spec["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"],
+            "false"
+        );
+        assert_eq!(
+            pod_spec["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        // The fetcher image (and the app images) from a private registry.
+        assert_eq!(pod_spec["imagePullSecrets"], json!([{"name": "regcred"}]));
         assert_eq!(pod_spec["restartPolicy"], "Never");
         assert_eq!(pod_spec["automountServiceAccountToken"], false);
         assert_eq!(pod_spec["serviceAccountName"], "builder");
@@ -174,7 +195,10 @@ async fn build_request_shape_job_spec_and_digest() {
                 && url.ends_with(".tar.zst"),
             "{url}"
         );
-        assert_eq!(&cmd[4..6], ["--dest", "/workspace"]);
+        // A subdirectory of the emptyDir (which fetch-context makes 0755),
+        // under /kaniko/buildcontext as Skaffold mounts it: not /workspace,
+        // which Kaniko would not snapshot for a `WORKDIR /workspace`.
+        assert_eq!(&cmd[4..6], ["--dest", "/kaniko/buildcontext/context"]);
         assert_eq!(cmd[6], "--blake3");
         assert_eq!(
             st.shelf.len(),
@@ -200,7 +224,7 @@ async fn build_request_shape_job_spec_and_digest() {
         assert_eq!(init["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(
             init["volumeMounts"],
-            json!([{"name": "workspace", "mountPath": "/workspace"}])
+            json!([{"name": "workspace", "mountPath": "/kaniko/buildcontext"}])
         );
         // Kaniko.
         let k = &pod_spec["containers"][0];
@@ -209,8 +233,8 @@ async fn build_request_shape_job_spec_and_digest() {
         assert_eq!(
             k["args"],
             json!([
-                "--dockerfile=/workspace/Dockerfile",
-                "--context=dir:///workspace",
+                "--dockerfile=/kaniko/buildcontext/context/Dockerfile",
+                "--context=dir:///kaniko/buildcontext/context",
                 format!("--destination=r.example.com:5000/demo/greeter:{}", req.tag),
                 "--digest-file=/dev/termination-log",
                 "--build-arg=STYLE=plain",
@@ -220,6 +244,12 @@ async fn build_request_shape_job_spec_and_digest() {
             ])
         );
         assert_eq!(k["terminationMessagePolicy"], "FallbackToLogsOnError");
+        // COPY gives files to root, as docker build does, not to the
+        // fetcher's uid that unpacked them.
+        assert_eq!(
+            k["env"],
+            json!([{"name": "FF_KANIKO_COPY_AS_ROOT", "value": "true"}])
+        );
         assert_eq!(
             k["resources"],
             json!({"requests": {"cpu": "500m", "memory": "1Gi"},
@@ -228,7 +258,7 @@ async fn build_request_shape_job_spec_and_digest() {
         assert_eq!(
             k["volumeMounts"],
             json!([
-                {"name": "workspace", "mountPath": "/workspace"},
+                {"name": "workspace", "mountPath": "/kaniko/buildcontext"},
                 {"name": "docker-config", "mountPath": "/kaniko/.docker", "readOnly": true},
             ])
         );
@@ -446,14 +476,14 @@ async fn build_request_shape_steps_are_init_containers_in_order_and_logged() {
             [FETCH_CONTAINER, "step-generate", "step-test"],
             "the fetch first, then the steps in catalog order"
         );
-        let mount = json!([{"name": "workspace", "mountPath": "/workspace"}]);
+        let mount = json!([{"name": "workspace", "mountPath": "/kaniko/buildcontext"}]);
         let resources = json!({"requests": {"cpu": "500m", "memory": "1Gi"},
                                "limits": {"cpu": "2", "memory": "3Gi"}});
         let gen_ = &init[1];
         assert_eq!(gen_["image"], "r.example.com:5000/tools/gen:1.2");
         assert_eq!(gen_["command"], json!(["gen", "--out", "generated.txt"]));
         assert!(gen_.get("args").is_none(), "the command is the whole argv");
-        assert_eq!(gen_["workingDir"], "/workspace/www");
+        assert_eq!(gen_["workingDir"], "/kaniko/buildcontext/context/www");
         assert_eq!(
             gen_["env"],
             json!([{"name": "LANG", "value": "C"}, {"name": "MODE", "value": "ci"}])
@@ -468,7 +498,7 @@ async fn build_request_shape_steps_are_init_containers_in_order_and_logged() {
         let test = &init[2];
         assert_eq!(test["image"], "busybox:stable");
         assert_eq!(test["command"], json!(["sh", "-c", "./run-tests.sh"]));
-        assert_eq!(test["workingDir"], "/workspace");
+        assert_eq!(test["workingDir"], "/kaniko/buildcontext/context");
         assert_eq!(test["env"], json!([]));
         assert_eq!(test["volumeMounts"], mount);
         // Kaniko reads the same volume after the steps.
@@ -614,6 +644,7 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
     let (st, mut api) = setup(|s| {
         s.domain = Some("dev.example.com".into());
         s.ingress_class = Some("nginx".into());
+        s.image_pull_secrets = vec!["devd-registry".into()];
     });
     let web = service(
         "[services.web]\ncontext = \"web\"\nport = 8080\nexpose = \"external\"\nreplicas = 2\n[services.web.env]\nMODE = \"dev\"\n",
@@ -649,8 +680,8 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
                 rule["http"]["paths"][0]["backend"],
                 json!({"service": {"name": "web", "port": {"number": 8080}}})
             );
-            let body = ing.body.clone();
-            ing.ok(&body);
+            let ingress_body = ing.body.clone();
+            ing.ok(&ingress_body);
             let dep = api.next().await;
             dep.expect_apply("/apis/apps/v1/namespaces/dev/deployments/web");
             let d = dep.body.clone();
@@ -668,6 +699,10 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
             assert_eq!(c["env"], json!([{"name": "MODE", "value": "dev"}]));
             assert_eq!(c["ports"][0]["containerPort"], 8080);
             assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "http");
+            assert_eq!(
+                d["spec"]["template"]["spec"]["imagePullSecrets"],
+                json!([{"name": "devd-registry"}])
+            );
             dep.ok(&d);
             let mut progressing = d.clone();
             progressing["metadata"]["generation"] = json!(2);
@@ -681,6 +716,16 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
             );
             get.ok(&progressing);
             api.next().await.ok(&rolled_out(d));
+            // The URL is reported once an ingress controller took the Ingress.
+            let ing = api.next().await;
+            ing.expect(
+                Method::GET,
+                "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web",
+                &[],
+            );
+            let mut taken = ingress_body.clone();
+            taken["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+            ing.ok(&taken);
         },
     )
     .await;
@@ -739,13 +784,49 @@ async fn deploy_request_shape_internal_service_removes_its_old_ingress() {
 fn existing(image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "legacy-app", "namespace": "dev", "generation": 5},
+        "metadata": {"name": "legacy-app", "namespace": "dev", "generation": 5, "uid": "dep-uid"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}},
             "template": {"spec": {"containers": [
                 {"name": "app", "image": image},
                 {"name": "sidecar", "image": "envoy:1"},
             ]}}},
     })
+}
+
+fn owner(kind: &str, name: &str, uid: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true})
+}
+
+/// Answer the two lists of `app_pods` for Deployment legacy-app (uid
+/// `dep-uid`): its ReplicaSets `rs-uid-0` and `rs-uid-1` plus one of
+/// another owner, then `pods`, as a server that ignores selectors would.
+async fn owned_pods(api: &mut Mock, selector: &str, pods_: Vec<Value>) {
+    let rs = api.next().await;
+    rs.expect(
+        Method::GET,
+        "/apis/apps/v1/namespaces/dev/replicasets",
+        &[&format!("labelSelector={selector}")],
+    );
+    let set = |name: &str, uid: &str, owner_uid: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "uid": uid,
+                "ownerReferences": [owner("Deployment", "x", owner_uid)]},
+            "spec": {"selector": {}}})
+    };
+    rs.ok(
+        &json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": [
+            set("legacy-app-x", "rs-uid-0", "dep-uid"),
+            set("legacy-app-7f9", "rs-uid-1", "dep-uid"),
+            set("other-1", "rs-uid-9", "other-dep-uid"),
+        ]}),
+    );
+    let list = api.next().await;
+    list.expect(
+        Method::GET,
+        "/api/v1/namespaces/dev/pods",
+        &[&format!("labelSelector={selector}")],
+    );
+    list.ok(&pods(pods_));
 }
 
 fn legacy() -> Service {
@@ -804,18 +885,24 @@ async fn deploy_request_shape_failed_rollout_reports_the_pod_and_applies_the_old
                 "reason": "ProgressDeadlineExceeded",
                 "message": "ReplicaSet \"legacy-app-7f9\" has timed out progressing."}]});
             api.next().await.ok(&stuck);
-            let list = api.next().await;
-            list.expect(
-                Method::GET,
-                "/api/v1/namespaces/dev/pods",
-                &["labelSelector=app%3Dlegacy"],
-            );
-            list.ok(&pods(vec![
-                json!({"metadata": {"name": "legacy-app-7f9-abc"},
-            "status": {"containerStatuses": [{"name": "app", "ready": false, "restartCount": 4,
-                "image": image, "imageID": "",
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
-            ]));
+            owned_pods(
+                api,
+                "app%3Dlegacy",
+                vec![
+                    // Matches the selector, belongs to no ReplicaSet of the
+                    // Deployment (a build pod once did): not blamed.
+                    json!({"metadata": {"name": "devd-legacy-3-c0ffee00-x1", "labels": {"app": "legacy"}},
+                "status": {"containerStatuses": [{"name": "kaniko", "ready": false, "restartCount": 0,
+                    "image": "k", "imageID": "",
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}}),
+                    json!({"metadata": {"name": "legacy-app-7f9-abc",
+                    "ownerReferences": [owner("ReplicaSet", "legacy-app-7f9", "rs-uid-1")]},
+                "status": {"containerStatuses": [{"name": "app", "ready": false, "restartCount": 4,
+                    "image": image, "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+                ],
+            )
+            .await;
             let log = api.next().await;
             log.expect(
                 Method::GET,
@@ -927,24 +1014,35 @@ async fn logs_request_shape_follows_the_newest_running_pod_of_the_deployment() {
                 &[],
             );
             get.ok(&existing("legacy@sha256:11"));
-            let list = api.next().await;
-            list.expect(
-                Method::GET,
-                "/api/v1/namespaces/dev/pods",
-                &["labelSelector=app%3Dlegacy"],
-            );
-            let pod = |name: &str, created: &str, phase: &str| {
+            let pod = |name: &str, created: &str, phase: &str, rs: &str| {
                 json!({"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": name, "creationTimestamp": created},
+                   "metadata": {"name": name, "creationTimestamp": created,
+                       "ownerReferences": [owner("ReplicaSet", "legacy-app-x", rs)]},
                    "status": {"phase": phase}})
             };
-            list.ok(
-                &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
-                    pod("legacy-old", "2026-01-01T00:00:00Z", "Running"),
-                    pod("legacy-new", "2026-01-02T00:00:00Z", "Running"),
-                    pod("legacy-pending", "2026-01-03T00:00:00Z", "Pending"),
-                ]}),
-            );
+            owned_pods(
+                api,
+                "app%3Dlegacy",
+                vec![
+                    pod("legacy-old", "2026-01-01T00:00:00Z", "Running", "rs-uid-0"),
+                    pod("legacy-new", "2026-01-02T00:00:00Z", "Running", "rs-uid-1"),
+                    pod(
+                        "legacy-pending",
+                        "2026-01-03T00:00:00Z",
+                        "Pending",
+                        "rs-uid-1",
+                    ),
+                    // Newest and running, matching the selector, but no pod
+                    // of the Deployment (a build pod during a build was).
+                    pod(
+                        "devd-legacy-9-c0ffee00-x1",
+                        "2026-01-04T00:00:00Z",
+                        "Running",
+                        "job-uid",
+                    ),
+                ],
+            )
+            .await;
             let log = api.next().await;
             log.expect(
                 Method::GET,
@@ -1082,4 +1180,296 @@ async fn observe_runs_the_recorder_on_the_tracker_until_cancelled() {
     let (_events, o) = observation(&tasks, &CancellationToken::new());
     st.backend.observe(o);
     assert_eq!(tasks.len(), 0, "no DevBuilds kept, no recorder");
+}
+
+#[tokio::test]
+async fn build_request_shape_admission_rejection_fails_at_once_with_its_message() {
+    let (st, mut api) = setup(|_| {});
+    let req = request(&st);
+    let name = job_name("greeter", 7, &req.context.digest);
+    let refused = format!(
+        "Error creating: pods \"{name}-x7k2p\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true (pod or container \"kaniko\" must set securityContext.runAsNonRoot=true)"
+    );
+    let build = scripted(&mut api, st.backend.build(&req), async |api| {
+        let create = api.next().await;
+        let j = create.body.clone();
+        create.reply(201, &j);
+        api.next().await.ok(&job_with(&j, json!({"active": 0})));
+        // No pod: the Job controller could not create it.
+        api.next().await.ok(&pods(vec![]));
+        let events = api.next().await;
+        events.expect(
+            Method::GET,
+            "/api/v1/namespaces/dev/events",
+            &[&format!(
+                "fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{name}"
+            )],
+        );
+        let event = |kind: &str, object: &str, reason: &str, message: &str| {
+            json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("{object}.1"), "namespace": "dev"},
+                "involvedObject": {"kind": kind, "name": object, "namespace": "dev"},
+                "reason": reason, "message": message, "type": "Warning",
+                "lastTimestamp": "2026-12-07T12:00:00Z"})
+        };
+        events.ok(
+            &json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+                // Another object's event, as a server ignoring field selectors sends it.
+                event("Job", "devd-other-1-00000000", "FailedCreate", "Error creating: other"),
+                event("Job", &name, "SuccessfulCreate", "Created pod"),
+                event("Job", &name, "FailedCreate", &refused),
+            ]}),
+        );
+        let del = api.next().await;
+        del.expect(
+            Method::DELETE,
+            &format!("/apis/batch/v1/namespaces/dev/jobs/{name}"),
+            &[],
+        );
+        del.ok(&j);
+    })
+    .await;
+    let f = build.unwrap_err();
+    assert!(f.error.contains(&refused), "{}", f.error);
+    assert!(
+        f.error.contains("baseline") && f.error.contains("refused"),
+        "says what to do: {}",
+        f.error
+    );
+    assert!(st.shelf.is_empty(), "the context is withdrawn");
+}
+
+#[tokio::test]
+async fn deploy_request_shape_replica_failure_fails_the_rollout_with_the_admission_message() {
+    let (st, mut api) = setup(|_| {});
+    let image = format!("r.example.com:5000/legacy@{DIGEST}");
+    let quota = "pods \"legacy-app-7f9-abc\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=3, limited: pods=3";
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &legacy(), &image),
+        async |api| {
+            api.next().await.ok(&existing("legacy:old"));
+            api.next().await.ok(&existing(&image));
+            let mut refused = existing(&image);
+            refused["status"] = json!({"observedGeneration": 5, "replicas": 1, "updatedReplicas": 0,
+                "conditions": [
+                    {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+                    {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                     "message": quota}]});
+            api.next().await.ok(&refused);
+            owned_pods(api, "app%3Dlegacy", vec![]).await;
+            let back = api.next().await;
+            back.expect_apply("/apis/apps/v1/namespaces/dev/deployments/legacy-app");
+            back.ok(&existing("legacy:old"));
+        },
+    )
+    .await;
+    let f = deploy.unwrap_err();
+    assert!(
+        f.error.contains("ReplicaFailure: FailedCreate") && f.error.contains(quota),
+        "{}",
+        f.error
+    );
+}
+
+#[tokio::test]
+async fn deploy_request_shape_an_ingress_no_controller_takes_fails_with_what_to_set() {
+    let (st, mut api) = setup(|s| {
+        s.domain = Some("dev.example.com".into());
+        s.ingress_wait = Duration::from_millis(30);
+    });
+    let web = service("[services.web]\ncontext = \"web\"\nport = 8080\nexpose = \"external\"\n");
+    let image = format!("r.example.com:5000/web@{DIGEST}");
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &web, &image),
+        async |api| {
+            api.next().await.not_found();
+            let svc = api.next().await;
+            let body = svc.body.clone();
+            svc.ok(&body);
+            let ing = api.next().await;
+            assert!(
+                ing.body["spec"].get("ingressClassName").is_none(),
+                "no class configured"
+            );
+            let ingress = ing.body.clone();
+            ing.ok(&ingress);
+            let dep = api.next().await;
+            let d = dep.body.clone();
+            dep.ok(&d);
+            api.next().await.ok(&rolled_out(d));
+            // The Ingress never gets an address; the backend asks until
+            // ingress_wait has passed.
+            let mut gets = 0;
+            while let Some(get) = api.next_within(Duration::from_millis(500)).await {
+                get.expect(
+                    Method::GET,
+                    "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web",
+                    &[],
+                );
+                get.ok(&ingress);
+                gets += 1;
+            }
+            assert!(gets >= 2, "asked again before giving up: {gets}");
+        },
+    )
+    .await;
+    let f = deploy.unwrap_err();
+    assert!(
+        f.error.contains("Ingress web got no address")
+            && f.error.contains("ingress_class")
+            && f.error.contains("is-default-class"),
+        "{}",
+        f.error
+    );
+}
+
+/// Every entry under `root` (the root itself as ""): kind and permission
+/// bits, as an image builder copying the directory would see them.
+fn tree_modes(root: &std::path::Path) -> BTreeMap<String, (char, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(dir: &std::path::Path, rel: &str, out: &mut BTreeMap<String, (char, u32)>) {
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        out.insert(rel.to_owned(), ('d', meta.permissions().mode() & 0o7777));
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                walk(&e.path(), &child, out);
+            } else if m.file_type().is_symlink() {
+                out.insert(child, ('l', 0));
+            } else {
+                out.insert(child, ('f', m.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+/// The owner `COPY` gives the context's files in an image built from the
+/// Job's pod: Kaniko keeps the owner on disk (the fetcher's uid) unless
+/// `FF_KANIKO_COPY_AS_ROOT=true` (kaniko#2921, #1921; the fork's flag).
+fn kaniko_copy_owner(pod_spec: &Value) -> i64 {
+    let kaniko = &pod_spec["containers"][0];
+    let as_root = kaniko["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == KANIKO_COPY_AS_ROOT && e["value"] == "true");
+    if as_root {
+        0
+    } else {
+        pod_spec["initContainers"][0]["securityContext"]["runAsUser"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+/// The same context, built by the local backend (buildah reads the
+/// snapshot directory) and by the Kubernetes backend (Kaniko reads what
+/// `fetch-context` unpacked in the build pod, run for real here over HTTP
+/// into a stand-in for the pod's emptyDir at the path the Job names): the
+/// same entries with the same modes, the context root 0755 although the
+/// emptyDir's root is 0777, and root-owned copies on both sides (buildah's
+/// COPY gives root:root as `docker build` does; Kaniko does with
+/// FF_KANIKO_COPY_AS_ROOT, while the fetcher that unpacked the files runs
+/// as uid 65532).
+#[tokio::test]
+async fn kaniko_sees_the_context_with_the_modes_and_owner_the_local_build_sees() {
+    use crate::build::http::{HttpState, serve};
+    use std::os::unix::fs::PermissionsExt;
+    devd_sync::net::install_crypto();
+    let (st, _api) = setup(|_| {});
+    // The worktree, as the receiver materialized it.
+    let root = st.dir.path().join("worktree");
+    let write = |rel: &str, text: &str, mode: u32| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("app/Dockerfile", "FROM scratch\nCOPY . /app\n", 0o644);
+    write("app/bin/run.sh", "#!/bin/sh\n", 0o755);
+    write("app/www/index.html", "hi\n", 0o664);
+    write("app/www/deep/data.txt", "x\n", 0o600);
+    std::os::unix::fs::symlink("www/index.html", root.join("app/latest")).unwrap();
+    let svc = service("[services.app]\ncontext = \"app\"\nport = 80\n");
+    // What the local backend builds from.
+    let local =
+        crate::build::context::snapshot(&root, &svc, &st.dir.path().join("snap"), &[]).unwrap();
+
+    // What the Kubernetes backend's build pod unpacks, where the Job says.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let srv = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        HttpState::new(st.shelf.clone()),
+        &tokio_util::task::TaskTracker::new(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let offer = st.shelf.offer(&local.dir).await.unwrap();
+    let url = format!("http://{}{}", srv.addr, offer.path);
+    let mut req = request(&st);
+    req.service = svc;
+    req.context = local.clone();
+    let job = st
+        .backend
+        .job_spec(&req, "devd-app-1-00000000", &url, &offer.packed.blake3);
+    let pod_spec = &job["spec"]["template"]["spec"];
+    let init = &pod_spec["initContainers"][0];
+    let cmd: Vec<&str> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let dest = cmd[cmd.iter().position(|a| *a == "--dest").unwrap() + 1];
+    let mount = init["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let kaniko_args: Vec<&str> = pod_spec["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        kaniko_args.contains(&format!("--context=dir://{dest}").as_str()),
+        "Kaniko reads what the fetcher unpacked: {kaniko_args:?}"
+    );
+    let empty_dir = st.dir.path().join("emptydir");
+    std::fs::create_dir(&empty_dir).unwrap();
+    std::fs::set_permissions(&empty_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let unpacked = empty_dir.join(dest.strip_prefix(mount).unwrap().trim_start_matches('/'));
+    crate::build::fetch::fetch_context(&url, &unpacked, &offer.packed.blake3)
+        .await
+        .unwrap();
+    cancel.cancel();
+
+    let (local_tree, pod_tree) = (tree_modes(&local.dir), tree_modes(&unpacked));
+    assert_eq!(pod_tree, local_tree, "entries and modes differ");
+    assert_eq!(pod_tree[""], ('d', 0o755), "the context root");
+    assert_eq!(pod_tree["bin/run.sh"], ('f', 0o755));
+    assert_eq!(pod_tree["www/deep"], ('d', 0o755));
+    assert_eq!(
+        tree_modes(&empty_dir)[""],
+        ('d', 0o777),
+        "the emptyDir root itself is world-writable: the context is not unpacked there"
+    );
+    // Owners: buildah's COPY gives root:root (the local backend passes no
+    // --chown); Kaniko's must too.
+    assert_ne!(
+        init["securityContext"]["runAsUser"].as_i64(),
+        Some(0),
+        "the fetcher is not root, so the files on disk are not root's"
+    );
+    assert_eq!(kaniko_copy_owner(pod_spec), 0);
 }

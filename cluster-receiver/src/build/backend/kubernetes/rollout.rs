@@ -5,11 +5,12 @@
 use super::KubernetesBackend;
 use super::api_failure;
 use super::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
-use super::state::{RolloutState, has_label, pod_selector, rollout_state};
+use super::state::{RolloutState, has_label, owned_by, pod_selector, rollout_state};
 use crate::build::backend::{Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -115,15 +116,87 @@ impl KubernetesBackend {
         }
     }
 
+    /// Wait until an ingress controller has taken Ingress `name` (given it
+    /// an address in `status.loadBalancer.ingress`), at most
+    /// [`Settings::ingress_wait`](super::Settings::ingress_wait). No
+    /// controller takes an Ingress without `ingressClassName` when the
+    /// cluster has no default IngressClass (ingress-nginx 1.0 and later),
+    /// and its URL would never answer.
+    pub(super) async fn wait_ingress(&self, name: &str) -> Result<(), Failure> {
+        if self.s.ingress_wait.is_zero() {
+            return Ok(());
+        }
+        let api: Api<Ingress> = self.api();
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(100).min(self.s.poll_interval);
+        loop {
+            let ing = api
+                .get(name)
+                .await
+                .map_err(|e| api_failure(&format!("read Ingress {name}"), e))?;
+            let admitted = ing
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .is_some_and(|i| !i.is_empty());
+            if admitted {
+                return Ok(());
+            }
+            if start.elapsed() >= self.s.ingress_wait {
+                let class = ing.spec.as_ref().and_then(|s| s.ingress_class_name.clone());
+                let hint = match class {
+                    Some(c) => format!(
+                        "is the ingress controller of IngressClass {c:?} running (`kubectl get ingressclass`)?"
+                    ),
+                    None => "it has no ingressClassName and no controller took it: set [kubernetes] ingress_class to one of `kubectl get ingressclass`, or mark one default (annotation ingressclass.kubernetes.io/is-default-class=true)".to_owned(),
+                };
+                return Err(Failure::new(format!(
+                    "Ingress {name} got no address from an ingress controller within {}s, so its URL would not answer: {hint} ([kubernetes] ingress_wait_seconds = 0 skips this check)",
+                    self.s.ingress_wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.s.poll_interval);
+        }
+    }
+
+    /// The pods of Deployment `d`: those its selector matches that belong
+    /// to one of its ReplicaSets (as `kubectl` finds them). The selector
+    /// alone is not enough: any pod carrying its labels matches it (a build
+    /// pod did once, and another workload's pods can).
+    pub(super) async fn app_pods(&self, d: &Deployment) -> Result<Vec<Pod>, kube::Error> {
+        let selector = pod_selector(d);
+        if selector.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lp = ListParams::default().labels(&selector);
+        let replica_sets: Api<ReplicaSet> = self.api();
+        let owners: Vec<String> = replica_sets
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .filter(|rs| owned_by(&rs.metadata, d.metadata.uid.as_deref()))
+            .filter_map(|rs| rs.metadata.uid)
+            .collect();
+        let pods: Api<Pod> = self.api();
+        Ok(pods
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| owners.iter().any(|o| owned_by(&p.metadata, Some(o))))
+            .collect())
+    }
+
     /// A failed rollout, with the log tail of a new pod that does not come up.
     pub(super) async fn rollout_failure(&self, d: &Deployment, name: &str, why: &str) -> Failure {
-        let selector = pod_selector(d);
         let mut log_tail = Vec::new();
         let mut detail = String::new();
-        if !selector.is_empty() {
-            let pods: Api<Pod> = self.api();
-            if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
-                for p in list.items {
+        {
+            if let Ok(list) = self.app_pods(d).await {
+                for p in list {
                     let Some(st) = &p.status else { continue };
                     let bad = st.container_statuses.iter().flatten().find(|c| {
                         c.state

@@ -10,8 +10,14 @@ use std::time::Duration;
 
 /// The default builder: the original `gcr.io/kaniko-project/executor` was
 /// archived in June 2025 (last release v1.24.0); this is the community
-/// fork that continues its releases (osscontainertools/kaniko).
-pub const DEFAULT_KANIKO_IMAGE: &str = "ghcr.io/osscontainertools/kaniko:v1.28.4";
+/// fork that continues its releases (osscontainertools/kaniko, images on
+/// GHCR since its PRs #329/#368). v1.27.6 is its release of 2026-06-05
+/// (CHANGELOG.md "# v1.27.6 Release 2026-06-05", release PR
+/// osscontainertools/kaniko#765), the newest one whose notes could be read
+/// here; it has `FF_KANIKO_COPY_AS_ROOT` (CHANGELOG_OVERVIEW.md, PRs
+/// mzihlmann/kaniko#145 and #166). `[kubernetes] kaniko_image` overrides it
+/// (pin a digest there for reproducible builds).
+pub const DEFAULT_KANIKO_IMAGE: &str = "ghcr.io/osscontainertools/kaniko:v1.27.6";
 
 /// Resources of the Kaniko container and the size of its workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -77,6 +83,11 @@ pub struct Settings {
     pub docker_config: Option<PathBuf>,
     /// Service account of the build pod (default: the namespace's default).
     pub service_account: Option<String>,
+    /// `imagePullSecrets` of build pods and of the Deployments devd
+    /// creates: on a private registry without node credentials the fetcher
+    /// image and the apps' images are pulled with these (default: the
+    /// `registry_secret`, a `kubernetes.io/dockerconfigjson` Secret).
+    pub image_pull_secrets: Vec<String>,
     /// More Kaniko flags, e.g. `--cache=true`.
     pub kaniko_args: Vec<String>,
     pub resources: BuildResources,
@@ -88,6 +99,12 @@ pub struct Settings {
     /// `{domain}`, `{port}`, `{workspace}` filled in.
     pub url_template: Option<String>,
     pub ingress_class: Option<String>,
+    /// How long an external service's Ingress may go without an address
+    /// from an ingress controller before the deploy fails (zero: do not
+    /// wait). An Ingress no controller takes (no `ingressClassName` and no
+    /// default IngressClass: ingress-nginx 1.0 and later ignore it) never
+    /// gets one, and its URL would not answer.
+    pub ingress_wait: Duration,
     pub rollout_timeout: Duration,
     /// The longest pause between two polls of a Job or Deployment.
     pub poll_interval: Duration,
@@ -108,6 +125,7 @@ impl Settings {
             registry_secret: None,
             docker_config: None,
             service_account: None,
+            image_pull_secrets: Vec::new(),
             kaniko_args: Vec::new(),
             resources: BuildResources::default(),
             active_deadline_seconds: 900,
@@ -115,6 +133,7 @@ impl Settings {
             domain: None,
             url_template: None,
             ingress_class: None,
+            ingress_wait: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
             devbuilds_per_service: crate::build::backend::devbuild::DEFAULT_KEEP,

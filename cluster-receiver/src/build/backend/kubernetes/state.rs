@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 
 /// Container states that will not get better by waiting.
 const FATAL_WAITING: &[&str] = &[
@@ -103,6 +103,16 @@ pub fn rollout_state(d: &Deployment) -> RolloutState {
                 c.message.clone().unwrap_or_default()
             ));
         }
+        // The ReplicaSet controller cannot create pods (admission: Pod
+        // Security, a ResourceQuota, a LimitRange): it would only end in
+        // ProgressDeadlineExceeded, without the reason.
+        if c.type_ == "ReplicaFailure" && c.status == "True" {
+            return RolloutState::Failed(format!(
+                "ReplicaFailure: {}: {}",
+                c.reason.as_deref().unwrap_or("FailedCreate"),
+                c.message.clone().unwrap_or_default()
+            ));
+        }
     }
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let updated = st.updated_replicas.unwrap_or(0);
@@ -121,6 +131,26 @@ pub fn rollout_state(d: &Deployment) -> RolloutState {
         return RolloutState::Waiting(format!("{available} of {updated} new replicas available"));
     }
     RolloutState::Done
+}
+
+/// The message of the newest `FailedCreate` event of object `kind`/`name`
+/// among `events` (checked here too: not every server applies field
+/// selectors).
+pub fn failed_create(events: &[Event], kind: &str, name: &str) -> Option<String> {
+    events
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("FailedCreate")
+                && e.involved_object.kind.as_deref() == Some(kind)
+                && e.involved_object.name.as_deref() == Some(name)
+        })
+        .max_by_key(|e| {
+            e.last_timestamp
+                .clone()
+                .map(|t| t.0)
+                .or(e.event_time.clone().map(|t| t.0))
+        })
+        .map(|e| e.message.clone().unwrap_or_else(|| "FailedCreate".into()))
 }
 
 /// The image of container `name` in a Deployment's pod template.
@@ -199,6 +229,15 @@ pub fn stuck(pod: &Pod) -> Option<Stuck> {
                 message: w.message.clone().unwrap_or_default(),
             })
         })
+}
+
+/// Whether object `meta` has an owner reference to the object with `uid`.
+pub fn owned_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    uid: Option<&str>,
+) -> bool {
+    let Some(uid) = uid else { return false };
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
 }
 
 pub(super) fn has_label(
