@@ -5,7 +5,6 @@
 
 use super::{Failure, LABEL_SERVICE, LABEL_WORKSPACE, LocalBackend, PsEntry, key, run};
 use devd_sync::catalog::Service;
-use tokio::process::Command;
 
 /// Tags devd gives the images it builds: `devd-<context digest>`.
 const TAG_PREFIX: &str = "devd-";
@@ -25,7 +24,7 @@ impl LocalBackend {
         workspace: &str,
         services: &[Service],
     ) -> Result<Vec<Container>, Failure> {
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.args(["ps", "-a", "--format", "json", "--filter"])
             .arg(format!("label={LABEL_WORKSPACE}={workspace}"));
         let out = run(cmd, "podman", None).await?;
@@ -67,7 +66,7 @@ impl LocalBackend {
         if list.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = Command::new("podman");
+        let mut cmd = self.podman().await?.command();
         cmd.args(["rm", "-f", "-t", "0"])
             .args(list.iter().map(|c| &c.name));
         run(cmd, "podman", None).await?;
@@ -97,7 +96,7 @@ impl LocalBackend {
             .collect();
         for s in services {
             let repository = super::super::Backend::repository(self, &s.image);
-            let mut cmd = Command::new("podman");
+            let mut cmd = self.podman().await?.command();
             cmd.args(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter"])
                 .arg(format!("reference={repository}"));
             let out = run(cmd, "podman", None).await?;
@@ -110,7 +109,7 @@ impl LocalBackend {
                 })
                 .map(str::to_owned);
             for tag in tags {
-                let mut cmd = Command::new("podman");
+                let mut cmd = self.podman().await?.command();
                 cmd.args(["rmi", &tag]);
                 match run(cmd, "podman", None).await {
                     Ok(_) => removed.push(format!("image {tag}")),
