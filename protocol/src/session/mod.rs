@@ -28,6 +28,7 @@
 //! [`UsageError`] (the driver called a machine at the wrong moment: a bug in
 //! the driver, never something a peer can cause).
 
+mod driver;
 pub mod receiver;
 pub mod sender;
 
