@@ -442,7 +442,22 @@ impl ContainerEnv {
         if !self.storage_conf.exists() {
             return;
         }
-        self.quiet("podman", &["rm", "-a", "-f", "-t", "0"]);
+        // A receiver killed mid-deploy leaves its `podman run` child
+        // running: the container it starts appears after a first `rm -a`.
+        // Remove until none has been seen for a second (a deploy takes
+        // well under that), at most eight rounds.
+        let mut quiet_rounds = 0;
+        for _ in 0..8 {
+            self.quiet("podman", &["rm", "-a", "-f", "-t", "0"]);
+            std::thread::sleep(Duration::from_millis(500));
+            match self.quiet("podman", &["ps", "-a", "-q"]) {
+                Some(ids) if !ids.trim().is_empty() => quiet_rounds = 0,
+                _ => quiet_rounds += 1,
+            }
+            if quiet_rounds == 2 {
+                break;
+            }
+        }
         self.quiet("buildah", &["rm", "--all"]);
         let dir = self.dir.display().to_string();
         let started = Instant::now();

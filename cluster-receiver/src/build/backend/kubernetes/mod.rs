@@ -313,7 +313,7 @@ impl Backend for KubernetesBackend {
                     )
                     .await?;
                 } else {
-                    self.delete_owned::<KubeService>(&service.name).await?;
+                    self.delete_if_owned::<KubeService>(&service.name).await?;
                 }
                 match (&self.s.domain, spec.expose) {
                     (Some(domain), Expose::External) => {
@@ -323,7 +323,9 @@ impl Backend for KubernetesBackend {
                         )
                         .await?
                     }
-                    _ => self.delete_owned::<Ingress>(&service.name).await?,
+                    _ => {
+                        self.delete_if_owned::<Ingress>(&service.name).await?;
+                    }
                 }
                 self.apply::<Deployment>(
                     &service.name,

@@ -38,18 +38,6 @@ impl KubernetesBackend {
         .map_err(|e| api_failure(&format!("apply {kind} {name}"), e))
     }
 
-    /// Delete `name` if it exists and devd manages it.
-    pub(super) async fn delete_owned<K>(&self, name: &str) -> Result<(), Failure>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        self.delete_if_owned::<K>(name).await.map(|_| ())
-    }
-
     /// Delete `name` if devd owns it (labelled managed-by devd); whether
     /// it did.
     pub(super) async fn delete_if_owned<K>(&self, name: &str) -> Result<bool, Failure>
