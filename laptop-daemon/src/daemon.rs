@@ -367,6 +367,7 @@ fn scanner_loop(
                     return;
                 }
                 ScanMsg::SyncNow(w) => {
+                    scanner.release_holds();
                     full = true;
                     noticed = Some(noticed.unwrap_or_else(Instant::now));
                     waiters.push(w);

@@ -192,6 +192,12 @@ impl Scanner {
         self.held.insert(rel, Held { keep, until });
     }
 
+    /// `devd sync` asks for the current state: held files are tried again
+    /// now (a file that changes during that send is held again).
+    pub fn release_holds(&mut self) {
+        self.held.clear();
+    }
+
     /// These files were sent (or are gone): no longer unstable.
     pub fn settled(&mut self, paths: &[RelPath]) {
         for p in paths {
