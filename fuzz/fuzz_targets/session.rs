@@ -10,7 +10,9 @@
 use devd_protocol::compress::{self, BlobRef};
 use devd_protocol::message::Ack;
 use devd_protocol::message::Blob;
-use devd_protocol::session::{Applied, AuthAnswer, Limits, Receiver, ReceiverEvent, Reject};
+use devd_protocol::session::{
+    Applied, AuthAnswer, ClaimAnswer, Limits, Receiver, ReceiverEvent, Reject,
+};
 use devd_protocol::tree::BaseTree;
 use devd_protocol::view::{View, ViewError};
 use devd_protocol::{
@@ -28,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         max_changes: 64,
         max_inline_bytes: 4096,
         max_blob: 4096,
+        max_held_bytes: 1 << 20,
     };
     let mut m = Receiver::with_limits(limits, start);
     let mut dec = FrameDecoder::new(1 << 16);
@@ -35,9 +38,18 @@ fuzz_target!(|data: &[u8]| {
     let mut overlay = Overlay::new();
     let mut pending: Option<Overlay> = None;
     let mut stored = HashMap::new();
+    let mut spool = Vec::new();
     let mut now = start;
     loop {
-        if drive(&mut m, &mut overlay, &mut pending, &mut stored, now) == Driven::SideStream {
+        if drive(
+            &mut m,
+            &mut overlay,
+            &mut pending,
+            &mut stored,
+            &mut spool,
+            now,
+        ) == Driven::SideStream
+        {
             // The driver serves the stream from here on.
             return;
         }
@@ -64,12 +76,26 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(None) => {
                 m.handle_stream_end();
-                drive(&mut m, &mut overlay, &mut pending, &mut stored, now);
+                drive(
+                    &mut m,
+                    &mut overlay,
+                    &mut pending,
+                    &mut stored,
+                    &mut spool,
+                    now,
+                );
                 return;
             }
             Err(e) => {
                 m.handle_bad_frame(Reject::from(&e));
-                drive(&mut m, &mut overlay, &mut pending, &mut stored, now);
+                drive(
+                    &mut m,
+                    &mut overlay,
+                    &mut pending,
+                    &mut stored,
+                    &mut spool,
+                    now,
+                );
                 return;
             }
         }
@@ -89,6 +115,7 @@ fn drive(
     overlay: &mut Overlay,
     pending: &mut Option<Overlay>,
     stored: &mut HashMap<ContentId, Vec<u8>>,
+    spool: &mut Vec<u8>,
     now: Instant,
 ) -> Driven {
     while let Some(ev) = m.poll_event() {
@@ -125,9 +152,33 @@ fn drive(
                 }
                 m.handle_prepared(answer, now)
             }
-            ReceiverEvent::StoreBlob(blob) => {
-                let r = store(stored, &blob);
-                m.handle_blob_stored(r, now)
+            ReceiverEvent::StoreChunk(part) => {
+                // The chunks of one blob, gathered as the receiver spools
+                // them; the last one decodes and stores the blob.
+                if part.is_first() {
+                    spool.clear();
+                }
+                spool.extend_from_slice(&part.data);
+                let r = if part.is_last() {
+                    let blob = Blob {
+                        id: part.id,
+                        encoding: part.encoding,
+                        raw_len: part.raw_len,
+                        data: std::mem::take(spool),
+                    };
+                    store(stored, &blob)
+                } else {
+                    Ok(())
+                };
+                m.handle_chunk_stored(r, now)
+            }
+            ReceiverEvent::Claim { .. } => m.handle_claim(ClaimAnswer::Granted {
+                since: 0,
+                previous: None,
+            }),
+            ReceiverEvent::Abandoned { .. } => {
+                *pending = None;
+                Ok(())
             }
             ReceiverEvent::Finish { generation } => {
                 let next = pending.take().expect("a finished generation was prepared");
