@@ -22,11 +22,13 @@ pub mod containers;
 pub mod git;
 pub mod net;
 pub mod process;
+pub mod registry;
 
 pub use containers::{
-    BUSYBOX_IMAGE, CONTAINER_PACKAGES, ContainerEnv, ContainerInfo, PortMapping, Registry,
+    BUSYBOX_IMAGE, CONTAINER_PACKAGES, ContainerEnv, ContainerInfo, PortMapping,
     check_container_tools, require_container_tools,
 };
 pub use git::{git, git_command};
 pub use net::{free_port, http_get, http_get_within};
 pub use process::{Background, Logs, Run, find_program, output};
+pub use registry::Registry;

@@ -6,6 +6,7 @@
 
 pub use devd_testkit::containers::*;
 pub use devd_testkit::net::http_get;
+pub use devd_testkit::registry::Registry;
 
 /// A `devd-receiver` started with `opts` whose local backend builds with
 /// `cenv`'s storage and looks up and pushes images in `registry`; the
