@@ -13,13 +13,77 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-/// Path of the socket for a state directory.
+/// The longest socket path every laptop OS binds: `sun_path` holds 108
+/// bytes on Linux and 104 on macOS, the terminating NUL included.
+const SUN_PATH_MAX: usize = 103;
+
+/// Path of the socket for a state directory: `control.sock` in it when
+/// that fits in a socket address, else (a deep `DEVD_HOME`) a name derived
+/// from the state directory in a private per-user directory, the way ssh's
+/// `ControlPath %C` and tmux's `/tmp/tmux-UID` keep theirs short.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.sock")
+    let p = state_dir.join("control.sock");
+    if p.as_os_str().len() <= SUN_PATH_MAX {
+        return p;
+    }
+    let name = format!(
+        "{}.sock",
+        &blake3::hash(state_dir.as_os_str().as_encoded_bytes()).to_hex()[..16]
+    );
+    let uid = rustix::process::geteuid().as_raw();
+    let candidates = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("devd")),
+        Some(std::env::temp_dir().join(format!("devd-{uid}"))),
+        Some(PathBuf::from(format!("/tmp/devd-{uid}"))),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(&name))
+        .find(|p| p.as_os_str().len() <= SUN_PATH_MAX)
+        .unwrap_or(p)
+}
+
+/// Make sure the directory holding a socket outside the state directory
+/// is ours alone before listening or talking there: anyone could have
+/// made `/tmp/devd-UID` first and put their own socket in it.
+fn private_socket_dir(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    if path.file_name() == Some("control.sock".as_ref()) {
+        return Ok(()); // in the state directory, made 0700 by the daemon
+    }
+    if create {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} (where the control socket goes, since the state directory's path is too long \
+                 for one) is not a directory only you can use; remove it or set XDG_RUNTIME_DIR",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Serve requests until the daemon is cancelled.
 pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
+    private_socket_dir(&path, true)?;
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     {
@@ -218,6 +282,7 @@ async fn answer_logs(
 /// Send `req` to the daemon behind `path` and return the answer's lines
 /// to read. `Ok(None)`: no daemon there.
 pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixStream>> {
+    private_socket_dir(path, false)?;
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)

@@ -209,6 +209,86 @@ fn status_watch_without_a_terminal_prints_a_block_per_change() {
     assert!(blocks[0].contains(&format!("generation {gen1} ")));
 }
 
+/// A `DEVD_HOME` so deep that `<state dir>/control.sock` is longer than a
+/// Unix socket address holds (108 bytes on Linux, 104 on macOS), as the
+/// benchmark's suite directory was: `devd start` failed with "path must be
+/// shorter than SUN_LEN". The socket now goes to a private directory under
+/// `XDG_RUNTIME_DIR`, and every command finds it there; a directory there
+/// that others can write is refused with a clear error.
+#[test]
+fn a_devd_home_too_deep_for_a_socket_address_starts_syncs_and_stops() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fx = Fixture::new();
+    let home = fx.home().join("d".repeat(110));
+    let runtime = tempfile::Builder::new()
+        .prefix("devd-rt-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let env = |rt: &std::path::Path| {
+        vec![
+            ("DEVD_HOME".to_owned(), home.display().to_string()),
+            ("XDG_RUNTIME_DIR".to_owned(), rt.display().to_string()),
+        ]
+    };
+    let devd = fx.devd().with_env(env(runtime.path()));
+    devd.start_wait();
+    assert_eq!(devd.status().state, "idle");
+    let sockets = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(runtime.path().join("devd"))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let found = sockets();
+    assert_eq!(
+        found.len(),
+        1,
+        "one socket in XDG_RUNTIME_DIR/devd: {found:?}"
+    );
+    assert!(
+        std::fs::metadata(&found[0])
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let mode = std::fs::metadata(runtime.path().join("devd"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the socket's directory is private");
+
+    fx.write("src/lib.rs", "pub fn deep() {}\n");
+    let report = devd.sync();
+    assert!(report.generation > 0, "{report:?}");
+    devd.stop().assert_success();
+    assert!(sockets().is_empty(), "the socket is gone after stop");
+    let run = devd.run(&["status"]);
+    assert!(
+        run.stdout.contains("devd is not running"),
+        "{}",
+        run.describe()
+    );
+
+    // Someone else's (here: world-writable) directory in its place.
+    let hostile = tempfile::Builder::new()
+        .prefix("devd-rt-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir(hostile.path().join("devd")).unwrap();
+    std::fs::set_permissions(
+        hostile.path().join("devd"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let devd = fx.devd().with_env(env(hostile.path()));
+    let run = devd.run(&["start"]);
+    assert!(!run.success(), "{}", run.describe());
+    assert!(
+        run.stderr.contains("is not a directory only you can use"),
+        "{}",
+        run.describe()
+    );
+}
+
 /// Remove the example's devd.toml and its .gitignore line for
 /// devd.local.toml, as in a repository that never used devd.
 fn without_devd(fx: &Fixture) {

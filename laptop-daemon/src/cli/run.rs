@@ -42,12 +42,23 @@ pub(super) async fn run(ctx: &Ctx, take_over: bool) -> anyhow::Result<()> {
         h.cancel.cancel();
         st
     };
-    let (served, st) = tokio::join!(control::serve(h.clone(), ctx.socket()), until_stopped);
-    if let Err(e) = served {
-        tracing::warn!(error = %e, socket = %ctx.socket().display(), "control socket failed");
-    }
-    let failed = st.state == crate::status::DaemonState::Error;
-    let err = st.last_error;
+    // A daemon nobody can reach (no socket) would only be found by `ps`:
+    // when the socket fails, the daemon stops and says why.
+    let serve = async {
+        let served = control::serve(h.clone(), ctx.socket()).await;
+        if served.is_err() {
+            h.cancel.cancel();
+        }
+        served
+    };
+    let (served, st) = tokio::join!(serve, until_stopped);
+    let (failed, err) = match served {
+        Err(e) => (
+            true,
+            Some(format!("control socket {}: {e}", ctx.socket().display())),
+        ),
+        Ok(()) => (st.state == crate::status::DaemonState::Error, st.last_error),
+    };
     if let Ok(h) = Arc::try_unwrap(h) {
         h.shutdown().await;
     }
