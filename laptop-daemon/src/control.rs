@@ -122,11 +122,32 @@ pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
 /// How long connections still being answered get once the daemon stops.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// The longest request line read: every request is a few dozen bytes, and
+/// a client that never ends its line must not grow the daemon.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// How long a client may take to send its request line.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let req = decode_request(&line);
+    let mut reader = BufReader::new(r.take(MAX_REQUEST));
+    let read = reader.read_line(&mut line);
+    let Ok(read) = tokio::time::timeout(REQUEST_DEADLINE, read).await else {
+        return Ok(()); // silent for too long: closed
+    };
+    let req = match read {
+        Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => Err(format!(
+            "request longer than {MAX_REQUEST} bytes without a newline"
+        )),
+        Ok(_) => decode_request(&line).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err("request is not UTF-8".to_owned())
+        }
+        Err(e) => return Err(e),
+    };
     if let Ok(Request::Logs {
         service,
         build,

@@ -289,6 +289,42 @@ fn a_devd_home_too_deep_for_a_socket_address_starts_syncs_and_stops() {
     );
 }
 
+/// The control socket reads one bounded line: a client sending a
+/// megabyte with no newline gets an error after 64 KiB (the daemon used to
+/// buffer whatever came), bytes that are not UTF-8 get one too, and the
+/// daemon answers `devd status` on as before.
+#[test]
+fn the_control_socket_refuses_an_endless_line_and_answers_on() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let devd = fx.devd();
+    devd.start_wait();
+    let workdir = std::path::PathBuf::from(devd.status().raw["workdir"].as_str().unwrap());
+    let socket = devd::control::socket_path(&devd::config::repo_state_dir(fx.home(), &workdir));
+    let ask = |payload: &[u8]| -> serde_json::Value {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // The daemon may answer and close before all of it is written.
+        let _ = s.write_all(payload);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let r = ask(&vec![b'x'; 1 << 20]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 65536 bytes"),
+        "{r}"
+    );
+    let r = ask(b"\xff\xfe{}\n");
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("UTF-8"), "{r}");
+    assert_eq!(devd.status().state, "idle");
+}
+
 /// Remove the example's devd.toml and its .gitignore line for
 /// devd.local.toml, as in a repository that never used devd.
 fn without_devd(fx: &Fixture) {
