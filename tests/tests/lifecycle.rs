@@ -285,3 +285,49 @@ fn stop_keep_running_and_down_leave_containers_images_and_urls_as_they_say() {
     let status = devd.run(&["status"]);
     assert!(status.stdout.contains("not running"), "{}", status.stdout);
 }
+
+/// Two checkouts of the same repository on one machine, each with its own
+/// `devd start` on the embedded default and one container storage: both
+/// receivers call their workspace `local`, and `devd stop` in one took the
+/// other's containers down with its own. Each receiver now labels and
+/// finds only its own containers.
+#[test]
+fn stop_and_down_in_one_checkout_leave_another_checkouts_services_running() {
+    let a = Fixture::from_example("demo");
+    let b = Fixture::from_example("demo");
+    let cenv = demo(&a, true);
+    b.write_local_config(FAST_SYNC);
+    let devd_a = a.devd().with_env(cenv.env());
+    let devd_b = b.devd().with_env(cenv.env());
+    devd_a.start_wait();
+    devd_b.start_wait();
+    wait_all(&devd_a, "deployed", |s| s.state == "deployed");
+    let in_b = wait_all(&devd_b, "deployed", |s| s.state == "deployed");
+    assert_eq!(service_containers(&cenv, true).len(), 6, "three each");
+
+    let run = devd_a.run(&["stop"]);
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains("stopped the containers of 3 services: api, greeter and web"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        service_containers(&cenv, true).len(),
+        3,
+        "the other checkout's three run on"
+    );
+    for s in &in_b {
+        assert!(answers(s.url.as_deref().unwrap()), "{s:?}");
+    }
+
+    // Started again, A runs its own three; B's `down` removes only B's.
+    devd_a.start_wait();
+    let in_a = wait_all(&devd_a, "deployed", |s| s.state == "deployed");
+    devd_b.run(&["down", "--yes"]).assert_success();
+    assert_eq!(service_containers(&cenv, true).len(), 3);
+    for s in &in_a {
+        assert!(answers(s.url.as_deref().unwrap()), "{s:?}");
+    }
+}

@@ -46,6 +46,11 @@ mod down;
 pub const LABEL_WORKSPACE: &str = "dev.devd.workspace";
 pub const LABEL_SERVICE: &str = "dev.devd.service";
 pub const LABEL_IMAGE: &str = "dev.devd.image";
+/// Which receiver runs the container: a hash of its state directory. Two
+/// receivers on one machine (two checkouts of a repository, each with its
+/// embedded workspace `local`) share the user's container storage; each
+/// lists, adopts, stops and removes only its own.
+pub const LABEL_RECEIVER: &str = "dev.devd.receiver";
 
 /// Where a build step sees the build context.
 pub const STEP_WORKSPACE: &str = "/workspace";
@@ -94,6 +99,8 @@ pub struct LocalBackend {
     /// probe is not kept: the next deploy probes again, e.g. after the
     /// user installed runc).
     podman: tokio::sync::OnceCell<PodmanSetup>,
+    /// `LABEL_RECEIVER=…` of this receiver's containers.
+    receiver_label: String,
 }
 
 /// Run a command, appending its output to `log` (if any); returns stdout.
@@ -168,7 +175,10 @@ impl LocalBackend {
             };
             RegistryClient::new(insecure, None)
         });
+        let dir = std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+        let receiver = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
         Self {
+            receiver_label: format!("{LABEL_RECEIVER}={}", &receiver[..16]),
             cfg,
             registry,
             tasks: std::sync::OnceLock::new(),
@@ -287,6 +297,8 @@ impl LocalBackend {
     ) -> Result<Vec<(String, String, bool)>, Failure> {
         let mut cmd = self.podman().await?.command();
         cmd.args(["ps", "-a", "--format", "json", "--filter"])
+            .arg(format!("label={}", self.receiver_label))
+            .arg("--filter")
             .arg(format!("label={LABEL_WORKSPACE}={workspace}"))
             .arg("--filter")
             .arg(format!("label={LABEL_SERVICE}={service}"));
@@ -324,7 +336,9 @@ impl LocalBackend {
                 return;
             }
         };
-        cmd.args(["rm", "-f", "-t", "1"]).args(&names);
+        cmd.args(["rm", "-f", "-t", "1"])
+            .args(&names)
+            .kill_on_drop(false);
         if let Err(e) = run(cmd, "podman", None).await {
             tracing::warn!(containers = ?names, error = %e, "cannot remove old containers");
         }
@@ -567,6 +581,7 @@ impl Backend for LocalBackend {
             self.run_step(req, step).await?;
         }
         let mut cmd = Command::new("buildah");
+        cmd.kill_on_drop(true);
         // --force-rm: a failed build removes its working containers too
         // (buildah keeps them by default, mounted).
         cmd.args(["bud", "--isolation", "chroot", "--layers", "--force-rm"])
@@ -597,7 +612,7 @@ impl Backend for LocalBackend {
         if self.registry.is_some() && !req.repository.starts_with("localhost/") {
             let digest_file = req.log.with_extension("digest");
             let mut cmd = Command::new("buildah");
-            cmd.arg("push");
+            cmd.arg("push").kill_on_drop(true);
             if let Some(f) = self.tls_flag() {
                 cmd.arg(f);
             }
@@ -652,6 +667,8 @@ impl Backend for LocalBackend {
         let name = container_name(workspace, &service.name);
         let mut cmd = self.podman().await?.run_command();
         cmd.args(["-d", "--name", &name])
+            .arg("--label")
+            .arg(&self.receiver_label)
             .arg("--label")
             .arg(format!("{LABEL_WORKSPACE}={workspace}"))
             .arg("--label")
@@ -712,7 +729,9 @@ impl Backend for LocalBackend {
             let setup = self.podman().await?.clone();
             let retire = async move {
                 let mut cmd = setup.command();
-                cmd.args(["rm", "-f", "-t", "1"]).args(&stale);
+                cmd.args(["rm", "-f", "-t", "1"])
+                    .args(&stale)
+                    .kill_on_drop(false);
                 if let Err(e) = run(cmd, "podman", None).await {
                     tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
                 }

@@ -49,8 +49,14 @@ pub struct PodmanSetup {
 
 impl PodmanSetup {
     /// `podman` with the global options (the runtime).
+    /// Killed if the task awaiting it is dropped (a receiver stopping
+    /// past its drain), so no `podman run` outlives the receiver to start
+    /// a container nobody tracks. Not a `podman rm` (callers opt out): one
+    /// killed half-way leaves the container's process running with podman
+    /// no longer listing it.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("podman");
+        cmd.kill_on_drop(true);
         if let Some(r) = &self.runtime {
             cmd.arg("--runtime").arg(r);
         }

@@ -26,6 +26,8 @@ impl LocalBackend {
     ) -> Result<Vec<Container>, Failure> {
         let mut cmd = self.podman().await?.command();
         cmd.args(["ps", "-a", "--format", "json", "--filter"])
+            .arg(format!("label={}", self.receiver_label))
+            .arg("--filter")
             .arg(format!("label={LABEL_WORKSPACE}={workspace}"));
         let out = run(cmd, "podman", None).await?;
         let list: Vec<PsEntry> = serde_json::from_str(out.trim()).unwrap_or_default();
@@ -68,7 +70,8 @@ impl LocalBackend {
         }
         let mut cmd = self.podman().await?.command();
         cmd.args(["rm", "-f", "-t", "0"])
-            .args(list.iter().map(|c| &c.name));
+            .args(list.iter().map(|c| &c.name))
+            .kill_on_drop(false);
         run(cmd, "podman", None).await?;
         let mut stopped: Vec<String> = list
             .into_iter()
