@@ -76,10 +76,7 @@ cargo build --release -p devd -p devd-receiver -p devd-benches --bins
 cargo run --release -p devd-benches -- all --quick --out target/bench-quick
 
 say "Nothing left behind: containers, pods, buildah working containers, mounts and processes started by the suite"
-# Reported, not yet failing the suite: build_local/build_steps still leave
-# containers a killed receiver's podman run starts after the test's
-# clean-up (issue 18 stays open for it).
-scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before" || echo "LEAKS: the suite left the containers listed above (issue 18)"
+scripts/leaks.sh check "$suite_tmp" "$suite_tmp.before"
 
 say "All tests passed"
 echo "tests: ${passed} passed, 0 failed"

@@ -93,6 +93,10 @@ impl<'a> Receiver<'a> {
         let logs: &Logs = fx.logs();
         let (stdout, stderr) = logs.next_pair("receiver");
         let line = cmdline(&cmd);
+        // Its own process group, so that killing it takes the podman and
+        // buildah it started along: a `podman run` left behind by a killed
+        // receiver started a container after the test's clean-up.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create receiver stdout log"))
@@ -282,8 +286,17 @@ impl<'a> Receiver<'a> {
         assert!(st.success(), "kill -{sig} {} failed", self.child.id());
     }
 
-    /// Kill the process (SIGKILL) and reap it.
+    /// Kill the process and every tool it started (SIGKILL to its
+    /// process group) and reap it.
+    /// (The group also when the receiver itself has exited: a tool it
+    /// left running is still in it.)
     pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
         if self.poll_exit().is_none() {
             let _ = self.child.kill();
             self.exit = self.child.wait().ok();
@@ -302,7 +315,19 @@ impl<'a> Receiver<'a> {
 }
 
 impl Drop for Receiver<'_> {
+    /// Stopped as a user stops it (SIGTERM: it drains, and the
+    /// containers it retires are removed by the time it exits), killed
+    /// after 20 s. A receiver killed outright while its `podman rm` of a
+    /// retired container ran left that container's process running with
+    /// podman no longer listing it.
     fn drop(&mut self) {
+        if self.poll_exit().is_none() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.wait_exit(Duration::from_secs(20));
+        }
         self.kill();
     }
 }
