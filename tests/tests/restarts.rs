@@ -113,3 +113,67 @@ fn devd_start_right_after_kill_9_starts_a_new_daemon() {
         devd.sync_and_assert_equal(&rx.worktree());
     }
 }
+
+/// Any file named `.blob-*` (a blob being spooled) below `dir`.
+fn spooling(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                spooling(&p)
+            } else {
+                e.file_name().to_string_lossy().starts_with(".blob-")
+            }
+        })
+}
+
+/// A daemon killed with `kill -9` in the middle of an upload leaves its
+/// connection open on the receiver, holding the workspace for that
+/// generation, and the receiver only finds out at its 10 s idle timeout:
+/// the restarted daemon waited that long before it could sync. Now the
+/// same daemon's new claim ends its older connection at once. The bound
+/// (6 s, where the reconnect and a 40 MB re-upload on loopback take about
+/// a second) only separates "at once" from "after the idle timeout".
+#[test]
+fn a_daemon_killed_mid_upload_syncs_again_without_waiting_for_its_dead_connection() {
+    let fx = Fixture::new();
+    let rx = fx.receiver();
+    fx.write_config(FAST_SYNC);
+    fx.write_local_config(&format!("{}transport = \"quic\"\n", rx.config_toml()));
+    let devd = fx.devd();
+    devd.start_wait();
+    fx.write("assets/big.bin", devd_tests::random_bytes("big", 40 << 20));
+    let seen = Instant::now();
+    while !spooling(rx.data()) {
+        assert!(
+            seen.elapsed() < Duration::from_secs(60),
+            "the upload never started on the receiver"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let old = daemon_pid(&devd);
+    let st = Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success());
+    let t0 = Instant::now();
+    let run = devd.run_timeout(&["start", "--wait"], Duration::from_secs(90));
+    let took = t0.elapsed();
+    run.assert_success();
+    devd.sync_and_assert_equal(&rx.worktree());
+    println!("killed mid-upload: synced again {took:?} after the kill");
+    assert!(
+        took < Duration::from_secs(6),
+        "the restarted daemon synced {took:?} after the kill: it waited for the dead connection"
+    );
+    assert!(
+        rx.stderr()
+            .contains("connection superseded by its daemon's new one"),
+        "{}",
+        rx.stderr()
+    );
+}

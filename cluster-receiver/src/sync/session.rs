@@ -239,8 +239,24 @@ async fn converse(
         // Taken over by another writer: between generations, the
         // connection ends (the daemon's reconnect learns why).
         let taken = grant.as_ref().map(|g| g.taken.clone());
-        if !read(io, &mut m, &cancel, Some(&ws.name), taken).await {
-            return;
+        let superseded = grant.as_ref().map(|g| g.superseded.clone());
+        let reading = read(io, &mut m, &cancel, Some(&ws.name), taken);
+        let superseded = async {
+            match superseded {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            alive = reading => if !alive {
+                return;
+            },
+            () = superseded => {
+                // Its daemon reconnected: this connection is dead. What it
+                // prepared goes (dropping `held` unlocks the workspace).
+                tracing::info!(%remote, workspace = %ws.name, "connection superseded by its daemon's new one");
+                return;
+            }
         }
     }
 }
@@ -274,7 +290,7 @@ async fn authenticate(
                         slot = Some(s);
                         AuthAnswer::Accepted {
                             receiver: format!("devd-receiver {}", env!("CARGO_PKG_VERSION")),
-                            acked: ws.acked().await,
+                            acked: ws.acked(),
                             worktree: ws.worktree_path().display().to_string(),
                         }
                     }

@@ -102,6 +102,10 @@ pub struct Workspace {
     journal: Journal,
     worktree: Worktree,
     inner: tokio::sync::Mutex<Inner>,
+    /// `inner`'s last applied generation, readable while a connection
+    /// holds `inner` for its generation: a laptop's `Hello` is answered at
+    /// once, not after another (perhaps dead) connection lets go.
+    acked: std::sync::Mutex<Option<Ack>>,
     pipeline: std::sync::OnceLock<Arc<crate::build::pipeline::Pipeline>>,
     /// Which daemon writes this workspace.
     pub writer: crate::sync::writer::WriterClaim,
@@ -164,6 +168,7 @@ impl Workspace {
                 state: SyncState::default(),
                 tree: Arc::default(),
             }),
+            acked: std::sync::Mutex::new(None),
             pipeline: std::sync::OnceLock::new(),
             writer: crate::sync::writer::WriterClaim::open(&dir, name),
         };
@@ -180,6 +185,7 @@ impl Workspace {
                 name: name.to_owned(),
                 reason: r.message,
             })?;
+        ws.acked = std::sync::Mutex::new(inner.state.ack);
         ws.inner = tokio::sync::Mutex::new(inner);
         Ok(ws)
     }
@@ -224,8 +230,8 @@ impl Workspace {
     }
 
     /// The last applied generation.
-    pub async fn acked(&self) -> Option<Ack> {
-        self.inner.lock().await.state.ack
+    pub fn acked(&self) -> Option<Ack> {
+        *self.acked.lock().expect("acked")
     }
 
     fn tree_for(&self, base: Option<Base>) -> Result<Arc<BaseTree>, Reject> {
@@ -559,6 +565,7 @@ impl Workspace {
         let (r, state, tree) = res;
         inner.state = state;
         inner.tree = tree;
+        *self.acked.lock().expect("acked") = inner.state.ack;
         let stats = r?;
         let ack = inner.state.ack.expect("applied state has an ack");
         Ok(Applied {

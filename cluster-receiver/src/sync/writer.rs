@@ -29,6 +29,10 @@ struct Holder {
     epoch: u64,
     /// Cancelled when another writer takes over.
     taken: CancellationToken,
+    /// The holder's latest connection: cancelled when the same writer
+    /// claims again on a new one (its daemon reconnected, so the old
+    /// connection is dead even if the receiver has not noticed yet).
+    connection: CancellationToken,
 }
 
 /// The writer claim of one workspace.
@@ -48,6 +52,10 @@ pub struct Grant {
     epoch: u64,
     /// Cancelled when another writer takes over: end the connection.
     pub taken: CancellationToken,
+    /// Cancelled when the same writer claims again on a newer connection:
+    /// end this one at once, even mid-generation, so that the workspace
+    /// it holds does not wait for a dead connection's idle timeout.
+    pub superseded: CancellationToken,
 }
 
 impl WriterClaim {
@@ -66,6 +74,7 @@ impl WriterClaim {
                 since: s.since,
                 epoch: 0,
                 taken: CancellationToken::new(),
+                connection: CancellationToken::new(),
             });
         Self {
             workspace: name.to_owned(),
@@ -78,13 +87,16 @@ impl WriterClaim {
     /// nobody holds it, when it already does, or with `take_over`.
     pub fn claim(&self, writer: &Writer, take_over: bool, now: u64) -> Result<Grant, Reject> {
         let mut holder = self.holder.lock().expect("writer claim");
-        match holder.as_ref() {
+        match holder.as_mut() {
             Some(h) if h.writer == *writer => {
+                h.connection.cancel();
+                h.connection = CancellationToken::new();
                 return Ok(Grant {
                     since: h.since,
                     previous: None,
                     epoch: h.epoch,
                     taken: h.taken.clone(),
+                    superseded: h.connection.clone(),
                 });
             }
             Some(h) if !take_over => {
@@ -101,6 +113,7 @@ impl WriterClaim {
         let previous = holder.take().map(|h| {
             tracing::warn!(workspace = %self.workspace, from = %h.writer, to = %writer, "writer taken over");
             h.taken.cancel();
+            h.connection.cancel();
             (h.writer, h.epoch)
         });
         let stored = Stored {
@@ -118,12 +131,14 @@ impl WriterClaim {
             since: now,
             epoch: previous.as_ref().map_or(0, |(_, e)| e + 1),
             taken: CancellationToken::new(),
+            connection: CancellationToken::new(),
         };
         let grant = Grant {
             since: now,
             previous: previous.map(|(w, _)| w),
             epoch: h.epoch,
             taken: h.taken.clone(),
+            superseded: h.connection.clone(),
         };
         *holder = Some(h);
         Ok(grant)
@@ -177,6 +192,11 @@ mod tests {
         // The same writer again (a reconnect) keeps its claim.
         let again = c.claim(&w("/a"), false, 200).unwrap();
         assert_eq!(again.since, 100);
+        assert!(
+            a.superseded.is_cancelled() && !again.superseded.is_cancelled(),
+            "the reconnect ends the older connection, and only that"
+        );
+        assert!(c.may_write(Some(&again)).is_ok());
         let refused = c.claim(&w("/b"), false, 300).unwrap_err();
         assert_eq!(refused.code, ErrorCode::OtherWriter);
         assert!(
