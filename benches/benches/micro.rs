@@ -55,6 +55,7 @@ fn overlay(n: usize, salt: u8) -> Overlay {
                 Entry::File {
                     id: ContentId(id),
                     exec: false,
+                    mode: None,
                 },
             )
         })
@@ -133,6 +134,7 @@ fn single_edit_msg() -> ClientMsg {
             entry: Some(Entry::File {
                 id: ContentId([7; 32]),
                 exec: false,
+                mode: None,
             }),
         }],
         blobs: vec![Blob {

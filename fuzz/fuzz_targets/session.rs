@@ -180,6 +180,8 @@ fn drive(
                 *pending = None;
                 Ok(())
             }
+            // The driver gives the claim up and ends the connection.
+            ReceiverEvent::Release => Ok(()),
             ReceiverEvent::Finish { generation } => {
                 let next = pending.take().expect("a finished generation was prepared");
                 let digest = next.digest();

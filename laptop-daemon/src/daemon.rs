@@ -637,6 +637,8 @@ async fn uplink_loop(
             }
         }
     }
+    // Stopped (`devd stop`, a signal): another daemon may write now.
+    uplink.release().await;
     uplink.disconnect();
 }
 

@@ -428,7 +428,12 @@ impl Scanner {
             self.skipped.insert(rel.clone(), why);
             return Ok(base.map(|_| Entry::Deleted));
         }
-        let exec = m.permissions().mode() & 0o100 != 0;
+        let perm = m.permissions().mode();
+        let exec = perm & 0o100 != 0;
+        // A mode narrower than git's (a 0600 file) keeps the file in the
+        // overlay even when its content is the base's: the receiver must
+        // not widen it.
+        let mode = devd_protocol::overlay::narrowed_mode(exec, perm);
         if m.len() > self.cfg.max_file_bytes {
             let why = format!(
                 "{} bytes exceeds sync.max_file_bytes = {}",
@@ -441,11 +446,12 @@ impl Scanner {
             self.skipped.insert(rel.clone(), why);
             return Ok(None);
         }
-        let kind_matches = base.is_some_and(|b| match b.kind {
-            EntryKind::File => !exec,
-            EntryKind::Exec => exec,
-            EntryKind::Symlink => false,
-        });
+        let kind_matches = mode.is_none()
+            && base.is_some_and(|b| match b.kind {
+                EntryKind::File => !exec,
+                EntryKind::Exec => exec,
+                EntryKind::Symlink => false,
+            });
         if kind_matches
             && let (Some(b), Some(ix)) = (base, self.index.entries.get(rel.as_str()))
             && ix.oid == b.oid
@@ -478,7 +484,11 @@ impl Scanner {
         if kind_matches && base.is_some_and(|b| b.oid == h.git) {
             return Ok(None);
         }
-        Ok(Some(Entry::File { id: h.id, exec }))
+        Ok(Some(Entry::File {
+            id: h.id,
+            exec,
+            mode,
+        }))
     }
 
     fn scan_scope(&mut self, scope: Option<&[RelPath]>) -> Result<ScopeScan, ScanError> {
@@ -818,7 +828,8 @@ mod tests {
             s.overlay().get(&p("edit.txt")),
             Some(&Entry::File {
                 id: devd_protocol::ContentId::of(b"new\n"),
-                exec: false
+                exec: false,
+                mode: None,
             })
         );
 
@@ -886,7 +897,8 @@ mod tests {
             s.overlay().get(&p("a.txt")),
             Some(&Entry::File {
                 id: devd_protocol::ContentId::of(b"bbbb\n"),
-                exec: false
+                exec: false,
+                mode: None,
             }),
             "the same-size edit with the mtime restored is lost"
         );
@@ -897,9 +909,69 @@ mod tests {
             s.overlay().get(&p("a.txt")),
             Some(&Entry::File {
                 id: devd_protocol::ContentId::of(b"cccc\n"),
-                exec: false
+                exec: false,
+                mode: None,
             }),
             "the hash cache kept the previous content"
+        );
+    }
+
+    /// A tracked file made private (0600) is in the overlay with its mode,
+    /// content unchanged, so the receiver does not widen it; made 0644
+    /// again it leaves the overlay. A group-writable umask's 0664 is git's
+    /// mode as far as the receiver is concerned: no entry.
+    #[test]
+    fn a_narrower_mode_is_an_overlay_entry_and_a_wider_one_is_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = tmp.path().join("repo");
+        std::fs::create_dir_all(&wd).unwrap();
+        git(&wd, &["init", "-q"]);
+        write(&wd, "a.txt", "aaaa\n");
+        write(&wd, "run.sh", "#!/bin/sh\n");
+        std::fs::set_permissions(wd.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        git(&wd, &["add", "-A"]);
+        git(&wd, &["commit", "-qm", "base"]);
+        let repo = Arc::new(Repo::discover(&wd).unwrap());
+        let cfg = ScanConfig {
+            upstream: None,
+            max_file_bytes: 1 << 20,
+        };
+        let mut s = Scanner::new(repo, cfg, tmp.path());
+        s.full_scan().unwrap();
+        assert!(s.overlay().is_empty(), "clean: {:?}", s.overlay());
+        let chmod = |rel: &str, m: u32| {
+            std::fs::set_permissions(wd.join(rel), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+
+        chmod("a.txt", 0o600);
+        chmod("run.sh", 0o700);
+        s.rescan(&[wd.join("a.txt"), wd.join("run.sh")]).unwrap();
+        assert_eq!(
+            s.overlay().get(&p("a.txt")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"aaaa\n"),
+                exec: false,
+                mode: Some(0o600),
+            })
+        );
+        assert_eq!(
+            s.overlay().get(&p("run.sh")),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId::of(b"#!/bin/sh\n"),
+                exec: true,
+                mode: Some(0o700),
+            })
+        );
+
+        chmod("a.txt", 0o664);
+        chmod("run.sh", 0o755);
+        s.full_scan().unwrap();
+        assert!(
+            s.overlay().is_empty(),
+            "git's modes again: {:?}",
+            s.overlay()
         );
     }
 }

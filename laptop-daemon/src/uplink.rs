@@ -463,6 +463,30 @@ impl Uplink {
         self.sender.acked()
     }
 
+    /// The daemon stops cleanly: give up the writer claim, so that another
+    /// daemon may claim the workspace without `--take-over`, and wait (at
+    /// most 2 s) for the receiver to end the connection, which is its
+    /// answer. Best effort: without a connection, mid-generation, or to a
+    /// receiver that does not answer, the claim stays, as after a crash.
+    pub async fn release(&mut self) {
+        if !self.was_writer || !self.connected() || self.sender.is_syncing() {
+            return;
+        }
+        let Some(c) = &mut self.conn else { return };
+        let released = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            c.io.send(&ClientMsg::Release).await.ok()?;
+            // Whatever else arrives (build events) until the receiver
+            // closes the stream.
+            while let Ok(Some(_)) = c.io.recv::<ServerMsg>().await {}
+            Some(())
+        })
+        .await;
+        match released {
+            Ok(Some(())) => tracing::info!("released the workspace"),
+            _ => tracing::debug!("the receiver did not confirm the release; the claim stays"),
+        }
+    }
+
     /// Drop the connection (it is re-established on the next sync).
     pub fn disconnect(&mut self) {
         *self.live.lock().expect("live connection") = None;

@@ -102,6 +102,7 @@ mod tests {
                     entry: Some(Entry::File {
                         id: ContentId([1; 32]),
                         exec: true,
+                        mode: None,
                     }),
                 },
                 Change {

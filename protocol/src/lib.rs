@@ -37,6 +37,8 @@ pub use path::{PathError, RelPath};
 /// Version carried in `Hello`; bumped on any incompatible change.
 /// 2: a daemon claims the workspace (`Claim`, `Claimed`, `OtherWriter`)
 /// before it syncs; a receiver speaking 1 could not decode the claim.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: a file entry carries its mode when narrower than git's (a 0600 file
+/// stays 0600 on the receiver), and a daemon that stops releases its claim.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// QUIC ALPN identifier.
 pub const ALPN: &[u8] = b"devd/1";

@@ -137,6 +137,12 @@ pub enum ClientMsg {
     /// receiver forgets the generation (its acknowledged state stays) and
     /// the connection goes on with the next one; there is no answer.
     Abandon { generation: u64 },
+    /// The daemon stops cleanly (`devd stop`): it gives up its claim as
+    /// the workspace's writer, so that another daemon may claim it without
+    /// `--take-over`. Sent between generations; the receiver releases the
+    /// claim (if this connection's is still current) and ends the
+    /// connection, which is the answer.
+    Release,
 }
 
 /// Why the receiver refused something.

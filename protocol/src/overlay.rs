@@ -10,11 +10,39 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The permission bits git gives a file: 0755 when executable, else 0644.
+pub fn git_mode(exec: bool) -> u32 {
+    if exec { 0o755 } else { 0o644 }
+}
+
+/// What an overlay entry says of a file whose permission bits on the
+/// laptop are `laptop`: `None` when it grants at least git's mode (0664
+/// under a group-writable umask still means 0644), else the bits of git's
+/// mode it grants (0600 for a private file). A receiver never grants more
+/// than git's mode, nor more than the laptop does.
+pub fn narrowed_mode(exec: bool, laptop: u32) -> Option<u16> {
+    let git = git_mode(exec);
+    let m = git & laptop;
+    (m != git).then_some(m as u16)
+}
+
+/// The permission bits a receiver gives a file entry: git's mode, narrowed
+/// by `mode` (whatever `mode` holds, never wider than git's).
+pub fn file_mode(exec: bool, mode: Option<u16>) -> u32 {
+    git_mode(exec) & mode.map_or(0o777, u32::from)
+}
+
 /// The state of one path in the overlay.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Entry {
-    /// A regular file with this content; `exec` is the executable bit.
-    File { id: ContentId, exec: bool },
+    /// A regular file with this content; `exec` is the executable bit;
+    /// `mode` the permission bits when narrower than git's (see
+    /// [`narrowed_mode`]), `None` when git's (protocol version 3).
+    File {
+        id: ContentId,
+        exec: bool,
+        mode: Option<u16>,
+    },
     /// A symbolic link. The target is stored verbatim, never followed.
     Symlink { target: String },
     /// The path exists in the base tree but not in the worktree.
@@ -122,9 +150,22 @@ impl Overlay {
             h.update(&(path.as_str().len() as u64).to_le_bytes());
             h.update(path.as_str().as_bytes());
             match entry {
-                Entry::File { id, exec } => {
+                Entry::File {
+                    id,
+                    exec,
+                    mode: None,
+                } => {
                     h.update(&[if *exec { 2 } else { 1 }]);
                     h.update(&id.0);
+                }
+                Entry::File {
+                    id,
+                    exec,
+                    mode: Some(m),
+                } => {
+                    h.update(&[if *exec { 6 } else { 5 }]);
+                    h.update(&id.0);
+                    h.update(&m.to_le_bytes());
                 }
                 Entry::Symlink { target } => {
                     h.update(&[3]);
@@ -254,6 +295,7 @@ mod tests {
         Entry::File {
             id: ContentId([n; 32]),
             exec: false,
+            mode: None,
         }
     }
 
@@ -313,6 +355,40 @@ mod tests {
             Entry::File {
                 id: ContentId([1; 32]),
                 exec: true,
+                mode: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(Overlay::diff(&a, &b).len(), 1);
+    }
+
+    /// A narrower mode is a change of its own; git's modes and a
+    /// group-writable umask are not.
+    #[test]
+    fn narrowed_modes() {
+        assert_eq!(narrowed_mode(false, 0o644), None);
+        assert_eq!(narrowed_mode(false, 0o664), None);
+        assert_eq!(narrowed_mode(false, 0o777), None);
+        assert_eq!(narrowed_mode(false, 0o600), Some(0o600));
+        assert_eq!(narrowed_mode(false, 0o640), Some(0o640));
+        assert_eq!(narrowed_mode(false, 0o444), Some(0o444));
+        assert_eq!(narrowed_mode(true, 0o775), None);
+        assert_eq!(narrowed_mode(true, 0o700), Some(0o700));
+        assert_eq!(narrowed_mode(true, 0o750), Some(0o750));
+        assert_eq!(file_mode(false, None), 0o644);
+        assert_eq!(file_mode(true, Some(0o700)), 0o700);
+        // A hostile laptop asking for more gets git's mode at most.
+        assert_eq!(file_mode(false, Some(0o7777)), 0o644);
+        assert_eq!(file_mode(true, Some(0o4777)), 0o755);
+        let a: Overlay = [(p("x"), file(1))].into_iter().collect();
+        let b: Overlay = [(
+            p("x"),
+            Entry::File {
+                id: ContentId([1; 32]),
+                exec: false,
+                mode: Some(0o600),
             },
         )]
         .into_iter()
@@ -384,9 +460,12 @@ mod tests {
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
         prop_oneof![
-            (any::<u8>(), any::<bool>()).prop_map(|(n, exec)| Entry::File {
-                id: ContentId([n; 32]),
-                exec
+            (any::<u8>(), any::<bool>(), any::<Option<u16>>()).prop_map(|(n, exec, mode)| {
+                Entry::File {
+                    id: ContentId([n; 32]),
+                    exec,
+                    mode: mode.map(|m| m & 0o644),
+                }
             }),
             "[a-z/]{0,8}".prop_map(|target| Entry::Symlink { target }),
             Just(Entry::Deleted),

@@ -34,7 +34,12 @@ pub enum Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Desired<'a> {
     Absent,
-    File { source: Source, exec: bool },
+    /// `mode`: the permission bits to give it (git's 0644 or 0755, or
+    /// narrower as on the laptop).
+    File {
+        source: Source,
+        mode: u32,
+    },
     Symlink(SymlinkTarget<'a>),
 }
 
@@ -56,9 +61,9 @@ impl<'a> View<'a> {
     /// The desired state of `path`.
     pub fn desired(&self, path: &RelPath) -> Desired<'a> {
         match self.overlay.get(path) {
-            Some(Entry::File { id, exec }) => Desired::File {
+            Some(Entry::File { id, exec, mode }) => Desired::File {
                 source: Source::Blob(*id),
-                exec: *exec,
+                mode: crate::overlay::file_mode(*exec, *mode),
             },
             Some(Entry::Symlink { target }) => Desired::Symlink(SymlinkTarget::Text(target)),
             Some(Entry::Deleted) => Desired::Absent,
@@ -67,11 +72,11 @@ impl<'a> View<'a> {
                 Some(t) => match t.kind {
                     EntryKind::File => Desired::File {
                         source: Source::Git(t.oid),
-                        exec: false,
+                        mode: 0o644,
                     },
                     EntryKind::Exec => Desired::File {
                         source: Source::Git(t.oid),
-                        exec: true,
+                        mode: 0o755,
                     },
                     EntryKind::Symlink => Desired::Symlink(SymlinkTarget::Git(t.oid)),
                 },

@@ -248,6 +248,7 @@ pub fn wait_for_worktrees_equal(laptop: &Path, receiver: &Path, timeout: Duratio
 /// `base` (40-hex commit), computed independently: every visible path whose
 /// state differs from the base tree, plus `Deleted` for base paths that are
 /// gone. Returns the lowercase hex digest and the number of entries.
+/// Files are taken to be in git's modes (no narrower `mode` entries).
 pub fn expected_overlay_digest(repo: &Path, base: &str) -> (String, usize) {
     let base_tree = base_tree(repo, base);
     let laptop = Snapshot::of_laptop(repo).expect("read the laptop worktree");
@@ -259,6 +260,7 @@ pub fn expected_overlay_digest(repo: &Path, base: &str) -> (String, usize) {
             (_, Some(Node::File { hash, exec, .. })) => Entry::File {
                 id: ContentId(*hash.as_bytes()),
                 exec: *exec,
+                mode: None,
             },
             (_, Some(Node::Symlink(t))) => Entry::Symlink {
                 target: t.to_string_lossy().into_owned(),

@@ -156,7 +156,11 @@ fn a_2_gib_file_arrives_with_the_receiver_under_256_mib() {
         encoded.len() >> 10
     );
     let path = RelPath::new("assets/big.bin").unwrap();
-    let entry = Entry::File { id, exec: false };
+    let entry = Entry::File {
+        id,
+        exec: false,
+        mode: None,
+    };
     let overlay: Overlay = [(path.clone(), entry.clone())].into_iter().collect();
     let started = Instant::now();
     let reply = rt.block_on(async {
@@ -259,7 +263,11 @@ fn a_million_long_paths_are_refused_with_the_receiver_under_256_mib() {
                 let changes = (start..(start + CHANGES_PER_FRAME).min(ENTRIES))
                     .map(|i| Change {
                         path: long_path(i),
-                        entry: Some(Entry::File { id, exec: false }),
+                        entry: Some(Entry::File {
+                            id,
+                            exec: false,
+                            mode: None,
+                        }),
                     })
                     .collect();
                 let msg = ClientMsg::Changes {

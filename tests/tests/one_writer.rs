@@ -81,3 +81,40 @@ fn a_second_daemon_is_refused_naming_the_first_until_it_takes_over() {
     std::thread::sleep(Duration::from_secs(2));
     assert_worktrees_equal(&b_dir, &rx.worktree());
 }
+
+/// `devd stop` gives the workspace up: another checkout's `devd start`
+/// then becomes the writer without `--take-over` (the refusal told the
+/// user to "stop that daemon", and a stopped daemon still held it). Its
+/// claim is as exclusive as ever: the first checkout, started again, is
+/// refused naming the second.
+#[test]
+fn a_stopped_daemon_releases_the_workspace_for_the_next_one() {
+    let fx = Fixture::new();
+    let rx = fx.receiver();
+    let local = format!("{}{FAST_SYNC}", rx.config_toml());
+    fx.write_local_config(&local);
+    let a = fx.devd();
+    a.start_wait();
+    let stop = a.stop();
+    stop.assert_success();
+    assert!(
+        rx.stderr()
+            .contains("the writer stopped and released the workspace"),
+        "{}",
+        rx.stderr()
+    );
+
+    let b_dir = fx.clone_origin("checkout-b");
+    devd_tests::repo::write_file(&b_dir.join("devd.local.toml"), local.as_bytes());
+    devd_tests::repo::write_file(&b_dir.join("from_b.txt"), b"written on checkout B\n");
+    let b = fx.devd_in(&b_dir);
+    let started = b.run(&["start", "--wait"]);
+    assert!(started.success(), "{}", started.describe());
+    b.sync_and_assert_equal(&rx.worktree());
+
+    let again = a.run(&["start", "--wait"]);
+    assert!(!again.success(), "A must be refused: B writes now");
+    let b_path = b_dir.display().to_string();
+    assert!(again.output().contains(&b_path), "{}", again.output());
+    assert_worktrees_equal(&b_dir, &rx.worktree());
+}

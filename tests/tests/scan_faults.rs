@@ -260,6 +260,44 @@ fn laptop_caches_are_private() {
     assert_eq!(mode(&state.join("hash-cache")), 0o600);
 }
 
+/// Modes never widen (item 10, receiver side): a new 0600 file and a
+/// tracked file made 0640 keep those modes on the receiver, a private
+/// script stays 0700, a group-writable umask's 0664 is git's 0644 there,
+/// and making a file 0644 again syncs that too, content unchanged.
+#[test]
+fn file_modes_are_never_widened_on_the_receiver() {
+    let fx = Fixture::new();
+    let devd = fx.devd();
+    let worktree = start(&devd);
+    let chmod = |rel: &str, m: u32| {
+        std::fs::set_permissions(fx.path(rel), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    fx.write("secrets/token", "t0k3n\n");
+    chmod("secrets/token", 0o600);
+    fx.write("bin/private.sh", "#!/bin/sh\n");
+    chmod("bin/private.sh", 0o700);
+    fx.write("shared.txt", "group-writable\n");
+    chmod("shared.txt", 0o664);
+    chmod("docs/guide/usage.md", 0o640);
+    devd.sync();
+    let rx = |rel: &str| mode(&worktree.join(rel));
+    assert_eq!(rx("secrets/token"), 0o600);
+    assert_eq!(rx("bin/private.sh"), 0o700);
+    assert_eq!(rx("shared.txt"), 0o644);
+    assert_eq!(
+        rx("docs/guide/usage.md"),
+        0o640,
+        "a tracked file, content unchanged"
+    );
+    assert_worktrees_equal(fx.laptop(), &worktree);
+
+    chmod("docs/guide/usage.md", 0o644);
+    chmod("secrets/token", 0o644);
+    devd.sync();
+    assert_eq!(rx("docs/guide/usage.md"), 0o644);
+    assert_eq!(rx("secrets/token"), 0o644);
+}
+
 fn sync_ms(r: &SyncReport) -> u64 {
     r.latency_ms
 }

@@ -340,7 +340,14 @@ impl Setup<'_> {
                 "the acknowledged generation moved: an attack was applied"
             );
             let (id, blob) = c.blob(b"honest\n");
-            let entries = vec![(path("honest.txt"), Entry::File { id, exec: false })];
+            let entries = vec![(
+                path("honest.txt"),
+                Entry::File {
+                    id,
+                    exec: false,
+                    mode: None,
+                },
+            )];
             c.sync_full(baseline + 1, base, entries, vec![blob]).await
         });
         assert!(
@@ -394,7 +401,14 @@ fn wrong_token_is_rejected_unauthorized() {
             .sync_full(
                 next,
                 base,
-                vec![(path(MARKER), Entry::File { id, exec: false })],
+                vec![(
+                    path(MARKER),
+                    Entry::File {
+                        id,
+                        exec: false,
+                        mode: None,
+                    },
+                )],
                 vec![blob],
             )
             .await;
@@ -460,7 +474,14 @@ fn sync_without_hello_is_refused() {
         c.sync_full(
             next,
             base,
-            vec![(path(MARKER), Entry::File { id, exec: false })],
+            vec![(
+                path(MARKER),
+                Entry::File {
+                    id,
+                    exec: false,
+                    mode: None,
+                },
+            )],
             vec![blob],
         )
         .await
@@ -500,7 +521,11 @@ fn symlink_entry_to_outside_with_a_file_under_it_is_bad_path() {
                 ),
                 (
                     path(&format!("link{n}/{MARKER}")),
-                    Entry::File { id, exec: false },
+                    Entry::File {
+                        id,
+                        exec: false,
+                        mode: None,
+                    },
                 ),
             ];
             c.sync_full(next, base, entries, vec![blob]).await
@@ -531,7 +556,11 @@ fn file_under_a_base_symlink_pointing_outside_is_bad_path() {
             let (id, blob) = c.blob(b"written through a base symlink\n");
             let entries = vec![(
                 path(&format!("{link}/{MARKER}")),
-                Entry::File { id, exec: false },
+                Entry::File {
+                    id,
+                    exec: false,
+                    mode: None,
+                },
             )];
             c.sync_full(next, base, entries, vec![blob]).await
         });
@@ -566,7 +595,11 @@ fn hand_edited_escaping_paths_are_refused() {
                 generation: next,
                 changes: vec![Change {
                     path: path(&placeholder),
-                    entry: Some(Entry::File { id, exec: false }),
+                    entry: Some(Entry::File {
+                        id,
+                        exec: false,
+                        mode: None,
+                    }),
                 }],
                 blobs: vec![blob],
             });
@@ -580,9 +613,16 @@ fn hand_edited_escaping_paths_are_refused() {
             let mut frame = good;
             frame[hits[0]..hits[0] + bad.len()].copy_from_slice(bad.as_bytes());
             let _ = c.send_raw(&frame).await;
-            let overlay: Overlay = [(path(&placeholder), Entry::File { id, exec: false })]
-                .into_iter()
-                .collect();
+            let overlay: Overlay = [(
+                path(&placeholder),
+                Entry::File {
+                    id,
+                    exec: false,
+                    mode: None,
+                },
+            )]
+            .into_iter()
+            .collect();
             c.commit_and_answer(next, base, &overlay).await
         });
         assert!(

@@ -130,12 +130,13 @@ fn append_dir<W: Write>(
             *entries += 1;
         } else if ft.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            let mut h = header(
-                tar::EntryType::Regular,
-                if exec { 0o755 } else { 0o644 },
-                meta.len(),
+            let perm = meta.permissions().mode();
+            let exec = perm & 0o100 != 0;
+            let mode = devd_protocol::overlay::file_mode(
+                exec,
+                devd_protocol::overlay::narrowed_mode(exec, perm),
             );
+            let mut h = header(tar::EntryType::Regular, mode, meta.len());
             let f = std::fs::File::open(&path)?;
             b.append_data(&mut h, &child, f.take(meta.len()))?;
             *entries += 1;
@@ -197,19 +198,32 @@ mod tests {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
+        // Private on the laptop, private in the build pod; a group-writable
+        // umask's 0664 is git's 0644.
+        std::fs::write(src.join("www/secret.key"), "k\n").unwrap();
+        std::fs::set_permissions(
+            src.join("www/secret.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            src.join("www/index.html"),
+            std::fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("www/index.html", src.join("latest")).unwrap();
         std::fs::create_dir_all(src.join("empty")).unwrap();
 
         let a = pack(&src, &d.path().join("a.tar.zst")).unwrap();
         let b = pack(&src, &d.path().join("b.tar.zst")).unwrap();
         assert_eq!(a, b, "same tree, same archive");
-        assert_eq!(a.entries, 7);
+        assert_eq!(a.entries, 8);
         let bytes = std::fs::read(d.path().join("a.tar.zst")).unwrap();
         assert_eq!(a.bytes, bytes.len() as u64);
         assert_eq!(blake3::hash(&bytes).to_hex().to_string(), a.blake3);
 
         let out = d.path().join("out");
-        assert_eq!(unpack(&bytes[..], &out).unwrap(), 7);
+        assert_eq!(unpack(&bytes[..], &out).unwrap(), 8);
         assert_eq!(
             std::fs::read_to_string(out.join("www/index.html")).unwrap(),
             "v1\n"
@@ -217,6 +231,8 @@ mod tests {
         let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("www/deep/run.sh"), 0o755);
         assert_eq!(mode("Dockerfile"), 0o644);
+        assert_eq!(mode("www/secret.key"), 0o600);
+        assert_eq!(mode("www/index.html"), 0o644);
         assert_eq!(
             std::fs::read_link(out.join("latest")).unwrap(),
             Path::new("www/index.html")

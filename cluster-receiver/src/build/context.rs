@@ -4,7 +4,9 @@
 //!
 //! The context is the service's `context` directory after `.dockerignore`,
 //! plus each of its `inputs` at its repository-relative path. The digest
-//! covers every file's path, exec bit and content (symlinks: their target),
+//! covers every file's path, exec bit, mode when narrower than git's
+//! 0644/0755 (a private file stays private in the image), and content
+//! (symlinks: their target),
 //! the Dockerfile (even if `.dockerignore` hides it, as builders read it
 //! anyway), the build arguments and the build steps (name, image, command,
 //! env, workdir: a changed step is a different image, so it cannot be
@@ -50,7 +52,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
 /// What a context holds, file by file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Item {
-    File { exec: bool, hash: blake3::Hash },
+    /// `mode`: narrower than git's 0644/0755 (see
+    /// [`devd_protocol::overlay::narrowed_mode`]), as the worktree has it.
+    File {
+        exec: bool,
+        mode: Option<u16>,
+        hash: blake3::Hash,
+    },
     Symlink(String),
 }
 
@@ -139,17 +147,22 @@ impl Walk<'_> {
                 Item::Symlink(target.to_string_lossy().into_owned()),
             );
         } else if ft.is_file() {
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            let hash = copy_hashing(src, &out, exec)?;
+            let perm = meta.permissions().mode();
+            let exec = perm & 0o100 != 0;
+            let mode = devd_protocol::overlay::narrowed_mode(exec, perm);
+            let hash = copy_hashing(src, &out, devd_protocol::overlay::file_mode(exec, mode))?;
             self.bytes += meta.len();
-            self.items.insert(rel.to_owned(), Item::File { exec, hash });
+            self.items
+                .insert(rel.to_owned(), Item::File { exec, mode, hash });
         }
         Ok(())
     }
 }
 
-/// Copy a file while hashing it; the copy gets mode 0755 or 0644.
-fn copy_hashing(src: &Path, dst: &Path, exec: bool) -> Result<blake3::Hash, ContextError> {
+/// Copy a file while hashing it; the copy gets `mode` (git's 0755 or 0644,
+/// or narrower as the worktree has it: a private file stays private in
+/// the image).
+fn copy_hashing(src: &Path, dst: &Path, mode: u32) -> Result<blake3::Hash, ContextError> {
     let mut input = std::fs::File::open(src).map_err(io(src))?;
     let mut output = std::fs::File::create(dst).map_err(io(dst))?;
     let mut hasher = blake3::Hasher::new();
@@ -162,7 +175,6 @@ fn copy_hashing(src: &Path, dst: &Path, exec: bool) -> Result<blake3::Hash, Cont
         hasher.update(&buf[..n]);
         output.write_all(&buf[..n]).map_err(io(dst))?;
     }
-    let mode = if exec { 0o755 } else { 0o644 };
     output
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io(dst))?;
@@ -275,9 +287,14 @@ pub fn snapshot(
     for (path, item) in &walk.items {
         field(path.as_bytes());
         match item {
-            Item::File { exec, hash } => {
+            Item::File { exec, mode, hash } => {
                 field(if *exec { b"x" } else { b"f" });
                 field(hash.as_bytes());
+                // Only a narrowed mode is hashed: contexts of files in
+                // git's modes keep the digests (and images) they had.
+                if let Some(m) = mode {
+                    field(format!("mode {m:o}").as_bytes());
+                }
             }
             Item::Symlink(t) => {
                 field(b"l");
@@ -365,6 +382,28 @@ mod tests {
         )
         .unwrap();
         assert_ne!(snap(r, &c, 5).digest, s1.digest);
+        std::fs::set_permissions(
+            r.join("svc/www/index.html"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let private = snap(r, &c, 50);
+        assert_ne!(private.digest, s1.digest, "a narrower mode counts");
+        assert_eq!(
+            std::fs::metadata(private.dir.join("www/index.html"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600,
+            "and is copied as it is"
+        );
+        std::fs::set_permissions(
+            r.join("svc/www/index.html"),
+            std::fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
+        assert_eq!(snap(r, &c, 51).digest, s1.digest, "0664 is git's 0644");
         std::fs::set_permissions(
             r.join("svc/www/index.html"),
             std::fs::Permissions::from_mode(0o644),

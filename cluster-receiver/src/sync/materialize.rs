@@ -179,11 +179,10 @@ impl Worktree {
         // old version to protect, and if a crash leaves it half-written the
         // replay finds it present and replaces it by rename.
         if fresh
-            && let Desired::File { source, exec } = desired
+            && let Desired::File { source, mode } = desired
             && let Err(e) = std::fs::symlink_metadata(&full)
             && e.kind() == std::io::ErrorKind::NotFound
         {
-            let mode = if *exec { 0o755 } else { 0o644 };
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -212,7 +211,7 @@ impl Worktree {
                     f.write_all(&data).map_err(self.io(&full))?;
                 }
             }
-            f.set_permissions(std::fs::Permissions::from_mode(mode))
+            f.set_permissions(std::fs::Permissions::from_mode(*mode))
                 .map_err(self.io(&full))?;
             failpoint_tick();
             return Ok(());
@@ -232,7 +231,7 @@ impl Worktree {
         };
         let tmp = match desired {
             Desired::Absent => unreachable!("absent paths are removed, not written"),
-            Desired::File { source, exec } => {
+            Desired::File { source, mode } => {
                 let mut f = tempfile::Builder::new()
                     .prefix(".devd-")
                     .tempfile_in(&self.scratch)
@@ -250,9 +249,8 @@ impl Worktree {
                             .map_err(self.io(f.path()))?;
                     }
                 }
-                let mode = if *exec { 0o755 } else { 0o644 };
                 f.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .set_permissions(std::fs::Permissions::from_mode(*mode))
                     .map_err(self.io(f.path()))?;
                 f.into_temp_path()
             }
@@ -362,7 +360,22 @@ mod tests {
         let tree = BaseTree::new();
         let empty = Overlay::new();
         let o1: Overlay = [
-            (p("d/e/f.sh"), Entry::File { id: a, exec: true }),
+            (
+                p("d/e/f.sh"),
+                Entry::File {
+                    id: a,
+                    exec: true,
+                    mode: None,
+                },
+            ),
+            (
+                p("secret"),
+                Entry::File {
+                    id: a,
+                    exec: false,
+                    mode: Some(0o600),
+                },
+            ),
             (
                 p("link"),
                 Entry::Symlink {
@@ -386,13 +399,29 @@ mod tests {
         };
         v1.validate().unwrap();
         let s = wt.transition(&v0, &v1, true, &src).unwrap();
-        assert_eq!(s.written, 2);
+        assert_eq!(s.written, 3);
         let f = wt.root.join("d/e/f.sh");
         assert_eq!(std::fs::read(&f).unwrap(), b"alpha");
-        assert_eq!(
-            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
-            0o755
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&f), 0o755);
+        assert_eq!(mode(&wt.root.join("secret")), 0o600, "never widened");
+        // Only the mode changes: the file is rewritten with git's.
+        let mut o2 = o1.clone();
+        o2.insert(
+            p("secret"),
+            Entry::File {
+                id: a,
+                exec: false,
+                mode: None,
+            },
         );
+        let v2 = View {
+            tree: &tree,
+            overlay: &o2,
+        };
+        assert_eq!(wt.transition(&v1, &v2, true, &src).unwrap().written, 1);
+        assert_eq!(mode(&wt.root.join("secret")), 0o644);
+        wt.transition(&v2, &v1, true, &src).unwrap();
         assert_eq!(
             std::fs::read_link(wt.root.join("link")).unwrap(),
             Path::new("d/e/f.sh")
@@ -402,7 +431,7 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"alpha");
         // Back to empty: files gone, empty directories pruned.
         let s = wt.transition(&v1, &v0, true, &src).unwrap();
-        assert_eq!(s.removed, 2);
+        assert_eq!(s.removed, 3);
         assert_eq!(std::fs::read_dir(&wt.root).unwrap().count(), 0);
     }
 
@@ -421,6 +450,7 @@ mod tests {
                 Entry::File {
                     id: ContentId([0; 32]),
                     exec: false,
+                    mode: None,
                 },
             ),
         ]
@@ -493,9 +523,16 @@ mod tests {
         blobs.put(&a, b"x").unwrap();
         let tree = BaseTree::new();
         let empty = Overlay::new();
-        let o: Overlay = [(p("sub/f"), Entry::File { id: a, exec: false })]
-            .into_iter()
-            .collect();
+        let o: Overlay = [(
+            p("sub/f"),
+            Entry::File {
+                id: a,
+                exec: false,
+                mode: None,
+            },
+        )]
+        .into_iter()
+        .collect();
         wt.transition(
             &View {
                 tree: &tree,

@@ -227,6 +227,15 @@ async fn converse(
                     spool = None;
                     Ok(())
                 }
+                ReceiverEvent::Release => {
+                    // The daemon stops cleanly: another may claim the
+                    // workspace now. Ending the connection is the answer.
+                    if let Some(g) = grant.take() {
+                        ws.writer.release(&g);
+                    }
+                    tracing::info!(%remote, workspace = %ws.name, "the writer stopped and released the workspace");
+                    return;
+                }
                 ReceiverEvent::Authenticate { .. } => {
                     return driver_bug("a second Authenticate".into());
                 }
@@ -646,7 +655,14 @@ mod tests {
             .iter()
             .map(|(p, d)| {
                 let id = ContentId::of(d);
-                (p.clone(), Entry::File { id, exec: false })
+                (
+                    p.clone(),
+                    Entry::File {
+                        id,
+                        exec: false,
+                        mode: None,
+                    },
+                )
             })
             .collect();
         let by_id: HashMap<ContentId, &Vec<u8>> =

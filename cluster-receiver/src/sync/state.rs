@@ -13,6 +13,64 @@ use devd_protocol::message::Ack;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The first bytes of a state file since protocol version 3, whose file
+/// entries carry a mode. A file without them holds the encoding before
+/// (read through [`legacy`]), so an upgraded receiver keeps its state.
+const MAGIC: &[u8] = b"devd-state 3\n";
+
+/// The state files of protocol versions 1 and 2: file entries without a
+/// mode.
+mod legacy {
+    use devd_protocol::message::Ack;
+    use devd_protocol::{ContentId, Entry, RelPath};
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    enum OldEntry {
+        File { id: ContentId, exec: bool },
+        Symlink { target: String },
+        Deleted,
+    }
+
+    #[derive(Deserialize)]
+    struct OldOverlay {
+        entries: BTreeMap<RelPath, OldEntry>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct OldState {
+        ack: Option<Ack>,
+        overlay: OldOverlay,
+    }
+
+    impl From<OldState> for super::SyncState {
+        fn from(old: OldState) -> Self {
+            let overlay = old
+                .overlay
+                .entries
+                .into_iter()
+                .map(|(p, e)| {
+                    let e = match e {
+                        OldEntry::File { id, exec } => Entry::File {
+                            id,
+                            exec,
+                            mode: None,
+                        },
+                        OldEntry::Symlink { target } => Entry::Symlink { target },
+                        OldEntry::Deleted => Entry::Deleted,
+                    };
+                    (p, e)
+                })
+                .collect();
+            Self {
+                ack: old.ack,
+                overlay,
+            }
+        }
+    }
+}
+
 /// What is (or is about to be) materialized.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
@@ -57,12 +115,14 @@ impl Journal {
     fn read(path: &Path) -> Result<Option<SyncState>, StateError> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                postcard::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Corrupt {
-                        path: path.display().to_string(),
-                        source,
-                    })
+                let state = match bytes.strip_prefix(MAGIC) {
+                    Some(rest) => postcard::from_bytes(rest),
+                    None => postcard::from_bytes::<legacy::OldState>(&bytes).map(Into::into),
+                };
+                state.map(Some).map_err(|source| StateError::Corrupt {
+                    path: path.display().to_string(),
+                    source,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StateError::Io {
@@ -73,7 +133,8 @@ impl Journal {
     }
 
     fn write(path: &Path, state: &SyncState) -> Result<(), StateError> {
-        let bytes = postcard::to_stdvec(state).expect("state serializes");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(postcard::to_stdvec(state).expect("state serializes"));
         devd_sync::fsutil::write_atomic(path, &bytes, Some(0o600)).map_err(|source| {
             StateError::Io {
                 path: path.display().to_string(),
@@ -162,5 +223,47 @@ mod tests {
         assert_eq!(j.pending().unwrap(), None);
         std::fs::write(dir.path().join("state.committed"), b"\xff\xff").unwrap();
         assert!(j.committed().unwrap_err().to_string().contains("corrupt"));
+    }
+
+    /// A state file written before file entries had modes (protocol
+    /// version 2, these exact bytes) is read after the upgrade.
+    #[test]
+    fn a_state_file_from_before_modes_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        // postcard of SyncState { ack: Some(Ack { generation: 3, digest:
+        // [1; 32], base: Uploaded }), overlay: { "f": File { id: [7; 32],
+        // exec: true }, "x": Deleted } } in the version 2 types.
+        let mut old = vec![1, 3];
+        old.extend([1; 32]);
+        old.push(1); // Base::Uploaded
+        old.extend([2, 1, b'f', 0]);
+        old.extend([7; 32]);
+        old.push(1);
+        old.extend([1, b'x', 2]);
+        std::fs::write(dir.path().join("state.committed"), &old).unwrap();
+        let s = j.committed().unwrap();
+        assert_eq!(s.ack.map(|a| a.generation), Some(3));
+        assert_eq!(
+            s.overlay.get(&RelPath::new("f").unwrap()),
+            Some(&Entry::File {
+                id: devd_protocol::ContentId([7; 32]),
+                exec: true,
+                mode: None,
+            })
+        );
+        assert_eq!(
+            s.overlay.get(&RelPath::new("x").unwrap()),
+            Some(&Entry::Deleted)
+        );
+        // Written again, it has the new form.
+        j.begin(&s).unwrap();
+        j.commit().unwrap();
+        assert!(
+            std::fs::read(dir.path().join("state.committed"))
+                .unwrap()
+                .starts_with(MAGIC)
+        );
+        assert_eq!(j.committed().unwrap(), s);
     }
 }

@@ -41,6 +41,9 @@ pub struct WriterClaim {
     workspace: String,
     path: PathBuf,
     holder: Mutex<Option<Holder>>,
+    /// The last epoch handed out: every new holder gets the next one, so
+    /// a grant from before a release never matches a later holder.
+    epochs: std::sync::atomic::AtomicU64,
 }
 
 /// A granted claim, held by a connection.
@@ -80,6 +83,7 @@ impl WriterClaim {
             workspace: name.to_owned(),
             path,
             holder: Mutex::new(holder),
+            epochs: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -114,7 +118,7 @@ impl WriterClaim {
             tracing::warn!(workspace = %self.workspace, from = %h.writer, to = %writer, "writer taken over");
             h.taken.cancel();
             h.connection.cancel();
-            (h.writer, h.epoch)
+            h.writer
         });
         let stored = Stored {
             host: writer.host.clone(),
@@ -129,19 +133,40 @@ impl WriterClaim {
         let h = Holder {
             writer: writer.clone(),
             since: now,
-            epoch: previous.as_ref().map_or(0, |(_, e)| e + 1),
+            epoch: self
+                .epochs
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1,
             taken: CancellationToken::new(),
             connection: CancellationToken::new(),
         };
         let grant = Grant {
             since: now,
-            previous: previous.map(|(w, _)| w),
+            previous,
             epoch: h.epoch,
             taken: h.taken.clone(),
             superseded: h.connection.clone(),
         };
         *holder = Some(h);
         Ok(grant)
+    }
+
+    /// The holder of `grant` stops cleanly: nobody holds the workspace
+    /// now, so the next daemon's claim is granted without `--take-over`.
+    /// A grant that was taken over meanwhile releases nothing.
+    pub fn release(&self, grant: &Grant) {
+        let mut holder = self.holder.lock().expect("writer claim");
+        if holder
+            .as_ref()
+            .is_some_and(|h| h.epoch == grant.epoch && !grant.taken.is_cancelled())
+        {
+            *holder = None;
+            if let Err(e) = std::fs::remove_file(&self.path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(workspace = %self.workspace, error = %e, "cannot remove the released writer record");
+            }
+        }
     }
 
     /// Whether a connection with `grant` (or, `None`, one that made no
@@ -218,6 +243,36 @@ mod tests {
         let reopened = WriterClaim::open(dir.path(), "alice");
         assert!(reopened.claim(&w("/a"), false, 500).is_err());
         assert_eq!(reopened.claim(&w("/b"), false, 500).unwrap().since, 400);
+    }
+
+    #[test]
+    fn a_released_claim_lets_the_next_writer_in_and_a_stale_release_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = WriterClaim::open(dir.path(), "alice");
+        let a = c.claim(&w("/a"), false, 100).unwrap();
+        c.release(&a);
+        assert!(!dir.path().join("writer.json").exists());
+        let b = c.claim(&w("/b"), false, 200).unwrap();
+        assert_eq!((b.since, b.previous.clone()), (200, None));
+        // A's old grant (say a late release on another connection) does
+        // not free B's claim.
+        c.release(&a);
+        assert_eq!(
+            c.claim(&w("/c"), false, 300).unwrap_err().code,
+            ErrorCode::OtherWriter
+        );
+        // Nor does one taken over since.
+        let c2 = c.claim(&w("/c"), true, 400).unwrap();
+        c.release(&b);
+        assert!(c.may_write(Some(&c2)).is_ok());
+        assert_eq!(
+            WriterClaim::open(dir.path(), "alice")
+                .claim(&w("/a"), false, 500)
+                .unwrap_err()
+                .code,
+            ErrorCode::OtherWriter,
+            "kept on disk"
+        );
     }
 
     #[test]

@@ -173,4 +173,7 @@ pub enum ReceiverEvent {
     /// file changed while it was being sent): release what was prepared
     /// for it. No answer.
     Abandoned { generation: u64 },
+    /// The laptop gave up its writer claim and stops: release it, then end
+    /// the connection.
+    Release,
 }

@@ -205,7 +205,7 @@ fn machine_frames(
 
 fn arb_overlay() -> impl Strategy<Value = Overlay> {
     let entry = prop_oneof![
-        6 => (0u8..8).prop_map(|n| Entry::File { id: ContentId([n; 32]), exec: n % 5 == 0 }),
+        6 => (0u8..8).prop_map(|n| Entry::File { id: ContentId([n; 32]), exec: n % 5 == 0, mode: None }),
         1 => "[a-z]{1,4}".prop_map(|target| Entry::Symlink { target }),
         1 => Just(Entry::Deleted),
     ];

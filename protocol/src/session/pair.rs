@@ -77,6 +77,7 @@ impl Laptop {
                     FakeEntry::File(c) => Entry::File {
                         id: ContentId::of(c),
                         exec: false,
+                        mode: None,
                     },
                     FakeEntry::Symlink(t) => Entry::Symlink { target: t.clone() },
                     FakeEntry::Deleted => Entry::Deleted,
@@ -507,6 +508,8 @@ impl Pair {
                     r.handle_claim(answer).expect("asked to claim");
                 }
                 ReceiverEvent::Abandoned { .. } => self.cluster.pending = None,
+                // The sender machine never releases (its driver does).
+                ReceiverEvent::Release => {}
             }
         }
     }
@@ -628,6 +631,7 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Retry { .. } => "Retry",
         ClientMsg::Remove => "Remove",
         ClientMsg::Abandon { .. } => "Abandon",
+        ClientMsg::Release => "Release",
     }
 }
 

@@ -506,6 +506,9 @@ impl Receiver {
                 self.events
                     .push_back(ReceiverEvent::Claim { writer, take_over });
             }
+            ClientMsg::Release if incoming.is_none() => {
+                self.events.push_back(ReceiverEvent::Release);
+            }
             // A generation the receiver already refused (or never got):
             // nothing to drop.
             ClientMsg::Abandon { .. } => {}
@@ -515,6 +518,7 @@ impl Receiver {
             | ClientMsg::Subscribe
             | ClientMsg::Logs { .. }
             | ClientMsg::Retry { .. }
+            | ClientMsg::Release
             | ClientMsg::Remove => {
                 let m = "unexpected message outside of a blob request";
                 self.close_with(None, Reject::new(ErrorCode::Malformed, m));
@@ -692,6 +696,7 @@ mod tests {
             entry: Some(Entry::File {
                 id: id(n),
                 exec: false,
+                mode: None,
             }),
         }
     }
@@ -782,6 +787,24 @@ mod tests {
             host: "laptop".into(),
             worktree: worktree.into(),
         }
+    }
+
+    /// `Release` between generations is handed to the driver (which gives
+    /// up the claim and ends the connection); during one it is malformed.
+    #[test]
+    fn release_between_generations_is_the_drivers_and_malformed_inside_one() {
+        let now = Instant::now();
+        let mut r = open(now, Limits::default());
+        r.handle_message(ClientMsg::Release, now).unwrap();
+        assert_eq!(r.poll_event(), Some(ReceiverEvent::Release));
+
+        let mut r = receiving(now, vec![id(1)]);
+        r.handle_message(ClientMsg::Release, now).unwrap();
+        assert_eq!(
+            rejected_frame(&mut r).1,
+            ErrorCode::Malformed,
+            "a release while a generation's blobs are expected"
+        );
     }
 
     /// A claim is the driver's to decide: granted, it is answered with

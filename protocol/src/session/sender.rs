@@ -761,6 +761,7 @@ mod tests {
                     Entry::File {
                         id: id(*n),
                         exec: false,
+                        mode: None,
                     },
                 )
             })
