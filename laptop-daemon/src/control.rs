@@ -119,8 +119,12 @@ pub async fn serve(handle: Arc<Handle>, path: PathBuf) -> std::io::Result<()> {
     result
 }
 
-/// How long connections still being answered get once the daemon stops.
-const DRAIN: Duration = Duration::from_secs(2);
+/// How long connections still being answered get once the daemon stops:
+/// `devd stop`'s own answer comes after the services' containers are
+/// removed, which takes seconds on a loaded machine (with 2 s, a slow
+/// `podman rm` cut the answer off and `devd stop` said the daemon was not
+/// running). A `logs --follow` ends at once when the daemon stops.
+const DRAIN: Duration = Duration::from_secs(60);
 
 /// The longest request line read: every request is a few dozen bytes, and
 /// a client that never ends its line must not grow the daemon.
@@ -272,6 +276,12 @@ async fn answer_logs(
     let mut result = None;
     loop {
         tokio::select! {
+            // The daemon stops: a followed log ends here, so that the
+            // stop's drain waits only for answers that end by themselves.
+            () = handle.cancel.cancelled(), if result.is_none() => {
+                result = Some(Err("the daemon stopped".to_owned()));
+                break;
+            }
             r = &mut relay, if result.is_none() => result = Some(r),
             chunk = rx.recv() => match chunk {
                 Some(data) => {

@@ -482,7 +482,9 @@ impl Uplink {
         })
         .await;
         match released {
-            Ok(Some(())) => tracing::info!("released the workspace"),
+            Ok(Some(())) => {
+                tracing::info!("gave the workspace claim up; the receiver closed the connection")
+            }
             _ => tracing::debug!("the receiver did not confirm the release; the claim stays"),
         }
     }

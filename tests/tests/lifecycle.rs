@@ -331,3 +331,57 @@ fn stop_and_down_in_one_checkout_leave_another_checkouts_services_running() {
         assert!(answers(s.url.as_deref().unwrap()), "{s:?}");
     }
 }
+
+/// `devd stop` answers with what it stopped even when removing the
+/// containers is slow (a loaded machine; here a `podman` on PATH that
+/// takes 4 s over `rm`): the daemon gave its answer 2 s once it had begun
+/// to stop, then cut it off, and `devd stop` said "devd is not running".
+#[test]
+fn stop_reports_what_it_stopped_when_podman_rm_is_slow() {
+    let fx = Fixture::from_example("demo");
+    let cenv = demo(&fx, true);
+    let shim = fx.root().join("slow-podman");
+    std::fs::create_dir_all(&shim).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v podman"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    devd_tests::repo::write_file(
+        &shim.join("podman"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = rm ] && sleep 4 && break; done\nexec {} \"$@\"\n",
+            real.trim()
+        )
+        .as_bytes(),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(shim.join("podman"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let mut env = cenv.env();
+    env.push((
+        "PATH".into(),
+        format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    ));
+    let devd = fx.devd().with_env(env);
+    devd.start_wait();
+    wait_all(&devd, "deployed", |s| s.state == "deployed");
+    let run = devd.run(&["stop"]);
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains("stopped the containers of 3 services: api, greeter and web"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(service_containers(&cenv, false), Vec::<String>::new());
+}
