@@ -752,6 +752,26 @@ mod tests {
         RelPath::new(s).unwrap()
     }
 
+    /// An empty git repository in a temporary directory (which also holds
+    /// the scanner's state).
+    fn new_repo() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = tmp.path().join("repo");
+        std::fs::create_dir_all(&wd).unwrap();
+        git(&wd, &["init", "-q"]);
+        (tmp, wd)
+    }
+
+    /// A scanner of the repository at `wd`, its state in `tmp`.
+    fn scanner(tmp: &tempfile::TempDir, wd: &Path) -> Scanner {
+        let repo = Arc::new(Repo::discover(wd).unwrap());
+        let cfg = ScanConfig {
+            upstream: None,
+            max_file_bytes: 1 << 20,
+        };
+        Scanner::new(repo, cfg, tmp.path())
+    }
+
     fn write(dir: &Path, rel: &str, data: &str) {
         let f = dir.join(rel);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
@@ -762,10 +782,7 @@ mod tests {
     /// the right kind of entry, for full scans and path-limited rescans.
     #[test]
     fn overlay_has_exactly_the_differences() {
-        let tmp = tempfile::tempdir().unwrap();
-        let wd = tmp.path().join("repo");
-        std::fs::create_dir_all(&wd).unwrap();
-        git(&wd, &["init", "-q"]);
+        let (tmp, wd) = new_repo();
         write(&wd, "keep.txt", "same\n");
         write(&wd, "edit.txt", "old\n");
         write(&wd, "gone.txt", "bye\n");
@@ -776,12 +793,7 @@ mod tests {
         git(&wd, &["add", "-A", "-f"]);
         git(&wd, &["commit", "-qm", "base"]);
 
-        let repo = Arc::new(Repo::discover(&wd).unwrap());
-        let cfg = ScanConfig {
-            upstream: None,
-            max_file_bytes: 1 << 20,
-        };
-        let mut s = Scanner::new(repo, cfg, tmp.path());
+        let mut s = scanner(&tmp, &wd);
         s.full_scan().unwrap();
         assert!(s.overlay().is_empty(), "clean worktree: {:?}", s.overlay());
 
@@ -855,10 +867,7 @@ mod tests {
     /// second same-size rewrite (mtime restored again) is seen too.
     #[test]
     fn same_size_edit_with_restored_mtime_is_seen() {
-        let tmp = tempfile::tempdir().unwrap();
-        let wd = tmp.path().join("repo");
-        std::fs::create_dir_all(&wd).unwrap();
-        git(&wd, &["init", "-q"]);
+        let (tmp, wd) = new_repo();
         write(&wd, "a.txt", "aaaa\n");
         git(&wd, &["add", "-A"]);
         git(&wd, &["commit", "-qm", "base"]);
@@ -872,12 +881,7 @@ mod tests {
         git(&wd, &["update-index", "--refresh"]);
         std::thread::sleep(Duration::from_millis(300));
 
-        let repo = Arc::new(Repo::discover(&wd).unwrap());
-        let cfg = ScanConfig {
-            upstream: None,
-            max_file_bytes: 1 << 20,
-        };
-        let mut s = Scanner::new(repo, cfg, tmp.path());
+        let mut s = scanner(&tmp, &wd);
         s.full_scan().unwrap();
         assert!(s.overlay().is_empty(), "clean: {:?}", s.overlay());
 
@@ -923,22 +927,14 @@ mod tests {
     #[test]
     fn a_narrower_mode_is_an_overlay_entry_and_a_wider_one_is_not() {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let wd = tmp.path().join("repo");
-        std::fs::create_dir_all(&wd).unwrap();
-        git(&wd, &["init", "-q"]);
+        let (tmp, wd) = new_repo();
         write(&wd, "a.txt", "aaaa\n");
         write(&wd, "run.sh", "#!/bin/sh\n");
         std::fs::set_permissions(wd.join("run.sh"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         git(&wd, &["add", "-A"]);
         git(&wd, &["commit", "-qm", "base"]);
-        let repo = Arc::new(Repo::discover(&wd).unwrap());
-        let cfg = ScanConfig {
-            upstream: None,
-            max_file_bytes: 1 << 20,
-        };
-        let mut s = Scanner::new(repo, cfg, tmp.path());
+        let mut s = scanner(&tmp, &wd);
         s.full_scan().unwrap();
         assert!(s.overlay().is_empty(), "clean: {:?}", s.overlay());
         let chmod = |rel: &str, m: u32| {
