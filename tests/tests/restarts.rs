@@ -56,12 +56,16 @@ fn devd_sync_right_after_a_receiver_restart_succeeds() {
     assert_eq!(st.raw["receiver"]["connected"], true, "{}", st.raw);
 }
 
-/// The daemon's pid, from `devd status --json`.
+/// The daemon's pid, from `devd status --json` read as it is: a daemon
+/// started a moment ago may not have synced yet (no overlay digest), which
+/// the contracted parse refuses.
 fn daemon_pid(devd: &devd_tests::Devd<'_>) -> u32 {
-    let st = devd.status();
-    st.raw["pid"]
+    let run = devd.run_timeout(&["status", "--json"], Duration::from_secs(60));
+    run.assert_success();
+    let st = devd_tests::daemon::first_json_object(&run.stdout).expect("status JSON");
+    st["pid"]
         .as_u64()
-        .unwrap_or_else(|| panic!("status has no pid: {}", st.raw)) as u32
+        .unwrap_or_else(|| panic!("status has no pid: {st}")) as u32
 }
 
 fn alive(pid: u32) -> bool {
