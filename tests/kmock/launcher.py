@@ -31,6 +31,9 @@ need an API server to do:
   that forgets to check what it listed is caught here;
 - answers a log request for a container the pod does not have with 400
   and the API server's message ("container X is not valid for pod Y");
+- plays the DefaultIngressClass admission plugin: an Ingress created
+  without a class gets the IngressClass marked default, so a class-less
+  Ingress read back means the cluster has no default class;
 - plays admission on pod creation, refusing with 403 Forbidden and the API
   server's messages: Pod Security (the namespace's
   `pod-security.kubernetes.io/enforce` label, `baseline` or `restricted`,
@@ -123,6 +126,14 @@ class Emulator(kmock.KubernetesEmulator):
             refusal = self._admit_pod(request.namespace or data.get("metadata", {}).get("namespace"), data)
             if refusal is not None:
                 return _status(403, "Forbidden", refusal)
+        if (
+            data is not None
+            and request.resource.plural == "ingresses"
+            and request.subresource is None
+            and (action == enums.action.CREATE
+                 or (action == enums.action.UPDATE and self._existing(_key(request)) is None))
+        ):
+            self._default_ingress_class(data)
         content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
 
         if action == enums.action.UPDATE and data is not None:
@@ -193,6 +204,23 @@ class Emulator(kmock.KubernetesEmulator):
         for (resource, ns, _name), obj in list(self.objects.items()):
             if resource.plural == plural and (namespace is None or ns == namespace) and not obj.deleted:
                 yield obj.raw
+
+    def _default_ingress_class(self, ingress):
+        """The DefaultIngressClass admission plugin: a new Ingress without
+        `spec.ingressClassName` (or the legacy class annotation) gets the
+        IngressClass marked default, the newest if several are."""
+        spec = ingress.setdefault("spec", {})
+        annotations = ingress.get("metadata", {}).get("annotations") or {}
+        if spec.get("ingressClassName") or "kubernetes.io/ingress.class" in annotations:
+            return
+        defaults = [
+            c for c in self._objects_of("ingressclasses")
+            if (c.get("metadata", {}).get("annotations") or {}).get(
+                "ingressclass.kubernetes.io/is-default-class") == "true"
+        ]
+        if defaults:
+            newest = max(defaults, key=lambda c: int(c["metadata"].get("resourceVersion", "0")))
+            spec["ingressClassName"] = newest["metadata"]["name"]
 
     def _admit_pod(self, namespace, pod):
         """Why admission refuses `pod` in `namespace`, or None."""

@@ -23,8 +23,10 @@
 //!   the Deployment and ReplicaSet controllers
 //!   ([`crate::kube_controllers::roll_out`]): a ReplicaSet, pods owned by
 //!   it, the rollout reported done, or `ReplicaFailure` when a pod is refused;
-//! - an ingress controller takes the Ingresses of an existing or the default
-//!   IngressClass ([`Setup`] installs `nginx` as the default).
+//! - an ingress controller ([`crate::kube_ingress`]) takes the Ingresses of
+//!   an existing IngressClass ([`Setup`] installs `nginx` as the default,
+//!   which the emulator's admission gives class-less Ingresses) and serves
+//!   their hosts over real HTTP on loopback.
 //!
 //! [`Setup::start`] brings up the emulator, a registry, the cluster, a
 //! `devd-receiver serve --http-listen` with the Kubernetes backend and the
@@ -34,6 +36,7 @@
 use crate::containers::Registry;
 use crate::kmock::KubeEmulator;
 use crate::kube_controllers::{self as controllers, Rollout};
+use crate::kube_ingress::{self, IngressController};
 use crate::{Devd, FAST_SYNC, Fixture, Receiver, ReceiverOpts, Service, bin};
 use devd_receiver::build::backend::kubernetes::names::CONTEXT_DIR;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -100,6 +103,7 @@ pub struct Cluster {
     errors: Errors,
     /// Services whose Kaniko builds fail.
     pub failing: Arc<Mutex<HashSet<String>>>,
+    ingress: IngressController,
     stop: Arc<AtomicBool>,
 }
 
@@ -113,6 +117,9 @@ impl Cluster {
             .build()
             .unwrap();
         let client = emu.client_on(&rt);
+        let ingress = rt
+            .block_on(IngressController::start())
+            .expect("start the played ingress controller");
         let cluster = Self {
             rt,
             client,
@@ -120,6 +127,7 @@ impl Cluster {
             seen: Default::default(),
             errors: Default::default(),
             failing: Default::default(),
+            ingress: ingress.clone(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let kubelet = Kubelet {
@@ -131,9 +139,15 @@ impl Cluster {
             registry: registry.addr(),
             root: root.join("kubelet"),
             jobs: HashSet::new(),
+            ingress,
         };
         cluster.rt.spawn(kubelet.run(cluster.stop.clone()));
         cluster
+    }
+
+    /// The played ingress controller (what its data path answered).
+    pub fn ingress(&self) -> &IngressController {
+        &self.ingress
     }
 
     /// A client of the emulator.
@@ -236,6 +250,7 @@ struct Kubelet {
     registry: String,
     root: PathBuf,
     jobs: HashSet<String>,
+    ingress: IngressController,
 }
 
 /// A JSON array of strings (a command, args) as strings.
@@ -321,7 +336,7 @@ impl Kubelet {
                 }
             }
         }
-        controllers::admit_ingresses(&self.client, &self.ns).await?;
+        self.ingress.admit(&self.client, &self.ns).await?;
         Ok(())
     }
 
@@ -587,7 +602,7 @@ impl<'a> Setup<'a> {
         let registry = Registry::start(fx.root(), fx.logs());
         let cluster = Cluster::start(&emu, opts.namespace, &registry, fx.root());
         cluster
-            .block_on(controllers::install_default_ingress_class(&cluster.client))
+            .block_on(kube_ingress::install_default_ingress_class(&cluster.client))
             .expect("install the default IngressClass");
         let t = before_receiver(&cluster);
         let config = fx.root().join("receiver.toml");

@@ -8,24 +8,12 @@
 //!   admission refuses (Pod Security, ResourceQuota) turns into the
 //!   Deployment's `ReplicaFailure` condition with the refusal, as the real
 //!   controller reports it;
-//! - an ingress controller that takes (gives an address to) the Ingresses
-//!   of an IngressClass that exists, or without a class when an
-//!   IngressClass is marked default — and leaves the others alone, as
-//!   ingress-nginx 1.0 and later do;
 //! - the Job controller's `FailedCreate` event, for a build pod refused.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-/// The address the played ingress controller gives the Ingresses it takes.
-pub const INGRESS_ADDRESS: &str = "192.0.2.80";
-/// The IngressClass [`crate::kube_cluster::Setup`] installs, marked default.
-pub const DEFAULT_INGRESS_CLASS: &str = "nginx";
-/// The annotation marking an IngressClass the cluster's default.
-pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
 /// The refusal message of an admission error, if `e` is one (HTTP 403).
 pub fn refusal(e: &kube::Error) -> Option<String> {
@@ -231,71 +219,4 @@ pub async fn roll_out(client: &kube::Client, ns: &str, d: &Deployment) -> anyhow
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(Rollout::Done(name, generation, image))
-}
-
-/// Take the Ingresses of namespace `ns` an ingress controller of the
-/// cluster's IngressClasses would: give them [`INGRESS_ADDRESS`].
-pub async fn admit_ingresses(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
-    let classes: Api<IngressClass> = Api::all(client.clone());
-    let classes = classes.list(&ListParams::default()).await?.items;
-    let default = classes
-        .iter()
-        .find(|c| {
-            c.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .is_some_and(|v| v == "true")
-        })
-        .and_then(|c| c.metadata.name.clone());
-    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
-    for ing in ingresses.list(&ListParams::default()).await?.items {
-        let taken = ing
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .is_some_and(|i| !i.is_empty());
-        if taken {
-            continue;
-        }
-        let class = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.clone())
-            .or_else(|| default.clone());
-        let served = class.is_some_and(|c| {
-            classes
-                .iter()
-                .any(|k| k.metadata.name.as_deref() == Some(c.as_str()))
-        });
-        if !served {
-            continue;
-        }
-        let name = ing.metadata.name.clone().unwrap_or_default();
-        ingresses
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"status": {"loadBalancer": {"ingress": [{"ip": INGRESS_ADDRESS}]}}}),
-                ),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// Install IngressClass [`DEFAULT_INGRESS_CLASS`], marked default, as an
-/// ingress-nginx install does.
-pub async fn install_default_ingress_class(client: &kube::Client) -> anyhow::Result<()> {
-    let classes: Api<IngressClass> = Api::all(client.clone());
-    let class: IngressClass = serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-        "metadata": {"name": DEFAULT_INGRESS_CLASS,
-            "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
-        "spec": {"controller": "k8s.io/ingress-nginx"},
-    }))?;
-    classes.create(&PostParams::default(), &class).await?;
-    Ok(())
 }

@@ -24,8 +24,8 @@
 //! - [`kmock`]: the kmock Kubernetes API emulator and a kubeconfig for it.
 //! - [`kube_cluster`]: a Kubernetes cluster played against that emulator
 //!   (kubelet, Kaniko, rollouts), with receiver and daemon on top;
-//!   [`kube_controllers`]: its Deployment, ReplicaSet and ingress
-//!   controllers.
+//!   [`kube_controllers`]: its Deployment and ReplicaSet controllers;
+//!   [`kube_ingress`]: its ingress controller, with a real HTTP data path.
 //! - [`containers`]: private buildah/podman storage per test, a local
 //!   `docker-registry`, a tiny HTTP client for what containers serve (from
 //!   [`devd_testkit`]), and a receiver that pushes to that registry.
@@ -48,6 +48,7 @@ pub mod git_http;
 pub mod kmock;
 pub mod kube_cluster;
 pub mod kube_controllers;
+pub mod kube_ingress;
 pub use devd_testkit::process;
 pub mod receiver;
 pub mod repo;

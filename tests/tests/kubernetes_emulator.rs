@@ -30,7 +30,7 @@ use devd_tests::containers::http_get;
 use devd_tests::kube_cluster::{
     ClusterOpts, DOMAIN, FAIL_MARKER, KANIKO_ERROR, Setup, after, strings,
 };
-use devd_tests::kube_controllers::{DEFAULT_INGRESS_CLASS, INGRESS_ADDRESS};
+use devd_tests::kube_ingress::{DEFAULT_INGRESS_CLASS, INGRESS_ADDRESS};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Service as KubeService};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -158,9 +158,21 @@ fn emulator_kaniko_job_then_deploy_by_digest_then_reuse_without_a_job() {
         .cluster
         .block_on(st.cluster.api::<Ingress>().get("web"))
         .unwrap();
+    let spec = ingress.spec.unwrap();
     assert_eq!(
-        ingress.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        spec.rules.unwrap()[0].host.as_deref(),
         Some(&*format!("web.{NS}.{DOMAIN}"))
+    );
+    assert_eq!(
+        spec.ingress_class_name.as_deref(),
+        Some(DEFAULT_INGRESS_CLASS),
+        "the API server's admission gave the class-less Ingress the default class"
+    );
+    let host = format!("web.{NS}.{DOMAIN}");
+    assert!(
+        st.cluster.ingress().requests().contains(&host),
+        "the URL was asked through the ingress controller before it was announced: {:?}",
+        st.cluster.ingress().requests()
     );
     for name in ["api", "greeter", "web"] {
         let svc = st
@@ -478,9 +490,13 @@ fn emulator_admission_refusals_fail_builds_and_rollouts_at_once_with_their_reaso
 }
 
 /// An external service's URL is announced only once an ingress controller
-/// took its Ingress: without `ingress_class` and without a default
-/// IngressClass no controller does (ingress-nginx 1.0 and later), and the
-/// deploy fails saying what to set; with a default class it is taken.
+/// took its Ingress and the URL answers through it: without
+/// `ingress_class` and without a default IngressClass the API server gives
+/// the Ingress no class, no controller takes it (ingress-nginx 1.0 and
+/// later), and the deploy fails at once saying what to set; once a class
+/// is marked default, the next save makes the Ingress anew, admission gives
+/// it that class, and it is taken. A controller answering 503 (no ready
+/// pod behind it) fails the deploy until it answers.
 #[test]
 fn emulator_an_ingress_no_controller_takes_fails_the_deploy_with_what_to_set() {
     let fx = Fixture::from_example("demo");
@@ -499,7 +515,8 @@ fn emulator_an_ingress_no_controller_takes_fails_the_deploy_with_what_to_set() {
     let failed = st.wait_service("web", "failed", |s| s.state == "failed");
     let error = failed.error.clone().unwrap();
     for want in [
-        "Ingress web got no address",
+        "Ingress web has no ingressClassName",
+        "no default IngressClass",
         "ingress_class",
         "is-default-class",
     ] {
@@ -519,7 +536,19 @@ fn emulator_an_ingress_no_controller_takes_fails_the_deploy_with_what_to_set() {
             Api::<IngressClass>::all(st.cluster.client()).create(&PostParams::default(), &class),
         )
         .unwrap();
+    let host = format!("web.{NS}.{DOMAIN}");
+    st.cluster.ingress().answer(&host, 503);
     fx.write("services/web/www/index.html", "<h1>web v2</h1>\n");
+    let failed = st.wait_service("web", "failed on 503", |s| {
+        s.state == "failed" && s.error.as_deref().is_some_and(|e| e.contains("503"))
+    });
+    assert!(
+        failed.error.as_deref().unwrap().contains("did not answer"),
+        "{:?}",
+        failed.error
+    );
+    st.cluster.ingress().answer(&host, 200);
+    fx.write("services/web/www/index.html", "<h1>web v3</h1>\n");
     let web = st.wait_service("web", "deployed", |s| s.state == "deployed");
     st.cluster.assert_no_errors();
     assert_eq!(
@@ -530,6 +559,11 @@ fn emulator_an_ingress_no_controller_takes_fails_the_deploy_with_what_to_set() {
         .cluster
         .block_on(st.cluster.api::<Ingress>().get("web"))
         .unwrap();
+    assert_eq!(
+        ingress.spec.as_ref().unwrap().ingress_class_name.as_deref(),
+        Some("traefik"),
+        "made anew, so admission gave it the new default class"
+    );
     assert_eq!(
         ingress
             .status

@@ -46,7 +46,9 @@
 //!   before keeps running. The app's pods are found through the
 //!   Deployment's ReplicaSets (owner references), never by labels alone.
 //! - An external service's URL is reported once an ingress controller has
-//!   taken its Ingress (given it an address).
+//!   taken its Ingress (given it an address) and the URL answers through
+//!   that controller ([`ingress`]: a class-less Ingress in a cluster without
+//!   a default IngressClass fails within seconds, asking for one).
 //!
 //! Images are always referenced as `repo@sha256:…`.
 //!
@@ -54,9 +56,11 @@
 //! names and label values, shared with the DevBuild recorder), [`objects`]
 //! (the JSON of Jobs, Deployments, Services, Ingresses), [`state`] (what a
 //! Job, pod or rollout says about itself), `job` (running a build Job),
-//! `rollout` (applies and the rollout wait), `request_shape_tests`, and
+//! `rollout` (applies and the rollout wait), [`ingress`] (an external
+//! service's Ingress and its URL), `request_shape_tests`, and
 //! this file: the backend.
 
+pub mod ingress;
 mod job;
 pub mod names;
 pub mod objects;
@@ -317,11 +321,7 @@ impl Backend for KubernetesBackend {
                 }
                 match (&self.s.domain, spec.expose) {
                     (Some(domain), Expose::External) => {
-                        self.apply::<Ingress>(
-                            &service.name,
-                            &self.ingress_spec(workspace, service, domain),
-                        )
-                        .await?
+                        self.apply_ingress(workspace, service, domain).await?
                     }
                     _ => {
                         self.delete_if_owned::<Ingress>(&service.name).await?;
@@ -348,10 +348,11 @@ impl Backend for KubernetesBackend {
             }
             return Err(f);
         }
-        if let Run::Spec(spec) = &service.run
+        if let (Run::Spec(spec), Some(domain)) = (&service.run, &self.s.domain)
             && spec.expose == Expose::External
         {
-            self.wait_ingress(&service.name).await?;
+            let host = ingress_host(&service.name, &self.s.namespace, domain);
+            self.wait_ingress(&service.name, &host).await?;
         }
         Ok(Deployed {
             url: self.url(workspace, service),

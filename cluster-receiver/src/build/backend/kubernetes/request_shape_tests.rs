@@ -641,6 +641,7 @@ fn rolled_out(mut d: Value) -> Value {
 
 #[tokio::test]
 async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() {
+    let controller = Controller::answering(&[503, 200]).await;
     let (st, mut api) = setup(|s| {
         s.domain = Some("dev.example.com".into());
         s.ingress_class = Some("nginx".into());
@@ -716,7 +717,8 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
             );
             get.ok(&progressing);
             api.next().await.ok(&rolled_out(d));
-            // The URL is reported once an ingress controller took the Ingress.
+            // The URL is reported once an ingress controller took the
+            // Ingress and the URL answers through it.
             let ing = api.next().await;
             ing.expect(
                 Method::GET,
@@ -724,13 +726,109 @@ async fn deploy_request_shape_run_spec_applies_service_ingress_and_deployment() 
                 &[],
             );
             let mut taken = ingress_body.clone();
-            taken["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+            taken["status"] = json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.1",
+                "ports": [{"port": controller.port, "protocol": "TCP"}]}]}});
             ing.ok(&taken);
         },
     )
     .await;
     let out = deploy.unwrap();
     assert_eq!(out.url.as_deref(), Some("http://web.dev.dev.example.com"));
+    let host = format!("web.dev.dev.example.com:{}", controller.port);
+    assert_eq!(
+        controller.hosts(),
+        [host.clone(), host],
+        "asked through the controller's address with the Ingress's host, again after its 503"
+    );
+}
+
+/// An ingress controller's data path on loopback: connection `n` gets the
+/// `n`th status of `statuses` (the last one from then on); the `Host` of
+/// each request is kept.
+struct Controller {
+    port: u16,
+    hosts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Controller {
+    async fn answering(statuses: &[u16]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hosts: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (seen, statuses) = (hosts.clone(), statuses.to_vec());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let host = head.lines().find_map(|l| l.strip_prefix("host: "));
+                seen.lock()
+                    .unwrap()
+                    .push(host.unwrap_or("").trim().to_owned());
+                let status = statuses[n.min(statuses.len() - 1)];
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        Self { port, hosts }
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        self.hosts.lock().unwrap().clone()
+    }
+}
+
+/// A controller that took the Ingress but cannot reach the service (it
+/// answers 502): the deploy fails saying so, after asking more than once.
+#[tokio::test]
+async fn deploy_request_shape_an_external_url_that_does_not_answer_fails_the_deploy() {
+    let controller = Controller::answering(&[502]).await;
+    let (st, mut api) = setup(|s| {
+        s.domain = Some("dev.example.com".into());
+        s.ingress_class = Some("nginx".into());
+        s.ingress_wait = Duration::from_millis(400);
+        s.poll_interval = Duration::from_millis(50);
+    });
+    let web = service("[services.web]\ncontext = \"web\"\nport = 8080\nexpose = \"external\"\n");
+    let image = format!("r.example.com:5000/web@{DIGEST}");
+    let deploy = scripted(
+        &mut api,
+        st.backend.deploy("alice", &web, &image),
+        async |api| {
+            api.next().await.not_found();
+            let svc = api.next().await;
+            let body = svc.body.clone();
+            svc.ok(&body);
+            let ing = api.next().await;
+            let mut taken = ing.body.clone();
+            ing.ok(&taken);
+            let dep = api.next().await;
+            let d = dep.body.clone();
+            dep.ok(&d);
+            api.next().await.ok(&rolled_out(d));
+            taken["status"] = json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.1",
+                "ports": [{"port": controller.port, "protocol": "TCP"}]}]}});
+            api.next().await.ok(&taken);
+        },
+    )
+    .await;
+    let f = deploy.unwrap_err();
+    for want in ["did not answer", "502", "ingress_wait_seconds = 0"] {
+        assert!(f.error.contains(want), "{want}: {}", f.error);
+    }
+    assert!(controller.hosts().len() >= 2, "{:?}", controller.hosts());
 }
 
 #[tokio::test]
@@ -1288,7 +1386,31 @@ async fn deploy_request_shape_an_ingress_no_controller_takes_fails_with_what_to_
             let svc = api.next().await;
             let body = svc.body.clone();
             svc.ok(&body);
+            // The class-less Ingress of an earlier deploy, which no
+            // controller took, is made anew so that admission may give it
+            // the default class that may exist now.
+            let get = api.next().await;
+            get.expect(
+                Method::GET,
+                "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web",
+                &[],
+            );
+            get.ok(
+                &json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web", "labels": {LABEL_MANAGED_BY: "devd"}},
+                "spec": {"rules": []}}),
+            );
+            let del = api.next().await;
+            del.expect(
+                Method::DELETE,
+                "/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web",
+                &[],
+            );
+            del.ok(
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            );
             let ing = api.next().await;
+            ing.expect_apply("/apis/networking.k8s.io/v1/namespaces/dev/ingresses/web");
             assert!(
                 ing.body["spec"].get("ingressClassName").is_none(),
                 "no class configured"
@@ -1316,13 +1438,14 @@ async fn deploy_request_shape_an_ingress_no_controller_takes_fails_with_what_to_
     )
     .await;
     let f = deploy.unwrap_err();
-    assert!(
-        f.error.contains("Ingress web got no address")
-            && f.error.contains("ingress_class")
-            && f.error.contains("is-default-class"),
-        "{}",
-        f.error
-    );
+    for want in [
+        "Ingress web has no ingressClassName",
+        "no default IngressClass",
+        "ingress_class",
+        "is-default-class",
+    ] {
+        assert!(f.error.contains(want), "{want}: {}", f.error);
+    }
 }
 
 /// Every entry under `root` (the root itself as ""): kind and permission

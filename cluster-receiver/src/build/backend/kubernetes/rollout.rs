@@ -10,7 +10,6 @@ use crate::build::backend::{Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -99,51 +98,6 @@ impl KubernetesBackend {
                 }
             }
             tracing::debug!(%deployment, state = %last, "rollout in progress");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.s.poll_interval);
-        }
-    }
-
-    /// Wait until an ingress controller has taken Ingress `name` (given it
-    /// an address in `status.loadBalancer.ingress`), at most
-    /// [`Settings::ingress_wait`](super::Settings::ingress_wait). No
-    /// controller takes an Ingress without `ingressClassName` when the
-    /// cluster has no default IngressClass (ingress-nginx 1.0 and later),
-    /// and its URL would never answer.
-    pub(super) async fn wait_ingress(&self, name: &str) -> Result<(), Failure> {
-        if self.s.ingress_wait.is_zero() {
-            return Ok(());
-        }
-        let api: Api<Ingress> = self.api();
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(100).min(self.s.poll_interval);
-        loop {
-            let ing = api
-                .get(name)
-                .await
-                .map_err(|e| api_failure(&format!("read Ingress {name}"), e))?;
-            let admitted = ing
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref())
-                .is_some_and(|i| !i.is_empty());
-            if admitted {
-                return Ok(());
-            }
-            if start.elapsed() >= self.s.ingress_wait {
-                let class = ing.spec.as_ref().and_then(|s| s.ingress_class_name.clone());
-                let hint = match class {
-                    Some(c) => format!(
-                        "is the ingress controller of IngressClass {c:?} running (`kubectl get ingressclass`)?"
-                    ),
-                    None => "it has no ingressClassName and no controller took it: set [kubernetes] ingress_class to one of `kubectl get ingressclass`, or mark one default (annotation ingressclass.kubernetes.io/is-default-class=true)".to_owned(),
-                };
-                return Err(Failure::new(format!(
-                    "Ingress {name} got no address from an ingress controller within {}s, so its URL would not answer: {hint} ([kubernetes] ingress_wait_seconds = 0 skips this check)",
-                    self.s.ingress_wait.as_secs()
-                )));
-            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.s.poll_interval);
         }

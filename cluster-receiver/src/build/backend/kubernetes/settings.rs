@@ -100,10 +100,11 @@ pub struct Settings {
     pub url_template: Option<String>,
     pub ingress_class: Option<String>,
     /// How long an external service's Ingress may go without an address
-    /// from an ingress controller before the deploy fails (zero: do not
-    /// wait). An Ingress no controller takes (no `ingressClassName` and no
+    /// from an ingress controller before the deploy fails, and then its URL
+    /// without answering through that address (zero: neither wait nor
+    /// check). An Ingress no controller takes (no `ingressClassName` and no
     /// default IngressClass: ingress-nginx 1.0 and later ignore it) never
-    /// gets one, and its URL would not answer.
+    /// gets one; see [`super::ingress`].
     pub ingress_wait: Duration,
     pub rollout_timeout: Duration,
     /// The longest pause between two polls of a Job or Deployment.
