@@ -152,6 +152,20 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
         }
         Err(e) => return Err(e),
     };
+    let req = match req {
+        Ok(Request::Exec {
+            service,
+            command,
+            tty,
+        }) => {
+            // What the CLI sent after its line (nothing, as it waits for
+            // the answer first) comes before the rest of the socket.
+            let early = std::io::Cursor::new(reader.buffer().to_vec());
+            let rest = reader.into_inner().into_inner();
+            return crate::exec::serve(&h, service, command, tty, early.chain(rest), w).await;
+        }
+        other => other,
+    };
     if let Ok(Request::Logs {
         service,
         build,
@@ -195,7 +209,7 @@ async fn answer(h: Arc<Handle>, stream: UnixStream) -> std::io::Result<()> {
                 error: Some(e),
             },
         },
-        Ok(Request::Logs { .. }) => unreachable!("answered above"),
+        Ok(Request::Logs { .. } | Request::Exec { .. }) => unreachable!("answered above"),
         Ok(Request::Stop { keep_running }) => {
             let st = h.status();
             let deployed: Vec<String> = st

@@ -26,6 +26,7 @@
 //! - [`transport`]: QUIC client with the pinned certificate.
 //! - [`control`]: the Unix control socket.
 //! - [`logs`]: the daemon's side of `devd logs`: the receiver's log stream.
+//! - [`exec`]: the daemon's side of `devd exec`: a command's stream.
 //! - [`config`]: `devd.toml` and `DEVD_HOME`.
 //! - [`status`]: what `devd status` reports (typed states, serialized with
 //!   the lower-case names `--json` always printed).
@@ -41,6 +42,7 @@ pub mod daemon;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod events;
+pub mod exec;
 pub mod hash_cache;
 pub mod init;
 pub mod logs;

@@ -143,6 +143,29 @@ pub enum ClientMsg {
     /// claim (if this connection's is still current) and ends the
     /// connection, which is the answer.
     Release,
+    /// First message on a further stream: run `command` (the container's
+    /// shell if empty) in a running container of `service` (`devd exec`),
+    /// with a terminal of `tty`'s size if given. Then [`ClientMsg::ExecInput`]
+    /// and [`ClientMsg::ExecResize`] follow on the stream; the receiver
+    /// answers with [`ServerMsg::ExecOutput`] chunks closed by one
+    /// [`ServerMsg::ExecExit`].
+    Exec {
+        service: String,
+        command: Vec<String>,
+        tty: Option<TermSize>,
+    },
+    /// Input for an [`ClientMsg::Exec`]'s command; empty `data` closes its
+    /// standard input.
+    ExecInput { data: Vec<u8> },
+    /// The terminal of an [`ClientMsg::Exec`] with `tty` changed size.
+    ExecResize(TermSize),
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Why the receiver refused something.
@@ -227,4 +250,10 @@ pub enum ServerMsg {
     /// A [`ClientMsg::Retry`] or [`ClientMsg::Remove`] was carried out:
     /// what it concerned, one line each (service names, removed objects).
     Done { items: Vec<String> },
+    /// Output of an exec'd command: its standard error if `stderr`, else
+    /// its standard output (or the terminal's output, with a tty).
+    ExecOutput { stderr: bool, data: Vec<u8> },
+    /// The exec'd command ended with exit status `code`; or it could not
+    /// be run (`error` says why, `code` is then 126 or 127 as a shell's).
+    ExecExit { code: i32, error: Option<String> },
 }

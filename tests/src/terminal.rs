@@ -97,6 +97,24 @@ impl Tmux {
         assert!(out.status.success(), "tmux send-keys {keys:?} failed");
     }
 
+    /// Make the pane `cols`×`rows`, as a person resizing the terminal
+    /// window does (its program gets SIGWINCH).
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let out = self
+            .tmux()
+            .args(["resize-window", "-t", "t", "-x"])
+            .arg(cols.to_string())
+            .arg("-y")
+            .arg(rows.to_string())
+            .output()
+            .expect("tmux resize-window");
+        assert!(
+            out.status.success(),
+            "tmux resize-window failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The visible screen, one string per row, trailing spaces removed.
     pub fn screen(&self) -> String {
         let out = self

@@ -334,6 +334,12 @@ fn readme_walkthrough_runs_as_written_and_serves_the_edit() {
         if command == "devd logs web --build" {
             assert!(screen.contains("STEP"), "the build log: {screen}");
         }
+        if command == "devd exec web -- ls /www" {
+            assert!(
+                screen.contains("index.html"),
+                "ls in the container: {screen}"
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The sync half: laptops' overlays in, a materialized worktree out.
 
+mod exec;
 pub mod gate;
 pub mod git_store;
 pub mod materialize;

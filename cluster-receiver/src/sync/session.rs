@@ -449,7 +449,8 @@ async fn side_streams(conn: quinn::Connection, ws: Arc<Workspace>, cancel: Cance
                 Ok(Ok(Some(msg))) => side_stream(&mut io, &ws, msg, cancel).await,
                 Ok(Ok(None)) => {}
                 _ => {
-                    let m = "a further stream must start with Subscribe, Logs, Retry or Remove";
+                    let m =
+                        "a further stream must start with Subscribe, Logs, Retry, Remove or Exec";
                     reject(&mut io, None, Reject::new(ErrorCode::Malformed, m)).await;
                 }
             }
@@ -480,6 +481,11 @@ async fn side_stream(
             };
             answer_done(io, answer).await;
         }
+        ClientMsg::Exec {
+            service,
+            command,
+            tty,
+        } => super::exec::serve(io, ws, &service, command, tty, cancel).await,
         ClientMsg::Remove => {
             let answer = match ws.pipeline() {
                 None => Ok(Vec::new()),
@@ -488,7 +494,7 @@ async fn side_stream(
             answer_done(io, answer).await;
         }
         _ => {
-            let m = "a further stream must start with Subscribe, Logs, Retry or Remove";
+            let m = "a further stream must start with Subscribe, Logs, Retry, Remove or Exec";
             reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
         }
     }

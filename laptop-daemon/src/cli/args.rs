@@ -171,6 +171,29 @@ Examples:
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Run a command, or a shell, in a running container of a service.
+    #[command(after_help = "\
+The command runs in one of the service's running containers (the local
+container, or a pod of its Deployment in the cluster), through the daemon's
+connection to the receiver: no kubeconfig is needed. From a terminal it gets
+a terminal of its own (Ctrl-C, colours and full-screen programs work); its
+exit status is devd's.
+
+Examples:
+  devd exec web                       a shell in the web service's container
+  devd exec web -- ls -l /srv         one command
+  devd exec -T api -- cat /etc/os-release > os.txt   no terminal, output to a file")]
+    Exec {
+        /// The service, as named in devd.toml.
+        service: String,
+        /// Never give the command a terminal (the default when standard
+        /// input or output is not one).
+        #[arg(short = 'T', long)]
+        no_tty: bool,
+        /// The command and its arguments (default: the container's shell).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Build every service's image for a commit unless it exists (for CI).
     #[command(after_help = "\
 For each service in the commit's devd.toml, the build context is taken from

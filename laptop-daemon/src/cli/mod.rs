@@ -10,6 +10,7 @@
 mod args;
 mod completions;
 mod down;
+mod exec;
 mod init;
 mod lock;
 mod logs;
@@ -112,6 +113,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             build,
             follow,
         } => logs::run(&ctx, &service, build, follow).await,
+        Cmd::Exec {
+            service,
+            no_tty,
+            command,
+        } => exec::run(&ctx, &service, command, no_tty).await,
         Cmd::Completions { .. } | Cmd::Workspace { .. } | Cmd::Prebuild { .. } => {
             unreachable!("handled above")
         }

@@ -632,6 +632,9 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Remove => "Remove",
         ClientMsg::Abandon { .. } => "Abandon",
         ClientMsg::Release => "Release",
+        ClientMsg::Exec { .. } => "Exec",
+        ClientMsg::ExecInput { .. } => "ExecInput",
+        ClientMsg::ExecResize(_) => "ExecResize",
     }
 }
 

@@ -9,7 +9,8 @@
 //!    checked here, then [`ReceiverEvent::Authenticate`] asks the driver to
 //!    look up the workspace and check the token ([`Receiver::handle_auth`]).
 //!    Accepted, the machine sends `Welcome` with what the driver supplied.
-//! 2. If the first message after that is `Subscribe` or `Logs`, the stream
+//! 2. If the first message after that is `Subscribe`, `Logs`, `Retry`,
+//!    `Remove` or `Exec`, the stream
 //!    is a side stream ([`ReceiverEvent::SideStream`]): the driver serves it
 //!    and the machine is done.
 //! 3. `Changes` frames of one generation accumulate (bounded by [`Limits`]);
@@ -418,6 +419,7 @@ impl Receiver {
                     | ClientMsg::Logs { .. }
                     | ClientMsg::Retry { .. }
                     | ClientMsg::Remove
+                    | ClientMsg::Exec { .. }
             )
         {
             self.state = State::SideStream;
@@ -519,7 +521,10 @@ impl Receiver {
             | ClientMsg::Logs { .. }
             | ClientMsg::Retry { .. }
             | ClientMsg::Release
-            | ClientMsg::Remove => {
+            | ClientMsg::Remove
+            | ClientMsg::Exec { .. }
+            | ClientMsg::ExecInput { .. }
+            | ClientMsg::ExecResize(_) => {
                 let m = "unexpected message outside of a blob request";
                 self.close_with(None, Reject::new(ErrorCode::Malformed, m));
             }

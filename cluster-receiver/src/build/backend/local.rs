@@ -41,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
 mod down;
+mod exec;
 mod steps;
 
 /// Label keys on every container devd runs.
@@ -665,6 +666,16 @@ impl Backend for LocalBackend {
             .map_err(|e| Failure::new(format!("reading podman logs: {e}")))?;
         let _ = child.kill().await;
         Ok(())
+    }
+
+    async fn exec(
+        &self,
+        workspace: &str,
+        service: &Service,
+        req: super::exec::ExecRequest,
+        io: super::exec::ExecIo,
+    ) -> Result<i32, Failure> {
+        self.exec_in(workspace, &service.name, req, io).await
     }
 
     async fn running(

@@ -12,6 +12,7 @@
 //! lookup).
 
 pub mod devbuild;
+pub mod exec;
 pub mod kubernetes;
 pub mod local;
 pub mod podman;
@@ -150,6 +151,23 @@ pub trait Backend: Send + Sync {
         follow: bool,
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Failure>;
+
+    /// Run `req`'s command in a running container of `service`, its input
+    /// and output through `io`, and return its exit status (`devd exec`).
+    async fn exec(
+        &self,
+        workspace: &str,
+        service: &Service,
+        req: exec::ExecRequest,
+        io: exec::ExecIo,
+    ) -> Result<i32, Failure> {
+        let _ = (workspace, req, io);
+        Err(Failure::new(format!(
+            "the {} backend cannot run commands in {}'s containers",
+            self.name(),
+            service.name
+        )))
+    }
 
     /// What runs for `service` right now (after a receiver restart).
     async fn running(
