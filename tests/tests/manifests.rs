@@ -634,6 +634,12 @@ fn grants_of(group: &str, resource: &str, method: &str, apply: bool) -> Vec<Gran
         "logs" | "log_stream" => {
             return vec![grant(group, &format!("{resource}/log"), "get")];
         }
+        // The exec websocket is a GET upgraded, authorized as create since
+        // Kubernetes 1.31 (get before).
+        "exec" => {
+            let sub = format!("{resource}/exec");
+            return vec![grant(group, &sub, "create"), grant(group, &sub, "get")];
+        }
         "patch_status" => {
             return vec![grant(group, &format!("{resource}/status"), "patch")];
         }

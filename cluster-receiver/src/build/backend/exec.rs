@@ -3,6 +3,7 @@
 //! channels its input comes from and its output goes to.
 
 use devd_protocol::message::TermSize;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// The shell an empty command means: bash where the image has it, else sh.
@@ -55,4 +56,26 @@ pub struct ExecOutput {
 pub struct ExecIo {
     pub input: mpsc::Receiver<ExecInput>,
     pub output: mpsc::Sender<ExecOutput>,
+}
+
+/// Copy a command's output `pipe` to `out` in chunks until either ends.
+pub async fn copy_output(
+    pipe: Option<impl AsyncRead + Unpin>,
+    stderr: bool,
+    out: mpsc::Sender<ExecOutput>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        let chunk = ExecOutput {
+            stderr,
+            data: buf[..n].to_vec(),
+        };
+        if out.send(chunk).await.is_err() {
+            return;
+        }
+    }
 }

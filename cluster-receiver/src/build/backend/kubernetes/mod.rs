@@ -56,10 +56,12 @@
 //! names and label values, shared with the DevBuild recorder), [`objects`]
 //! (the JSON of Jobs, Deployments, Services, Ingresses), [`state`] (what a
 //! Job, pod or rollout says about itself), `job` (running a build Job),
-//! `rollout` (applies and the rollout wait), [`ingress`] (an external
-//! service's Ingress and its URL), `request_shape_tests`, and
+//! `rollout` (applies and the rollout wait, a service's pods), [`ingress`]
+//! (an external service's Ingress and its URL), `exec` (`devd exec`
+//! through the pod exec API), `request_shape_tests`, and
 //! this file: the backend.
 
+mod exec;
 pub mod ingress;
 mod job;
 pub mod names;
@@ -367,45 +369,8 @@ impl Backend for KubernetesBackend {
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Failure> {
         use tokio_util::compat::FuturesAsyncReadCompatExt;
-        let (deployment, container) = match &service.run {
-            Run::Existing {
-                deployment,
-                container,
-                ..
-            } => (deployment.clone(), container.clone()),
-            Run::Spec(_) => (service.name.clone(), service.name.clone()),
-        };
-        let d = self
-            .api::<Deployment>()
-            .get_opt(&deployment)
-            .await
-            .map_err(|e| api_failure(&format!("reading Deployment {deployment}"), e))?
-            .ok_or_else(|| {
-                Failure::new(format!(
-                    "{} has no Deployment {deployment}: it has not been deployed yet (see `devd status`)",
-                    service.name
-                ))
-            })?;
+        let (pod, container) = self.service_pod(service, false).await?;
         let pods: Api<Pod> = self.api();
-        let mut items = self
-            .app_pods(&d)
-            .await
-            .map_err(|e| api_failure("listing pods", e))?;
-        // The newest running pod, else the newest one.
-        items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
-        let running = |p: &Pod| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Running")
-        };
-        let pod = items
-            .iter()
-            .rev()
-            .find(|p| running(p))
-            .or_else(|| items.last())
-            .and_then(|p| p.metadata.name.clone())
-            .ok_or_else(|| Failure::new(format!("Deployment {deployment} has no pods (yet)")))?;
         let params = LogParams {
             container: Some(container),
             follow,
@@ -418,6 +383,16 @@ impl Backend for KubernetesBackend {
         super::pump(stream.compat(), &out)
             .await
             .map_err(|e| Failure::new(format!("reading the log of pod {pod}: {e}")))
+    }
+
+    async fn exec(
+        &self,
+        _workspace: &str,
+        service: &Service,
+        req: super::exec::ExecRequest,
+        io: super::exec::ExecIo,
+    ) -> Result<i32, Failure> {
+        self.exec_in(service, req, io).await
     }
 
     async fn running(

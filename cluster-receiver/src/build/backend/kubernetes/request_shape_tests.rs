@@ -1596,3 +1596,87 @@ async fn kaniko_sees_the_context_with_the_modes_and_owner_the_local_build_sees()
     );
     assert_eq!(kaniko_copy_owner(pod_spec), 0);
 }
+
+/// `devd exec` in the cluster: the newest running pod of the service's
+/// Deployment (through its ReplicaSets), the service's container, the
+/// command as repeated `command` parameters, all three streams without a
+/// terminal and stdout only with one; a refusal (RBAC without
+/// `pods/exec`) comes back as the API server's message.
+#[tokio::test]
+async fn exec_request_shape_the_newest_running_pod_and_its_container() {
+    use crate::build::backend::exec::{ExecIo, ExecRequest};
+    use devd_protocol::message::TermSize;
+    for tty in [
+        None,
+        Some(TermSize {
+            cols: 100,
+            rows: 30,
+        }),
+    ] {
+        let (st, mut api) = setup(|_| {});
+        let (_input_tx, input) = tokio::sync::mpsc::channel(1);
+        let (output, _output_rx) = tokio::sync::mpsc::channel(1);
+        let req = ExecRequest {
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            tty,
+        };
+        let exec = scripted(
+            &mut api,
+            st.backend
+                .exec("alice", &legacy(), req, ExecIo { input, output }),
+            async |api| {
+                let get = api.next().await;
+                get.expect(
+                    Method::GET,
+                    "/apis/apps/v1/namespaces/dev/deployments/legacy-app",
+                    &[],
+                );
+                get.ok(&existing("legacy:v1"));
+                let pod = |name: &str, at: &str, phase: &str| {
+                    json!({"metadata": {"name": name, "creationTimestamp": at,
+                        "ownerReferences": [owner("ReplicaSet", "legacy-app-7f9", "rs-uid-1")]},
+                        "status": {"phase": phase}})
+                };
+                owned_pods(
+                    api,
+                    "app%3Dlegacy",
+                    vec![
+                        pod("legacy-old", "2026-01-01T00:00:00Z", "Running"),
+                        pod("legacy-new", "2026-01-02T00:00:00Z", "Running"),
+                        pod("legacy-starting", "2026-01-03T00:00:00Z", "Pending"),
+                    ],
+                )
+                .await;
+                let call = api.next().await;
+                let streams: &[&str] = match tty {
+                    // (kube leaves out what is false.)
+                    None => &["stderr=true"],
+                    Some(_) => &["tty=true"],
+                };
+                call.expect(
+                    Method::GET,
+                    "/api/v1/namespaces/dev/pods/legacy-new/exec",
+                    &[
+                        &["container=app", "command=sh", "command=-c", "command=echo+hi"],
+                        &["stdin=true", "stdout=true"][..],
+                        streams,
+                    ]
+                    .concat(),
+                );
+                call.reply(
+                    403,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Forbidden", "code": 403,
+                        "message": "pods \"legacy-new\" is forbidden: User \"system:serviceaccount:dev:devd-receiver\" cannot create resource \"pods/exec\""}),
+                );
+            },
+        )
+        .await;
+        let f = exec.unwrap_err();
+        assert!(
+            f.error.contains("exec in pod legacy-new") && f.error.contains("pods/exec"),
+            "{}",
+            f.error
+        );
+    }
+}

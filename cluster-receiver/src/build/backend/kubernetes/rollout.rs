@@ -8,6 +8,7 @@ use super::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
 use super::state::{RolloutState, has_label, owned_by, pod_selector, rollout_state};
 use crate::build::backend::{Failure, tail};
 use devd_protocol::event::LOG_TAIL_LINES;
+use devd_sync::catalog::{Run, Service};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -130,6 +131,56 @@ impl KubernetesBackend {
             .into_iter()
             .filter(|p| owners.iter().any(|o| owned_by(&p.metadata, Some(o))))
             .collect())
+    }
+
+    /// The pod of `service` to read logs from or run a command in, and its
+    /// container: the newest running pod of its Deployment (else, unless
+    /// `running_only`, the newest pod).
+    pub(super) async fn service_pod(
+        &self,
+        service: &Service,
+        running_only: bool,
+    ) -> Result<(String, String), Failure> {
+        let (deployment, container) = match &service.run {
+            Run::Existing {
+                deployment,
+                container,
+                ..
+            } => (deployment.clone(), container.clone()),
+            Run::Spec(_) => (service.name.clone(), service.name.clone()),
+        };
+        let d = self
+            .api::<Deployment>()
+            .get_opt(&deployment)
+            .await
+            .map_err(|e| api_failure(&format!("reading Deployment {deployment}"), e))?
+            .ok_or_else(|| {
+                Failure::new(format!(
+                    "{} has no Deployment {deployment}: it has not been deployed yet (see `devd status`)",
+                    service.name
+                ))
+            })?;
+        let mut items = self
+            .app_pods(&d)
+            .await
+            .map_err(|e| api_failure("listing pods", e))?;
+        items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        let running = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Running")
+        };
+        let newest_running = items.iter().rev().find(|p| running(p));
+        let pod = match running_only {
+            true => newest_running,
+            false => newest_running.or_else(|| items.last()),
+        };
+        let pod = pod.and_then(|p| p.metadata.name.clone()).ok_or_else(|| {
+            let what = if running_only { "running pods" } else { "pods" };
+            Failure::new(format!("Deployment {deployment} has no {what} (yet)"))
+        })?;
+        Ok((pod, container))
     }
 
     /// A failed rollout, with the log tail of a new pod that does not come up.

@@ -8,12 +8,11 @@
 
 use super::LocalBackend;
 use crate::build::backend::Failure;
-use crate::build::backend::exec::{ExecInput, ExecIo, ExecOutput, ExecRequest};
+use crate::build::backend::exec::{ExecInput, ExecIo, ExecOutput, ExecRequest, copy_output};
 use devd_protocol::message::TermSize;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a terminal's last output may take to arrive once the command
 /// has exited.
@@ -64,8 +63,8 @@ async fn piped(mut cmd: tokio::process::Command, io: ExecIo) -> Result<i32, Fail
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_failure)?;
     let stdin = child.stdin.take();
-    let out = tokio::spawn(copy_out(child.stdout.take(), false, io.output.clone()));
-    let err = tokio::spawn(copy_out(child.stderr.take(), true, io.output));
+    let out = tokio::spawn(copy_output(child.stdout.take(), false, io.output.clone()));
+    let err = tokio::spawn(copy_output(child.stderr.take(), true, io.output));
     let mut input = io.input;
     let mut stdin = stdin;
     let status = loop {
@@ -92,28 +91,6 @@ async fn piped(mut cmd: tokio::process::Command, io: ExecIo) -> Result<i32, Fail
     let _ = out.await;
     let _ = err.await;
     Ok(code(status))
-}
-
-async fn copy_out(
-    pipe: Option<impl AsyncRead + Unpin>,
-    stderr: bool,
-    out: mpsc::Sender<ExecOutput>,
-) {
-    let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; 16 << 10];
-    while let Ok(n) = pipe.read(&mut buf).await {
-        if n == 0
-            || out
-                .send(ExecOutput {
-                    stderr,
-                    data: buf[..n].to_vec(),
-                })
-                .await
-                .is_err()
-        {
-            return;
-        }
-    }
 }
 
 fn pty_size(size: TermSize) -> pty_process::Size {
