@@ -29,6 +29,9 @@ need an API server to do:
   `path=v`, `path==v`, `path!=v` on any dotted field, e.g.
   `involvedObject.name`) to lists and watches, as an API server does — code
   that forgets to check what it listed is caught here;
+- plays kubelet's exec (`pods/NAME/exec`, a websocket): the command runs
+  for real, with `podman exec`, in the container a test named in the pod's
+  annotation `devd.test/exec.<container>` (see `_serve_exec`);
 - answers a log request for a container the pod does not have with 400
   and the API server's message ("container X is not valid for pod Y");
 - plays the DefaultIngressClass admission plugin: an Ingress created
@@ -56,10 +59,15 @@ on stdout once it accepts connections, and serves until SIGTERM/SIGINT.
 import argparse
 import asyncio
 import datetime
+import fcntl
 import itertools
 import json
+import os
+import pty
 import signal
+import struct
 import sys
+import termios
 import uuid
 
 import aiohttp.web
@@ -113,6 +121,8 @@ class Emulator(kmock.KubernetesEmulator):
             and request.resource.plural == "pods"
         ):
             return self._serve_log(request)
+        if request.subresource == "exec" and request.resource.plural == "pods":
+            return await self._serve_exec(request)
 
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
@@ -286,6 +296,113 @@ class Emulator(kmock.KubernetesEmulator):
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-int(tail):])
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+
+    async def _serve_exec(self, request):
+        """The pod exec API as kubelet serves it behind the API server: a
+        websocket (v5.channel.k8s.io, else v4) whose binary messages start
+        with a channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final
+        Status, 4 a terminal resize, 255 a stream's close). The command
+        runs for real in the container the pod's annotation
+        `devd.test/exec.<container>` names ({"argv": [podman..., "exec"],
+        "env": {...}, "target": name}), on a pseudo-terminal with tty=true."""
+        raw = request._raw_request
+        pod = self._existing(_key(request))
+        if pod is None:
+            return _status(404, "NotFound", f'pods "{request.name}" not found')
+        query = raw.query
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for c in spec.get("containers") or []]
+        container = query.get("container") or (names[0] if len(names) == 1 else "")
+        if container not in names:
+            return _status(400, "BadRequest",
+                           f"container {container} is not valid for pod {request.name}")
+        annotations = pod.get("metadata", {}).get("annotations") or {}
+        played = annotations.get(f"devd.test/exec.{container}")
+        if played is None:
+            return _status(500, "InternalError",
+                           f"the played kubelet runs no container {container} for pod {request.name}")
+        played = json.loads(played)
+        command = query.getall("command", [])
+        tty = query.get("tty") == "true"
+        ws = aiohttp.web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"))
+        await ws.prepare(raw)
+        argv = list(played["argv"]) + ["-i"] + (["-t"] if tty else []) + [played["target"]] + command
+        env = dict(played.get("env") or {})
+        master = None
+        if tty:
+            master, slave = pty.openpty()
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=slave, stdout=slave, stderr=slave,
+                start_new_session=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            os.close(slave)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+        async def send(channel, data):
+            if not ws.closed:
+                await ws.send_bytes(bytes([channel]) + data)
+
+        async def pump_out(read, channel):
+            while True:
+                try:
+                    data = await read(65536)
+                except OSError:  # a terminal whose last writer is gone: EIO
+                    return
+                if not data:
+                    return
+                await send(channel, data)
+
+        async def read_master(n):
+            return await asyncio.get_running_loop().run_in_executor(None, os.read, master, n)
+
+        async def pump_in():
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                    continue
+                channel, body = msg.data[0], msg.data[1:]
+                if channel == 0 and tty:
+                    os.write(master, body)
+                elif channel == 0 and proc.stdin is not None:
+                    proc.stdin.write(body)
+                    await proc.stdin.drain()
+                elif channel == 255 and body[:1] == b"\x00" and not tty:
+                    proc.stdin.close()
+                elif channel == 4 and tty:
+                    size = json.loads(body)
+                    fcntl.ioctl(master, termios.TIOCSWINSZ,
+                                struct.pack("HHHH", size["Height"], size["Width"], 0, 0))
+            # The client went away: so does the command.
+            if proc.returncode is None:
+                proc.kill()
+
+        inputs = asyncio.ensure_future(pump_in())
+        if tty:
+            outputs = [pump_out(read_master, 1)]
+        else:
+            outputs = [pump_out(proc.stdout.read, 1), pump_out(proc.stderr.read, 2)]
+        outputs = [asyncio.ensure_future(o) for o in outputs]
+        code = await proc.wait()
+        # What the command wrote before it exited (a terminal may stay open
+        # a moment longer in a process podman started).
+        _, late = await asyncio.wait(outputs, timeout=2)
+        for task in late:
+            task.cancel()
+        inputs.cancel()
+        if master is not None:
+            os.close(master)
+        if code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                      "message": f"command terminated with non-zero exit code: exit status {code}",
+                      "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        await send(3, json.dumps(status).encode())
+        await ws.close()
+        return ws
 
 
 def _status(code, reason, message):
