@@ -90,6 +90,30 @@ fn exec_runs_a_command_in_the_container_with_its_streams_and_exit_status() {
         "{err}"
     );
     assert_eq!(run.status.and_then(|s| s.code()), Some(127));
+
+    // Hostile frames after an exec request on the control socket (an
+    // unknown kind; a length past the limit): the daemon ends that relay,
+    // closing the socket, and runs the next command as before.
+    use std::io::{BufRead, Read};
+    let workdir = std::path::PathBuf::from(devd.status().raw["workdir"].as_str().unwrap());
+    let socket = devd::control::socket_path(&devd::config::repo_state_dir(fx.home(), &workdir));
+    for garbage in [[9u8, 0, 0, 0, 0], [0, 0xff, 0xff, 0xff, 0xff]] {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"{\"cmd\":\"exec\",\"service\":\"web\",\"command\":[\"cat\"]}\n")
+            .unwrap();
+        let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+        s.write_all(&garbage).unwrap();
+        let mut rest = Vec::new();
+        reader
+            .read_to_end(&mut rest)
+            .expect("the daemon closes the socket");
+    }
+    let run = devd.run(&["exec", "web", "--", "echo", "still", "here"]);
+    assert_eq!(run.stdout, "still here\n", "{}", run.stderr);
 }
 
 /// `devd exec web` typed into a terminal: a shell in the container on a
