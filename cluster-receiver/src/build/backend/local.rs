@@ -601,17 +601,26 @@ impl Backend for LocalBackend {
         };
         // The new one serves: retire the old ones in the background (they
         // get a second to finish requests in flight).
+        // One `podman rm` each: the list can hold a container that the
+        // previous deploy's retirement is still removing (a process that
+        // ignores SIGTERM takes the whole second), and one `podman rm` of
+        // both left the other running.
         let stale: Vec<String> = old.into_iter().map(|(n, _, _)| n).collect();
         if !stale.is_empty() {
             let setup = self.podman().await?.clone();
             let retire = async move {
-                let mut cmd = setup.command();
-                cmd.args(["rm", "-f", "-t", "1"])
-                    .args(&stale)
-                    .kill_on_drop(false);
-                if let Err(e) = run(cmd, "podman", None).await {
-                    tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
+                let mut each = tokio::task::JoinSet::new();
+                for c in stale {
+                    let mut cmd = setup.command();
+                    cmd.args(["rm", "-f", "--ignore", "-t", "1", &c])
+                        .kill_on_drop(false);
+                    each.spawn(async move {
+                        if let Err(e) = run(cmd, "podman", None).await {
+                            tracing::warn!(container = %c, error = %e, "cannot remove an old container");
+                        }
+                    });
                 }
+                while each.join_next().await.is_some() {}
             };
             match self.tasks.get() {
                 Some(tasks) => drop(tasks.spawn(retire)),
