@@ -25,6 +25,9 @@
 //! and the fix ([`podman::explain_start_failure`]), podman's own message
 //! in the log tail. A failed `buildah bud` removes its working containers
 //! (`--force-rm`), so nothing stays mounted.
+//!
+//! Live update (copying a save into the running containers) is in
+//! `local/live.rs`.
 
 use super::podman::{self, PodmanSetup, missing_tool};
 use super::registry::RegistryClient;
@@ -41,6 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
 mod down;
+mod live;
 mod steps;
 
 /// Label keys on every container devd runs.
@@ -421,6 +425,28 @@ impl Backend for LocalBackend {
 
     async fn remove(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
         self.remove_all(workspace, services).await
+    }
+
+    fn supports_live_update(&self) -> bool {
+        true
+    }
+
+    async fn live_update(
+        &self,
+        workspace: &str,
+        service: &Service,
+        update: &super::LiveUpdate,
+    ) -> Result<usize, super::LiveError> {
+        self.live(workspace, service, update).await
+    }
+
+    async fn watch_starts(
+        &self,
+        workspace: &str,
+        started: tokio::sync::mpsc::Sender<String>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        self.follow_starts(workspace, started, cancel).await
     }
 
     fn repository(&self, image: &str) -> String {
