@@ -13,7 +13,7 @@
 use crate::backends::BackendEnv;
 use crate::build::context;
 use crate::build::http::{self, ContextShelf, HttpError, HttpState};
-use crate::build::pipeline::{Pipeline, Snapshotted, Source};
+use crate::build::pipeline::{Pipeline, Read, Snapshotted, Source};
 use crate::config::{ConfigError, ReceiverConfig};
 use crate::publish::{PublishError, Publisher};
 use crate::sync::server::{self, ServeError, ServeOptions, Served, WorkspaceSpec};
@@ -239,10 +239,35 @@ fn source(ws: &Arc<Workspace>) -> Source {
     let weak = Arc::downgrade(ws);
     let worktree = ws.worktree_path().to_owned();
     let root = worktree.clone();
+    let read = {
+        let (weak, root) = (weak.clone(), root.clone());
+        Arc::new(move |paths: Vec<devd_protocol::RelPath>| {
+            let (weak, root) = (weak.clone(), root.clone());
+            Box::pin(async move {
+                let ws = weak.upgrade()?;
+                let guard = ws.lock().await;
+                let generation = guard.generation();
+                let entries =
+                    tokio::task::spawn_blocking(move || crate::build::live::read(&root, &paths))
+                        .await;
+                drop(guard);
+                Some(Read {
+                    generation,
+                    entries: match entries {
+                        Ok(Ok(e)) => Ok(e),
+                        Ok(Err(e)) => Err(format!("cannot read the changed files: {e}")),
+                        Err(e) => Err(format!("read task failed: {e}")),
+                    },
+                })
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Option<Read>> + Send>>
+        })
+    };
     Source {
         name: ws.name.clone(),
         worktree,
         dir: ws.dir(),
+        read,
         snapshot: Arc::new(move |lookup, dir| {
             let (weak, root) = (weak.clone(), root.clone());
             Box::pin(async move {

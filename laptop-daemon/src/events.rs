@@ -7,6 +7,7 @@ use crate::requests::{self, Live};
 use crate::status::{BootTracker, Status};
 use devd_protocol::message::{ClientMsg, ServerMsg};
 use devd_protocol::{EventKind, ServiceState, ServiceStatus};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
 
@@ -30,6 +31,10 @@ impl EventsLoop {
     /// Run until the event sender is gone.
     pub async fn run(self, mut rx: mpsc::Receiver<Option<ServerMsg>>) {
         let mut services: Vec<ServiceStatus> = Vec::new();
+        // Per service: (paths since the image, when) from `LiveUpdated`;
+        // the receiver sends one after each snapshot for the services
+        // that differ from their image.
+        let mut live: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut boot = BootTracker::new(self.started);
         let mut retry_on_start = self.retry_on_start;
         loop {
@@ -54,6 +59,7 @@ impl EventsLoop {
                     catalog_error: e,
                 }) => {
                     services = s;
+                    live.clear();
                     catalog_error = Some(e);
                     if let Some(live) = retry_on_start.take() {
                         retry_undeployed(live, &services);
@@ -70,8 +76,18 @@ impl EventsLoop {
                             services.sort_by(|a, b| a.name.cmp(&b.name));
                         }
                     }
-                    if let EventKind::Failed { error, .. } = &e.kind {
-                        tracing::warn!(service = %e.service, %error, "build failed");
+                    match &e.kind {
+                        EventKind::Failed { error, .. } => {
+                            tracing::warn!(service = %e.service, %error, "build failed");
+                        }
+                        EventKind::LiveUpdated { since_image, .. } => {
+                            live.insert(e.service.clone(), (*since_image, e.at_ms));
+                        }
+                        // A new image: it holds everything.
+                        EventKind::Deployed { .. } => {
+                            live.remove(&e.service);
+                        }
+                        _ => {}
                     }
                     if let Some(s) = services.iter().find(|s| s.name == e.service) {
                         self.notifier.event(&e, s);
@@ -80,7 +96,19 @@ impl EventsLoop {
                 Some(_) => continue,
             }
             let mut st = self.status.lock().expect("status lock");
-            st.set_services(services.iter().map(Into::into).collect());
+            st.set_services(
+                services
+                    .iter()
+                    .map(|s| {
+                        let mut v = crate::status::ServiceView::from(s);
+                        if let Some((n, at)) = live.get(&s.name) {
+                            v.live_files = *n;
+                            v.live_updated_ms = Some(*at);
+                        }
+                        v
+                    })
+                    .collect(),
+            );
             st.boot = boot.status(&st.services);
             if let Some(e) = catalog_error {
                 st.catalog_error = e;

@@ -1,11 +1,12 @@
 //! Desktop notifications: a bubble when a service is deployed (its name,
 //! short digest, how long the deploy took and its URL; clicking opens the
-//! URL) and when a build or deploy fails (the first error line and how to
-//! see the log).
+//! URL), when a save was copied into the running containers (live update:
+//! how long, how many files) and when a build, deploy or live update fails
+//! (the first error line and how to see the log).
 //!
 //! One bubble per service: every notification of a service replaces the
 //! previous one (the notification id is reused), and only the events that
-//! end a build — `Deployed` and `Failed` — notify, never `Queued`,
+//! end a build — `Deployed`, `LiveUpdated` and `Failed` — notify, never `Queued`,
 //! `Started` or a file change. The receiver coalesces edits into at most
 //! one queued build per service, so a burst of saves gives one bubble per
 //! deploy.
@@ -53,6 +54,16 @@ pub enum Note {
     },
     /// The build or the deploy of `service` failed; what ran before runs on.
     Failed { service: String, error: String },
+    /// `files` paths were copied into `service`'s running containers, no
+    /// image built (`restarted`: its whole live difference again, into a
+    /// container that started again).
+    LiveUpdated {
+        service: String,
+        url: Option<String>,
+        files: u64,
+        total_ms: u64,
+        restarted: bool,
+    },
 }
 
 impl Note {
@@ -79,6 +90,20 @@ impl Note {
                 service: event.service.clone(),
                 error: first_line(error).to_owned(),
             }),
+            // `files: 0`: where the service stands, after a snapshot (no
+            // news).
+            EventKind::LiveUpdated {
+                files,
+                total_ms,
+                restarted,
+                ..
+            } if *files > 0 => Some(Self::LiveUpdated {
+                service: event.service.clone(),
+                url: status.url.clone(),
+                files: *files,
+                total_ms: *total_ms,
+                restarted: *restarted,
+            }),
             _ => None,
         }
     }
@@ -86,14 +111,16 @@ impl Note {
     /// The service the note is about.
     pub fn service(&self) -> &str {
         match self {
-            Self::Deployed { service, .. } | Self::Failed { service, .. } => service,
+            Self::Deployed { service, .. }
+            | Self::Failed { service, .. }
+            | Self::LiveUpdated { service, .. } => service,
         }
     }
 
     /// The URL a click opens.
     pub fn url(&self) -> Option<&str> {
         match self {
-            Self::Deployed { url, .. } => url.as_deref(),
+            Self::Deployed { url, .. } | Self::LiveUpdated { url, .. } => url.as_deref(),
             Self::Failed { .. } => None,
         }
     }
@@ -104,8 +131,22 @@ impl Note {
             Self::Deployed {
                 service, total_ms, ..
             } => format!("{service} deployed in {}", duration(*total_ms)),
+            Self::LiveUpdated {
+                service,
+                files,
+                total_ms,
+                restarted,
+                ..
+            } => format!(
+                "{service} live-updated in {} ({files} file{}{})",
+                duration(*total_ms),
+                if *files == 1 { "" } else { "s" },
+                if *restarted { ", after a restart" } else { "" }
+            ),
             Self::Failed { service, error } => {
-                if error.starts_with("deploy of") {
+                if error.starts_with("live update of") {
+                    format!("{service}: live update failed")
+                } else if error.starts_with("deploy of") {
                     format!("{service}: deploy failed")
                 } else {
                     format!("{service}: build failed")
@@ -136,6 +177,10 @@ impl Note {
             Self::Failed { service, error } => {
                 format!("{error}\nThe old version keeps running. Log: devd logs {service} --build")
             }
+            Self::LiveUpdated { url, .. } => match url {
+                Some(u) => format!("{u}\nno image built: the files were copied in"),
+                None => "no image built: the files were copied in".to_owned(),
+            },
         }
     }
 }
@@ -311,7 +356,7 @@ impl Shown {
             .body(&markup_escape(&note.body()))
             .hint(Hint::Category(
                 match note {
-                    Note::Deployed { .. } => "transfer.complete",
+                    Note::Deployed { .. } | Note::LiveUpdated { .. } => "transfer.complete",
                     Note::Failed { .. } => "transfer.error",
                 }
                 .into(),
@@ -322,7 +367,9 @@ impl Shown {
                 Some(ms) => Timeout::Milliseconds(ms),
             });
         match note {
-            Note::Deployed { .. } => n.icon("dialog-information").urgency(Urgency::Normal),
+            Note::Deployed { .. } | Note::LiveUpdated { .. } => {
+                n.icon("dialog-information").urgency(Urgency::Normal)
+            }
             Note::Failed { .. } => n.icon("dialog-error").urgency(Urgency::Normal),
         };
         if note.url().is_some() {
@@ -476,6 +523,31 @@ mod tests {
         assert_eq!(n.summary(), "api deployed in 1m 1s");
         assert!(n.body().contains("(reused)") && n.body().contains("not exposed"));
         assert_eq!(n.url(), None);
+    }
+
+    #[test]
+    fn a_live_update_says_service_time_and_files() {
+        let live = |files, restarted| EventKind::LiveUpdated {
+            files,
+            since_image: 5,
+            total_ms: 180,
+            restarted,
+        };
+        let n = note(live(3, false), true).unwrap();
+        assert_eq!(n.summary(), "web live-updated in 180 ms (3 files)");
+        assert!(n.body().contains("no image built"), "{}", n.body());
+        let n = note(live(1, true), true).unwrap();
+        assert_eq!(
+            n.summary(),
+            "web live-updated in 180 ms (1 file, after a restart)"
+        );
+        // The report that follows a snapshot is no news.
+        assert_eq!(note(live(0, false), true), None);
+        let n = Note::Failed {
+            service: "web".into(),
+            error: "live update of web failed: `make` exited with 2".into(),
+        };
+        assert_eq!(n.summary(), "web: live update failed");
     }
 
     #[test]

@@ -359,6 +359,11 @@ pub struct ServiceView {
     /// When this laptop saw the current image deployed (Unix ms); absent
     /// when it was already deployed as the daemon started.
     pub deployed_at_ms: Option<u64>,
+    /// Paths copied into the running containers since the image (live
+    /// update); 0 when the containers run the image as built.
+    pub live_files: u64,
+    /// When the last live update was applied (receiver clock, Unix ms).
+    pub live_updated_ms: Option<u64>,
 }
 
 impl From<&devd_protocol::ServiceStatus> for ServiceView {
@@ -381,6 +386,8 @@ impl From<&devd_protocol::ServiceStatus> for ServiceView {
             context: s.context.clone(),
             generation: s.generation,
             deployed_at_ms: None,
+            live_files: 0,
+            live_updated_ms: None,
         }
     }
 }

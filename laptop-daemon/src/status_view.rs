@@ -113,7 +113,13 @@ pub fn human_duration(ms: u64) -> String {
 }
 
 fn build_cell(s: &ServiceView) -> String {
-    if s.reused {
+    if s.live_files > 0 {
+        format!(
+            "live: {} file{} since image",
+            s.live_files,
+            if s.live_files == 1 { "" } else { "s" }
+        )
+    } else if s.reused {
         "reused".into()
     } else if let Some(ms) = s.last_build_ms {
         human_duration(ms)

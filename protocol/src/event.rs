@@ -55,6 +55,22 @@ pub enum EventKind {
     /// The service's context digest did not change (only ignored files or
     /// nothing relevant changed): nothing to do.
     Unchanged { context: String },
+    /// The change was copied into the running containers (live update),
+    /// without an image build: `files` paths copied or deleted, the
+    /// commands run. `since_image`: the paths that now differ from the
+    /// running image. `total_ms` counts from the apply that triggered it.
+    /// `restarted`: the whole difference was applied again to a container
+    /// that started again. Also sent after a [`ServerMsg::Services`]
+    /// snapshot for each service that differs from its image, so a
+    /// (re)subscribing laptop knows.
+    ///
+    /// [`ServerMsg::Services`]: crate::message::ServerMsg::Services
+    LiveUpdated {
+        files: u64,
+        since_image: u64,
+        total_ms: u64,
+        restarted: bool,
+    },
 }
 
 /// Where a service stands.
@@ -160,6 +176,14 @@ impl ServiceStatus {
                 self.error = None;
                 self.log_tail.clear();
             }
+            // `files: 0` only reports where the service stands.
+            EventKind::LiveUpdated { files, .. } => {
+                if *files > 0 {
+                    self.state = ServiceState::Deployed;
+                    self.error = None;
+                    self.log_tail.clear();
+                }
+            }
             EventKind::Unchanged { .. } => {
                 if matches!(self.state, ServiceState::Queued | ServiceState::Building) {
                     self.state = if self.error.is_some() {
@@ -234,5 +258,20 @@ mod tests {
             total_ms: 80,
         }));
         assert!(s.reused && s.error.is_none() && s.last_build_ms.is_none());
+        // A failed live update, then one that works: deployed again, the
+        // image unchanged.
+        s.apply(&ev(EventKind::Failed {
+            error: "live update of web failed".into(),
+            log_tail: vec!["make: error".into()],
+        }));
+        s.apply(&ev(EventKind::LiveUpdated {
+            files: 2,
+            since_image: 3,
+            total_ms: 150,
+            restarted: false,
+        }));
+        assert_eq!(s.state, ServiceState::Deployed);
+        assert!(s.error.is_none() && s.log_tail.is_empty());
+        assert_eq!(s.image.as_deref(), Some("r@sha256:bb"));
     }
 }

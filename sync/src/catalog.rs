@@ -24,6 +24,9 @@
 //! command = ["sh", "-c", "./run-tests.sh"]   # argv; replaces the entrypoint
 //! workdir = "src"              # relative to the context (default: its root)
 //! env = { CI = "1" }
+//!
+//! [services.web.live]          # optional: live update (see [`live`])
+//! sync = [{ from = "www", to = "/www" }]
 //! ```
 //! Instead of the run spec (`port`/`env`/`replicas`/`expose`), a service
 //! may name an existing workload to patch: `deployment = "web"` and
@@ -34,6 +37,9 @@ use devd_protocol::path::MAX_PATH_LEN;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+pub mod live;
+pub use live::{Live, LiveRun, Restart, SyncRule};
 
 /// The file the catalog lives in, at the repository root.
 pub const FILE: &str = "devd.toml";
@@ -121,6 +127,8 @@ pub struct Service {
     /// Run in order on the build context before the image build.
     pub steps: Vec<Step>,
     pub run: Run,
+    /// `[services.NAME.live]`: copy changes into the running containers.
+    pub live: Option<Live>,
 }
 
 impl Service {
@@ -184,6 +192,7 @@ struct RawService {
     expose: Option<Expose>,
     #[serde(default)]
     steps: Vec<RawStep>,
+    live: Option<live::RawLive>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +393,7 @@ impl Catalog {
             }
         }
         let steps = steps(&name, &r.steps)?;
+        let live = r.live.as_ref().map(|l| live::live(&name, l)).transpose()?;
         if r.port == Some(0) {
             return Err(invalid(
                 "port",
@@ -474,6 +484,7 @@ impl Catalog {
             build_args: r.build_args,
             steps,
             run,
+            live,
         })
     }
 }

@@ -355,6 +355,10 @@ pub struct Service {
     pub log_tail: Vec<String>,
     /// Generation of the service's latest event.
     pub generation: u64,
+    /// Paths copied into the containers since the image (live update).
+    pub live_files: u64,
+    /// When the last live update was applied (receiver clock, Unix ms).
+    pub live_updated_ms: Option<u64>,
 }
 
 impl Service {
@@ -379,6 +383,8 @@ impl Service {
                 })
                 .unwrap_or_default(),
             generation: v.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            live_files: v.get("live_files").and_then(Value::as_u64).unwrap_or(0),
+            live_updated_ms: v.get("live_updated_ms").and_then(Value::as_u64),
         }
     }
 }

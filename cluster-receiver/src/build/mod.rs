@@ -8,4 +8,5 @@ pub mod context;
 pub use devd_sync::dockerignore;
 pub mod fetch;
 pub mod http;
+pub mod live;
 pub mod pipeline;

@@ -20,14 +20,19 @@
 //! - Every build runs on the receiver's `TaskTracker`, so a drain waits for
 //!   the builds in flight; once the receiver is cancelled no new build
 //!   starts.
+//! - Live update instead of a build, when a service declares `live` and a
+//!   change allows it, and the re-application of live differences into
+//!   containers that start again: [`live_run`].
 
 use crate::build::backend::{Backend, BuildRequest, Failure, Observation, RunningService};
 use crate::build::context::{ContextSnapshot, tag_for};
+use crate::build::live::LiveDiff;
 use devd_protocol::RelPath;
 use devd_protocol::event::{BuildEvent, EventKind, ServiceState, ServiceStatus};
 use devd_protocol::message::ServerMsg;
 use devd_sync::catalog::{Catalog, Service};
-use std::collections::BTreeMap;
+use live_run::LiveJob;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -60,6 +65,10 @@ pub type SnapshotFn = Arc<
         + Sync,
 >;
 
+mod live_run;
+mod requests;
+pub use live_run::{Read, ReadFn};
+
 /// What the pipeline gets from the sync half.
 #[derive(Clone)]
 pub struct Source {
@@ -71,6 +80,7 @@ pub struct Source {
     /// `builds/` there.
     pub dir: PathBuf,
     pub snapshot: SnapshotFn,
+    pub read: ReadFn,
 }
 
 /// Events buffered per subscriber before it gets a fresh snapshot instead.
@@ -90,6 +100,21 @@ struct Svc {
     /// A runner task owns this service's builds.
     running: bool,
     pending: Option<Trigger>,
+    /// A live update to run when no build is pending (a build covers it).
+    live_pending: Option<LiveJob>,
+    /// The paths copied into the containers since the image.
+    live: LiveDiff,
+    /// Paths of failed live updates, retried with the next one.
+    unapplied: BTreeSet<RelPath>,
+    /// The last failure was a live update's (the image is as deployed).
+    live_failed: bool,
+    /// Live update is not possible until the next image (said once).
+    live_off: Option<String>,
+    /// A build or live update runs: container starts are its own.
+    busy: bool,
+    /// Container starts until then are this pipeline's own (a live
+    /// update's `restart = "container"`).
+    quiet_until: Option<Instant>,
     /// Context digest of what is deployed.
     deployed_context: Option<String>,
     /// Something was attempted since start.
@@ -128,6 +153,9 @@ pub struct Pipeline {
     tracker: TaskTracker,
     /// Fired when the receiver shuts down: no new build starts.
     cancel: CancellationToken,
+    read: ReadFn,
+    /// The backend reports container starts (started once).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -168,6 +196,8 @@ impl Pipeline {
             seq: Default::default(),
             tracker,
             cancel,
+            read: ws.read,
+            watching: Default::default(),
         });
         // Before any build is queued (Kubernetes: DevBuild resources).
         let weak = Arc::downgrade(&p);
@@ -209,8 +239,9 @@ impl Pipeline {
     }
 
     /// After a restart: take over what still runs.
-    async fn adopt(&self) {
+    async fn adopt(self: &Arc<Self>) {
         let records = self.load_records();
+        let live_diffs = crate::build::live::load(&self.live_path());
         let services = self
             .state
             .lock()
@@ -218,15 +249,17 @@ impl Pipeline {
             .catalog
             .services
             .clone();
-        for s in services {
+        for s in &services {
             let Some(rec) = records.get(&s.name) else {
                 continue;
             };
-            match self.backend.running(&self.workspace, &s).await {
+            match self.backend.running(&self.workspace, s).await {
                 Ok(Some(RunningService { image, url })) if image == rec.image => {
                     tracing::info!(service = %s.name, %image, "adopted the running deployment");
+                    let live = live_diffs.get(&s.name).cloned().unwrap_or_default();
                     let mut st = self.state.lock().expect("pipeline state");
                     if let Some(svc) = st.services.get_mut(&s.name) {
+                        svc.live = live;
                         svc.deployed_context = Some(rec.context.clone());
                         svc.status.state = ServiceState::Deployed;
                         svc.status.image = Some(image);
@@ -239,6 +272,11 @@ impl Pipeline {
                     tracing::warn!(service = %s.name, error = %e, "cannot query the running deployment")
                 }
             }
+        }
+        // Live differences of what was not adopted are gone with it.
+        self.save_live();
+        if services.iter().any(|s| self.live_files(&s.name) > 0) {
+            self.watch_starts();
         }
     }
 
@@ -296,8 +334,9 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        let st = self.state.lock().expect("pipeline state");
-        let affected: Vec<String> = st
+        let mut st = self.state.lock().expect("pipeline state");
+        let trigger = Trigger { generation, since };
+        let affected: Vec<Service> = st
             .catalog
             .services
             .iter()
@@ -307,9 +346,16 @@ impl Pipeline {
                     || changed.iter().any(|p| s.depends_on(p))
                     || svc.is_some_and(|v| !v.attempted && v.deployed_context.is_none())
             })
-            .map(|s| s.name.clone())
+            .cloned()
             .collect();
-        self.queue(st, affected, Trigger { generation, since });
+        let mut builds = Vec::new();
+        for s in affected {
+            match live_run::eligible(self.backend.as_ref(), &st, &s, &redefined, changed) {
+                Some(paths) => self.queue_live(&mut st, &s.name, paths, false, trigger),
+                None => builds.push(s.name),
+            }
+        }
+        self.queue(st, builds, trigger);
     }
 
     /// Queue a build of each of `names` for `trigger`, starting a runner
@@ -325,7 +371,9 @@ impl Pipeline {
                 continue;
             };
             svc.attempted = true;
-            let was_pending = svc.pending.is_some();
+            let was_pending = svc.pending.is_some() || svc.live_pending.is_some();
+            // The build's snapshot holds whatever a live update would copy.
+            svc.live_pending = None;
             svc.pending = Some(trigger);
             if !was_pending {
                 self.emit_locked(svc, &name, trigger.generation, EventKind::Queued);
@@ -337,81 +385,6 @@ impl Pipeline {
                     .spawn(async move { this.run_service(name).await });
             }
         }
-    }
-
-    /// Build and deploy `names` (every declared service if empty) again at
-    /// the worktree's current content: `devd retry`, and the daemon's
-    /// start, after a failure whose cause was outside the worktree (a
-    /// missing base image, a container runtime that was not set up). A
-    /// service already deployed at that content only reports `Unchanged`.
-    /// Returns the names queued; unknown names are refused, naming the
-    /// declared ones.
-    pub fn retry(self: &Arc<Self>, names: &[String]) -> Result<Vec<String>, String> {
-        let st = self.state.lock().expect("pipeline state");
-        let declared: Vec<String> = st.catalog.services.iter().map(|s| s.name.clone()).collect();
-        if let Some(unknown) = names.iter().find(|n| !declared.contains(n)) {
-            return Err(format!(
-                "no service named {unknown:?}; devd.toml declares: {}",
-                declared.join(", ")
-            ));
-        }
-        let names = if names.is_empty() {
-            declared
-        } else {
-            names.to_vec()
-        };
-        // The snapshot reads the worktree's generation; this one is only
-        // used if none was ever applied.
-        let generation = names
-            .iter()
-            .filter_map(|n| st.services.get(n))
-            .map(|s| s.status.generation)
-            .max()
-            .unwrap_or(0);
-        tracing::info!(workspace = %self.workspace, services = ?names, "retry asked");
-        self.queue(
-            st,
-            names.clone(),
-            Trigger {
-                generation,
-                since: Instant::now(),
-            },
-        );
-        Ok(names)
-    }
-
-    /// Stop what runs for the declared services on this machine (the
-    /// embedded receiver's daemon stopping: `devd stop`); the names of
-    /// the services stopped. A backend whose services run elsewhere (a
-    /// cluster) stops nothing.
-    pub async fn stop_services(&self) -> Result<Vec<String>, String> {
-        let services = self.declared();
-        self.backend
-            .stop(&self.workspace, &services)
-            .await
-            .map_err(|f| f.error)
-    }
-
-    /// Remove everything the backend created for this workspace's
-    /// services (`devd down`) and forget what was deployed: one line per
-    /// removed thing.
-    pub async fn remove_all(&self) -> Result<Vec<String>, String> {
-        let services = self.declared();
-        let removed = self
-            .backend
-            .remove(&self.workspace, &services)
-            .await
-            .map_err(|f| f.error)?;
-        let _ = std::fs::remove_file(self.records_path());
-        let mut st = self.state.lock().expect("pipeline state");
-        for (name, svc) in st.services.iter_mut() {
-            svc.deployed_context = None;
-            svc.failed = false;
-            svc.attempted = true;
-            svc.status = ServiceStatus::new(name);
-        }
-        let _ = self.events.send(snapshot_msg(&st));
-        Ok(removed)
     }
 
     /// The services the current catalog declares.
@@ -455,6 +428,7 @@ impl Pipeline {
         match &e.kind {
             EventKind::Failed { .. } => svc.failed = true,
             EventKind::Deployed { .. } => svc.failed = false,
+            EventKind::LiveUpdated { files, .. } if *files > 0 => svc.failed = false,
             _ => {}
         }
         tracing::info!(workspace = %self.workspace, service = %name, generation, event = ?e.kind, "build event");
@@ -473,22 +447,31 @@ impl Pipeline {
     async fn run_service(self: Arc<Self>, name: String) {
         loop {
             let shutting_down = self.cancel.is_cancelled();
-            let Some(trigger) = ({
+            let Some(job) = ({
                 let mut st = self.state.lock().expect("pipeline state");
                 match st.services.get_mut(&name) {
                     None => None,
                     Some(svc) => {
-                        let t = svc.pending.take().filter(|_| !shutting_down);
-                        if t.is_none() {
+                        let job = match (svc.pending.take(), svc.live_pending.take()) {
+                            _ if shutting_down => None,
+                            (Some(t), _) => Some(Err(t)),
+                            (None, Some(l)) => Some(Ok(l)),
+                            (None, None) => None,
+                        };
+                        svc.busy = job.is_some();
+                        if job.is_none() {
                             svc.running = false;
                         }
-                        t
+                        job
                     }
                 }
             }) else {
                 return;
             };
-            self.build_once(&name, trigger).await;
+            match job {
+                Err(trigger) => self.build_once(&name, trigger).await,
+                Ok(live) => self.live_once(&name, live).await,
+            }
         }
     }
 
@@ -518,6 +501,20 @@ impl Pipeline {
             && svc.pending.is_some_and(|p| p.generation <= generation)
         {
             svc.pending = None;
+        }
+        // So is a live update queued meanwhile (the new image holds it).
+        if let Some(svc) = self
+            .state
+            .lock()
+            .expect("pipeline state")
+            .services
+            .get_mut(name)
+            && svc
+                .live_pending
+                .as_ref()
+                .is_some_and(|j| j.trigger.generation <= generation)
+        {
+            svc.live_pending = None;
         }
         let snap = match copy {
             Ok(s) => s,
@@ -695,7 +692,11 @@ impl Pipeline {
         {
             let mut st = self.state.lock().expect("pipeline state");
             if let Some(svc) = st.services.get_mut(name) {
+                let same_image = svc.deployed_context.as_deref() == Some(snap.digest.as_str());
                 svc.deployed_context = Some(snap.digest.clone());
+                // A new image holds everything; the same one (still running
+                // or started again) gets its live difference again.
+                let again = self.after_deploy(svc, name, same_image);
                 self.emit_locked(
                     svc,
                     name,
@@ -706,8 +707,12 @@ impl Pipeline {
                         total_ms: trigger.since.elapsed().as_millis() as u64,
                     },
                 );
+                if again {
+                    live_run::push(svc, BTreeSet::new(), true, trigger);
+                }
             }
         }
+        self.save_live();
         Ok(())
     }
 

@@ -527,21 +527,32 @@ async fn stream_events(io: &mut Framed, ws: &Arc<Workspace>, cancel: Cancellatio
         return;
     };
     let mut rx = p.subscribe();
-    if io.send(&p.snapshot()).await.is_err() {
-        return;
+    // The snapshot, then where each live-updated service stands (the
+    // snapshot's statuses do not carry the live difference).
+    let snapshot = |p: &crate::build::pipeline::Pipeline| {
+        std::iter::once(p.snapshot())
+            .chain(p.live_reports())
+            .collect::<Vec<_>>()
+    };
+    for m in snapshot(p) {
+        if io.send(&m).await.is_err() {
+            return;
+        }
     }
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
             m = rx.recv() => m,
         };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => p.snapshot(),
+        let msgs = match msg {
+            Ok(m) => vec![m],
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => snapshot(p),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        if io.send(&msg).await.is_err() {
-            return;
+        for m in msgs {
+            if io.send(&m).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -576,9 +587,23 @@ async fn stream_logs(
         let name = service.to_owned();
         tokio::spawn(async move { tail_file(path, &name, follow, tx).await })
     } else {
+        // What the container prints, and what the live updates' commands
+        // printed (marked `[devd live]`), interleaved as they come.
         let backend = p.backend().clone();
         let workspace = ws.name.clone();
-        tokio::spawn(async move { backend.logs(&workspace, &svc, follow, tx).await })
+        let live = p.live_log(service).map(|path| {
+            let (tx, name) = (tx.clone(), service.to_owned());
+            tokio::spawn(async move { tail_file(Some(path), &name, follow, tx).await })
+        });
+        tokio::spawn(async move {
+            let container = backend.logs(&workspace, &svc, follow, tx).await;
+            if let Some(live) = live {
+                // The container's log ended (not following, or the laptop
+                // went away): the live log's tail ends with it.
+                let _ = live.await;
+            }
+            container
+        })
     };
     loop {
         tokio::select! {

@@ -406,6 +406,9 @@ impl Recorder {
             EventKind::Deployed { .. } => {
                 self.service(service).deploying = false;
             }
+            // No build: nothing to record (the Kubernetes backend builds
+            // instead of live-updating anyway).
+            EventKind::LiveUpdated { .. } => {}
         }
     }
 

@@ -25,6 +25,9 @@
 //! and the fix ([`podman::explain_start_failure`]), podman's own message
 //! in the log tail. A failed `buildah bud` removes its working containers
 //! (`--force-rm`), so nothing stays mounted.
+//!
+//! Live update (copying a save into the running containers) is in
+//! `local/live.rs`.
 
 use super::podman::{self, PodmanSetup, missing_tool};
 use super::registry::RegistryClient;
@@ -42,6 +45,7 @@ use tokio::process::Command;
 
 mod down;
 mod exec;
+mod live;
 mod steps;
 
 /// Label keys on every container devd runs.
@@ -424,6 +428,28 @@ impl Backend for LocalBackend {
         self.remove_all(workspace, services).await
     }
 
+    fn supports_live_update(&self) -> bool {
+        true
+    }
+
+    async fn live_update(
+        &self,
+        workspace: &str,
+        service: &Service,
+        update: &super::LiveUpdate,
+    ) -> Result<usize, super::LiveError> {
+        self.live(workspace, service, update).await
+    }
+
+    async fn watch_starts(
+        &self,
+        workspace: &str,
+        started: tokio::sync::mpsc::Sender<String>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        self.follow_starts(workspace, started, cancel).await
+    }
+
     fn repository(&self, image: &str) -> String {
         super::qualify(image, self.cfg.registry.as_deref())
     }
@@ -602,17 +628,26 @@ impl Backend for LocalBackend {
         };
         // The new one serves: retire the old ones in the background (they
         // get a second to finish requests in flight).
+        // One `podman rm` each: the list can hold a container that the
+        // previous deploy's retirement is still removing (a process that
+        // ignores SIGTERM takes the whole second), and one `podman rm` of
+        // both left the other running.
         let stale: Vec<String> = old.into_iter().map(|(n, _, _)| n).collect();
         if !stale.is_empty() {
             let setup = self.podman().await?.clone();
             let retire = async move {
-                let mut cmd = setup.command();
-                cmd.args(["rm", "-f", "-t", "1"])
-                    .args(&stale)
-                    .kill_on_drop(false);
-                if let Err(e) = run(cmd, "podman", None).await {
-                    tracing::warn!(containers = ?stale, error = %e, "cannot remove old containers");
+                let mut each = tokio::task::JoinSet::new();
+                for c in stale {
+                    let mut cmd = setup.command();
+                    cmd.args(["rm", "-f", "--ignore", "-t", "1", &c])
+                        .kill_on_drop(false);
+                    each.spawn(async move {
+                        if let Err(e) = run(cmd, "podman", None).await {
+                            tracing::warn!(container = %c, error = %e, "cannot remove an old container");
+                        }
+                    });
                 }
+                while each.join_next().await.is_some() {}
             };
             match self.tasks.get() {
                 Some(tasks) => drop(tasks.spawn(retire)),

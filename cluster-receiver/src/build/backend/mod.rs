@@ -93,6 +93,44 @@ pub struct Deployment {
     pub url: Option<String>,
 }
 
+/// One path to put into a service's containers (live update).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveFile {
+    /// Absolute path in the container.
+    pub to: String,
+    pub entry: crate::build::live::WorktreeEntry,
+}
+
+/// What a live update does in every running container of a service, in
+/// this order: delete, copy, run the commands, restart.
+#[derive(Debug, Clone)]
+pub struct LiveUpdate {
+    /// Files and symlinks to write, and paths to delete
+    /// ([`WorktreeEntry::Absent`](crate::build::live::WorktreeEntry::Absent)).
+    pub files: Vec<LiveFile>,
+    /// argv of each command to run, in order.
+    pub run: Vec<Vec<String>>,
+    pub restart: devd_sync::catalog::Restart,
+    /// The containers just started: wait until they accept connections
+    /// before writing (their entrypoint may reset what the image has).
+    pub reapply: bool,
+    /// File the backend appends what it did and the commands' output to.
+    pub log: PathBuf,
+}
+
+/// Why a live update did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LiveError {
+    /// The backend or the containers cannot do it (no running container,
+    /// no `rm` in it, a backend without live update): build instead.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A copy or a command failed: the service is failed until the next
+    /// save retries.
+    #[error("{0}")]
+    Failed(Failure),
+}
+
 /// A service as the workspace's current catalog declares it, by name
 /// (`None`: the catalog no longer declares it, or the workspace is gone).
 pub type ServiceLookup = Arc<dyn Fn(&str) -> Option<Service> + Send + Sync>;
@@ -197,6 +235,43 @@ pub trait Backend: Send + Sync {
     /// event stream is dropped).
     fn observe(&self, observation: Observation) {
         let _ = observation;
+    }
+
+    /// Whether [`Self::live_update`] can work at all; when not, services
+    /// with `live` build as any other (no attempt, no message).
+    fn supports_live_update(&self) -> bool {
+        false
+    }
+
+    /// Live update: apply `update` to every running container of
+    /// `service`; how many containers. By default unsupported, so the
+    /// pipeline builds the image (the Kubernetes backend, until it execs
+    /// into pods).
+    async fn live_update(
+        &self,
+        workspace: &str,
+        service: &Service,
+        update: &LiveUpdate,
+    ) -> Result<usize, LiveError> {
+        let _ = (workspace, service, update);
+        Err(LiveError::Unsupported(format!(
+            "the {} backend cannot copy files into running containers yet",
+            self.name()
+        )))
+    }
+
+    /// Send the name of the service of every container of `workspace`
+    /// that starts (again) to `started`, until `cancel` fires or `started`
+    /// closes: the pipeline re-applies live differences then. Called at
+    /// most once per workspace, in a task of its own; by default it
+    /// returns at once and nothing is sent.
+    async fn watch_starts(
+        &self,
+        workspace: &str,
+        started: tokio::sync::mpsc::Sender<String>,
+        cancel: CancellationToken,
+    ) {
+        let _ = (workspace, started, cancel);
     }
 }
 
