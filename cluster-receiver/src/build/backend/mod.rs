@@ -118,6 +118,38 @@ pub struct LiveUpdate {
     pub log: PathBuf,
 }
 
+/// A tar (for a live update) of the files and symlinks of `files` at their container paths
+/// (deletions are not in it), owned by root, mtime now.
+pub fn archive(files: &[LiveFile]) -> std::io::Result<Vec<u8>> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let path = f.to.trim_start_matches('/');
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime);
+        match &f.entry {
+            crate::build::live::WorktreeEntry::File { data, mode } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data.as_slice())?;
+            }
+            crate::build::live::WorktreeEntry::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, path, target)?;
+            }
+            crate::build::live::WorktreeEntry::Absent => {}
+        }
+    }
+    b.into_inner()
+}
+
 /// Why a live update did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LiveError {
@@ -245,8 +277,7 @@ pub trait Backend: Send + Sync {
 
     /// Live update: apply `update` to every running container of
     /// `service`; how many containers. By default unsupported, so the
-    /// pipeline builds the image (the Kubernetes backend, until it execs
-    /// into pods).
+    /// pipeline builds the image.
     async fn live_update(
         &self,
         workspace: &str,

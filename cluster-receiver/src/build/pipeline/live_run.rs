@@ -9,8 +9,7 @@
 //!   live update's, no build is queued, its catalog entry did not change,
 //!   and every changed path that affects it falls under its sync rules
 //!   ([`crate::build::live::decide`]). Otherwise it builds as before, and
-//!   so does every service of a backend without live update (Kubernetes,
-//!   for now).
+//!   so does every service of a backend without live update.
 //! - A live job copies the changed paths and the ones a failed live update
 //!   left (`unapplied`); a build queued meanwhile replaces it (the build's
 //!   snapshot holds everything). Saves during a live update gather into

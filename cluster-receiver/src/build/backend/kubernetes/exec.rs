@@ -45,6 +45,17 @@ impl KubernetesBackend {
         io: ExecIo,
     ) -> Result<i32, Failure> {
         let (pod, container) = self.service_pod(service, true).await?;
+        self.exec_in_pod(&pod, container, req, io).await
+    }
+
+    /// Run `req` in `container` of `pod`.
+    pub(super) async fn exec_in_pod(
+        &self,
+        pod: &str,
+        container: String,
+        req: ExecRequest,
+        io: ExecIo,
+    ) -> Result<i32, Failure> {
         let params = AttachParams {
             container: Some(container),
             stdin: true,
@@ -56,7 +67,7 @@ impl KubernetesBackend {
         };
         let api: Api<Pod> = self.api();
         let mut process = api
-            .exec(&pod, req.argv(), &params)
+            .exec(pod, req.argv(), &params)
             .await
             .map_err(|e| super::api_failure(&format!("exec in pod {pod}"), e))?;
         let mut resize = process.terminal_size();

@@ -58,12 +58,14 @@
 //! Job, pod or rollout says about itself), `job` (running a build Job),
 //! `rollout` (applies and the rollout wait, a service's pods), [`ingress`]
 //! (an external service's Ingress and its URL), `exec` (`devd exec`
-//! through the pod exec API), `request_shape_tests`, and
+//! through the pod exec API), `live` (live update through it),
+//! `request_shape_tests`, and
 //! this file: the backend.
 
 mod exec;
 pub mod ingress;
 mod job;
+mod live;
 pub mod names;
 pub mod objects;
 mod rollout;
@@ -383,6 +385,28 @@ impl Backend for KubernetesBackend {
         super::pump(stream.compat(), &out)
             .await
             .map_err(|e| Failure::new(format!("reading the log of pod {pod}: {e}")))
+    }
+
+    fn supports_live_update(&self) -> bool {
+        true
+    }
+
+    async fn live_update(
+        &self,
+        _workspace: &str,
+        service: &Service,
+        update: &super::LiveUpdate,
+    ) -> Result<usize, super::LiveError> {
+        self.live(service, update).await
+    }
+
+    async fn watch_starts(
+        &self,
+        workspace: &str,
+        started: tokio::sync::mpsc::Sender<String>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        self.follow_starts(workspace, started, cancel).await
     }
 
     async fn exec(

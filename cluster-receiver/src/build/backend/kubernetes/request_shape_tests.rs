@@ -1680,3 +1680,32 @@ async fn exec_request_shape_the_newest_running_pod_and_its_container() {
         );
     }
 }
+
+/// `restart = "container"` cannot keep copied files in a cluster (kubelet
+/// starts a container again from its image): the backend says so before
+/// any API call, and the pipeline builds images for the service instead.
+#[tokio::test]
+async fn live_request_shape_restart_container_is_refused_before_any_call() {
+    use crate::build::backend::{LiveError, LiveUpdate};
+    use devd_sync::catalog::Restart;
+    let (st, mut api) = setup(|_| {});
+    let update = LiveUpdate {
+        files: Vec::new(),
+        run: Vec::new(),
+        restart: Restart::Container,
+        reapply: false,
+        log: st.dir.path().join("live.log"),
+    };
+    let web = service("[services.web]\ncontext = \"web\"\nport = 8080\n");
+    let out = st.backend.live_update("alice", &web, &update).await;
+    match out {
+        Err(LiveError::Unsupported(why)) => {
+            assert!(why.contains("restart = \"container\""), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        api.next_within(Duration::from_millis(100)).await.is_none(),
+        "no API call"
+    );
+}

@@ -141,6 +141,37 @@ impl KubernetesBackend {
         service: &Service,
         running_only: bool,
     ) -> Result<(String, String), Failure> {
+        let (pods, container, deployment) = self.service_pods(service).await?;
+        let newest_running = pods.iter().rev().find(|p| running(p));
+        let pod = match running_only {
+            true => newest_running,
+            false => newest_running.or_else(|| pods.last()),
+        };
+        let pod = pod.and_then(|p| p.metadata.name.clone()).ok_or_else(|| {
+            let what = if running_only { "running pods" } else { "pods" };
+            Failure::new(format!("Deployment {deployment} has no {what} (yet)"))
+        })?;
+        Ok((pod, container))
+    }
+
+    /// The running pods of `service`'s Deployment, oldest first, and the
+    /// service's container in them.
+    pub(super) async fn running_pods(
+        &self,
+        service: &Service,
+    ) -> Result<(Vec<String>, String), Failure> {
+        let (pods, container, _) = self.service_pods(service).await?;
+        let names = pods
+            .iter()
+            .filter(|p| running(p))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        Ok((names, container))
+    }
+
+    /// The pods of `service`'s Deployment, oldest first; its container;
+    /// the Deployment's name.
+    async fn service_pods(&self, service: &Service) -> Result<(Vec<Pod>, String, String), Failure> {
         let (deployment, container) = match &service.run {
             Run::Existing {
                 deployment,
@@ -165,22 +196,7 @@ impl KubernetesBackend {
             .await
             .map_err(|e| api_failure("listing pods", e))?;
         items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
-        let running = |p: &Pod| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Running")
-        };
-        let newest_running = items.iter().rev().find(|p| running(p));
-        let pod = match running_only {
-            true => newest_running,
-            false => newest_running.or_else(|| items.last()),
-        };
-        let pod = pod.and_then(|p| p.metadata.name.clone()).ok_or_else(|| {
-            let what = if running_only { "running pods" } else { "pods" };
-            Failure::new(format!("Deployment {deployment} has no {what} (yet)"))
-        })?;
-        Ok((pod, container))
+        Ok((items, container, deployment))
     }
 
     /// A failed rollout, with the log tail of a new pod that does not come up.
@@ -221,4 +237,11 @@ impl KubernetesBackend {
             log_tail,
         }
     }
+}
+
+fn running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|ph| ph == "Running")
 }

@@ -15,7 +15,7 @@
 //!
 //! Container starts are followed with `podman events` ([`LocalBackend::follow_starts`]).
 
-use super::super::{Failure, LiveError, LiveFile, LiveUpdate};
+use super::super::{Failure, LiveError, LiveUpdate, archive};
 use super::{LABEL_SERVICE, LABEL_WORKSPACE, LocalBackend, key, run};
 use crate::build::live::WorktreeEntry;
 use devd_sync::catalog::{Restart, Service};
@@ -25,38 +25,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// A tar of the files and symlinks of `files` at their container paths
-/// (deletions are not in it), owned by root, mtime now.
-fn archive(files: &[LiveFile]) -> std::io::Result<Vec<u8>> {
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut b = tar::Builder::new(Vec::new());
-    for f in files {
-        let path = f.to.trim_start_matches('/');
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(mtime);
-        match &f.entry {
-            WorktreeEntry::File { data, mode } => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, data.as_slice())?;
-            }
-            WorktreeEntry::Symlink(target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                b.append_link(&mut h, path, target)?;
-            }
-            WorktreeEntry::Absent => {}
-        }
-    }
-    b.into_inner()
-}
 
 /// Append `text` to the log at `path`.
 fn log(path: &std::path::Path, text: &str) {
@@ -315,6 +283,7 @@ impl LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::backend::LiveFile;
 
     #[test]
     fn the_archive_holds_files_with_modes_and_links_but_no_deletions() {
