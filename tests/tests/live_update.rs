@@ -320,3 +320,41 @@ fn a_failing_run_command_fails_the_service_with_its_output_and_the_next_save_rec
         },
     );
 }
+
+/// `examples/demo` as committed: the greeter declares live update, so a
+/// save under its `www/` is served without an image build (what
+/// `scripts/try.sh` shows), and `shared/` still builds it.
+#[test]
+fn the_demos_greeter_is_live_updated_and_its_shared_input_still_builds() {
+    require_container_tools();
+    let fx = Fixture::from_example("demo");
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    fx.write_local_config(devd_tests::FAST_SYNC);
+    let devd = fx.devd().with_env(cenv.env());
+    devd.start_wait();
+    let g0 = devd.wait_service("greeter", "deployed", TIMEOUT, |s| s.state == "deployed");
+    let url = g0.url.clone().unwrap();
+    fx.write("services/greeter/www/index.html", "greeter v2\n");
+    let g1 = devd.wait_service("greeter", "live-updated", TIMEOUT, |s| {
+        s.state == "deployed" && s.live_files == 1
+    });
+    assert_eq!(g1.image, g0.image, "no image built");
+    assert_eq!(
+        http_get(&format!("{url}/")).unwrap(),
+        (200, "greeter v2\n".into())
+    );
+    fx.write("shared/greeting.txt", "Hello from shared v2\n");
+    let g2 = devd.wait_service("greeter", "rebuilt", TIMEOUT, |s| {
+        s.state == "deployed" && s.image != g0.image
+    });
+    assert_eq!(g2.live_files, 0);
+    assert_eq!(
+        http_get(&format!("{url}/")).unwrap(),
+        (200, "greeter v2\n".into())
+    );
+    assert_eq!(
+        http_get(&format!("{url}/greeting.txt")).unwrap(),
+        (200, "Hello from shared v2\n".into())
+    );
+}
