@@ -416,3 +416,47 @@ CMD ["sh", "-c", "cp /www/index.html /www/started.html; httpd -p 8080 -h /www; t
     assert!(seen.is_some(), "PID 1 got SIGHUP after the copy: {last:?}");
     assert_eq!(web.get("/started.html"), (200, "<p>v2</p>\n".into()));
 }
+
+/// An image without `rm` (FROM scratch, only a static httpd): a deletion
+/// cannot be live-updated, which is said once and builds the image
+/// instead; edits (a copy, which needs nothing in the image) still are.
+#[test]
+fn a_container_without_rm_builds_the_deletion_and_says_why() {
+    require_container_tools();
+    let dockerfile = r#"FROM docker.io/library/busybox:stable AS base
+FROM scratch
+COPY --from=base /bin/busybox /bin/httpd
+COPY www/ /www/
+COPY conf/ /conf/
+EXPOSE 8080
+CMD ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+"#;
+    let fx = fixture_with("", dockerfile);
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let web = start(&fx, &cenv);
+    let s0 = web.status();
+    assert_eq!(web.get("/old.html"), (200, "old page\n".into()));
+    fx.remove("services/web/www/old.html");
+    let s1 = web
+        .devd
+        .wait_service("web", "the deletion built", TIMEOUT, |s| {
+            s.state == "deployed" && s.image != s0.image
+        });
+    assert_eq!(s1.live_files, 0);
+    assert_eq!(web.get("/old.html").0, 404);
+    let log = web.devd.run(&["logs", "web"]);
+    log.assert_success();
+    assert!(
+        log.stdout.contains("has no `rm`") && log.stdout.contains("building images instead"),
+        "{}",
+        log.stdout
+    );
+    // The new image: an edit is copied in again.
+    let c1 = web.container();
+    fx.write("services/web/www/index.html", "<p>copied</p>\n");
+    let s2 = web.wait_live("the edit live-updated", None);
+    assert_eq!(s2.image, s1.image);
+    assert_eq!(web.container(), c1);
+    assert_eq!(web.get("/"), (200, "<p>copied</p>\n".into()));
+}
