@@ -4,7 +4,9 @@
 # starts the daemon (which starts an embedded receiver on loopback QUIC with
 # the local build backend: buildah builds, podman runs), waits until every
 # service is deployed, fetches the web service at its URL, edits a file, and
-# shows the rebuilt service serving the change at the same URL.
+# shows the rebuilt service serving the change at the same URL; then edits
+# a page of the greeter, which devd copies into its running container
+# (live update): served without an image build.
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 root=$PWD
@@ -107,6 +109,30 @@ echo "save → deployed: $(( ($(date +%s%N) - started) / 1000000 )) ms"
 
 say "GET $url (the same URL)"
 curl -fsS "$url/"
+
+say "Editing services/greeter/www/index.html; the greeter declares live update: devd copies it into the running container, no image build"
+read -r greeter_url greeter_image <<<"$(wait_deployed greeter)"
+started=$(date +%s%N)
+echo "greeter v2, copied into the running container" > services/greeter/www/index.html
+for _ in $(seq 1 600); do
+  curl -fsS "$greeter_url/" 2>/dev/null | grep -q "greeter v2" && break
+  sleep 0.02
+done
+echo "save → served: $(( ($(date +%s%N) - started) / 1000000 )) ms"
+curl -fsS "$greeter_url/"
+live='
+import json, sys
+s = next(s for s in json.load(sys.stdin)["services"] if s["name"] == "greeter")
+if s["image"] != sys.argv[1]:
+    sys.exit("the greeter was rebuilt: " + s["image"])
+if s["live_files"] < 1:
+    sys.exit(1)
+print("greeter: the same image, live:", s["live_files"], "file(s) since image")'
+for _ in $(seq 1 100); do
+  "$devd" status --json | python3 -c "$live" "$greeter_image" 2>/dev/null && break
+  sleep 0.1
+done
+"$devd" status --json | python3 -c "$live" "$greeter_image" >/dev/null || { echo "the greeter was not live-updated" >&2; exit 1; }
 
 say "devd status"
 "$devd" status

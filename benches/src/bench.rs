@@ -48,11 +48,13 @@ pub enum Scenario {
     /// A fresh workspace's boot with and without prebuilt images
     /// ([`crate::boot`]).
     Boot,
+    /// Save → served with live update vs an image build ([`crate::live`]).
+    Live,
 }
 
 impl Scenario {
     /// All, in the order the report shows them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Latency,
         Scenario::Bytes,
         Scenario::ColdStart,
@@ -61,12 +63,13 @@ impl Scenario {
         Scenario::Churn,
         Scenario::Deploy,
         Scenario::Boot,
+        Scenario::Live,
     ];
 
     /// Does it run on the generated repository (with rsync baselines)?
     /// Scenarios 7 and 8 run on `examples/demo` (and its copies) instead.
     pub fn uses_generated_repo(self) -> bool {
-        !matches!(self, Scenario::Deploy | Scenario::Boot)
+        !matches!(self, Scenario::Deploy | Scenario::Boot | Scenario::Live)
     }
 
     /// Key in `results.json` and the table.
@@ -80,6 +83,7 @@ impl Scenario {
             Scenario::Churn => "6 churn (git checkout)",
             Scenario::Deploy => "7 save → deployed",
             Scenario::Boot => "8 fresh workspace boot",
+            Scenario::Live => "9 save → served, live update",
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`boot`]: scenario 8, a fresh workspace's `devd start` → every
 //!   service deployed, with no image and with every image prebuilt by
 //!   `devd prebuild` in the registry.
+//! - [`live`]: scenario 9, save → served with live update against the
+//!   image build of the same service, same run.
 //! - [`devd`]: driving the real `devd` binary with a private `DEVD_HOME`
 //!   (and a separate `devd-receiver`).
 //! - [`rsync`]: the rsync daemon baseline on 127.0.0.1.
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod boot;
 pub mod deploy;
 pub mod devd;
+pub mod live;
 pub mod repogen;
 pub mod report;
 pub mod results;

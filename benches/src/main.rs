@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use devd_benches::bench::{self, Bench, Config, Scenario};
-use devd_benches::{boot, deploy, report};
+use devd_benches::{boot, deploy, live, report};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,8 @@ enum Which {
     Deploy,
     /// 8: a fresh workspace boots, without and with `devd prebuild`.
     Boot,
+    /// 9: save → served with live update vs an image build.
+    Live,
 }
 
 /// devd end-to-end benchmarks, each with its baseline measured in the same run.
@@ -106,6 +108,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Churn => [Scenario::Churn].into(),
         Which::Deploy => [Scenario::Deploy].into(),
         Which::Boot => [Scenario::Boot].into(),
+        Which::Live => [Scenario::Live].into(),
     };
     let started = std::time::Instant::now();
     let devd_bin = match args.devd_bin {
@@ -168,6 +171,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if which.contains(&Scenario::Boot) {
         boot::check_tools(&cfg)?;
     }
+    if which.contains(&Scenario::Live) {
+        live::check_tools(&cfg)?;
+    }
     let mut results = if on_repo.is_empty() {
         bench::new_results(&cfg)
     } else {
@@ -178,6 +184,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if which.contains(&Scenario::Boot) {
         boot::run(&cfg, &mut results);
+    }
+    if which.contains(&Scenario::Live) {
+        live::run(&cfg, &mut results);
     }
     results.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()

@@ -60,6 +60,7 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
     };
     let on_repo = has(&['1', '2', '3', '4', '5', '6']);
     let deploy = has(&['7']);
+    let live = has(&['9']);
     let boot = has(&['8']);
     if on_repo {
         let _ = writeln!(
@@ -84,6 +85,7 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
         let which: Vec<&str> = [
             (deploy, "scenario 7, save → deployed"),
             (boot, "scenario 8, fresh workspace boot"),
+            (live, "scenario 9, save → served with live update"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -105,6 +107,10 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
     }
     if boot {
         s.push_str(crate::boot::NOTES);
+        s.push_str("\n\n");
+    }
+    if live {
+        s.push_str(crate::live::NOTES);
         s.push_str("\n\n");
     }
     s.push_str(&table(r));

@@ -26,6 +26,11 @@ CMD ["sh", "-c", "rm -rf /www && cp -a /pristine /www && exec httpd -f -v -p 808
 /// The demo with `web` live-updated: `www` syncs to `/www`, `conf` does
 /// not, `www/*.lock` falls back, `run` commands as given.
 fn fixture(run: &str) -> Fixture {
+    fixture_with(run, DOCKERFILE)
+}
+
+/// [`fixture`] with another Dockerfile for `web`.
+fn fixture_with(run: &str, dockerfile: &str) -> Fixture {
     let fx = Fixture::from_example("demo");
     let toml = String::from_utf8(fx.read("devd.toml")).unwrap();
     let toml = toml.replace(
@@ -36,7 +41,7 @@ fn fixture(run: &str) -> Fixture {
     );
     assert!(toml.contains("[services.web.live]"), "{toml}");
     fx.write("devd.toml", toml);
-    fx.write("services/web/Dockerfile", DOCKERFILE);
+    fx.write("services/web/Dockerfile", dockerfile);
     fx.write("services/web/conf/site.conf", "v1\n");
     fx.write("services/web/www/old.html", "old page\n");
     fx.commit_all_and_push("web: live update");
@@ -319,4 +324,139 @@ fn a_failing_run_command_fails_the_service_with_its_output_and_the_next_save_rec
             run.success() && run.stdout.contains("run [\"sh\"")
         },
     );
+}
+
+/// `examples/demo` as committed: the greeter declares live update, so a
+/// save under its `www/` is served without an image build (what
+/// `scripts/try.sh` shows), and `shared/` still builds it.
+#[test]
+fn the_demos_greeter_is_live_updated_and_its_shared_input_still_builds() {
+    require_container_tools();
+    let fx = Fixture::from_example("demo");
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    fx.write_local_config(devd_tests::FAST_SYNC);
+    let devd = fx.devd().with_env(cenv.env());
+    devd.start_wait();
+    let g0 = devd.wait_service("greeter", "deployed", TIMEOUT, |s| s.state == "deployed");
+    let url = g0.url.clone().unwrap();
+    fx.write("services/greeter/www/index.html", "greeter v2\n");
+    let g1 = devd.wait_service("greeter", "live-updated", TIMEOUT, |s| {
+        s.state == "deployed" && s.live_files == 1
+    });
+    assert_eq!(g1.image, g0.image, "no image built");
+    assert_eq!(
+        http_get(&format!("{url}/")).unwrap(),
+        (200, "greeter v2\n".into())
+    );
+    fx.write("shared/greeting.txt", "Hello from shared v2\n");
+    let g2 = devd.wait_service("greeter", "rebuilt", TIMEOUT, |s| {
+        s.state == "deployed" && s.image != g0.image
+    });
+    assert_eq!(g2.live_files, 0);
+    assert_eq!(
+        http_get(&format!("{url}/")).unwrap(),
+        (200, "greeter v2\n".into())
+    );
+    assert_eq!(
+        http_get(&format!("{url}/greeting.txt")).unwrap(),
+        (200, "Hello from shared v2\n".into())
+    );
+}
+
+/// `restart = "container"` restarts the same container after the copy
+/// (its entrypoint sees the new file), without devd applying it again in
+/// a loop; `restart = "process"` signals PID 1 (SIGHUP by default).
+#[test]
+fn restart_modes_restart_the_container_or_signal_its_process() {
+    require_container_tools();
+    // PID 1 is a shell: it notes the page at start and on SIGHUP; httpd
+    // runs in the background.
+    let dockerfile = r#"FROM docker.io/library/busybox:stable
+COPY www/ /www/
+COPY conf/ /conf/
+EXPOSE 8080
+CMD ["sh", "-c", "cp /www/index.html /www/started.html; httpd -p 8080 -h /www; trap 'cp /www/index.html /www/signalled.html' HUP; while true; do sleep 1 & wait $!; done"]
+"#;
+    let fx = fixture_with("restart = \"container\"\n", dockerfile);
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let web = start(&fx, &cenv);
+    let s0 = web.status();
+    let c0 = web.container();
+    fx.write("services/web/www/index.html", "<p>v2</p>\n");
+    let s1 = web.wait_live("the copy and the restart", None);
+    assert_eq!(web.container(), c0, "the same container, restarted");
+    assert_eq!(s1.image, s0.image);
+    assert_eq!(s1.live_files, 1);
+    assert_eq!(web.get("/started.html"), (200, "<p>v2</p>\n".into()));
+
+    // Now signal the process instead: the catalog changed, so one image
+    // build first.
+    let toml = String::from_utf8(fx.read("devd.toml")).unwrap();
+    fx.write(
+        "devd.toml",
+        toml.replace("restart = \"container\"", "restart = \"process\""),
+    );
+    let s2 = web
+        .devd
+        .wait_service("web", "rebuilt for the new catalog", TIMEOUT, |s| {
+            s.state == "deployed" && s.image != s0.image
+        });
+    assert_eq!(s2.live_files, 0);
+    let c1 = web.container();
+    fx.write("services/web/www/index.html", "<p>v3</p>\n");
+    web.wait_live("the copy and the signal", s2.live_updated_ms);
+    assert_eq!(web.container(), c1, "signalled, not restarted");
+    let mut last = (0, String::new());
+    let seen = poll_until(Duration::from_secs(20), || {
+        last = web.get("/signalled.html");
+        last == (200, "<p>v3</p>\n".to_string())
+    });
+    assert!(seen.is_some(), "PID 1 got SIGHUP after the copy: {last:?}");
+    assert_eq!(web.get("/started.html"), (200, "<p>v2</p>\n".into()));
+}
+
+/// An image without `rm` (FROM scratch, only a static httpd): a deletion
+/// cannot be live-updated, which is said once and builds the image
+/// instead; edits (a copy, which needs nothing in the image) still are.
+#[test]
+fn a_container_without_rm_builds_the_deletion_and_says_why() {
+    require_container_tools();
+    let dockerfile = r#"FROM docker.io/library/busybox:stable AS base
+FROM scratch
+COPY --from=base /bin/busybox /bin/httpd
+COPY www/ /www/
+COPY conf/ /conf/
+EXPOSE 8080
+CMD ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+"#;
+    let fx = fixture_with("", dockerfile);
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let web = start(&fx, &cenv);
+    let s0 = web.status();
+    assert_eq!(web.get("/old.html"), (200, "old page\n".into()));
+    fx.remove("services/web/www/old.html");
+    let s1 = web
+        .devd
+        .wait_service("web", "the deletion built", TIMEOUT, |s| {
+            s.state == "deployed" && s.image != s0.image
+        });
+    assert_eq!(s1.live_files, 0);
+    assert_eq!(web.get("/old.html").0, 404);
+    let log = web.devd.run(&["logs", "web"]);
+    log.assert_success();
+    assert!(
+        log.stdout.contains("has no `rm`") && log.stdout.contains("building images instead"),
+        "{}",
+        log.stdout
+    );
+    // The new image: an edit is copied in again.
+    let c1 = web.container();
+    fx.write("services/web/www/index.html", "<p>copied</p>\n");
+    let s2 = web.wait_live("the edit live-updated", None);
+    assert_eq!(s2.image, s1.image);
+    assert_eq!(web.container(), c1);
+    assert_eq!(web.get("/"), (200, "<p>copied</p>\n".into()));
 }

@@ -341,3 +341,45 @@ fn notifications_can_be_turned_off() {
     assert_eq!(desktop.displayed(), 0);
     assert!(notification_warnings(&fx).is_empty());
 }
+
+/// A save the greeter copies into its running container (the demo
+/// declares live update for its `www/`): a bubble saying so, with the
+/// number of files, and no build.
+#[test]
+fn a_live_update_notifies_with_its_time_and_file_count() {
+    require_container_tools();
+    require_desktop_tools();
+    let fx = Fixture::from_example("demo");
+    let cenv = ContainerEnv::new(fx.root());
+    cenv.build_busybox_base();
+    let desktop = Desktop::start(fx.root());
+    fx.write_local_config(&format!("{FAST_SYNC}[notifications]\ntimeout_ms = 0\n"));
+    let mut env = cenv.env();
+    env.extend(desktop.env());
+    let devd = fx.devd().with_env(env);
+    devd.start_wait();
+    let g0 = devd.wait_service("greeter", "deployed", DEPLOY_TIMEOUT, |s| {
+        s.state == "deployed"
+    });
+    wait_notifications(&desktop, "the greeter's deploy", |n| {
+        n.iter()
+            .any(|n| n.summary.starts_with("greeter deployed in "))
+    });
+    let builds = builds_of(&fx, "greeter");
+    fx.write("services/greeter/www/index.html", "greeter v2\n");
+    fx.write("services/greeter/www/new.html", "new\n");
+    let notes = wait_notifications(&desktop, "the live update", |n| {
+        n.iter()
+            .any(|n| n.summary.starts_with("greeter live-updated in "))
+    });
+    let n = notes
+        .iter()
+        .find(|n| n.summary.starts_with("greeter live-updated in "))
+        .unwrap();
+    assert!(n.summary.ends_with("(2 files)"), "{n:#?}");
+    assert!(n.body.contains("no image built"), "{n:#?}");
+    let g1 = devd.wait_service("greeter", "live", DEPLOY_TIMEOUT, |s| s.live_files == 2);
+    assert_eq!(g1.image, g0.image);
+    assert_eq!(builds_of(&fx, "greeter"), builds, "no image built");
+    assert_eq!(get(&format!("{}/new.html", g0.url.unwrap())), "new\n");
+}

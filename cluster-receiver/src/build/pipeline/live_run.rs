@@ -369,11 +369,8 @@ impl Pipeline {
             }
             Err(LiveError::Unsupported(why)) => {
                 tracing::warn!(service = %name, %why, "live update is not possible: building images instead until the next image");
-                self.log_live(
-                    name,
-                    &format!(
-                        "devd: live update of {name} is not possible: {why}; building images instead until its next image\n"
-                    ),
+                let note = format!(
+                    "devd: live update of {name} is not possible: {why}; building images instead until its next image\n"
                 );
                 if let Some(svc) = self
                     .state
@@ -385,6 +382,10 @@ impl Pipeline {
                     svc.live_off = Some(why);
                 }
                 self.build_once(name, job.trigger).await;
+                // After the build, whose deploy starts a new live log and
+                // whose attempt log is new: both say why it built.
+                self.log(name, &note);
+                self.log_live(name, &note);
             }
             Err(LiveError::Failed(f)) => self.live_failed(name, generation, paths, f),
         }
