@@ -30,7 +30,9 @@
 //! ```
 //! Instead of the run spec (`port`/`env`/`replicas`/`expose`), a service
 //! may name an existing workload to patch: `deployment = "web"` and
-//! optionally `container = "web"`.
+//! optionally `container = "web"`. With a `[deploy]` table (see
+//! [`deploy`]) the repository's own manifests say how everything runs, and
+//! the services only say how their images are built.
 
 use devd_protocol::RelPath;
 use devd_protocol::path::MAX_PATH_LEN;
@@ -38,7 +40,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod deploy;
 pub mod live;
+pub use deploy::Deploy;
 pub use live::{Live, LiveRun, Restart, SyncRule};
 
 /// The file the catalog lives in, at the repository root.
@@ -85,6 +89,9 @@ pub enum Run {
     },
     /// devd creates and owns Deployment, Service and Ingress.
     Spec(RunSpec),
+    /// The repository's manifests (`[deploy]`) run it: the workloads whose
+    /// containers use the service's image.
+    Manifests,
 }
 
 /// The run spec devd owns the workload for.
@@ -158,6 +165,7 @@ impl Service {
         match &self.run {
             Run::Existing { port, .. } => *port,
             Run::Spec(s) => s.port,
+            Run::Manifests => None,
         }
     }
 }
@@ -166,12 +174,15 @@ impl Service {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     pub services: Vec<Service>,
+    /// `[deploy]`: the repository's manifests run the stack.
+    pub deploy: Option<Deploy>,
 }
 
 #[derive(Deserialize)]
 struct RawFile {
     #[serde(default)]
     services: BTreeMap<String, RawService>,
+    deploy: Option<deploy::RawDeploy>,
 }
 
 #[derive(Deserialize)]
@@ -273,11 +284,12 @@ impl Catalog {
     /// file (the laptop's `[sync]`, `[receiver]`) are ignored here.
     pub fn parse(text: &str) -> Result<Self, CatalogError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let deploy = raw.deploy.as_ref().map(deploy::deploy).transpose()?;
         let mut services = Vec::new();
         for (name, r) in raw.services {
-            services.push(Self::service(name, r)?);
+            services.push(Self::service(name, r, deploy.is_some())?);
         }
-        Ok(Self { services })
+        Ok(Self { services, deploy })
     }
 
     /// Read the catalog of the worktree at `root` (empty without `devd.toml`).
@@ -294,7 +306,7 @@ impl Catalog {
         self.services.iter().find(|s| s.name == name)
     }
 
-    fn service(name: String, r: RawService) -> Result<Service, CatalogError> {
+    fn service(name: String, r: RawService, manifests: bool) -> Result<Service, CatalogError> {
         let invalid = |field: &str, problem: String, fix: String| CatalogError::Invalid {
             service: name.clone(),
             field: field.into(),
@@ -402,6 +414,28 @@ impl Catalog {
             ));
         }
         let run = match (&r.deployment, &r.container) {
+            _ if manifests => {
+                let run_fields = [
+                    ("port", r.port.is_some()),
+                    ("env", r.env.is_some()),
+                    ("replicas", r.replicas.is_some()),
+                    ("expose", r.expose.is_some()),
+                    ("deployment", r.deployment.is_some()),
+                    ("container", r.container.is_some()),
+                ];
+                if let Some((f, _)) = run_fields.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        f,
+                        "cannot be used with [deploy]: the manifests say how the service runs"
+                            .into(),
+                        format!(
+                            "set it in the manifests and remove `{f}`; `image` names the image the manifests use (now {:?})",
+                            r.image.as_deref().unwrap_or(&name)
+                        ),
+                    ));
+                }
+                Run::Manifests
+            }
             (Some(d), c) => {
                 let spec_fields = [
                     ("env", r.env.is_some()),
@@ -663,6 +697,23 @@ fn suggest_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploy_mode_services_only_build() {
+        let c = Catalog::parse(
+            "[deploy]\nkustomize = \"deploy/dev\"\n[services.web]\ncontext = \"web\"\nimage = \"frontend\"\n",
+        )
+        .unwrap();
+        assert!(c.deploy.is_some());
+        assert_eq!(c.services[0].run, Run::Manifests);
+        assert_eq!(c.services[0].image, "frontend");
+        let e = Catalog::parse(
+            "[deploy]\nmanifests = [\"k8s\"]\n[services.web]\ncontext = \"web\"\nport = 8080\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`port`") && e.contains("[deploy]"), "{e}");
+    }
 
     const DEMO: &str = r#"
 [sync]

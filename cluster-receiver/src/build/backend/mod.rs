@@ -17,6 +17,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod podman;
 pub mod registry;
+pub mod stack;
 
 use crate::build::context::ContextSnapshot;
 use devd_protocol::message::ServerMsg;
@@ -289,6 +290,37 @@ pub trait Backend: Send + Sync {
             "the {} backend cannot copy files into running containers yet",
             self.name()
         )))
+    }
+
+    /// Whether [`Self::apply_stack`] works: a catalog with `[deploy]`
+    /// needs it (without it, its services fail saying so).
+    fn supports_stack(&self) -> bool {
+        false
+    }
+
+    /// Make `workspace` run exactly `stack` (the repository's rendered
+    /// manifests with devd's images): create and change its objects,
+    /// remove those a previous apply made that are no longer in it
+    /// (never anything devd did not apply), wait for the workloads that
+    /// changed, and report each workload. `Err`: nothing could be applied
+    /// (what ran before keeps running).
+    async fn apply_stack(
+        &self,
+        workspace: &str,
+        stack: &stack::Stack,
+    ) -> Result<stack::StackReport, Failure> {
+        let _ = (workspace, stack);
+        Err(Failure::new(format!(
+            "the {} backend cannot deploy manifests ([deploy] in devd.toml)",
+            self.name()
+        )))
+    }
+
+    /// Remove every object [`Self::apply_stack`] made in `workspace`
+    /// (`devd down`): one line per object.
+    async fn remove_stack(&self, workspace: &str) -> Result<Vec<String>, Failure> {
+        let _ = workspace;
+        Ok(Vec::new())
     }
 
     /// Send the name of the service of every container of `workspace`

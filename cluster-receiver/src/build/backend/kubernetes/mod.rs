@@ -274,6 +274,12 @@ impl Backend for KubernetesBackend {
     ) -> Result<Deployed, Failure> {
         let deployments: Api<Deployment> = self.api();
         let (name, previous) = match &service.run {
+            Run::Manifests => {
+                return Err(Failure::new(format!(
+                    "service {} runs from the manifests ([deploy]): the stack is applied, not one Deployment",
+                    service.name
+                )));
+            }
             Run::Existing {
                 deployment,
                 container,
@@ -344,7 +350,9 @@ impl Backend for KubernetesBackend {
                 tracing::warn!(deployment = %name, image = %prev, "rollout failed; applying the previous image back");
                 let body = match &service.run {
                     Run::Existing { container, .. } => self.image_patch(&name, container, &prev),
-                    Run::Spec(_) => self.deployment_spec(workspace, service, &prev),
+                    Run::Spec(_) | Run::Manifests => {
+                        self.deployment_spec(workspace, service, &prev)
+                    }
                 };
                 if let Err(e) = self.apply::<Deployment>(&name, &body).await {
                     tracing::error!(deployment = %name, error = %e, "cannot roll back");
@@ -431,6 +439,8 @@ impl Backend for KubernetesBackend {
                 ..
             } => (deployment.as_str(), container.as_str()),
             Run::Spec(_) => (service.name.as_str(), service.name.as_str()),
+            // The stack's apply reports what runs.
+            Run::Manifests => return Ok(None),
         };
         let api: Api<Deployment> = self.api();
         let d = api

@@ -214,6 +214,7 @@ impl KubernetesBackend {
             Run::Existing { deployment, .. } => {
                 port.map(|p| format!("http://{deployment}.{ns}.svc.cluster.local:{p}"))
             }
+            Run::Manifests => None,
         }
     }
 

@@ -179,6 +179,12 @@ impl KubernetesBackend {
                 ..
             } => (deployment.clone(), container.clone()),
             Run::Spec(_) => (service.name.clone(), service.name.clone()),
+            Run::Manifests => {
+                return Err(Failure::new(format!(
+                    "service {} runs from the manifests ([deploy]): finding its pods there is not built yet",
+                    service.name
+                )));
+            }
         };
         let d = self
             .api::<Deployment>()
