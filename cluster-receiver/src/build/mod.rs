@@ -10,3 +10,4 @@ pub mod fetch;
 pub mod http;
 pub mod live;
 pub mod pipeline;
+pub mod render;
