@@ -263,11 +263,47 @@ fn source(ws: &Arc<Workspace>) -> Source {
                 as std::pin::Pin<Box<dyn std::future::Future<Output = Option<Read>> + Send>>
         })
     };
+    let render = {
+        let (weak, root) = (weak.clone(), root.clone());
+        Arc::new(move |job: crate::build::pipeline::RenderJob| {
+            let (weak, root) = (weak.clone(), root.clone());
+            Box::pin(async move {
+                let ws = weak.upgrade()?;
+                let guard = ws.lock().await;
+                let generation = guard.generation();
+                let rendered = tokio::task::spawn_blocking(move || job(&root)).await;
+                drop(guard);
+                Some((
+                    generation,
+                    rendered.unwrap_or_else(|e| {
+                        Err(crate::build::render::RenderError::Invalid {
+                            origin: "render".into(),
+                            problem: format!("the render task failed: {e}"),
+                        })
+                    }),
+                ))
+            })
+                as std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<
+                                Output = Option<(
+                                    Option<u64>,
+                                    Result<
+                                        crate::build::render::Rendered,
+                                        crate::build::render::RenderError,
+                                    >,
+                                )>,
+                            > + Send,
+                    >,
+                >
+        })
+    };
     Source {
         name: ws.name.clone(),
         worktree,
         dir: ws.dir(),
         read,
+        render,
         snapshot: Arc::new(move |lookup, dir| {
             let (weak, root) = (weak.clone(), root.clone());
             Box::pin(async move {

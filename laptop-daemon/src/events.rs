@@ -37,6 +37,9 @@ impl EventsLoop {
         let mut live: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut boot = BootTracker::new(self.started);
         let mut retry_on_start = self.retry_on_start;
+        // A snapshot was just received: a stack status follows it if the
+        // catalog has [deploy]; anything else first means it has none.
+        let mut stack_follows = false;
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m {
@@ -49,6 +52,9 @@ impl EventsLoop {
                 }
             };
             let mut catalog_error = None;
+            if std::mem::take(&mut stack_follows) && !matches!(msg, Some(ServerMsg::Stack(_))) {
+                self.status.lock().expect("status lock").stack = None;
+            }
             match msg {
                 None => {
                     self.lost.notify_one();
@@ -60,6 +66,7 @@ impl EventsLoop {
                 }) => {
                     services = s;
                     live.clear();
+                    stack_follows = true;
                     catalog_error = Some(e);
                     if let Some(live) = retry_on_start.take() {
                         retry_undeployed(live, &services);
@@ -92,6 +99,12 @@ impl EventsLoop {
                     if let Some(s) = services.iter().find(|s| s.name == e.service) {
                         self.notifier.event(&e, s);
                     }
+                }
+                Some(ServerMsg::Stack(now)) => {
+                    let mut st = self.status.lock().expect("status lock");
+                    self.notifier.stack(st.stack.as_ref(), &now);
+                    st.stack = Some(now);
+                    continue;
                 }
                 Some(_) => continue,
             }

@@ -64,9 +64,65 @@ pub enum Note {
         total_ms: u64,
         restarted: bool,
     },
+    /// Every workload of the repository's manifests (`[deploy]`) is ready
+    /// after an apply that changed something.
+    StackDeployed {
+        workloads: usize,
+        total_ms: u64,
+        url: Option<String>,
+    },
+    /// A workload of the manifests failed (`deployment/web`: why).
+    WorkloadFailed { key: String, reason: String },
 }
 
+/// The bubble id stack notes share.
+pub const STACK: &str = "stack";
+
 impl Note {
+    /// The note a new stack status deserves, given the one before: the
+    /// whole render deployed (after an apply that changed something), or
+    /// a workload that has failed since (or the render itself).
+    pub fn from_stack(
+        before: Option<&devd_protocol::event::StackStatus>,
+        now: &devd_protocol::event::StackStatus,
+        on_failure: bool,
+    ) -> Option<Self> {
+        let failed_before = |key: &str| {
+            before.is_some_and(|b| {
+                b.workloads
+                    .iter()
+                    .any(|w| w.key == key && w.state == "failed")
+            })
+        };
+        if let Some(e) = &now.error {
+            let same = before.and_then(|b| b.error.as_ref()) == Some(e);
+            return (on_failure && !same).then(|| Self::WorkloadFailed {
+                key: "the manifests".into(),
+                reason: first_line(e).to_owned(),
+            });
+        }
+        if let Some(w) = now
+            .workloads
+            .iter()
+            .find(|w| w.state == "failed" && !failed_before(&w.key))
+        {
+            return on_failure.then(|| Self::WorkloadFailed {
+                key: w.key.clone(),
+                reason: w.reason.clone().unwrap_or_else(|| "not ready".into()),
+            });
+        }
+        let news = now.applied_ms.is_some()
+            && before.is_none_or(|b| b.applied_ms != now.applied_ms || !b.deployed());
+        (now.deployed()
+            && news
+            && (!now.changes.is_empty() || before.is_some_and(|b| !b.deployed())))
+        .then(|| Self::StackDeployed {
+            workloads: now.workloads.iter().filter(|w| w.state == "ready").count(),
+            total_ms: now.total_ms.unwrap_or(0),
+            url: now.urls.first().map(|(_, u)| u.clone()),
+        })
+    }
+
     /// The note an event deserves, if any: deploys, and failures when
     /// `on_failure`. `status` is the service's state with `event` applied.
     pub fn from_event(
@@ -114,14 +170,17 @@ impl Note {
             Self::Deployed { service, .. }
             | Self::Failed { service, .. }
             | Self::LiveUpdated { service, .. } => service,
+            Self::StackDeployed { .. } | Self::WorkloadFailed { .. } => STACK,
         }
     }
 
     /// The URL a click opens.
     pub fn url(&self) -> Option<&str> {
         match self {
-            Self::Deployed { url, .. } | Self::LiveUpdated { url, .. } => url.as_deref(),
-            Self::Failed { .. } => None,
+            Self::Deployed { url, .. }
+            | Self::LiveUpdated { url, .. }
+            | Self::StackDeployed { url, .. } => url.as_deref(),
+            Self::Failed { .. } | Self::WorkloadFailed { .. } => None,
         }
     }
 
@@ -143,6 +202,16 @@ impl Note {
                 if *files == 1 { "" } else { "s" },
                 if *restarted { ", after a restart" } else { "" }
             ),
+            Self::StackDeployed {
+                workloads,
+                total_ms,
+                ..
+            } => format!(
+                "manifests deployed in {} ({workloads} workload{} ready)",
+                duration(*total_ms),
+                if *workloads == 1 { "" } else { "s" }
+            ),
+            Self::WorkloadFailed { key, .. } => format!("{key} failed"),
             Self::Failed { service, error } => {
                 if error.starts_with("live update of") {
                     format!("{service}: live update failed")
@@ -176,6 +245,13 @@ impl Note {
             }
             Self::Failed { service, error } => {
                 format!("{error}\nThe old version keeps running. Log: devd logs {service} --build")
+            }
+            Self::StackDeployed { url, .. } => match url {
+                Some(u) => format!("{u}\nevery workload of the manifests runs"),
+                None => "every workload of the manifests runs".to_owned(),
+            },
+            Self::WorkloadFailed { reason, .. } => {
+                format!("{reason}\nWhat ran before keeps running. See: devd status")
             }
             Self::LiveUpdated { url, .. } => match url {
                 Some(u) => format!("{u}\nno image built: the files were copied in"),
@@ -274,6 +350,20 @@ impl Notifier {
         }
     }
 
+    /// Notify about a new stack status (see [`Note::from_stack`]).
+    pub fn stack(
+        &self,
+        before: Option<&devd_protocol::event::StackStatus>,
+        now: &devd_protocol::event::StackStatus,
+    ) {
+        let Some(tx) = &self.tx else { return };
+        if let Some(note) = Note::from_stack(before, now, self.on_failure)
+            && let Err(e) = tx.try_send(note)
+        {
+            tracing::debug!(error = %e, "notification dropped");
+        }
+    }
+
     /// Notify about `event` if it ends a build; `status` is the service
     /// with the event applied.
     pub fn event(&self, event: &BuildEvent, status: &ServiceStatus) {
@@ -356,8 +446,10 @@ impl Shown {
             .body(&markup_escape(&note.body()))
             .hint(Hint::Category(
                 match note {
-                    Note::Deployed { .. } | Note::LiveUpdated { .. } => "transfer.complete",
-                    Note::Failed { .. } => "transfer.error",
+                    Note::Deployed { .. }
+                    | Note::LiveUpdated { .. }
+                    | Note::StackDeployed { .. } => "transfer.complete",
+                    Note::Failed { .. } | Note::WorkloadFailed { .. } => "transfer.error",
                 }
                 .into(),
             ))
@@ -367,10 +459,12 @@ impl Shown {
                 Some(ms) => Timeout::Milliseconds(ms),
             });
         match note {
-            Note::Deployed { .. } | Note::LiveUpdated { .. } => {
+            Note::Deployed { .. } | Note::LiveUpdated { .. } | Note::StackDeployed { .. } => {
                 n.icon("dialog-information").urgency(Urgency::Normal)
             }
-            Note::Failed { .. } => n.icon("dialog-error").urgency(Urgency::Normal),
+            Note::Failed { .. } | Note::WorkloadFailed { .. } => {
+                n.icon("dialog-error").urgency(Urgency::Normal)
+            }
         };
         if note.url().is_some() {
             n.action(ACTION_DEFAULT, "Open")
@@ -590,5 +684,60 @@ mod tests {
         assert!(n.tx.is_none());
         let e = ev(EventKind::Queued);
         n.event(&e, &ServiceStatus::new("web"));
+    }
+
+    #[test]
+    fn the_stack_notifies_when_all_runs_and_when_a_workload_fails() {
+        use devd_protocol::event::{StackStatus, WorkloadInfo};
+        let w = |key: &str, state: &str| WorkloadInfo {
+            key: key.into(),
+            state: state.into(),
+            reason: (state == "failed").then(|| "ImagePullBackOff: no such image".into()),
+            ..Default::default()
+        };
+        let ready = StackStatus {
+            applied_ms: Some(1),
+            total_ms: Some(850),
+            workloads: vec![w("deployment/web", "ready"), w("statefulset/db", "ready")],
+            urls: vec![("web".into(), "http://127.0.0.1:4100".into())],
+            changes: vec!["deployment/web configured".into()],
+            ..Default::default()
+        };
+        let note = Note::from_stack(None, &ready, true).unwrap();
+        assert_eq!(
+            note.summary(),
+            "manifests deployed in 850 ms (2 workloads ready)"
+        );
+        assert_eq!(note.url(), Some("http://127.0.0.1:4100"));
+        assert_eq!(note.service(), STACK);
+        // The same status again (a resubscription): no news.
+        assert_eq!(Note::from_stack(Some(&ready), &ready, true), None);
+        // An apply that changed nothing: no bubble.
+        let quiet = StackStatus {
+            applied_ms: Some(2),
+            changes: vec![],
+            ..ready.clone()
+        };
+        assert_eq!(Note::from_stack(Some(&ready), &quiet, true), None);
+        let failing = StackStatus {
+            applied_ms: Some(3),
+            workloads: vec![w("deployment/web", "failed"), w("statefulset/db", "ready")],
+            ..ready.clone()
+        };
+        let note = Note::from_stack(Some(&ready), &failing, true).unwrap();
+        assert_eq!(note.summary(), "deployment/web failed");
+        assert!(note.body().starts_with("ImagePullBackOff: no such image\n"));
+        assert_eq!(Note::from_stack(Some(&ready), &failing, false), None);
+        // Still failing: said once.
+        assert_eq!(Note::from_stack(Some(&failing), &failing, true), None);
+        // Fixed: all runs again.
+        let note = Note::from_stack(Some(&failing), &ready, true).unwrap();
+        assert!(note.summary().starts_with("manifests deployed"));
+        let broken = StackStatus {
+            error: Some("the manifests were not applied: k8s/web.yaml:4: bad".into()),
+            ..ready.clone()
+        };
+        let note = Note::from_stack(Some(&ready), &broken, true).unwrap();
+        assert_eq!(note.summary(), "the manifests failed");
     }
 }

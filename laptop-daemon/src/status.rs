@@ -150,6 +150,8 @@ pub struct Status {
     pub progress: Option<Progress>,
     /// How the services came up after `devd start`.
     pub boot: Option<BootStatus>,
+    /// `[deploy]`: every workload of the repository's manifests.
+    pub stack: Option<devd_protocol::event::StackStatus>,
 }
 
 /// How the workspace came up: from the daemon's start until every declared

@@ -179,6 +179,56 @@ pub fn services_table(services: &[ServiceView], opts: &Options) -> Table {
     t
 }
 
+/// The workloads of the repository's manifests (`[deploy]`): each with
+/// its state, the devd services it runs, the URL of a Service of the same
+/// name, and why it failed.
+pub fn workloads_table(stack: &devd_protocol::event::StackStatus, opts: &Options) -> Table {
+    let mut t = Table::new();
+    t.force_no_tty()
+        .load_style(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec!["WORKLOAD", "STATE", "RUNS", "URL", "REASON"]);
+    if let Some(w) = opts.width {
+        t.set_width(w);
+    }
+    if opts.color {
+        t.enforce_styling();
+    }
+    for w in &stack.workloads {
+        let mut state = Cell::new(&w.state);
+        if opts.color {
+            state = state.fg(match w.state.as_str() {
+                "ready" => Color::Green,
+                "failed" => Color::Red,
+                _ => Color::Yellow,
+            });
+        }
+        let name = w.key.split_once('/').map_or(w.key.as_str(), |(_, n)| n);
+        let url = stack
+            .urls
+            .iter()
+            .find(|(svc, _)| svc == name)
+            .map_or("-", |(_, u)| u.as_str());
+        t.add_row(vec![
+            Cell::new(&w.key),
+            state,
+            Cell::new(if w.services.is_empty() {
+                "-".to_owned()
+            } else {
+                w.services.join(", ")
+            }),
+            Cell::new(url),
+            Cell::new(
+                w.reason
+                    .as_deref()
+                    .map(|e| console::truncate_str(e, ERROR_CELL, "…").into_owned())
+                    .unwrap_or_default(),
+            ),
+        ]);
+    }
+    t
+}
+
 /// `3 of 3 services up in 2.4 s · 3 reused, 0 built`.
 fn describe_boot(b: &crate::status::BootStatus) -> String {
     let up = b.reused + b.built + b.running;
@@ -331,6 +381,50 @@ pub fn render(st: &Status, opts: &Options) -> String {
         );
     } else {
         out.push(services_table(&st.services, opts).to_string());
+    }
+    if let Some(stack) = &st.stack {
+        out.push(String::new());
+        let mut head = format!(
+            "manifests ([deploy]): {}",
+            match (&stack.error, stack.applied_ms) {
+                (Some(_), _) => "not applied".to_owned(),
+                (None, None) => "not applied yet".to_owned(),
+                (None, Some(at)) => format!(
+                    "applied {} ago{}",
+                    human_age(opts.now_ms.saturating_sub(at)),
+                    stack
+                        .total_ms
+                        .map(|ms| format!(", {} from the save", human_duration(ms)))
+                        .unwrap_or_default()
+                ),
+            }
+        );
+        if stack.deployed() {
+            head.push_str(" · every workload ready");
+        }
+        out.push(head);
+        if !stack.workloads.is_empty() {
+            out.push(workloads_table(stack, opts).to_string());
+        }
+        if let Some(e) = &stack.error {
+            out.push(format!(
+                "{}: {e}",
+                p.style(Style::new().red().bold()).apply_to("error")
+            ));
+        }
+        for w in stack.workloads.iter().filter(|w| w.state == "failed") {
+            out.push(format!(
+                "{}: {}",
+                p.style(Style::new().red().bold()).apply_to(&w.key),
+                w.reason.as_deref().unwrap_or("not ready")
+            ));
+            for l in &w.log_tail[w.log_tail.len().saturating_sub(LOG_TAIL_LINES)..] {
+                out.push(format!("  │ {l}"));
+            }
+        }
+        for w in &stack.warnings {
+            out.push(p.dim(&format!("warning: {w}")));
+        }
     }
     for s in st
         .services

@@ -275,3 +275,48 @@ mod tests {
         assert_eq!(s.image.as_deref(), Some("r@sha256:bb"));
     }
 }
+
+/// One workload (`kind/name`) of the stack `[deploy]` describes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    /// `deployment/web`.
+    pub key: String,
+    /// `ready`, `failed`, `skipped` (the backend cannot run its kind) or
+    /// `waiting` (for the first image of a service it runs).
+    pub state: String,
+    pub reason: Option<String>,
+    pub log_tail: Vec<String>,
+    /// The devd-built services whose images it runs.
+    pub services: Vec<String>,
+}
+
+/// The stack after its last apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStatus {
+    /// The generation the last render was of.
+    pub generation: u64,
+    /// When the last apply ended (ms since the Unix epoch), if any did.
+    pub applied_ms: Option<u64>,
+    /// Save-to-applied time of the last apply that changed something.
+    pub total_ms: Option<u64>,
+    pub workloads: Vec<WorkloadInfo>,
+    /// Where each Service of the render answers, by name.
+    pub urls: Vec<(String, String)>,
+    /// Objects created, changed or removed by the last apply.
+    pub changes: Vec<String>,
+    /// Why the last render or apply failed (what ran before keeps running).
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl StackStatus {
+    /// Every workload is ready (or skipped) and nothing failed.
+    pub fn deployed(&self) -> bool {
+        self.error.is_none()
+            && self.applied_ms.is_some()
+            && self
+                .workloads
+                .iter()
+                .all(|w| w.state == "ready" || w.state == "skipped")
+    }
+}

@@ -256,4 +256,8 @@ pub enum ServerMsg {
     /// The exec'd command ended with exit status `code`; or it could not
     /// be run (`error` says why, `code` is then 126 or 127 as a shell's).
     ExecExit { code: i32, error: Option<String> },
+    /// Where the stack of the repository's own manifests (`[deploy]`)
+    /// stands: sent after each apply, and after the [`ServerMsg::Services`]
+    /// snapshot when the catalog has `[deploy]`.
+    Stack(crate::event::StackStatus),
 }

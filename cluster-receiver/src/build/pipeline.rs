@@ -67,7 +67,9 @@ pub type SnapshotFn = Arc<
 
 mod live_run;
 mod requests;
+mod stack_run;
 pub use live_run::{Read, ReadFn};
+pub use stack_run::{RenderFn, RenderJob};
 
 /// What the pipeline gets from the sync half.
 #[derive(Clone)]
@@ -81,6 +83,7 @@ pub struct Source {
     pub dir: PathBuf,
     pub snapshot: SnapshotFn,
     pub read: ReadFn,
+    pub render: RenderFn,
 }
 
 /// Events buffered per subscriber before it gets a fresh snapshot instead.
@@ -128,6 +131,8 @@ struct State {
     catalog: Catalog,
     catalog_error: Option<String>,
     services: BTreeMap<String, Svc>,
+    /// `[deploy]`: the stack of the repository's manifests.
+    stack: stack_run::StackState,
 }
 
 /// Persisted record of one deployed service.
@@ -156,6 +161,9 @@ pub struct Pipeline {
     read: ReadFn,
     /// The backend reports container starts (started once).
     watching: std::sync::atomic::AtomicBool,
+    render: RenderFn,
+    /// One stack apply at a time.
+    stack_lock: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -198,6 +206,8 @@ impl Pipeline {
             cancel,
             read: ws.read,
             watching: Default::default(),
+            render: ws.render,
+            stack_lock: Default::default(),
         });
         // Before any build is queued (Kubernetes: DevBuild resources).
         let weak = Arc::downgrade(&p);
@@ -241,6 +251,7 @@ impl Pipeline {
     /// After a restart: take over what still runs.
     async fn adopt(self: &Arc<Self>) {
         let records = self.load_records();
+        self.seed_stack_images(&records);
         let live_diffs = crate::build::live::load(&self.live_path());
         let services = self
             .state
@@ -354,6 +365,9 @@ impl Pipeline {
                 Some(paths) => self.queue_live(&mut st, &s.name, paths, false, trigger),
                 None => builds.push(s.name),
             }
+        }
+        if Self::stack_touched(&st, changed) {
+            self.queue_stack(&mut st, trigger);
         }
         self.queue(st, builds, trigger);
     }
@@ -652,7 +666,14 @@ impl Pipeline {
             )));
         }
         self.log(name, &format!("devd: deploying {image}\n"));
-        let deployed = match self.backend.deploy(&self.workspace, service, &image).await {
+        let deploy = async {
+            if service.run == devd_sync::catalog::Run::Manifests {
+                self.deploy_in_stack(service, &image, trigger).await
+            } else {
+                self.backend.deploy(&self.workspace, service, &image).await
+            }
+        };
+        let deployed = match deploy.await {
             Ok(d) => d,
             Err(f) => {
                 let error = format!("deploy of {name} failed: {}", f.error);

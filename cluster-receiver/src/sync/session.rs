@@ -531,6 +531,7 @@ async fn stream_events(io: &mut Framed, ws: &Arc<Workspace>, cancel: Cancellatio
     // snapshot's statuses do not carry the live difference).
     let snapshot = |p: &crate::build::pipeline::Pipeline| {
         std::iter::once(p.snapshot())
+            .chain(p.stack_report())
             .chain(p.live_reports())
             .collect::<Vec<_>>()
     };

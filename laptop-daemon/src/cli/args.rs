@@ -225,6 +225,39 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Print the objects devd would apply for the repository's own
+    /// manifests ([deploy] in devd.toml), with devd's images in them.
+    #[command(after_help = "\
+Renders the worktree as it is now, as the receiver does: the kustomization
+(kubectl kustomize) or the YAML files [deploy] names, every namespaced
+object in the workspace's namespace, and each devd-built service's image
+as REGISTRY/REPOSITORY:devd-<context digest> (the tag its build gets, known
+before any build; the receiver deploys it by digest). Nothing is built or
+applied, no daemon is needed: use it in CI and for review. Warnings go to
+standard error. Exits non-zero if the manifests do not render.
+
+Examples:
+  devd render                       YAML of every object
+  devd render -o json | jq '.items[].metadata.name'
+  devd render --service web         the workloads that run web's image, and their Services
+  devd render --namespace devd-alice --registry registry.example:5000")]
+    Render {
+        /// yaml (default) or json (a v1 List).
+        #[arg(long, short = 'o', default_value = "yaml", value_parser = ["yaml", "json"])]
+        output: String,
+        /// Only the workloads that run this service's image and the
+        /// Services that select them.
+        #[arg(long = "service", value_name = "NAME")]
+        service: Option<String>,
+        /// The namespace the objects go into; default the workspace's
+        /// ([receiver] workspace in devd.local.toml, else `local`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The registry (host:port[/prefix]) the images are pushed to;
+        /// without it, `localhost/` (the embedded receiver's local storage).
+        #[arg(long, env = "DEVD_REGISTRY")]
+        registry: Option<String>,
+    },
     /// Your workspaces on the cluster: namespaces that expire.
     #[command(after_help = "\
 A workspace is a namespace devd-<user>[-<name>] labelled as devd's, with

@@ -16,6 +16,7 @@ mod lock;
 mod logs;
 mod prebuild;
 mod progress;
+mod render;
 mod retry;
 mod run;
 mod screen;
@@ -83,6 +84,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             return prebuild::run(dir, rev, registry, insecure_registry, services, json).await;
         }
+        Cmd::Render {
+            output,
+            service,
+            namespace,
+            registry,
+        } => {
+            let dir = match cli.dir {
+                Some(d) => d,
+                None => std::env::current_dir()?,
+            };
+            return render::run(dir, &output, service, namespace, registry).await;
+        }
         _ => {}
     }
     let ctx = Ctx::new(cli.dir)?;
@@ -118,7 +131,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_tty,
             command,
         } => exec::run(&ctx, &service, command, no_tty).await,
-        Cmd::Completions { .. } | Cmd::Workspace { .. } | Cmd::Prebuild { .. } => {
+        Cmd::Completions { .. }
+        | Cmd::Workspace { .. }
+        | Cmd::Prebuild { .. }
+        | Cmd::Render { .. } => {
             unreachable!("handled above")
         }
         Cmd::Run { take_over } => run::run(&ctx, take_over).await,

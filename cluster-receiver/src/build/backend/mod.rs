@@ -292,6 +292,11 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// The namespace the stack's objects of `workspace` go into.
+    fn stack_namespace(&self, workspace: &str) -> String {
+        workspace.to_owned()
+    }
+
     /// Whether [`Self::apply_stack`] works: a catalog with `[deploy]`
     /// needs it (without it, its services fail saying so).
     fn supports_stack(&self) -> bool {

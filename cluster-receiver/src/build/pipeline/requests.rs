@@ -63,11 +63,19 @@ impl Pipeline {
     /// removed thing.
     pub async fn remove_all(&self) -> Result<Vec<String>, String> {
         let services = self.declared();
-        let removed = self
+        let mut removed = self
             .backend
             .remove(&self.workspace, &services)
             .await
             .map_err(|f| f.error)?;
+        // The objects of the repository's manifests ([deploy]), even if
+        // the catalog no longer has the table.
+        removed.extend(
+            self.backend
+                .remove_stack(&self.workspace)
+                .await
+                .map_err(|f| f.error)?,
+        );
         let _ = std::fs::remove_file(self.records_path());
         let mut st = self.state.lock().expect("pipeline state");
         for (name, svc) in st.services.iter_mut() {
@@ -76,6 +84,7 @@ impl Pipeline {
             svc.attempted = true;
             svc.status = ServiceStatus::new(name);
         }
+        st.stack = Default::default();
         let _ = self.events.send(snapshot_msg(&st));
         Ok(removed)
     }

@@ -223,6 +223,26 @@ pub fn render(input: &Input<'_>) -> Result<Rendered, RenderError> {
     })
 }
 
+/// `objects` as a multi-document YAML stream (`---` between them), as
+/// `kubectl` prints a render.
+pub fn to_yaml(objects: &[&serde_json::Value]) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let text = serde_saphyr::to_string(o).map_err(|e| RenderError::Invalid {
+            origin: "render".into(),
+            problem: format!("cannot print an object as YAML: {e}"),
+        })?;
+        out.push_str(&text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// A Kubernetes object name: a DNS subdomain (or label) of at most 253.
 fn valid_name(n: &str) -> bool {
     !n.is_empty()

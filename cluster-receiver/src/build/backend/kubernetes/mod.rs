@@ -196,6 +196,10 @@ impl Backend for KubernetesBackend {
         super::qualify(image, Some(&self.s.registry))
     }
 
+    fn stack_namespace(&self, _workspace: &str) -> String {
+        self.s.namespace.clone()
+    }
+
     async fn lookup(&self, repository: &str, tag: &str) -> Result<Option<String>, Failure> {
         self.registry_for(repository).lookup(repository, tag).await
     }
