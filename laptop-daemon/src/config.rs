@@ -127,6 +127,10 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub notifications: NotificationConfig,
+    /// `[secrets]` of `devd.local.toml` only (never the committed file):
+    /// Secret name → key → value, or `env_file` naming a KEY=VALUE file.
+    #[serde(skip)]
+    pub secrets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// The per-developer file beside `devd.toml` (git-ignore it): where this
@@ -140,6 +144,8 @@ struct LocalFile {
     receiver: Option<ReceiverConfig>,
     sync: Option<SyncConfig>,
     notifications: Option<NotificationConfig>,
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
@@ -180,6 +186,7 @@ impl Config {
             if let Some(n) = local.notifications {
                 cfg.notifications = n;
             }
+            cfg.secrets = local.secrets;
         }
         let path = if local_path.exists() {
             local_path

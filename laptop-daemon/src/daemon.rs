@@ -49,6 +49,8 @@ impl Embedded {
 pub enum DaemonError {
     #[error(transparent)]
     Repo(#[from] RepoError),
+    #[error("{0}")]
+    Secrets(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -184,6 +186,11 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
     let repo = Arc::new(Repo::discover(&opts.workdir)?);
     let workdir = repo.workdir().to_owned();
     let cfg = Config::load(&workdir)?;
+    // `[secrets]`: refused at start with the Secret and key named (never
+    // a value), as a configuration error is.
+    // Sent even when empty, so that removed ones go.
+    let secrets =
+        Some(crate::secrets::collect(&workdir, &cfg.secrets).map_err(DaemonError::Secrets)?);
     let state_dir = repo_state_dir(&opts.home, &workdir);
     // Private: it holds copies of worktree files (sent blobs, the
     // embedded receiver's store) whatever their own modes.
@@ -290,6 +297,7 @@ pub async fn start(opts: Options) -> Result<Handle, DaemonError> {
             started,
             retry_on_start: opts.watch.then(|| live.clone()),
             boot_restart: boot_restart.clone(),
+            secrets: secrets.clone().map(|s| (live.clone(), s)),
         };
         tracker.spawn(events.run(events_rx));
         let status = status.clone();

@@ -25,6 +25,9 @@ pub struct EventsLoop {
     /// Notified by `devd retry`: the boot counts again from then if it
     /// had not brought every service up.
     pub boot_restart: Arc<Notify>,
+    /// `[secrets]` of devd.local.toml, sent to the receiver on each new
+    /// event stream (each connection): the connection and the Secrets.
+    pub secrets: Option<(Live, Vec<devd_protocol::message::Secret>)>,
 }
 
 impl EventsLoop {
@@ -67,6 +70,9 @@ impl EventsLoop {
                     services = s;
                     live.clear();
                     stack_follows = true;
+                    if let Some((live, secrets)) = &self.secrets {
+                        send_secrets(live.clone(), secrets.clone());
+                    }
                     catalog_error = Some(e);
                     if let Some(live) = retry_on_start.take() {
                         retry_undeployed(live, &services);
@@ -128,6 +134,16 @@ impl EventsLoop {
             }
         }
     }
+}
+
+/// Send the Secrets of devd.local.toml to the receiver (in the background).
+fn send_secrets(live: Live, secrets: Vec<devd_protocol::message::Secret>) {
+    tokio::spawn(async move {
+        match requests::ask(&live, ClientMsg::Secrets { secrets }).await {
+            Ok(names) => tracing::debug!(?names, "secrets sent to the receiver"),
+            Err(e) => tracing::warn!(error = %e, "cannot send [secrets] to the receiver"),
+        }
+    });
 }
 
 /// The daemon just started: services the receiver reports pending (never

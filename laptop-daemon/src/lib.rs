@@ -54,6 +54,7 @@ pub mod repo;
 pub mod requests;
 pub mod scanner;
 pub mod schedule;
+pub mod secrets;
 pub mod status;
 pub mod status_view;
 pub mod transport;

@@ -159,6 +159,36 @@ pub enum ClientMsg {
     ExecInput { data: Vec<u8> },
     /// The terminal of an [`ClientMsg::Exec`] with `tty` changed size.
     ExecResize(TermSize),
+    /// First and only message on a further stream: the Secrets of this
+    /// laptop's `devd.local.toml` (`[secrets]`), which the repository's
+    /// manifests may reference by name. They replace the ones sent before
+    /// (an empty list removes them). Answered with [`ServerMsg::Done`]
+    /// naming them. The values never enter git, logs or the status.
+    Secrets { secrets: Vec<Secret> },
+}
+
+/// One Secret from `devd.local.toml`: its name and its keys' values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    pub data: Vec<(String, Vec<u8>)>,
+}
+
+/// Names and keys only: a value must never reach a log line.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field(
+                "keys",
+                &self
+                    .data
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A terminal's size in character cells.
@@ -260,4 +290,20 @@ pub enum ServerMsg {
     /// stands: sent after each apply, and after the [`ServerMsg::Services`]
     /// snapshot when the catalog has `[deploy]`.
     Stack(crate::event::StackStatus),
+}
+
+#[cfg(test)]
+mod secret_tests {
+    #[test]
+    fn a_secret_prints_no_value() {
+        let s = super::Secret {
+            name: "db".into(),
+            data: vec![("password".into(), b"hunter2".to_vec())],
+        };
+        let text = format!("{:?}", super::ClientMsg::Secrets { secrets: vec![s] });
+        assert!(
+            text.contains("password") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
 }

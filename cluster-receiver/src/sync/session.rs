@@ -486,6 +486,13 @@ async fn side_stream(
             command,
             tty,
         } => super::exec::serve(io, ws, &service, command, tty, cancel).await,
+        ClientMsg::Secrets { secrets } => {
+            let answer = match ws.pipeline() {
+                None => Ok(Vec::new()),
+                Some(p) => p.set_secrets(secrets),
+            };
+            answer_done(io, answer).await;
+        }
         ClientMsg::Remove => {
             let answer = match ws.pipeline() {
                 None => Ok(Vec::new()),
@@ -494,7 +501,8 @@ async fn side_stream(
             answer_done(io, answer).await;
         }
         _ => {
-            let m = "a further stream must start with Subscribe, Logs, Retry, Remove or Exec";
+            let m =
+                "a further stream must start with Subscribe, Logs, Retry, Remove, Exec or Secrets";
             reject(io, None, Reject::new(ErrorCode::Malformed, m)).await;
         }
     }

@@ -52,13 +52,11 @@ pub(super) async fn run(
                 .join(", ")
         );
     }
-    let namespace = match namespace {
-        Some(n) => n,
-        None => crate::config::Config::load(&root)?
-            .receiver
-            .workspace
-            .unwrap_or_else(|| "local".into()),
-    };
+    let cfg = crate::config::Config::load(&root)?;
+    let namespace = namespace
+        .or_else(|| cfg.receiver.workspace.clone())
+        .unwrap_or_else(|| "local".into());
+    let secrets = crate::secrets::collect(&root, &cfg.secrets).map_err(anyhow::Error::msg)?;
     // The tag each image gets: its context digest, as the receiver computes it.
     let scratch = tempfile::Builder::new()
         .prefix("devd-render-")
@@ -102,6 +100,38 @@ pub(super) async fn run(
         );
         keys
     });
+    // devd.local.toml's [secrets], as the receiver adds them, without
+    // their values.
+    let mut rendered = rendered;
+    for secret in &secrets {
+        rendered
+            .objects
+            .retain(|o| o.key() != format!("secret/{}", secret.name));
+        let keys: serde_json::Map<String, serde_json::Value> = secret
+            .data
+            .iter()
+            .map(|(k, _)| (k.clone(), "".into()))
+            .collect();
+        rendered.objects.push(devd_receiver::build::backend::stack::StackObject {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            name: secret.name.clone(),
+            namespace: Some(namespace.clone()),
+            source: "devd.local.toml [secrets]".into(),
+            body: serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": secret.name,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/managed-by": "devd"},
+                    "annotations": {"devd.dev/values": "from devd.local.toml [secrets]; not shown"},
+                },
+                "type": "Opaque",
+                "data": keys,
+            }),
+        });
+    }
     let objects: Vec<&serde_json::Value> = rendered
         .objects
         .iter()

@@ -420,6 +420,7 @@ impl Receiver {
                     | ClientMsg::Retry { .. }
                     | ClientMsg::Remove
                     | ClientMsg::Exec { .. }
+                    | ClientMsg::Secrets { .. }
             )
         {
             self.state = State::SideStream;
@@ -524,7 +525,8 @@ impl Receiver {
             | ClientMsg::Remove
             | ClientMsg::Exec { .. }
             | ClientMsg::ExecInput { .. }
-            | ClientMsg::ExecResize(_) => {
+            | ClientMsg::ExecResize(_)
+            | ClientMsg::Secrets { .. } => {
                 let m = "unexpected message outside of a blob request";
                 self.close_with(None, Reject::new(ErrorCode::Malformed, m));
             }

@@ -20,9 +20,10 @@
 
 use super::*;
 use crate::build::backend::Deployment;
-use crate::build::backend::stack::{Stack, StackReport, WorkloadState};
+use crate::build::backend::stack::{Stack, StackObject, StackReport, WorkloadState};
 use crate::build::render::{self, RenderError, Rendered};
 use devd_protocol::event::{StackStatus, WorkloadInfo};
+use devd_protocol::message::Secret;
 use std::path::Path;
 
 /// A render to run on the worktree while no generation is applied.
@@ -49,6 +50,45 @@ pub(super) struct StackState {
     pub(super) status: StackStatus,
     /// An apply was asked for since the receiver started.
     pub(super) asked: bool,
+    /// `[secrets]` of the laptop's devd.local.toml (`None`: not read from
+    /// `builds/secrets.json` yet).
+    pub(super) secrets: Option<Vec<Secret>>,
+}
+
+/// Where the laptop's Secrets are kept (0600, outside the worktree).
+const SECRETS_FILE: &str = "secrets.json";
+
+/// The Secret object of one `[secrets]` entry.
+fn secret_object(s: &Secret, namespace: &str) -> StackObject {
+    use base64::Engine;
+    let data: serde_json::Map<String, serde_json::Value> = s
+        .data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD.encode(v).into(),
+            )
+        })
+        .collect();
+    StackObject {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        name: s.name.clone(),
+        namespace: Some(namespace.to_owned()),
+        source: "devd.local.toml [secrets]".into(),
+        body: serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": s.name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "devd"},
+            },
+            "type": "Opaque",
+            "data": data,
+        }),
+    }
 }
 
 /// The kubectl that renders kustomizations (`DEVD_KUBECTL`, else
@@ -124,6 +164,53 @@ impl Pipeline {
         }
     }
 
+    /// The laptop's `[secrets]` (replacing those sent before): kept in
+    /// the workspace's `builds/secrets.json` (0600), applied with the
+    /// stack. A change applies the stack again. Returns their names.
+    pub fn set_secrets(self: &Arc<Self>, secrets: Vec<Secret>) -> Result<Vec<String>, String> {
+        let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let mut st = self.state.lock().expect("pipeline state");
+        let before = self.secrets_locked(&mut st);
+        if before == secrets {
+            return Ok(names);
+        }
+        let text = serde_json::to_vec(
+            &secrets
+                .iter()
+                .map(|s| (s.name.clone(), s.data.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| e.to_string())?;
+        devd_sync::fsutil::write_atomic(&self.dir.join(SECRETS_FILE), &text, Some(0o600))
+            .map_err(|e| format!("cannot keep the secrets: {e}"))?;
+        st.stack.secrets = Some(secrets);
+        if Self::stack_mode(&st) && st.stack.asked {
+            let trigger = Trigger {
+                generation: st.stack.status.generation,
+                since: Instant::now(),
+            };
+            self.queue_stack(&mut st, trigger);
+        }
+        Ok(names)
+    }
+
+    /// The Secrets, read from their file the first time.
+    fn secrets_locked(&self, st: &mut State) -> Vec<Secret> {
+        if st.stack.secrets.is_none() {
+            let kept: Vec<(String, Vec<(String, Vec<u8>)>)> =
+                std::fs::read(self.dir.join(SECRETS_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+            st.stack.secrets = Some(
+                kept.into_iter()
+                    .map(|(name, data)| Secret { name, data })
+                    .collect(),
+            );
+        }
+        st.stack.secrets.clone().unwrap_or_default()
+    }
+
     /// Deploy `service`'s new `image` by applying the stack with it: the
     /// URL of a Service that selects its pods, or why one of its
     /// workloads failed.
@@ -170,16 +257,17 @@ impl Pipeline {
         with: Option<(&str, &str)>,
     ) -> Result<(StackReport, Rendered), Failure> {
         let _one = self.stack_lock.lock().await;
-        let images = {
+        let (images, secrets) = {
             let mut st = self.state.lock().expect("pipeline state");
             if let Some((name, image)) = with {
                 st.stack.images.insert(name.to_owned(), image.to_owned());
             }
-            st.stack.images.clone()
+            (st.stack.images.clone(), self.secrets_locked(&mut st))
         };
         let namespace = self.backend.stack_namespace(&self.workspace);
         let job: RenderJob = {
             let images = images.clone();
+            let namespace = namespace.clone();
             Box::new(move |root: &Path| {
                 let catalog = Catalog::load(root).map_err(|e| RenderError::Invalid {
                     origin: devd_sync::catalog::FILE.into(),
@@ -212,6 +300,18 @@ impl Pipeline {
                 return Err(Failure::new(error));
             }
         };
+        // The laptop's Secrets, in place of any of the same name.
+        for s in &secrets {
+            let obj = secret_object(s, &namespace);
+            if let Some(i) = rendered.objects.iter().position(|o| o.key() == obj.key()) {
+                rendered.warnings.push(format!(
+                    "secret/{} of {} is replaced by the one in devd.local.toml [secrets]",
+                    s.name, rendered.objects[i].source
+                ));
+                rendered.objects.remove(i);
+            }
+            rendered.objects.push(obj);
+        }
         // Hold back workloads of services that have no image yet.
         let waiting: BTreeMap<String, Vec<String>> = rendered
             .runs
