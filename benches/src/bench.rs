@@ -50,11 +50,14 @@ pub enum Scenario {
     Boot,
     /// Save → served with live update vs an image build ([`crate::live`]).
     Live,
+    /// The repository's own manifests: render time, manifest-only edits
+    /// ([`crate::manifests`]).
+    Manifests,
 }
 
 impl Scenario {
     /// All, in the order the report shows them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Latency,
         Scenario::Bytes,
         Scenario::ColdStart,
@@ -64,12 +67,16 @@ impl Scenario {
         Scenario::Deploy,
         Scenario::Boot,
         Scenario::Live,
+        Scenario::Manifests,
     ];
 
     /// Does it run on the generated repository (with rsync baselines)?
     /// Scenarios 7 and 8 run on `examples/demo` (and its copies) instead.
     pub fn uses_generated_repo(self) -> bool {
-        !matches!(self, Scenario::Deploy | Scenario::Boot | Scenario::Live)
+        !matches!(
+            self,
+            Scenario::Deploy | Scenario::Boot | Scenario::Live | Scenario::Manifests
+        )
     }
 
     /// Key in `results.json` and the table.
@@ -84,6 +91,7 @@ impl Scenario {
             Scenario::Deploy => "7 save → deployed",
             Scenario::Boot => "8 fresh workspace boot",
             Scenario::Live => "9 save → served, live update",
+            Scenario::Manifests => "10 own manifests",
         }
     }
 }

@@ -12,6 +12,9 @@
 //!   `devd prebuild` in the registry.
 //! - [`live`]: scenario 9, save → served with live update against the
 //!   image build of the same service, same run.
+//! - [`manifests`]: scenario 10, `devd render` against `kubectl kustomize`,
+//!   and a manifest-only edit of `examples/stack` against a save that
+//!   builds, same run.
 //! - [`devd`]: driving the real `devd` binary with a private `DEVD_HOME`
 //!   (and a separate `devd-receiver`).
 //! - [`rsync`]: the rsync daemon baseline on 127.0.0.1.
@@ -30,6 +33,7 @@ pub mod boot;
 pub mod deploy;
 pub mod devd;
 pub mod live;
+pub mod manifests;
 pub mod repogen;
 pub mod report;
 pub mod results;

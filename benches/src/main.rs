@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use devd_benches::bench::{self, Bench, Config, Scenario};
-use devd_benches::{boot, deploy, live, report};
+use devd_benches::{boot, deploy, live, manifests, report};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,8 @@ enum Which {
     Boot,
     /// 9: save → served with live update vs an image build.
     Live,
+    /// 10: the repository's own manifests: render time, manifest-only edits.
+    Manifests,
 }
 
 /// devd end-to-end benchmarks, each with its baseline measured in the same run.
@@ -109,6 +111,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Deploy => [Scenario::Deploy].into(),
         Which::Boot => [Scenario::Boot].into(),
         Which::Live => [Scenario::Live].into(),
+        Which::Manifests => [Scenario::Manifests].into(),
     };
     let started = std::time::Instant::now();
     let devd_bin = match args.devd_bin {
@@ -174,6 +177,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if which.contains(&Scenario::Live) {
         live::check_tools(&cfg)?;
     }
+    if which.contains(&Scenario::Manifests) {
+        manifests::check_tools(&cfg)?;
+    }
     let mut results = if on_repo.is_empty() {
         bench::new_results(&cfg)
     } else {
@@ -187,6 +193,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if which.contains(&Scenario::Live) {
         live::run(&cfg, &mut results);
+    }
+    if which.contains(&Scenario::Manifests) {
+        manifests::run(&cfg, &mut results);
     }
     results.machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()

@@ -53,15 +53,17 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
     let m = &r.machine;
     let mut s = String::new();
     // Scenarios 1–6 run on the generated repository; 7 and 8 on the demo.
-    let has = |first: &[char]| {
+    // By the scenario's number (`10 …` is not `1 …`).
+    let has = |numbers: &[&str]| {
         r.rows
             .iter()
-            .any(|row| row.scenario.starts_with(|c| first.contains(&c)))
+            .any(|row| numbers.contains(&row.scenario.split(' ').next().unwrap_or_default()))
     };
-    let on_repo = has(&['1', '2', '3', '4', '5', '6']);
-    let deploy = has(&['7']);
-    let live = has(&['9']);
-    let boot = has(&['8']);
+    let on_repo = has(&["1", "2", "3", "4", "5", "6"]);
+    let deploy = has(&["7"]);
+    let live = has(&["9"]);
+    let boot = has(&["8"]);
+    let manifests = has(&["10"]);
     if on_repo {
         let _ = writeln!(
             s,
@@ -111,6 +113,10 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
     }
     if live {
         s.push_str(crate::live::NOTES);
+        s.push_str("\n\n");
+    }
+    if manifests {
+        s.push_str(crate::manifests::NOTES);
         s.push_str("\n\n");
     }
     s.push_str(&table(r));
