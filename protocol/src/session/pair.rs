@@ -635,6 +635,7 @@ pub(super) fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Exec { .. } => "Exec",
         ClientMsg::ExecInput { .. } => "ExecInput",
         ClientMsg::ExecResize(_) => "ExecResize",
+        ClientMsg::Secrets { .. } => "Secrets",
     }
 }
 

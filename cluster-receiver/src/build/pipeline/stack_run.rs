@@ -58,6 +58,9 @@ pub(super) struct StackState {
 /// Where the laptop's Secrets are kept (0600, outside the worktree).
 const SECRETS_FILE: &str = "secrets.json";
 
+/// How `secrets.json` holds them: name, then key and value bytes.
+type KeptSecrets = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// The Secret object of one `[secrets]` entry.
 fn secret_object(s: &Secret, namespace: &str) -> StackObject {
     use base64::Engine;
@@ -197,11 +200,10 @@ impl Pipeline {
     /// The Secrets, read from their file the first time.
     fn secrets_locked(&self, st: &mut State) -> Vec<Secret> {
         if st.stack.secrets.is_none() {
-            let kept: Vec<(String, Vec<(String, Vec<u8>)>)> =
-                std::fs::read(self.dir.join(SECRETS_FILE))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
+            let kept: KeptSecrets = std::fs::read(self.dir.join(SECRETS_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
             st.stack.secrets = Some(
                 kept.into_iter()
                     .map(|(name, data)| Secret { name, data })

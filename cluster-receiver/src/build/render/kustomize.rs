@@ -11,7 +11,7 @@
 //! from the worktree alone, as it was synced.
 
 use super::RenderError;
-use super::load::inside;
+use super::files::{MAX_FILE_BYTES, inside, read};
 use devd_protocol::RelPath;
 use std::path::Path;
 use std::time::Duration;
@@ -51,7 +51,7 @@ pub fn inputs(root: &Path, dir: &RelPath) -> Result<Vec<RelPath>, RenderError> {
             origin: d.to_string(),
             problem: e.to_string(),
         })?;
-        let text = super::load::read(root, &file)?;
+        let text = read(root, &file)?;
         let k: serde_json::Value =
             serde_saphyr::from_str(&text).map_err(|e| RenderError::Yaml {
                 file: file.to_string(),
@@ -207,9 +207,7 @@ pub fn build(root: &Path, dir: &RelPath, kubectl: &Path) -> Result<String, Rende
     let mut stderr = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || {
         let mut b = Vec::new();
-        let _ = (&mut stdout)
-            .take(super::load::MAX_FILE_BYTES * 4)
-            .read_to_end(&mut b);
+        let _ = (&mut stdout).take(MAX_FILE_BYTES * 4).read_to_end(&mut b);
         b
     });
     let err = std::thread::spawn(move || {

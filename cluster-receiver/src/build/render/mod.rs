@@ -14,6 +14,7 @@
 //! Nothing else in an object changes. The same function serves the
 //! pipeline (what to apply) and `devd render` (what would be applied).
 
+pub mod files;
 pub mod images;
 pub mod kustomize;
 pub mod load;
