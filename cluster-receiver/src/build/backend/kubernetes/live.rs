@@ -116,6 +116,7 @@ impl KubernetesBackend {
     /// See the module docs.
     pub(super) async fn live(
         &self,
+        workspace: &str,
         service: &Service,
         update: &LiveUpdate,
     ) -> Result<usize, LiveError> {
@@ -124,8 +125,8 @@ impl KubernetesBackend {
                 "restart = \"container\" cannot keep the copied files in a cluster (kubelet starts a container again from its image): use restart = \"process\", or image builds".into(),
             ));
         }
-        let (pods, container) = self
-            .running_pods(service)
+        let pods = self
+            .running_pods(workspace, service)
             .await
             .map_err(LiveError::Failed)?;
         if pods.is_empty() {
@@ -165,7 +166,7 @@ impl KubernetesBackend {
                 log_tail: tail(&f.output, LOG_TAIL_LINES),
             })
         };
-        for pod in &pods {
+        for (pod, container) in &pods {
             if !deleted.is_empty() {
                 log(
                     &update.log,
@@ -176,7 +177,7 @@ impl KubernetesBackend {
                     .map(String::from)
                     .chain(deleted.iter().cloned())
                     .collect();
-                if let Err(f) = self.run_in(pod, &container, &argv, None, &update.log).await {
+                if let Err(f) = self.run_in(pod, container, &argv, None, &update.log).await {
                     return Err(missing_tool(pod, "rm", &f).unwrap_or_else(|| {
                         failed(
                             format!("cannot delete {} in pod {pod}", deleted.join(", ")),
@@ -195,7 +196,7 @@ impl KubernetesBackend {
                     .map(String::from)
                     .collect();
                 if let Err(f) = self
-                    .run_in(pod, &container, &argv, Some(tar.clone()), &update.log)
+                    .run_in(pod, container, &argv, Some(tar.clone()), &update.log)
                     .await
                 {
                     return Err(missing_tool(pod, "tar", &f)
@@ -204,7 +205,7 @@ impl KubernetesBackend {
             }
             for argv in &update.run {
                 log(&update.log, &format!("devd: pod {pod}: run {argv:?}\n"));
-                if let Err(f) = self.run_in(pod, &container, argv, None, &update.log).await {
+                if let Err(f) = self.run_in(pod, container, argv, None, &update.log).await {
                     return Err(failed(
                         format!("`{}` failed in pod {pod}", argv.join(" ")),
                         f,
@@ -222,7 +223,7 @@ impl KubernetesBackend {
                         .into_iter()
                         .map(String::from)
                         .collect();
-                    if let Err(f) = self.run_in(pod, &container, &argv, None, &update.log).await {
+                    if let Err(f) = self.run_in(pod, container, &argv, None, &update.log).await {
                         return Err(failed(format!("cannot signal PID 1 in pod {pod}"), f));
                     }
                 }
