@@ -265,12 +265,31 @@ impl KubernetesBackend {
                 continue;
             };
             let api: Api<DynamicObject> = self.dynamic(&res);
-            let list = api
+            let list = match api
                 .list(&ListParams::default().labels(&set.selector()))
                 .await
-                .map_err(|e| {
-                    object_failure("list", &format!("the stack's {gk} objects"), Some(&res), e)
-                })?;
+            {
+                Ok(list) => list,
+                // Not served (yet): a custom resource whose CRD this
+                // apply creates has no members; one whose CRD is gone
+                // has none devd can reach.
+                Err(e) if is_status(&e, 404) => {
+                    if !planned.iter().any(|p| &p.gk == gk) {
+                        warnings.push(format!(
+                            "the stack had objects of kind {gk}, which the cluster no longer serves: they are left as they are"
+                        ));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(object_failure(
+                        "list",
+                        &format!("the stack's {gk} objects"),
+                        Some(&res),
+                        e,
+                    ));
+                }
+            };
             // Checked here too: a server that ignored the selector must
             // not make devd prune what it did not apply.
             for o in list

@@ -192,12 +192,19 @@ async fn apply_creates_the_parent_then_every_object_crds_first_workloads_last() 
             ("/api/v1/namespaces/dev/secrets", "Secret"),
             ("/api/v1/namespaces/dev/services", "Service"),
             ("/apis/apps/v1/namespaces/dev/deployments", "Deployment"),
-            ("/apis/example.com/v1/namespaces/dev/widgets", "Widget"),
         ] {
             let c = api.next().await;
             c.expect(Method::GET, path, &[&member_query()]);
             c.ok(&list(kind, vec![]));
         }
+        // Widgets are not served before their CRD exists: no members.
+        let c = api.next().await;
+        c.expect(
+            Method::GET,
+            "/apis/example.com/v1/namespaces/dev/widgets",
+            &[&member_query()],
+        );
+        c.not_found();
         let c = api.next().await;
         c.expect(Method::GET, CRD_PATH, &[]);
         c.not_found();
