@@ -139,6 +139,12 @@ class Emulator(kmock.KubernetesEmulator):
 
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
+        content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
+        # What a server-side apply asks for, before admission changes it:
+        # a field admission sets is not the applier's.
+        applied = (json.loads(json.dumps(data))
+                   if data is not None and content_type.startswith("application/apply-patch")
+                   else None)
 
         if (
             action == enums.action.CREATE
@@ -157,7 +163,6 @@ class Emulator(kmock.KubernetesEmulator):
                  or (action == enums.action.UPDATE and self._existing(_key(request)) is None))
         ):
             self._default_ingress_class(data)
-        content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
 
         if action == enums.action.UPDATE and data is not None:
             existing = self._existing(_key(request))
@@ -175,8 +180,8 @@ class Emulator(kmock.KubernetesEmulator):
             elif existing is not None:
                 current = existing.raw
                 meta = data.setdefault("metadata", {})
-                if content_type.startswith("application/apply-patch") and request.subresource is None:
-                    _apply_managed_fields(current, data, request.params.get("fieldManager", ""))
+                if applied is not None and request.subresource is None:
+                    _apply_managed_fields(current, data, applied, request.params.get("fieldManager", ""))
                 meta["resourceVersion"] = str(next(_versions))
                 old_spec = current.get("spec")
                 if request.subresource is None and "spec" in data and data["spec"] != old_spec:
@@ -187,8 +192,8 @@ class Emulator(kmock.KubernetesEmulator):
 
         if action == enums.action.CREATE and data is not None:
             meta = data.setdefault("metadata", {})
-            if content_type.startswith("application/apply-patch"):
-                _apply_managed_fields({}, data, request.params.get("fieldManager", ""))
+            if applied is not None:
+                _apply_managed_fields({}, data, applied, request.params.get("fieldManager", ""))
             meta["resourceVersion"] = str(next(_versions))
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("generation", 1)
@@ -640,11 +645,12 @@ def _removals(old, new):
     return out
 
 
-def _apply_managed_fields(current, data, manager):
-    """Server-side apply by `manager` of `data` onto `current`: remove what
-    the manager applied before and no longer does (into `data`, as `None`s
-    the patch removes), and record what it applies now."""
-    applied = {k: v for k, v in data.items() if k not in ("apiVersion", "kind", "status")}
+def _apply_managed_fields(current, data, body, manager):
+    """Server-side apply by `manager` of `body` (as sent, `data` after
+    admission) onto `current`: remove what the manager applied before and
+    no longer does (into `data`, as `None`s the patch removes), and record
+    what it applies now."""
+    applied = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "status")}
     meta = applied.get("metadata") or {}
     applied["metadata"] = {k: v for k, v in meta.items()
                            if k not in ("name", "namespace", "resourceVersion", "managedFields")}
