@@ -217,9 +217,21 @@ struct Env {
 
 impl Env {
     fn apply(&self, objects: Vec<StackObject>) -> StackReport {
+        // The devd-built images, by service (a Deployment of each).
+        let images = objects
+            .iter()
+            .filter(|o| o.kind == "Deployment")
+            .filter_map(|o| {
+                let image =
+                    o.body["spec"]["template"]["spec"]["containers"][0]["image"].as_str()?;
+                image
+                    .starts_with(REGISTRY)
+                    .then(|| (o.name.clone(), image.to_owned()))
+            })
+            .collect();
         let stack = Stack {
             objects,
-            images: BTreeMap::new(),
+            images,
             runs: BTreeMap::new(),
             log: self.log.clone(),
         };
@@ -412,6 +424,44 @@ fn emulator_stack_applies_prunes_reports_failures_and_removes_only_its_own_objec
         .block_on(env.backend.running(WORKSPACE, &svc))
         .unwrap();
     assert_eq!(running.map(|r| r.image), Some(web_1.clone()));
+
+    // A restarted container of web's pod is web's start (live update
+    // copies its differences in again); postgres is no devd service.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let starts = env.rt.block_on(async {
+        let watch = env.backend.watch_starts(WORKSPACE, tx, Default::default());
+        let restart = async {
+            // The watcher's first look is its baseline.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for app in ["postgres", "web"] {
+                let pods = env
+                    .api::<Pod>()
+                    .list(&ListParams::default().labels(&format!("app={app}")))
+                    .await
+                    .unwrap();
+                let pod = &pods.items[0];
+                let mut status = serde_json::to_value(&pod.status).unwrap();
+                status["containerStatuses"][0]["restartCount"] = json!(1);
+                env.api::<Pod>()
+                    .patch_status(
+                        pod.metadata.name.as_deref().unwrap(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Some(s)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                got.push(s);
+            }
+            drop(rx);
+            got
+        };
+        tokio::join!(watch, restart).1
+    });
+    assert_eq!(starts, ["web"]);
 
     // 2. The same render again: nothing applied, nothing rolled.
     let web_generation = env.get::<Deployment>("web").unwrap().metadata.generation;

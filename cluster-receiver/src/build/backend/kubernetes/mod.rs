@@ -114,6 +114,10 @@ pub struct KubernetesBackend {
     shelf: Arc<ContextShelf>,
     credentials: HashMap<String, Credentials>,
     registries: Mutex<HashMap<String, Arc<RegistryClient>>>,
+    /// By workspace, the service each devd-built image of its last
+    /// applied stack is (image `repo@sha256:…` → service): how a pod of the
+    /// manifests that starts is known to run a service (live update).
+    stack_images: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 /// A failed API call as a build or deploy failure that says what to do.
@@ -162,6 +166,7 @@ impl KubernetesBackend {
             shelf,
             credentials,
             registries: Mutex::new(HashMap::new()),
+            stack_images: Mutex::new(HashMap::new()),
         })
     }
 

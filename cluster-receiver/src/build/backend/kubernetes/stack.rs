@@ -374,6 +374,7 @@ impl KubernetesBackend {
         let ns = self.s.namespace.clone();
         let set = ApplySet::new(workspace, &ns);
         let log = |text: &str| append_log(&stack.log, text);
+        self.remember_stack_images(workspace, &stack.images);
         let mut report = StackReport::default();
 
         // 1. Resolve and prepare everything before touching the cluster.
@@ -573,6 +574,7 @@ impl KubernetesBackend {
     /// See [`crate::build::backend::Backend::remove_stack`].
     pub(super) async fn remove_stack_in(&self, workspace: &str) -> Result<Vec<String>, Failure> {
         let set = ApplySet::new(workspace, &self.s.namespace);
+        self.remember_stack_images(workspace, &BTreeMap::new());
         let Some((_, kinds)) = self.stack_parent(&set).await? else {
             return Ok(Vec::new());
         };
