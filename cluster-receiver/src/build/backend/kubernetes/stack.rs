@@ -17,7 +17,9 @@
 //!    a member) is server-side applied (field manager `devd`, forced), in
 //!    [`rank`] order: CRDs first, waiting until a CRD is `Established`
 //!    before its custom resources, then what workloads use, then
-//!    workloads. An unchanged object is only logged (`unchanged`);
+//!    workloads. An unchanged object is only logged (`unchanged`). A Job
+//!    or Pod the API server cannot change in place (an immutable field: a
+//!    Job's pod template with a new image) is deleted and made anew;
 //! 4. only when every apply succeeded, members no longer in the render are
 //!    deleted (background propagation: a Deployment's pods go with it) and
 //!    the parent lists the render's group-kinds only;
@@ -67,6 +69,16 @@ const SERVICE_KINDS: &[(&str, &str)] = &[
     ("batch/v1", "Job"),
     ("v1", "Pod"),
 ];
+
+/// Kinds made anew when a change cannot be applied in place.
+const REPLACED_KINDS: &[&str] = &["Job", "Pod"];
+/// How long a replaced object may take to be gone.
+const REPLACE_WAIT: Duration = Duration::from_secs(90);
+
+/// The API server refused a change to an immutable field.
+fn immutable(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable"))
+}
 
 /// How long a CustomResourceDefinition may take to be `Established`.
 const CRD_WAIT: Duration = Duration::from_secs(60);
@@ -258,7 +270,9 @@ impl KubernetesBackend {
     ) -> Result<BTreeMap<(GroupKind, String), Member>, Failure> {
         let mut out = BTreeMap::new();
         for gk in kinds.iter().filter(|gk| !gk.is_crd()) {
-            let Some(res) = self.resolve_group_kind(gk, planned).await else {
+            let res = self.resolve_group_kind(gk, planned).await;
+            // Members are namespaced: nothing is ever listed cluster-wide.
+            let Some(res) = res.filter(|r| r.namespaced) else {
                 warnings.push(format!(
                     "the stack had objects of kind {gk}, which the cluster no longer serves: they are left as they are"
                 ));
@@ -317,9 +331,9 @@ impl KubernetesBackend {
     }
 
     /// Server-side apply one object, forced, as `devd`.
-    async fn apply_object(&self, p: &Planned<'_>) -> Result<(), Failure> {
+    async fn patch_object(&self, p: &Planned<'_>) -> Result<(), kube::Error> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let result = if p.gk.is_crd() {
+        if p.gk.is_crd() {
             let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
             crds.patch(&p.obj.name, &params, &Patch::Apply(&p.body))
                 .await
@@ -329,8 +343,53 @@ impl KubernetesBackend {
             api.patch(&p.obj.name, &params, &Patch::Apply(&p.body))
                 .await
                 .map(|_| ())
-        };
-        result.map_err(|e| object_failure("patch", &describe(p.obj), Some(&p.res), e))
+        }
+    }
+
+    /// Apply one object; a Job whose pod template changed, or a Pod whose
+    /// spec did, cannot be changed in place (the API server says the field
+    /// is immutable): it is deleted and made anew, as Skaffold does.
+    /// Whether it was replaced.
+    async fn apply_object(&self, p: &Planned<'_>) -> Result<bool, Failure> {
+        let failure = |e| object_failure("patch", &describe(p.obj), Some(&p.res), e);
+        match self.patch_object(p).await {
+            Ok(()) => Ok(false),
+            Err(e) if REPLACED_KINDS.contains(&p.obj.kind.as_str()) && immutable(&e) => {
+                tracing::info!(object = %p.obj.key(), "immutable: replacing it");
+                let api: Api<DynamicObject> = self.dynamic(&p.res);
+                match api.delete(&p.obj.name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => {
+                        return Err(object_failure("delete", &describe(p.obj), Some(&p.res), e));
+                    }
+                }
+                // Gone once its pods have terminated (a grace period).
+                let start = Instant::now();
+                let mut delay = Duration::from_millis(100).min(self.s.poll_interval);
+                loop {
+                    match api.get_opt(&p.obj.name).await {
+                        Ok(None) => break,
+                        Ok(Some(_)) if start.elapsed() < REPLACE_WAIT => {}
+                        Ok(Some(_)) => {
+                            return Err(Failure::new(format!(
+                                "{} was deleted to be made anew (a field of it is immutable), but it still exists after {}s",
+                                describe(p.obj),
+                                REPLACE_WAIT.as_secs()
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(object_failure("get", &describe(p.obj), Some(&p.res), e));
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.s.poll_interval);
+                }
+                self.patch_object(p).await.map_err(failure)?;
+                Ok(true)
+            }
+            Err(e) => Err(failure(e)),
+        }
     }
 
     /// Wait until CustomResourceDefinition `name` is `Established`.
@@ -417,6 +476,12 @@ impl KubernetesBackend {
             let res = self.resolve(o, &crd_names, &mut cache).await?;
             match (&o.namespace, res.namespaced) {
                 (Some(n), true) if *n == ns => {}
+                (None, true) => {
+                    return Err(Failure::new(format!(
+                        "{} has no namespace: the render puts every namespaced object into {ns}",
+                        describe(o)
+                    )));
+                }
                 (Some(n), true) => {
                     return Err(Failure::new(format!(
                         "{} is in namespace {n}: devd applies only into the workspace's namespace {ns}",
@@ -454,7 +519,7 @@ impl KubernetesBackend {
             .map(|p| p.gk.clone())
             .collect();
         let union: BTreeSet<GroupKind> = old.union(&new).cloned().collect();
-        if parent.is_none() || union != old {
+        if (parent.is_none() && !union.is_empty()) || (parent.is_some() && union != old) {
             self.apply_parent(&set, &union).await?;
         }
         let members = self
@@ -488,16 +553,19 @@ impl KubernetesBackend {
                 log(&format!("{key} unchanged"));
                 continue;
             }
-            if let Err(f) = self.apply_object(p).await {
-                log(&format!("{key} failed: {}", f.error));
-                return Err(f);
-            }
+            let replaced = match self.apply_object(p).await {
+                Ok(r) => r,
+                Err(f) => {
+                    log(&format!("{key} failed: {}", f.error));
+                    return Err(f);
+                }
+            };
             let line = format!(
                 "{key} {}",
-                if was.is_some() {
-                    "configured"
-                } else {
-                    "created"
+                match (replaced, was.is_some()) {
+                    (true, _) => "replaced",
+                    (false, true) => "configured",
+                    (false, false) => "created",
                 }
             );
             tracing::info!(workspace, object = %key, "applied");
@@ -544,6 +612,7 @@ impl KubernetesBackend {
             report.changes.push(line);
         }
         if new != union {
+            // (A parent listing no kinds stays: kubectl's does too.)
             self.apply_parent(&set, &new).await?;
         }
 
