@@ -69,8 +69,9 @@
 //! (an external service's Ingress and its URL), `exec` (`devd exec`
 //! through the pod exec API), `live` (live update through it),
 //! [`applyset`] (the stack's ApplySet, kinds and digests, pure), `stack`
-//! (applying, pruning and removing the stack; a service's workloads in
-//! it), `workloads` (how the stack's workloads stand, their pods),
+//! (applying, pruning and removing the stack), `stack_services` (a
+//! service's workloads and pods in it), `workloads` (how the stack's
+//! workloads stand, their pods),
 //! `request_shape_tests` and `stack_tests`, and
 //! this file: the backend.
 
@@ -84,6 +85,7 @@ pub mod objects;
 mod rollout;
 pub mod settings;
 mod stack;
+mod stack_services;
 pub mod state;
 mod workloads;
 
