@@ -48,9 +48,22 @@ need an API server to do:
   playing the Job or ReplicaSet controller turns the refusal into the
   FailedCreate event or ReplicaFailure condition a real controller writes.
 
-It stays what kmock is otherwise: patches merge naively (lists replaced),
-and no controller runs — the test sets Job and Deployment statuses and
-creates pods itself.
+- server-side apply keeps `metadata.managedFields` per field manager (the
+  `fieldManager` query; fieldsV1 of every map key, lists and scalars as
+  leaves): an apply removes the fields the same manager applied last time
+  and no longer applies (a label or an annotation dropped from a manifest
+  goes), as an API server does for fields one manager owns;
+- a CustomResourceDefinition created or applied is served at once (its
+  group, versions, plural, kind, scope) and reported `Established`, so its
+  custom resources can be applied next;
+- a delete collects the garbage: objects whose ownerReferences name the
+  deleted one are deleted too, and theirs (a Deployment's ReplicaSets and
+  their pods), unless `propagationPolicy` is `Orphan`.
+
+It stays what kmock is otherwise: patches merge naively (lists replaced;
+SSA does not merge lists by key, and fields other managers set are not
+tracked), and no controller runs — the test sets Job and Deployment
+statuses and creates pods itself.
 
 Usage: launcher.py [--port N]; prints "listening on http://127.0.0.1:PORT"
 on stdout once it accepts connections, and serves until SIGTERM/SIGINT.
@@ -126,6 +139,12 @@ class Emulator(kmock.KubernetesEmulator):
 
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
+        content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
+        # What a server-side apply asks for, before admission changes it:
+        # a field admission sets is not the applier's.
+        applied = (json.loads(json.dumps(data))
+                   if data is not None and content_type.startswith("application/apply-patch")
+                   else None)
 
         if (
             action == enums.action.CREATE
@@ -144,7 +163,6 @@ class Emulator(kmock.KubernetesEmulator):
                  or (action == enums.action.UPDATE and self._existing(_key(request)) is None))
         ):
             self._default_ingress_class(data)
-        content_type = {k.lower(): v for k, v in request.headers.items()}.get("content-type", "")
 
         if action == enums.action.UPDATE and data is not None:
             existing = self._existing(_key(request))
@@ -162,6 +180,8 @@ class Emulator(kmock.KubernetesEmulator):
             elif existing is not None:
                 current = existing.raw
                 meta = data.setdefault("metadata", {})
+                if applied is not None and request.subresource is None:
+                    _apply_managed_fields(current, data, applied, request.params.get("fieldManager", ""))
                 meta["resourceVersion"] = str(next(_versions))
                 old_spec = current.get("spec")
                 if request.subresource is None and "spec" in data and data["spec"] != old_spec:
@@ -172,6 +192,8 @@ class Emulator(kmock.KubernetesEmulator):
 
         if action == enums.action.CREATE and data is not None:
             meta = data.setdefault("metadata", {})
+            if applied is not None:
+                _apply_managed_fields({}, data, applied, request.params.get("fieldManager", ""))
             meta["resourceVersion"] = str(next(_versions))
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("generation", 1)
@@ -182,7 +204,51 @@ class Emulator(kmock.KubernetesEmulator):
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
 
+        if (
+            data is not None
+            and request.resource.plural == "customresourcedefinitions"
+            and request.subresource is None
+            and action in (enums.action.CREATE, enums.action.UPDATE)
+        ):
+            _register_crd(self, data)
+            data["status"] = {
+                "acceptedNames": (data.get("spec") or {}).get("names", {}),
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"},
+                ],
+            }
+
+        if action == enums.action.DELETE and request.name is not None and request.subresource is None:
+            gone = self._existing(_key(request))
+            uid = ((gone.raw.get("metadata") or {}).get("uid") if gone is not None else None)
+            policy = (data or {}).get("propagationPolicy") or request.params.get("propagationPolicy")
+            response = await super()._handle(request)
+            if uid and policy != "Orphan" and response.status < 300:
+                await self._collect_garbage({uid})
+            return response
+
         return await super()._handle(request)
+
+    async def _collect_garbage(self, uids):
+        """Delete the objects owned by `uids`, then theirs (the garbage
+        collector's background propagation)."""
+        while uids:
+            owned = []
+            for (resource, ns, name), obj in list(self.objects.items()):
+                if obj.deleted:
+                    continue
+                refs = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+                if any(r.get("uid") in uids for r in refs):
+                    owned.append((resource, ns, name, obj))
+            uids = set()
+            for resource, ns, name, obj in owned:
+                uids.add((obj.raw.get("metadata") or {}).get("uid"))
+                raw = obj.raw
+                async with self._lock:
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+            uids.discard(None)
 
     async def _render_error(self, exc):
         # A real API server's reasons, which clients match on (kube-rs'
@@ -535,6 +601,83 @@ def _pod_security(spec, level):
     return out
 
 
+def _register_crd(emulator, doc):
+    """Serve the custom resources of CustomResourceDefinition `doc`."""
+    spec = doc.get("spec") or {}
+    names = spec.get("names") or {}
+    if not spec.get("group") or not names.get("plural") or not names.get("kind"):
+        return
+    for version in spec.get("versions") or []:
+        if not version.get("served", True):
+            continue
+        emulator.resources[(spec["group"], version["name"], names["plural"])] = {
+            "kind": names["kind"],
+            "singular": names.get("singular", names["kind"].lower()),
+            "namespaced": spec.get("scope", "Namespaced") == "Namespaced",
+            "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+            "shortnames": names.get("shortNames", []),
+            "categories": names.get("categories", []),
+            "subresources": sorted(version.get("subresources", {})),
+        }
+
+
+def _fields_v1(obj):
+    """The fieldsV1 of a body: every map key (`f:key`), nested maps
+    recursively; lists and scalars are leaves."""
+    out = {}
+    for k, v in obj.items():
+        out[f"f:{k}"] = _fields_v1(v) if isinstance(v, dict) and v else {}
+    return out
+
+
+def _removals(old, new):
+    """A patch of `None`s (kmock's removal) for the fields in fieldsV1
+    `old` and not in `new`."""
+    out = {}
+    for k, sub in old.items():
+        key = k[2:]
+        if k not in new:
+            out[key] = None
+        elif sub and new[k]:
+            nested = _removals(sub, new[k])
+            if nested:
+                out[key] = nested
+    return out
+
+
+def _apply_managed_fields(current, data, body, manager):
+    """Server-side apply by `manager` of `body` (as sent, `data` after
+    admission) onto `current`: remove what the manager applied before and
+    no longer does (into `data`, as `None`s the patch removes), and record
+    what it applies now."""
+    applied = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "status")}
+    meta = applied.get("metadata") or {}
+    applied["metadata"] = {k: v for k, v in meta.items()
+                           if k not in ("name", "namespace", "resourceVersion", "managedFields")}
+    fields = _fields_v1(applied)
+    entries = (current.get("metadata") or {}).get("managedFields") or []
+    before = next((e.get("fieldsV1") or {} for e in entries
+                   if e.get("manager") == manager and e.get("operation") == "Apply"), {})
+    removals = _removals(before, fields)
+    if removals:
+        _merge_missing(data, removals)
+    others = [e for e in entries if not (e.get("manager") == manager and e.get("operation") == "Apply")]
+    data.setdefault("metadata", {})["managedFields"] = others + [{
+        "manager": manager, "operation": "Apply", "apiVersion": data.get("apiVersion", ""),
+        "fieldsType": "FieldsV1", "fieldsV1": fields,
+    }]
+
+
+def _merge_missing(into, removals):
+    for k, v in removals.items():
+        if v is None:
+            into.setdefault(k, None)
+        elif isinstance(into.get(k), dict):
+            _merge_missing(into[k], v)
+        elif k not in into:
+            into[k] = v
+
+
 def _register_crds(emulator):
     import pathlib
 
@@ -549,19 +692,7 @@ def _register_crds(emulator):
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
-            spec, names = doc["spec"], doc["spec"]["names"]
-            for version in spec["versions"]:
-                if not version.get("served", True):
-                    continue
-                emulator.resources[(spec["group"], version["name"], names["plural"])] = {
-                    "kind": names["kind"],
-                    "singular": names.get("singular", names["kind"].lower()),
-                    "namespaced": spec["scope"] == "Namespaced",
-                    "verbs": ["create", "delete", "get", "list", "patch", "watch"],
-                    "shortnames": names.get("shortNames", []),
-                    "categories": names.get("categories", []),
-                    "subresources": sorted(version.get("subresources", {})),
-                }
+            _register_crd(emulator, doc)
 
 
 def _merge(into, changes):

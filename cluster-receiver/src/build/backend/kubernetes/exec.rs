@@ -40,11 +40,12 @@ impl KubernetesBackend {
     /// Run `req` in `service`'s container of its newest running pod.
     pub(super) async fn exec_in(
         &self,
+        workspace: &str,
         service: &Service,
         req: ExecRequest,
         io: ExecIo,
     ) -> Result<i32, Failure> {
-        let (pod, container) = self.service_pod(service, true).await?;
+        let (pod, container) = self.service_pod(workspace, service, true).await?;
         self.exec_in_pod(&pod, container, req, io).await
     }
 

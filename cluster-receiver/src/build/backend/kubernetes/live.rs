@@ -16,6 +16,9 @@
 //! a container whose restart count grew (kubelet restarted it, the pod
 //! was rescheduled), is reported once it runs, and the pipeline copies the
 //! whole live difference into it before reporting the service deployed.
+//! The pods of a stack (`[deploy]`) carry no devd labels: once one is
+//! applied, a pod is a service's when a container runs the image the
+//! stack gave that service.
 
 use super::KubernetesBackend;
 use super::names::LABEL_SERVICE;
@@ -116,6 +119,7 @@ impl KubernetesBackend {
     /// See the module docs.
     pub(super) async fn live(
         &self,
+        workspace: &str,
         service: &Service,
         update: &LiveUpdate,
     ) -> Result<usize, LiveError> {
@@ -124,8 +128,8 @@ impl KubernetesBackend {
                 "restart = \"container\" cannot keep the copied files in a cluster (kubelet starts a container again from its image): use restart = \"process\", or image builds".into(),
             ));
         }
-        let (pods, container) = self
-            .running_pods(service)
+        let pods = self
+            .running_pods(workspace, service)
             .await
             .map_err(LiveError::Failed)?;
         if pods.is_empty() {
@@ -165,7 +169,7 @@ impl KubernetesBackend {
                 log_tail: tail(&f.output, LOG_TAIL_LINES),
             })
         };
-        for pod in &pods {
+        for (pod, container) in &pods {
             if !deleted.is_empty() {
                 log(
                     &update.log,
@@ -176,7 +180,7 @@ impl KubernetesBackend {
                     .map(String::from)
                     .chain(deleted.iter().cloned())
                     .collect();
-                if let Err(f) = self.run_in(pod, &container, &argv, None, &update.log).await {
+                if let Err(f) = self.run_in(pod, container, &argv, None, &update.log).await {
                     return Err(missing_tool(pod, "rm", &f).unwrap_or_else(|| {
                         failed(
                             format!("cannot delete {} in pod {pod}", deleted.join(", ")),
@@ -195,7 +199,7 @@ impl KubernetesBackend {
                     .map(String::from)
                     .collect();
                 if let Err(f) = self
-                    .run_in(pod, &container, &argv, Some(tar.clone()), &update.log)
+                    .run_in(pod, container, &argv, Some(tar.clone()), &update.log)
                     .await
                 {
                     return Err(missing_tool(pod, "tar", &f)
@@ -204,7 +208,7 @@ impl KubernetesBackend {
             }
             for argv in &update.run {
                 log(&update.log, &format!("devd: pod {pod}: run {argv:?}\n"));
-                if let Err(f) = self.run_in(pod, &container, argv, None, &update.log).await {
+                if let Err(f) = self.run_in(pod, container, argv, None, &update.log).await {
                     return Err(failed(
                         format!("`{}` failed in pod {pod}", argv.join(" ")),
                         f,
@@ -222,7 +226,7 @@ impl KubernetesBackend {
                         .into_iter()
                         .map(String::from)
                         .collect();
-                    if let Err(f) = self.run_in(pod, &container, &argv, None, &update.log).await {
+                    if let Err(f) = self.run_in(pod, container, &argv, None, &update.log).await {
                         return Err(failed(format!("cannot signal PID 1 in pod {pod}"), f));
                     }
                 }
@@ -243,26 +247,35 @@ impl KubernetesBackend {
         cancel: CancellationToken,
     ) {
         let api: Api<Pod> = self.api();
-        let selector = format!(
-            "{}={}",
-            super::names::LABEL_WORKSPACE,
-            super::names::label_value(workspace)
-        );
+        let ws = super::names::label_value(workspace);
+        let selector = format!("{}={ws}", super::names::LABEL_WORKSPACE);
         // Pod uid → the restart counts of its running containers, as last seen.
         let mut seen: Option<HashMap<String, i32>> = None;
         loop {
-            if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+            // The pods of a stack ([deploy]) carry no devd labels: with
+            // one applied, every pod is looked at, by its images.
+            let images = self.stack_images_of(workspace);
+            let lp = match images.is_empty() {
+                true => ListParams::default().labels(&selector),
+                false => ListParams::default(),
+            };
+            if let Ok(list) = api.list(&lp).await {
                 let mut now = HashMap::new();
                 let mut starts = Vec::new();
                 for p in &list.items {
-                    let (Some(uid), Some(service)) = (
-                        p.metadata.uid.clone(),
-                        p.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(LABEL_SERVICE))
-                            .cloned(),
-                    ) else {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    let labelled = (labels.get(super::names::LABEL_WORKSPACE) == Some(&ws))
+                        .then(|| labels.get(LABEL_SERVICE).cloned())
+                        .flatten();
+                    let by_image = || {
+                        p.spec
+                            .iter()
+                            .flat_map(|s| &s.containers)
+                            .find_map(|c| images.get(c.image.as_deref()?).cloned())
+                    };
+                    let (Some(uid), Some(service)) =
+                        (p.metadata.uid.clone(), labelled.or_else(by_image))
+                    else {
                         continue;
                     };
                     let statuses = p
@@ -298,5 +311,25 @@ impl KubernetesBackend {
                 _ = tokio::time::sleep(self.s.poll_interval) => {}
             }
         }
+    }
+
+    /// Remember `images` (service → image) as `workspace`'s stack.
+    pub(super) fn remember_stack_images(
+        &self,
+        workspace: &str,
+        images: &std::collections::BTreeMap<String, String>,
+    ) {
+        let by_image = images
+            .iter()
+            .map(|(service, image)| (image.clone(), service.clone()))
+            .collect();
+        let mut map = self.stack_images.lock().expect("stack images");
+        map.insert(workspace.to_owned(), by_image);
+    }
+
+    /// `workspace`'s stack's images → their services.
+    fn stack_images_of(&self, workspace: &str) -> std::collections::BTreeMap<String, String> {
+        let map = self.stack_images.lock().expect("stack images");
+        map.get(workspace).cloned().unwrap_or_default()
     }
 }

@@ -50,6 +50,15 @@
 //!   that controller ([`ingress`]: a class-less Ingress in a cluster without
 //!   a default IngressClass fails within seconds, asking for one).
 //!
+//! Stack (`[deploy]`: the repository's own manifests, rendered): every
+//! object server-side applied as a member of one ApplySet per workspace
+//! (KEP-3659, as `kubectl apply --prune --applyset`), only what changed,
+//! CRDs first and workloads last; members that left the render pruned,
+//! never an object devd did not apply; the workloads that changed awaited
+//! and each reported ready or failed with its pod's reason. The services
+//! of such a catalog are found in the stack's workloads by their image
+//! (logs, exec, live update).
+//!
 //! Images are always referenced as `repo@sha256:…`.
 //!
 //! Files: [`settings`] (configuration and docker config), [`names`] (object
@@ -59,9 +68,14 @@
 //! `rollout` (applies and the rollout wait, a service's pods), [`ingress`]
 //! (an external service's Ingress and its URL), `exec` (`devd exec`
 //! through the pod exec API), `live` (live update through it),
-//! `request_shape_tests`, and
+//! [`applyset`] (the stack's ApplySet, kinds and digests, pure), `stack`
+//! (applying, pruning and removing the stack), `stack_services` (a
+//! service's workloads and pods in it), `workloads` (how the stack's
+//! workloads stand, their pods),
+//! `request_shape_tests` and `stack_tests`, and
 //! this file: the backend.
 
+pub mod applyset;
 mod exec;
 pub mod ingress;
 mod job;
@@ -70,7 +84,10 @@ pub mod names;
 pub mod objects;
 mod rollout;
 pub mod settings;
+mod stack;
+mod stack_services;
 pub mod state;
+mod workloads;
 
 pub use names::*;
 pub use settings::{BuildResources, DEFAULT_KANIKO_IMAGE, Settings, parse_docker_config};
@@ -86,7 +103,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
-use kube::api::{Api, LogParams};
+use kube::api::{Api, DynamicObject, LogParams};
 use state::terminated;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -99,6 +116,10 @@ pub struct KubernetesBackend {
     shelf: Arc<ContextShelf>,
     credentials: HashMap<String, Credentials>,
     registries: Mutex<HashMap<String, Arc<RegistryClient>>>,
+    /// By workspace, the service each devd-built image of its last
+    /// applied stack is (image `repo@sha256:…` → service): how a pod of the
+    /// manifests that starts is known to run a service (live update).
+    stack_images: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 /// A failed API call as a build or deploy failure that says what to do.
@@ -147,6 +168,7 @@ impl KubernetesBackend {
             shelf,
             credentials,
             registries: Mutex::new(HashMap::new()),
+            stack_images: Mutex::new(HashMap::new()),
         })
     }
 
@@ -161,6 +183,15 @@ impl KubernetesBackend {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.s.namespace)
+    }
+
+    /// The objects of `res` in the receiver's namespace (or cluster-wide).
+    fn dynamic(&self, res: &applyset::Resource) -> Api<DynamicObject> {
+        if res.namespaced {
+            Api::namespaced_with(self.client.clone(), &self.s.namespace, &res.ar)
+        } else {
+            Api::all_with(self.client.clone(), &res.ar)
+        }
     }
 
     fn registry_for(&self, repository: &str) -> Arc<RegistryClient> {
@@ -377,13 +408,13 @@ impl Backend for KubernetesBackend {
 
     async fn logs(
         &self,
-        _workspace: &str,
+        workspace: &str,
         service: &Service,
         follow: bool,
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Failure> {
         use tokio_util::compat::FuturesAsyncReadCompatExt;
-        let (pod, container) = self.service_pod(service, false).await?;
+        let (pod, container) = self.service_pod(workspace, service, false).await?;
         let pods: Api<Pod> = self.api();
         let params = LogParams {
             container: Some(container),
@@ -405,11 +436,11 @@ impl Backend for KubernetesBackend {
 
     async fn live_update(
         &self,
-        _workspace: &str,
+        workspace: &str,
         service: &Service,
         update: &super::LiveUpdate,
     ) -> Result<usize, super::LiveError> {
-        self.live(service, update).await
+        self.live(workspace, service, update).await
     }
 
     async fn watch_starts(
@@ -423,12 +454,12 @@ impl Backend for KubernetesBackend {
 
     async fn exec(
         &self,
-        _workspace: &str,
+        workspace: &str,
         service: &Service,
         req: super::exec::ExecRequest,
         io: super::exec::ExecIo,
     ) -> Result<i32, Failure> {
-        self.exec_in(service, req, io).await
+        self.exec_in(workspace, service, req, io).await
     }
 
     async fn running(
@@ -443,8 +474,15 @@ impl Backend for KubernetesBackend {
                 ..
             } => (deployment.as_str(), container.as_str()),
             Run::Spec(_) => (service.name.as_str(), service.name.as_str()),
-            // The stack's apply reports what runs.
-            Run::Manifests => return Ok(None),
+            // The image of the manifests' workload that runs it; its URL
+            // is the stack's (a Service of the manifests), not the
+            // service's.
+            Run::Manifests => {
+                return Ok(self
+                    .manifest_image(workspace, service)
+                    .await?
+                    .map(|image| RunningService { image, url: None }));
+            }
         };
         let api: Api<Deployment> = self.api();
         let d = api
@@ -483,6 +521,24 @@ impl Backend for KubernetesBackend {
         Ok(removed)
     }
 
+    fn supports_stack(&self) -> bool {
+        true
+    }
+
+    /// The rendered manifests as one ApplySet ([`stack`]).
+    async fn apply_stack(
+        &self,
+        workspace: &str,
+        stack: &super::stack::Stack,
+    ) -> Result<super::stack::StackReport, Failure> {
+        self.apply_stack_in(workspace, stack).await
+    }
+
+    /// Every object of the workspace's ApplySet, then its parent.
+    async fn remove_stack(&self, workspace: &str) -> Result<Vec<String>, Failure> {
+        self.remove_stack_in(workspace).await
+    }
+
     /// Every build of the workspace becomes a DevBuild resource
     /// ([`super::devbuild`]), written by a task beside the pipeline that
     /// ends when the pipeline is gone or the receiver shuts down.
@@ -517,3 +573,5 @@ impl Backend for KubernetesBackend {
 // `#[cfg(test)]`.
 #[cfg(test)]
 mod request_shape_tests;
+#[cfg(test)]
+mod stack_tests;

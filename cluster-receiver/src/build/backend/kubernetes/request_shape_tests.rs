@@ -14,13 +14,13 @@ const DIGEST: &str = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff0011223
 
 type Mock = crate::api_mock::ApiMock;
 
-struct Setup {
-    backend: Arc<KubernetesBackend>,
+pub(super) struct Setup {
+    pub(super) backend: Arc<KubernetesBackend>,
     shelf: Arc<ContextShelf>,
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
 }
 
-fn setup(adjust: impl FnOnce(&mut Settings)) -> (Setup, Mock) {
+pub(super) fn setup(adjust: impl FnOnce(&mut Settings)) -> (Setup, Mock) {
     let (client, mock) = Mock::pair();
     let dir = tempfile::tempdir().unwrap();
     let shelf = ContextShelf::new(&dir.path().join("shelf")).unwrap();
@@ -47,7 +47,7 @@ fn setup(adjust: impl FnOnce(&mut Settings)) -> (Setup, Mock) {
 /// server: it takes each request the call makes, in order, asserts on it and
 /// answers it. Returns what the call returned. Both run on the test's own
 /// task, so the call may borrow the test's values.
-async fn scripted<T>(
+pub(super) async fn scripted<T>(
     api: &mut Mock,
     call: impl Future<Output = T>,
     script: impl AsyncFnOnce(&mut Mock),

@@ -134,44 +134,50 @@ impl KubernetesBackend {
     }
 
     /// The pod of `service` to read logs from or run a command in, and its
-    /// container: the newest running pod of its Deployment (else, unless
-    /// `running_only`, the newest pod).
+    /// container: the newest running pod of its Deployment (of the
+    /// manifests' workloads that run its image, for `[deploy]`; else,
+    /// unless `running_only`, the newest pod.
     pub(super) async fn service_pod(
         &self,
+        workspace: &str,
         service: &Service,
         running_only: bool,
     ) -> Result<(String, String), Failure> {
-        let (pods, container, deployment) = self.service_pods(service).await?;
-        let newest_running = pods.iter().rev().find(|p| running(p));
+        let (pods, what) = self.service_pods(workspace, service).await?;
+        let newest_running = pods.iter().rev().find(|(p, _)| running(p));
         let pod = match running_only {
             true => newest_running,
             false => newest_running.or_else(|| pods.last()),
         };
-        let pod = pod.and_then(|p| p.metadata.name.clone()).ok_or_else(|| {
-            let what = if running_only { "running pods" } else { "pods" };
-            Failure::new(format!("Deployment {deployment} has no {what} (yet)"))
-        })?;
-        Ok((pod, container))
+        pod.and_then(|(p, c)| Some((p.metadata.name.clone()?, c.clone())))
+            .ok_or_else(|| {
+                let which = if running_only { "running pods" } else { "pods" };
+                Failure::new(format!("{what} has no {which} (yet)"))
+            })
     }
 
-    /// The running pods of `service`'s Deployment, oldest first, and the
-    /// service's container in them.
+    /// The running pods of `service`, oldest first, each with the
+    /// service's container in it.
     pub(super) async fn running_pods(
         &self,
+        workspace: &str,
         service: &Service,
-    ) -> Result<(Vec<String>, String), Failure> {
-        let (pods, container, _) = self.service_pods(service).await?;
-        let names = pods
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let (pods, _) = self.service_pods(workspace, service).await?;
+        Ok(pods
             .iter()
-            .filter(|p| running(p))
-            .filter_map(|p| p.metadata.name.clone())
-            .collect();
-        Ok((names, container))
+            .filter(|(p, _)| running(p))
+            .filter_map(|(p, c)| Some((p.metadata.name.clone()?, c.clone())))
+            .collect())
     }
 
-    /// The pods of `service`'s Deployment, oldest first; its container;
-    /// the Deployment's name.
-    async fn service_pods(&self, service: &Service) -> Result<(Vec<Pod>, String, String), Failure> {
+    /// The pods of `service`, oldest first, each with its container; what
+    /// runs them (`Deployment web`), for messages.
+    async fn service_pods(
+        &self,
+        workspace: &str,
+        service: &Service,
+    ) -> Result<(Vec<(Pod, String)>, String), Failure> {
         let (deployment, container) = match &service.run {
             Run::Existing {
                 deployment,
@@ -179,12 +185,7 @@ impl KubernetesBackend {
                 ..
             } => (deployment.clone(), container.clone()),
             Run::Spec(_) => (service.name.clone(), service.name.clone()),
-            Run::Manifests => {
-                return Err(Failure::new(format!(
-                    "service {} runs from the manifests ([deploy]): finding its pods there is not built yet",
-                    service.name
-                )));
-            }
+            Run::Manifests => return self.manifest_pods(workspace, service).await,
         };
         let d = self
             .api::<Deployment>()
@@ -202,7 +203,10 @@ impl KubernetesBackend {
             .await
             .map_err(|e| api_failure("listing pods", e))?;
         items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
-        Ok((items, container, deployment))
+        Ok((
+            items.into_iter().map(|p| (p, container.clone())).collect(),
+            format!("Deployment {deployment}"),
+        ))
     }
 
     /// A failed rollout, with the log tail of a new pod that does not come up.
