@@ -220,6 +220,19 @@ impl Pipeline {
         });
         p.reload_catalog();
         p.adopt().await;
+        // `[deploy]`: where the stack stands after a restart (an apply of
+        // unchanged objects changes nothing); skipped while nothing was
+        // ever synced.
+        {
+            let mut st = p.state.lock().expect("pipeline state");
+            if Self::stack_mode(&st) {
+                let trigger = Trigger {
+                    generation: 0,
+                    since: Instant::now(),
+                };
+                p.queue_stack(&mut st, trigger);
+            }
+        }
         p
     }
 

@@ -288,7 +288,13 @@ impl Pipeline {
         let Some((generation, rendered)) = (self.render)(job).await else {
             return Err(Failure::new("the workspace is gone"));
         };
-        let generation = generation.unwrap_or(trigger.generation);
+        let Some(generation) = generation.or((trigger.generation > 0).then_some(trigger.generation))
+        else {
+            // Nothing synced yet (the receiver's start): the first
+            // generation renders.
+            self.state.lock().expect("pipeline state").stack.asked = false;
+            return Err(Failure::new("nothing synced yet"));
+        };
         let log = self.dir.join("stack.log");
         let mut rendered = match rendered {
             Ok(r) => r,
