@@ -1,0 +1,246 @@
+//! The podman objects of a stack, one command each: the workspace's
+//! network, pods, images, secrets and volumes, and the play itself.
+
+use super::super::{LocalBackend, run};
+use super::{StackState, log, plan};
+use crate::build::backend::Failure;
+use crate::build::backend::podman::{PodmanSetup, clause};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+impl LocalBackend {
+    /// Remove a pod at once (`-t 0`); podman sometimes refuses while a
+    /// container is still stopping: try again.
+    pub(super) async fn remove_pod(&self, setup: &PodmanSetup, pod: &str) -> Result<(), Failure> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut cmd = setup.command();
+            cmd.args(["pod", "rm", "-f", "-t", "0", pod])
+                .kill_on_drop(false);
+            match run(cmd, "podman", None).await {
+                Ok(_) => return Ok(()),
+                Err(f) if f.log_tail.iter().any(|l| l.contains("no pod with name")) => {
+                    return Ok(());
+                }
+                Err(f) => last = Some(f),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(last.unwrap_or_else(|| Failure::new(format!("cannot remove pod {pod}"))))
+    }
+
+    /// The workspace's network, created if missing; its subnet into `st`.
+    pub(super) async fn ensure_network(
+        &self,
+        setup: &PodmanSetup,
+        workspace: &str,
+        st: &mut StackState,
+    ) -> Result<(), Failure> {
+        #[derive(serde::Deserialize)]
+        struct Net {
+            #[serde(default)]
+            subnets: Vec<Subnet>,
+            #[serde(default)]
+            labels: Option<BTreeMap<String, String>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Subnet {
+            subnet: String,
+        }
+        let name = self.stack_network(workspace);
+        let inspect = || {
+            let mut cmd = setup.command();
+            cmd.args(["network", "inspect", "--format", "json", &name]);
+            cmd
+        };
+        let found = match run(inspect(), "podman", None).await {
+            Ok(out) => serde_json::from_str::<Vec<Net>>(out.trim()).unwrap_or_default(),
+            Err(_) => {
+                let mut cmd = setup.command();
+                cmd.args(["network", "create"])
+                    .args(self.label_args(workspace))
+                    .arg(&name);
+                run(cmd, "podman", None).await.map_err(|f| Failure {
+                    error: format!("cannot create podman network {name}: {}", f.error),
+                    log_tail: f.log_tail,
+                })?;
+                let out = run(inspect(), "podman", None).await?;
+                serde_json::from_str::<Vec<Net>>(out.trim()).unwrap_or_default()
+            }
+        };
+        let net = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::new(format!("podman does not describe network {name}")))?;
+        let ours = net.labels.as_ref().is_some_and(|l| {
+            self.stack_labels(workspace)
+                .iter()
+                .all(|(k, v)| l.get(k) == Some(v))
+        });
+        if !ours {
+            return Err(Failure::new(format!(
+                "a podman network {name} exists that devd did not create: remove or rename it"
+            )));
+        }
+        let subnet = net
+            .subnets
+            .into_iter()
+            .map(|s| s.subnet)
+            .find(|s| s.contains('.'))
+            .ok_or_else(|| Failure::new(format!("podman network {name} has no IPv4 subnet")))?;
+        if st.subnet.as_deref() != Some(subnet.as_str()) {
+            st.ips.clear();
+        }
+        st.network = Some(name);
+        st.subnet = Some(subnet);
+        Ok(())
+    }
+
+    /// Make `image` present in local storage; the reason when it cannot be.
+    pub(super) async fn ensure_image(
+        &self,
+        setup: &PodmanSetup,
+        image: &str,
+        log_to: &Path,
+    ) -> Result<(), String> {
+        let mut cmd = setup.command();
+        cmd.args(["image", "exists", image]);
+        if run(cmd, "podman", None).await.is_ok() {
+            return Ok(());
+        }
+        if image.starts_with("localhost/") {
+            return Err(format!("image {image} is not in local storage"));
+        }
+        log(log_to, &format!("devd: pull {image}"));
+        let mut cmd = setup.command();
+        cmd.arg("pull");
+        if let Some(f) = self.tls_flag() {
+            cmd.arg(f);
+        }
+        cmd.arg(image);
+        run(cmd, "podman", Some(&log_to.to_path_buf()))
+            .await
+            .map(|_| ())
+            .map_err(|f| {
+                format!(
+                    "image {image} cannot be pulled: {}",
+                    clause(&f.log_tail.join("\n"))
+                )
+            })
+    }
+
+    /// Create (or replace) a podman secret with `data`, never logged.
+    pub(super) async fn put_secret(
+        &self,
+        setup: &PodmanSetup,
+        workspace: &str,
+        sp: &plan::SecretPlan,
+    ) -> Result<(), Failure> {
+        let mut rm = setup.command();
+        rm.args(["secret", "rm", &sp.name]);
+        let _ = run(rm, "podman", None).await;
+        let dir = self.cfg.state_dir.join("stack");
+        std::fs::create_dir_all(&dir).map_err(|e| Failure::new(e.to_string()))?;
+        let file =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| Failure::new(e.to_string()))?;
+        std::fs::write(file.path(), sp.data.as_bytes()).map_err(|e| Failure::new(e.to_string()))?;
+        let mut cmd = setup.command();
+        cmd.args(["secret", "create"])
+            .args(self.label_args(workspace))
+            .arg(&sp.name)
+            .arg(file.path());
+        run(cmd, "podman", None)
+            .await
+            .map(|_| ())
+            .map_err(|f| Failure {
+                error: format!("cannot create podman secret {}: {}", sp.name, f.error),
+                log_tail: f.log_tail,
+            })
+    }
+
+    /// Create a named volume (if missing) with devd's labels.
+    pub(super) async fn ensure_volume(
+        &self,
+        setup: &PodmanSetup,
+        workspace: &str,
+        name: &str,
+    ) -> Result<bool, Failure> {
+        let mut cmd = setup.command();
+        cmd.args(["volume", "exists", name]);
+        if run(cmd, "podman", None).await.is_ok() {
+            return Ok(false);
+        }
+        let mut cmd = setup.command();
+        cmd.args(["volume", "create"])
+            .args(self.label_args(workspace))
+            .arg(name);
+        run(cmd, "podman", None).await?;
+        Ok(true)
+    }
+
+    /// A volume holding `v`'s files.
+    pub(super) async fn fill_volume(
+        &self,
+        setup: &PodmanSetup,
+        workspace: &str,
+        v: &plan::VolumeFiles,
+    ) -> Result<(), Failure> {
+        self.ensure_volume(setup, workspace, &v.name).await?;
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, mode) in &v.files {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(*mode);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, data.as_slice())
+                .map_err(|e| Failure::new(e.to_string()))?;
+        }
+        let tar = b.into_inner().map_err(|e| Failure::new(e.to_string()))?;
+        let dir = self.cfg.state_dir.join("stack");
+        let file = tempfile::Builder::new()
+            .suffix(".tar")
+            .tempfile_in(&dir)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        std::fs::write(file.path(), tar).map_err(|e| Failure::new(e.to_string()))?;
+        let mut cmd = setup.command();
+        cmd.args(["volume", "import", &v.name]).arg(file.path());
+        run(cmd, "podman", None).await.map(|_| ())
+    }
+
+    /// `podman kube play` of one pod's document on the workspace's
+    /// network at its address.
+    pub(super) async fn play(
+        &self,
+        setup: &PodmanSetup,
+        conf: Option<&Path>,
+        network: &str,
+        pod: &plan::PodPlan,
+        log_to: &Path,
+    ) -> Result<(), Failure> {
+        let dir = self.cfg.state_dir.join("stack").join("played");
+        std::fs::create_dir_all(&dir).map_err(|e| Failure::new(e.to_string()))?;
+        let file = dir.join(format!("{}.json", pod.name));
+        std::fs::write(&file, &pod.doc).map_err(|e| Failure::new(e.to_string()))?;
+        let mut cmd = setup.command();
+        if let Some(c) = conf {
+            cmd.env("CONTAINERS_CONF", c);
+        }
+        cmd.args(["kube", "play", "--network", network, "--ip"])
+            .arg(pod.ip.to_string())
+            .arg(&file);
+        log(
+            log_to,
+            &format!("devd: podman kube play {} ({})", pod.name, pod.workload),
+        );
+        run(cmd, "podman", Some(&log_to.to_path_buf())).await.map(|_| ()).map_err(|f| {
+            let all = f.log_tail.join("\n");
+            let error = if all.contains("catatonit") {
+                "podman cannot make the pods' pause container: install catatonit (Debian/Ubuntu: `sudo apt-get install catatonit`)".to_owned()
+            } else {
+                format!("podman kube play failed: {}", clause(&all))
+            };
+            Failure { error, log_tail: f.log_tail }
+        })
+    }
+}
