@@ -201,6 +201,7 @@ impl LocalBackend {
         let mut failed: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
         let mut verbs: BTreeMap<String, &str> = BTreeMap::new();
         let mut images: BTreeMap<String, Result<(), String>> = BTreeMap::new();
+        let mut replayed: BTreeSet<String> = BTreeSet::new();
         for pod in &plan.pods {
             let present = existing.contains_key(&pod.name);
             let same = st.pods.get(&pod.name).is_some_and(|p| p.hash == pod.hash);
@@ -239,6 +240,7 @@ impl LocalBackend {
                 self.remove_pod(&setup, &pod.name).await?;
             }
             st.pods.remove(&pod.name);
+            replayed.insert(pod.name.clone());
             match self
                 .play(&setup, conf.as_deref(), &network, pod, &stack.log)
                 .await
@@ -263,6 +265,30 @@ impl LocalBackend {
                         .or_insert((f.error, f.log_tail));
                 }
             }
+        }
+        // The Services changed: the pods not played now learn it.
+        if st.aliases != plan.aliases {
+            for pod in &plan.pods {
+                let played = st.pods.get(&pod.name).is_some_and(|p| p.hash == pod.hash);
+                if existing.contains_key(&pod.name) && played && !replayed.contains(&pod.name) {
+                    match self
+                        .rewrite_hosts(&setup, &pod.name, &st.aliases, &plan.aliases)
+                        .await
+                    {
+                        Ok(()) => log(
+                            &stack.log,
+                            &format!(
+                                "devd: /etc/hosts of pod {} names the Services anew",
+                                pod.name
+                            ),
+                        ),
+                        Err(f) => {
+                            tracing::warn!(pod = %pod.name, error = %f, "cannot update the pod's /etc/hosts")
+                        }
+                    }
+                }
+            }
+            st.aliases = plan.aliases.clone();
         }
         for (w, verb) in &verbs {
             report.changes.push(format!("{w} {verb}"));
@@ -498,10 +524,26 @@ impl LocalBackend {
         let mut cmd = setup.command();
         cmd.args(["network", "exists", &network]);
         if run(cmd, "podman", None).await.is_ok() {
+            let bridge = self.network_bridge(&setup, &network).await;
             let mut cmd = setup.command();
             cmd.args(["network", "rm", &network]);
             run(cmd, "podman", None).await?;
             removed.push(format!("network {network}"));
+            // And CNI's address leases of it (host-local IPAM, rootful).
+            let leases = Path::new("/var/lib/cni/networks").join(&network);
+            if leases.is_dir() {
+                let _ = std::fs::remove_dir_all(&leases);
+            }
+            // podman (CNI) leaves the network's bridge on the host.
+            if let Some(b) = bridge
+                && Path::new("/sys/class/net").join(&b).exists()
+            {
+                let mut cmd = tokio::process::Command::new("ip");
+                cmd.args(["link", "delete", &b]);
+                if run(cmd, "ip", None).await.is_ok() {
+                    removed.push(format!("bridge {b}"));
+                }
+            }
         }
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("stack").join("played"));

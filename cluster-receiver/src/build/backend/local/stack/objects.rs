@@ -5,7 +5,8 @@ use super::super::{LocalBackend, run};
 use super::{StackState, log, plan};
 use crate::build::backend::Failure;
 use crate::build::backend::podman::{PodmanSetup, clause};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -226,8 +227,13 @@ impl LocalBackend {
         if let Some(c) = conf {
             cmd.env("CONTAINERS_CONF", c);
         }
+        // A fixed MAC with the fixed address: the host's and the other
+        // pods' neighbour caches stay right across a replay (a new MAC
+        // behind the same address is unreachable until they expire).
         cmd.args(["kube", "play", "--network", network, "--ip"])
             .arg(pod.ip.to_string())
+            .arg("--mac-address")
+            .arg(mac(pod.ip))
             .arg(&file);
         log(
             log_to,
@@ -242,5 +248,115 @@ impl LocalBackend {
             };
             Failure { error, log_tail: f.log_tail }
         })
+    }
+
+    /// The host interface of a (rootful, bridge) network, if any.
+    pub(super) async fn network_bridge(
+        &self,
+        setup: &PodmanSetup,
+        network: &str,
+    ) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Net {
+            #[serde(default)]
+            network_interface: Option<String>,
+        }
+        let mut cmd = setup.command();
+        cmd.args(["network", "inspect", "--format", "json", network]);
+        let out = run(cmd, "podman", None).await.ok()?;
+        let nets: Vec<Net> = serde_json::from_str(out.trim()).ok()?;
+        nets.into_iter()
+            .next()?
+            .network_interface
+            .filter(|i| !i.is_empty())
+    }
+
+    /// Rewrite the /etc/hosts of a running pod (its containers share the
+    /// infra container's file, bind-mounted: written in place) so that it
+    /// names the Services as `new` does instead of `old`.
+    pub(super) async fn rewrite_hosts(
+        &self,
+        setup: &PodmanSetup,
+        pod: &str,
+        old: &BTreeMap<Ipv4Addr, Vec<String>>,
+        new: &BTreeMap<Ipv4Addr, Vec<String>>,
+    ) -> Result<(), Failure> {
+        let mut cmd = setup.command();
+        cmd.args(["pod", "inspect", "--format", "{{.InfraContainerID}}", pod]);
+        let infra = run(cmd, "podman", None).await?;
+        let mut cmd = setup.command();
+        cmd.args(["inspect", "--format", "{{.HostsPath}}", infra.trim()]);
+        let path = run(cmd, "podman", None).await?;
+        let path = Path::new(path.trim());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?;
+        std::fs::write(path, hosts(&text, old, new))
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// A locally administered unicast MAC derived from `ip`.
+pub(super) fn mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:64:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// `text` (a hosts file, one name per line as podman writes it) without
+/// the lines of `old`'s names, with `new`'s first.
+pub(super) fn hosts(
+    text: &str,
+    old: &BTreeMap<Ipv4Addr, Vec<String>>,
+    new: &BTreeMap<Ipv4Addr, Vec<String>>,
+) -> String {
+    let names: BTreeSet<&str> = old
+        .values()
+        .chain(new.values())
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let mut out = String::new();
+    for (ip, names) in new {
+        for n in names {
+            out.push_str(&format!("{ip}\t{n}\n"));
+        }
+    }
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let ours = words
+            .next()
+            .is_some_and(|ip| ip.parse::<Ipv4Addr>().is_ok())
+            && words.clone().next().is_some()
+            && words.all(|w| names.contains(w));
+        if !ours {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_addresses() {
+        assert_eq!(mac(Ipv4Addr::new(10, 89, 3, 17)), "02:64:0a:59:03:11");
+    }
+
+    #[test]
+    fn hosts_lines_of_the_old_services_give_way_to_the_new() {
+        let text = "10.1.0.3\tdb\n10.1.0.3\tdb.ws\n127.0.0.1\tlocalhost\n10.1.0.1\thost.containers.internal\n10.1.0.2\tweb-0 abc-infra\n";
+        let ip = |n| Ipv4Addr::new(10, 1, 0, n);
+        let old = [(ip(3), vec!["db".to_owned(), "db.ws".to_owned()])].into();
+        let new = [
+            (ip(4), vec!["db".to_owned()]),
+            (ip(5), vec!["api".to_owned()]),
+        ]
+        .into();
+        assert_eq!(
+            hosts(text, &old, &new),
+            "10.1.0.4\tdb\n10.1.0.5\tapi\n127.0.0.1\tlocalhost\n10.1.0.1\thost.containers.internal\n10.1.0.2\tweb-0 abc-infra\n"
+        );
     }
 }

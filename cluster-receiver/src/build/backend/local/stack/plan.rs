@@ -24,8 +24,10 @@
 //! - `imagePullPolicy: IfNotPresent` (devd pulls what is missing first,
 //!   and a moving tag of a third-party image is not pulled at each play).
 //!
-//! Each pod has a hash over its document, its address and the Secrets it
-//! reads: a pod is played again exactly when its hash changes.
+//! Each pod has a hash over its document (less devd's aliases), its
+//! address and the Secrets it reads: a pod is played again exactly when
+//! its hash changes. When only the Services change, the running pods'
+//! /etc/hosts is rewritten in place instead.
 
 use crate::build::backend::stack::{Stack, StackObject, WorkloadState, WorkloadStatus};
 use base64::Engine as _;
@@ -106,6 +108,8 @@ pub(crate) struct Plan {
     /// Named volumes for PersistentVolumeClaims (kept across plays).
     pub(crate) claims: Vec<String>,
     pub(crate) routes: Vec<Route>,
+    /// What every pod's /etc/hosts says of the Services: names by address.
+    pub(crate) aliases: BTreeMap<Ipv4Addr, Vec<String>>,
     pub(crate) skipped: Vec<WorkloadStatus>,
     pub(crate) warnings: Vec<String>,
 }
@@ -209,14 +213,15 @@ pub(crate) fn plan(
     {
         route_service(svc, &mut drafts, &mut aliases, &mut plan);
     }
+    for names in aliases.values_mut() {
+        names.sort();
+        names.dedup();
+    }
     let host_aliases: Vec<Value> = aliases
-        .into_iter()
-        .map(|(ip, mut names)| {
-            names.sort();
-            names.dedup();
-            json!({"ip": ip.to_string(), "hostnames": names})
-        })
+        .iter()
+        .map(|(ip, names)| json!({"ip": ip.to_string(), "hostnames": names}))
         .collect();
+    plan.aliases = aliases;
 
     let mut secret_plans: BTreeMap<String, SecretPlan> = BTreeMap::new();
     let mut volumes: BTreeMap<String, VolumeFiles> = BTreeMap::new();
@@ -656,15 +661,6 @@ fn finish(
         }
     }
     if let Some(s) = spec.as_object_mut() {
-        let mut all = s
-            .get("hostAliases")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        all.extend(host_aliases.iter().cloned());
-        if !all.is_empty() {
-            s.insert("hostAliases".into(), Value::Array(all));
-        }
         s.entry("hostname").or_insert(Value::String(d.hostname));
     }
     let run_once = matches!(
@@ -706,7 +702,22 @@ fn finish(
     if let Some(a) = d.annotations {
         metadata["annotations"] = a;
     }
-    docs.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}));
+    // The hash leaves devd's aliases out: when the Services change, the
+    // running pods' /etc/hosts is rewritten instead of a replay.
+    let hashed_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec});
+    let mut pod = hashed_pod.clone();
+    if !host_aliases.is_empty() {
+        let mut all = spec
+            .get("hostAliases")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        all.extend(host_aliases.iter().cloned());
+        pod["spec"]["hostAliases"] = Value::Array(all);
+    }
+    let mut hashed = docs.clone();
+    hashed.push(hashed_pod);
+    docs.push(pod);
     let mut secret_hashes = Vec::new();
     for s in &used_secrets {
         match secrets.get(s.as_str()) {
@@ -733,7 +744,7 @@ fn finish(
     }
     secret_hashes.extend(volume_hashes);
     let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
-    let canon: Vec<String> = docs.iter().map(canonical).collect();
+    let canon: Vec<String> = hashed.iter().map(canonical).collect();
     let h = hash(&[
         &canon.join("\n"),
         &d.ip.to_string(),
@@ -990,6 +1001,16 @@ mod tests {
             "another image of the database changes only its pod"
         );
         assert_ne!(a[2], c[2]);
+        // Services change /etc/hosts, which is rewritten, not replayed.
+        let mut s = stack("hi", "postgres:16");
+        s.objects
+            .retain(|o| !(o.kind == "Service" && o.name == "db"));
+        let d = plan_of(&s);
+        assert_eq!(hashes(&d), a);
+        let full = plan_of(&stack("hi", "postgres:16"));
+        assert_ne!(d.aliases, full.aliases);
+        assert!(!docs(&d.pods[0])[1].to_string().contains("\"db.ws\""));
+        assert!(docs(&full.pods[0])[1].to_string().contains("\"db.ws\""));
     }
 
     #[test]

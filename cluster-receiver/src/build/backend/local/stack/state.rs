@@ -41,6 +41,9 @@ pub(crate) struct StackState {
     /// Every volume made for the stack (claims, ConfigMaps, secrets).
     #[serde(default)]
     pub(crate) volumes: BTreeSet<String>,
+    /// What the pods' /etc/hosts says of the Services.
+    #[serde(default)]
+    pub(crate) aliases: BTreeMap<Ipv4Addr, Vec<String>>,
     /// Services with a stable URL: the pod and address it forwards to.
     #[serde(default)]
     pub(crate) services: BTreeMap<String, (String, std::net::SocketAddr)>,

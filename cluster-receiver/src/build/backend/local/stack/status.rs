@@ -101,12 +101,23 @@ async fn look(setup: &PodmanSetup, check: &Check) -> Result<bool, (String, Strin
             all &= s.status == "running" || stopped;
             continue;
         }
-        if c.restarts >= RESTARTS {
+        if stopped && s.exit_code != 0 {
             return Err((
-                format!(
-                    "{name} keeps exiting (code {}, restarted {} times)",
-                    s.exit_code, c.restarts
-                ),
+                format!("{name} exited with code {}", s.exit_code),
+                name.clone(),
+            ));
+        }
+        if c.restarts >= RESTARTS {
+            // Restarted, its exit code is gone: catch it between two runs.
+            let code = exit_code(setup, name).await;
+            return Err((
+                match code {
+                    Some(code) => format!(
+                        "{name} exited with code {code} (restarted {} times)",
+                        c.restarts
+                    ),
+                    None => format!("{name} keeps exiting (restarted {} times)", c.restarts),
+                },
                 name.clone(),
             ));
         }
@@ -116,6 +127,24 @@ async fn look(setup: &PodmanSetup, check: &Check) -> Result<bool, (String, Strin
         all &= s.status == "running";
     }
     Ok(all)
+}
+
+/// The exit code of a container that podman keeps restarting, seen
+/// while it is down (within a second), if it is.
+async fn exit_code(setup: &PodmanSetup, name: &str) -> Option<i64> {
+    for _ in 0..50 {
+        let mut cmd = setup.command();
+        cmd.args(["container", "inspect", "--format", "json", name])
+            .stdin(Stdio::null());
+        let out = cmd.output().await.ok()?;
+        let list: Vec<Inspect> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let s = &list.first()?.state;
+        if matches!(s.status.as_str(), "exited" | "stopped") {
+            return Some(s.exit_code);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 async fn answers(addr: SocketAddr) -> bool {
