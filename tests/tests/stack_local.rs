@@ -48,6 +48,10 @@ fn in_child(test: &str, scenario: fn(&Path)) {
         return;
     }
     require_container_tools();
+    assert!(
+        devd_tests::process::find_program("catatonit").is_some(),
+        "podman makes the pods' pause container of catatonit: apt-get install catatonit (scripts/test.sh does)"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let cenv = ContainerEnv::new(root);
@@ -540,10 +544,71 @@ fn scenario(root: &Path) {
         let proxy_gone = http_get(&urls["api"]);
         assert!(proxy_gone.is_err(), "the api URL still answers: {proxy_gone:?}");
 
+        eprintln!("stack_local: {:>5.1}s kinds", t0.elapsed().as_secs_f64());
+        // The other workload kinds run as pods of their own: a Pod with an
+        // init container of a devd-built image, a StatefulSet with a claim
+        // template, a DaemonSet, a ReplicaSet, a Job that completes.
+        let busybox = "docker.io/library/busybox:stable";
+        let serve = |port: u16| json!(["sh", "-c", format!("mkdir -p /s && echo ok > /s/index.html && exec httpd -f -p {port} -h /s")]);
+        let template = |name: &str, spec: Value| json!({"metadata": {"labels": {"app": name}}, "spec": spec});
+        let mut kinds = s.clone();
+        kinds.objects.retain(|o| o.name != "broken" && o.name != "crash");
+        kinds.objects.extend([
+            object("k8s/kinds.yaml", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tools", "labels": {"app": "tools"}},
+                "spec": {"initContainers": [{"name": "init", "image": web2, "command": ["sh", "-c", "echo init done"]}],
+                         "containers": [{"name": "tools", "image": busybox, "command": serve(7000)}]}})),
+            object("k8s/kinds.yaml", json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "cache"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "cache"}}, "serviceName": "cache",
+                         "template": template("cache", json!({"containers": [{"name": "cache", "image": busybox,
+                             "command": ["sh", "-c", "date > /data/started && mkdir -p /s && echo ok > /s/index.html && exec httpd -f -p 6379 -h /s"],
+                             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]})),
+                         "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]}})),
+            object("k8s/kinds.yaml", json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+                "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                         "template": template("agent", json!({"containers": [{"name": "agent", "image": busybox, "command": serve(7100)}]}))}})),
+            object("k8s/kinds.yaml", json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "rs"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "rs"}},
+                         "template": template("rs", json!({"containers": [{"name": "rs", "image": busybox, "command": serve(7200)}]}))}})),
+            object("k8s/kinds.yaml", json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"},
+                "spec": {"template": template("migrate", json!({"restartPolicy": "Never",
+                    "containers": [{"name": "migrate", "image": busybox, "command": ["sh", "-c", "wget -qO- http://db:5432/ && echo migrated"]}]}))}})),
+            service("cache", 6379, 6379),
+        ]);
+        let r = b.apply_stack(WORKSPACE, &kinds).await.unwrap();
+        assert_ready(&r, &["deployment/web", "deployment/db", "pod/tools", "statefulset/cache", "daemonset/agent", "replicaset/rs", "job/migrate"]);
+        assert!(
+            r.changes.iter().any(|c| c == "deployment/crash deleted"),
+            "{:#?}",
+            r.changes
+        );
+        let pods = podman(&["pod", "ps", "--filter", &format!("label=dev.devd.workspace={WORKSPACE}"), "--format", "{{.Name}}"]);
+        let mut pods: Vec<&str> = pods.lines().map(|p| p.split_once("-ws-").unwrap().1).collect();
+        pods.sort();
+        assert_eq!(pods, ["agent-0", "cache-0", "db-0", "migrate-0", "rs-0", "rs-1", "tools", "web-0"]);
+        let migrate = podman(&["logs", &format!("{}-migrate", podman(&["pod", "ps", "--format", "{{.Name}}", "--filter", "name=migrate"]).trim())]);
+        assert_eq!(migrate.lines().collect::<Vec<_>>(), ["db-ok", "migrated"], "the Job ran to its end");
+        assert!(podman(&["volume", "ls", "--format", "{{.Name}}"]).lines().any(|v| v.ends_with("-ws-data-cache-0")));
+        let (code, out) = exec(&b, &web_svc, &["wget", "-qO-", "http://cache:6379/"]).await;
+        assert_eq!((code, out.trim()), (0, "ok"));
+        eprintln!("stack_local: {:>5.1}s kinds removed", t0.elapsed().as_secs_f64());
+        let r = b.apply_stack(WORKSPACE, &s).await.unwrap();
+        assert_ready(&r, &["deployment/web", "deployment/db"]);
+        for k in ["pod/tools", "statefulset/cache", "daemonset/agent", "replicaset/rs", "job/migrate"] {
+            assert!(r.changes.contains(&format!("{k} deleted")), "{k}: {:#?}", r.changes);
+        }
+        assert_eq!(
+            container_ids().keys().collect::<Vec<_>>(),
+            ["crash", "db", "web"],
+            "the pods of the kinds are gone"
+        );
+
         eprintln!("stack_local: {:>5.1}s stop", t0.elapsed().as_secs_f64());
         // devd stop: the pods go, the claim's data stays; the next apply
         // plays everything again.
-        let stopped = b.stop(WORKSPACE, &[web_svc.clone()]).await.unwrap();
+        let stopped = b
+            .stop(WORKSPACE, std::slice::from_ref(&web_svc))
+            .await
+            .unwrap();
         assert_eq!(stopped, ["web"]);
         assert!(container_ids().is_empty());
         let mut s2 = s.clone();

@@ -241,10 +241,31 @@ impl LocalBackend {
             }
             st.pods.remove(&pod.name);
             replayed.insert(pod.name.clone());
-            match self
+            let mut played = self
                 .play(&setup, conf.as_deref(), &network, pod, &stack.log)
-                .await
-            {
+                .await;
+            // podman 4.3 races with itself removing a finished init
+            // container ("failed to remove once init container … as it is
+            // running"): the pod is half made; make it again.
+            for _ in 0..2 {
+                match &played {
+                    Err(f) if f.error.contains("once init container") => {
+                        log(
+                            &stack.log,
+                            &format!(
+                                "devd: {}: podman's init container race, playing again",
+                                pod.name
+                            ),
+                        );
+                        self.remove_pod(&setup, &pod.name).await?;
+                        played = self
+                            .play(&setup, conf.as_deref(), &network, pod, &stack.log)
+                            .await;
+                    }
+                    _ => break,
+                }
+            }
+            match played {
                 Ok(()) => {
                     st.pods.insert(
                         pod.name.clone(),

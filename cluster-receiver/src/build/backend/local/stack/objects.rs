@@ -14,6 +14,12 @@ impl LocalBackend {
     /// Remove a pod at once (`-t 0`); podman sometimes refuses while a
     /// container is still stopping: try again.
     pub(super) async fn remove_pod(&self, setup: &PodmanSetup, pod: &str) -> Result<(), Failure> {
+        // `pod stop -t 0` then `pod rm`: `pod rm -f -t 0` alone takes
+        // seconds per pod in podman 4.3.
+        let mut stop = setup.command();
+        stop.args(["pod", "stop", "-t", "0", pod])
+            .kill_on_drop(false);
+        let _ = run(stop, "podman", None).await;
         let mut last = None;
         for _ in 0..5 {
             let mut cmd = setup.command();
