@@ -9,8 +9,8 @@ say "Checking tools (git, rsync, zstd, a C compiler for zstd/ring)"
 need_packages git rsync zstd gcc libc6-dev pkg-config
 need_rust
 
-say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image)"
-need_packages --no-recommends runc buildah podman docker-registry busybox-static
+say "Checking container tools (the build and deploy tests: buildah builds, podman runs with runc as crun fails on hybrid cgroups, docker-registry stores, busybox-static is the base image, catatonit is what podman makes pods' pause containers of)"
+need_packages --no-recommends runc buildah podman docker-registry busybox-static catatonit
 
 say "Checking desktop tools (the notification tests: a private dbus-daemon session bus, Xvfb as the display, dunst as the notification server; systemd's busctl watches the bus and runs dunstctl history)"
 need_packages --no-recommends dbus xvfb dunst systemd

@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 root=$PWD
 
-say "Checking tools (git, a C compiler; buildah, podman, runc and busybox-static for the local build backend; python3 to read devd's JSON)"
+say "Checking tools (git, a C compiler; buildah, podman, runc, catatonit (pods) and busybox-static for the local build backend; python3 to read devd's JSON)"
 need_packages git gcc libc6-dev python3 curl
-need_packages --no-recommends runc buildah podman busybox-static
+need_packages --no-recommends runc buildah podman busybox-static catatonit
 need_rust
 
 say "Building devd (release)"

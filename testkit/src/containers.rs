@@ -35,7 +35,7 @@ pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:stable";
 /// `golang-github-containers-common` with the CNI plugins and `iptables`,
 /// and `conmon` come as dependencies). `runc` is named because podman
 /// depends on `crun | runc` and crun fails on this kernel's hybrid cgroups.
-pub const CONTAINER_PACKAGES: &str = "runc buildah podman docker-registry busybox-static";
+pub const CONTAINER_PACKAGES: &str = "runc buildah podman docker-registry busybox-static catatonit";
 
 const BUSYBOX_BIN: &str = "/bin/busybox";
 

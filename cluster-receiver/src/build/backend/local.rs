@@ -46,6 +46,7 @@ use tokio::process::Command;
 mod down;
 mod exec;
 mod live;
+mod stack;
 mod steps;
 
 /// Label keys on every container devd runs.
@@ -421,11 +422,31 @@ impl Backend for LocalBackend {
     }
 
     async fn stop(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
-        self.stop_all(workspace, services).await
+        let mut stopped = self.stop_all(workspace, services).await?;
+        stopped.extend(self.stop_stack_services(workspace, services).await?);
+        Ok(stopped)
     }
 
     async fn remove(&self, workspace: &str, services: &[Service]) -> Result<Vec<String>, Failure> {
-        self.remove_all(workspace, services).await
+        let mut removed = self.remove_all(workspace, services).await?;
+        removed.extend(self.remove_stack_local(workspace).await?);
+        Ok(removed)
+    }
+
+    fn supports_stack(&self) -> bool {
+        true
+    }
+
+    async fn apply_stack(
+        &self,
+        workspace: &str,
+        stack: &super::stack::Stack,
+    ) -> Result<super::stack::StackReport, Failure> {
+        self.apply_stack_local(workspace, stack).await
+    }
+
+    async fn remove_stack(&self, workspace: &str) -> Result<Vec<String>, Failure> {
+        self.remove_stack_local(workspace).await
     }
 
     fn supports_live_update(&self) -> bool {
@@ -666,7 +687,7 @@ impl Backend for LocalBackend {
         follow: bool,
         out: tokio::sync::mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Failure> {
-        let list = self.containers(workspace, &service.name).await?;
+        let list = self.service_containers(workspace, service).await?;
         let Some((name, _, _)) = list
             .iter()
             .find(|(_, _, running)| *running)
@@ -710,7 +731,7 @@ impl Backend for LocalBackend {
         req: super::exec::ExecRequest,
         io: super::exec::ExecIo,
     ) -> Result<i32, Failure> {
-        self.exec_in(workspace, &service.name, req, io).await
+        self.exec_in(workspace, service, req, io).await
     }
 
     async fn running(
@@ -718,6 +739,9 @@ impl Backend for LocalBackend {
         workspace: &str,
         service: &Service,
     ) -> Result<Option<RunningService>, Failure> {
+        if service.run == Run::Manifests {
+            return self.stack_running(workspace, service).await;
+        }
         let list = self.containers(workspace, &service.name).await?;
         let Some((name, image, _)) = list.into_iter().find(|(_, _, running)| *running) else {
             return Ok(None);

@@ -23,14 +23,15 @@ impl LocalBackend {
     pub(super) async fn exec_in(
         &self,
         workspace: &str,
-        service: &str,
+        service: &devd_sync::catalog::Service,
         req: ExecRequest,
         io: ExecIo,
     ) -> Result<i32, Failure> {
-        let list = self.containers(workspace, service).await?;
+        let list = self.service_containers(workspace, service).await?;
         let Some((name, _, _)) = list.iter().find(|(_, _, running)| *running) else {
             return Err(Failure::new(format!(
-                "{service} has no running container (see `devd status`)"
+                "{} has no running container (see `devd status`)",
+                service.name
             )));
         };
         let mut cmd = self.podman().await?.command();

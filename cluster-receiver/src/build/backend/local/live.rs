@@ -65,7 +65,7 @@ impl LocalBackend {
     ) -> Result<usize, LiveError> {
         let name = &service.name;
         let running: Vec<String> = self
-            .containers(workspace, name)
+            .service_containers(workspace, service)
             .await
             .map_err(LiveError::Failed)?
             .into_iter()
