@@ -35,7 +35,7 @@ const WORKSPACE: &str = "ws";
 
 const WEB_DOCKERFILE: &str = r#"FROM docker.io/library/busybox:stable
 COPY version /version
-CMD ["sh", "-c", "echo web starting; mkdir -p /www && echo \"web $(cat /version) greeting=$GREETING pw=$PW user=$(cat /etc/creds/USER)\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
+CMD ["sh", "-c", "echo web starting; mkdir -p /www && echo \"web $(cat /version) greeting=$GREETING pw=$PW user=$(cat /etc/creds/USER) file=$(cat /etc/cfg/GREETING) env=$S_USER\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
 "#;
 const API_DOCKERFILE: &str = r#"FROM docker.io/library/busybox:stable
 CMD ["sh", "-c", "mkdir -p /www && echo api-ok > /www/index.html && exec httpd -f -p 9090 -h /www"]
@@ -234,11 +234,11 @@ fn demo(dir: &Path, web: &str, greeting: &str) -> Stack {
             json!({
                 "container": {
                     "ports": [{"name": "http", "containerPort": 8080}],
-                    "envFrom": [{"configMapRef": {"name": "web-config"}}],
+                    "envFrom": [{"configMapRef": {"name": "web-config"}}, {"secretRef": {"name": "web-secret"}, "prefix": "S_"}],
                     "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "web-secret", "key": "PASSWORD"}}}],
-                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}],
+                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}, {"name": "cfg", "mountPath": "/etc/cfg"}],
                 },
-                "volumes": [{"name": "creds", "secret": {"secretName": "web-secret"}}],
+                "volumes": [{"name": "creds", "secret": {"secretName": "web-secret"}}, {"name": "cfg", "configMap": {"name": "web-config"}}],
             }),
         ),
         deployment("api", &by_digest("localhost/demo/api:v1"), json!({})),
@@ -415,7 +415,7 @@ fn scenario(root: &Path) {
         for u in urls.values() {
             assert!(u.starts_with("http://127.0.0.1:"), "{u}");
         }
-        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
         assert_eq!(get(&urls["api"]).trim(), "api-ok");
         assert_eq!(get(&urls["db"]).trim(), "db-ok");
         let pods = podman(&["pod", "ps", "--filter", &format!("label=dev.devd.workspace={WORKSPACE}"), "--format", "{{.Name}} {{.Status}}"]);
@@ -475,7 +475,7 @@ fn scenario(root: &Path) {
         assert_ne!(ids1["web"], ids0["web"]);
         assert_eq!((&ids1["api"], &ids1["db"]), (&ids0["api"], &ids0["db"]));
         assert_eq!(r.urls, urls, "the URLs are stable");
-        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v1 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
 
         eprintln!("stack_local: {:>5.1}s configmap", t0.elapsed().as_secs_f64());
         // A ConfigMap edit replays the workload that reads it, no other.
@@ -485,7 +485,7 @@ fn scenario(root: &Path) {
         let ids2 = container_ids();
         assert_ne!(ids2["web"], ids1["web"]);
         assert_eq!((&ids2["api"], &ids2["db"]), (&ids0["api"], &ids0["db"]));
-        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app file=hello-v2 env=app");
 
         eprintln!("stack_local: {:>5.1}s restart", t0.elapsed().as_secs_f64());
         // A receiver restart (a new backend, same state): nothing replays,
@@ -543,6 +543,19 @@ fn scenario(root: &Path) {
         assert!(!hosts.contains("api"), "the running web pod still names api: {hosts}");
         let proxy_gone = http_get(&urls["api"]);
         assert!(proxy_gone.is_err(), "the api URL still answers: {proxy_gone:?}");
+
+        // A new version whose image cannot be had: the old one serves on.
+        let missing = "localhost/demo/web@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let mut m = s.clone();
+        for o in m.objects.iter_mut().filter(|o| o.kind == "Deployment" && o.name == "web") {
+            o.body["spec"]["template"]["spec"]["containers"][0]["image"] = json!(missing);
+        }
+        let r = b.apply_stack(WORKSPACE, &m).await.unwrap();
+        let web = state_of(&r, "deployment/web");
+        assert_eq!(web.state, WorkloadState::Failed, "{web:?}");
+        assert!(web.reason.as_deref().unwrap().ends_with("(the previous version keeps running)"), "{web:?}");
+        assert_eq!(container_ids()["web"], ids3["web"]);
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app file=hello-v2 env=app");
 
         eprintln!("stack_local: {:>5.1}s kinds", t0.elapsed().as_secs_f64());
         // The other workload kinds run as pods of their own: a Pod with an

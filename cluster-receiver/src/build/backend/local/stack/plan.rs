@@ -542,6 +542,7 @@ fn finish(
         };
         for c in list {
             let Some(c) = c.as_object_mut() else { continue };
+            expand_prefixed(c, configmaps, secrets);
             c.remove("ports");
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
                 for how in ["httpGet", "tcpSocket"] {
@@ -762,6 +763,69 @@ fn finish(
         ports: d.ports,
         volumes: cm_volumes,
         error,
+    }
+}
+
+/// podman 4.3 ignores an `envFrom` entry's `prefix`: such an entry
+/// becomes one `env` entry per key (before the container's own, which
+/// win as they do over `envFrom` in Kubernetes).
+fn expand_prefixed(
+    c: &mut Map<String, Value>,
+    configmaps: &BTreeMap<&str, &StackObject>,
+    secrets: &BTreeMap<&str, &StackObject>,
+) {
+    let Some(from) = c.get("envFrom").and_then(Value::as_array).cloned() else {
+        return;
+    };
+    let mut keep = Vec::new();
+    let mut env = Vec::new();
+    for e in from {
+        let p = e.get("prefix").and_then(Value::as_str).unwrap_or("");
+        let keys = |obj: &StackObject, secret: bool| -> Vec<String> {
+            if secret {
+                secret_bytes(obj).into_keys().collect()
+            } else {
+                ["data", "binaryData"]
+                    .iter()
+                    .filter_map(|k| obj.body.get(k).and_then(Value::as_object))
+                    .flat_map(|m| m.keys().cloned())
+                    .collect()
+            }
+        };
+        let found = [
+            ("configMapRef", "configMapKeyRef", false),
+            ("secretRef", "secretKeyRef", true),
+        ]
+        .into_iter()
+        .find_map(|(from, by_key, secret)| {
+            let name = e.pointer(&format!("/{from}/name"))?.as_str()?;
+            let obj = if secret {
+                secrets.get(name)
+            } else {
+                configmaps.get(name)
+            }?;
+            Some((name.to_owned(), by_key, keys(obj, secret)))
+        });
+        match found {
+            Some((name, by_key, keys)) if !p.is_empty() => {
+                for k in keys {
+                    env.push(json!({"name": format!("{p}{k}"), "valueFrom": {by_key: {"name": name, "key": k}}}));
+                }
+            }
+            _ => keep.push(e),
+        }
+    }
+    if env.is_empty() {
+        return;
+    }
+    if let Some(own) = c.get("env").and_then(Value::as_array) {
+        env.extend(own.iter().cloned());
+    }
+    c.insert("env".into(), Value::Array(env));
+    if keep.is_empty() {
+        c.remove("envFrom");
+    } else {
+        c.insert("envFrom".into(), Value::Array(keep));
     }
 }
 
@@ -1011,6 +1075,34 @@ mod tests {
         assert_ne!(d.aliases, full.aliases);
         assert!(!docs(&d.pods[0])[1].to_string().contains("\"db.ws\""));
         assert!(docs(&full.pods[0])[1].to_string().contains("\"db.ws\""));
+    }
+
+    #[test]
+    fn a_prefixed_env_from_becomes_env_entries() {
+        let mut s = stack("hi", "postgres:16");
+        let web = s.objects.iter_mut().find(|o| o.name == "web").unwrap();
+        web.body["spec"]["template"]["spec"]["containers"][0]["envFrom"] = json!([
+            {"configMapRef": {"name": "cfg"}, "prefix": "C_"},
+            {"secretRef": {"name": "pw"}},
+        ]);
+        let p = plan_of(&s);
+        let c = &docs(&p.pods[0])[1]["spec"]["containers"][0];
+        assert_eq!(
+            c["env"],
+            json!([
+                {"name": "C_GREETING", "valueFrom": {"configMapKeyRef": {"name": "devd-r-ws-cfg", "key": "GREETING"}}},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "devd-r-ws-pw", "key": "PASSWORD"}}},
+            ])
+        );
+        assert_eq!(
+            c["envFrom"],
+            json!([{"secretRef": {"name": "devd-r-ws-pw"}}])
+        );
+        assert_eq!(
+            docs(&p.pods[0])[0]["metadata"]["name"],
+            "devd-r-ws-cfg",
+            "still in the document"
+        );
     }
 
     #[test]
