@@ -53,6 +53,7 @@ use std::time::Duration;
 
 mod conf;
 mod objects;
+mod pieces;
 mod plan;
 mod state;
 mod status;
