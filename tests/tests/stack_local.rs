@@ -268,7 +268,11 @@ fn demo(dir: &Path, web: &str, greeting: &str) -> Stack {
     Stack {
         objects,
         images: BTreeMap::new(),
-        runs: BTreeMap::new(),
+        runs: [
+            ("api".to_owned(), vec!["deployment/api".to_owned()]),
+            ("web".to_owned(), vec!["deployment/web".to_owned()]),
+        ]
+        .into(),
         log: dir.join("stack.log"),
     }
 }
@@ -458,6 +462,24 @@ fn scenario(root: &Path) {
         assert_eq!(get(&format!("{}/live.html", urls["web"])).trim(), "live!");
 
         eprintln!("stack_local: {:>5.1}s same", t0.elapsed().as_secs_f64());
+        // A restart of a played container is told by its service's name
+        // (the pipeline applies the live changes again then).
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(8);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watch = b.watch_starts(WORKSPACE, started_tx, cancel.clone());
+        let restart = async {
+            // `podman events` needs a moment to start following.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let web = podman(&["ps", "--filter", "label=dev.devd.services=web", "--format", "{{.Names}}"]);
+            podman(&["restart", "-t", "0", web.trim()]);
+            let got = tokio::time::timeout(Duration::from_secs(30), started_rx.recv()).await;
+            cancel.cancel();
+            got
+        };
+        let ((), got) = tokio::join!(watch, restart);
+        assert_eq!(got.expect("no start seen within 30 s"), Some("web".to_owned()));
+        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
+
         // The same render again: nothing is played.
         let ids0 = container_ids();
         assert_eq!(ids0.keys().collect::<Vec<_>>(), ["api", "db", "web"], "{ids0:?}");

@@ -55,6 +55,8 @@ mod conf;
 mod objects;
 mod pieces;
 mod plan;
+
+pub(super) use plan::LABEL_SERVICES;
 mod state;
 mod status;
 

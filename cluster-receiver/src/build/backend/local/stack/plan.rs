@@ -41,6 +41,10 @@ use std::net::Ipv4Addr;
 
 /// Label on every pod devd plays: the workload (`deployment.web`).
 pub(crate) const LABEL_WORKLOAD: &str = "dev.devd.workload";
+/// Label on the pods of workloads that run devd-built images: those
+/// services, comma-separated (a container start tells which to re-apply
+/// live changes to).
+pub(crate) const LABEL_SERVICES: &str = "dev.devd.services";
 
 /// Gives each pod name an address on the workspace's network (the same
 /// one every time).
@@ -181,7 +185,13 @@ pub(crate) fn plan(
             }
             k if PLAYED.contains(&k) => {
                 plan.workloads.push(obj.key());
-                for d in drafts_of(obj, prefix, labels)? {
+                let services: Vec<&str> = stack
+                    .runs
+                    .iter()
+                    .filter(|(_, workloads)| workloads.contains(&obj.key()))
+                    .map(|(service, _)| service.as_str())
+                    .collect();
+                for d in drafts_of(obj, prefix, labels, &services)? {
                     let ip = addresses.address(&d.0).ok_or_else(|| {
                         format!(
                             "the workspace's network has no address left for {} (pod {})",
@@ -278,6 +288,7 @@ fn drafts_of(
     obj: &StackObject,
     prefix: &str,
     labels: &[(String, String)],
+    services: &[&str],
 ) -> Result<Vec<DraftParts>, String> {
     let body = &obj.body;
     let (meta, spec, replicas) = if obj.kind == "Pod" {
@@ -312,6 +323,9 @@ fn drafts_of(
         LABEL_WORKLOAD.to_owned(),
         Value::String(format!("{}.{}", obj.kind.to_ascii_lowercase(), obj.name)),
     );
+    if !services.is_empty() {
+        pod_labels.insert(LABEL_SERVICES.to_owned(), Value::String(services.join(",")));
+    }
     let annotations = meta.and_then(|m| m.get("annotations")).cloned();
     let base = format!("{prefix}{}", obj.name);
     let hostname = |s: String| {
@@ -726,7 +740,7 @@ mod tests {
         Stack {
             objects: objects.into_iter().map(obj).collect(),
             images: BTreeMap::new(),
-            runs: BTreeMap::new(),
+            runs: [("web".to_owned(), vec!["deployment/web".to_owned()])].into(),
             log: PathBuf::from("/dev/null"),
         }
     }
@@ -762,6 +776,12 @@ mod tests {
         assert_eq!(pod["metadata"]["labels"]["app"], "web");
         assert_eq!(pod["metadata"]["labels"]["dev.devd.workspace"], "ws");
         assert_eq!(pod["metadata"]["labels"][LABEL_WORKLOAD], "deployment.web");
+        assert_eq!(pod["metadata"]["labels"][LABEL_SERVICES], "web");
+        assert!(
+            docs(&p.pods[2])[0]["metadata"]["labels"]
+                .get(LABEL_SERVICES)
+                .is_none()
+        );
         let c = &pod["spec"]["containers"][0];
         assert!(
             c.get("ports").is_none(),
