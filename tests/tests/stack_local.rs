@@ -8,8 +8,7 @@
 //!
 //! The backend runs podman with the environment of the process, so each
 //! scenario runs in a child process of this test binary that gets the
-//! test's private storage (`ContainerEnv::env`, with a CNI configuration
-//! directory of its own so that the workspace's network is private too):
+//! test's private storage and network configuration (`ContainerEnv::env`):
 //! the parent builds the images, starts the child on the same test with
 //! [`CHILD`] set, and asserts that it passed.
 
@@ -79,52 +78,16 @@ fn in_child(test: &str, scenario: fn(&Path)) {
         )
         .assert_success();
     }
-    let cni = root.join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
-    let env = cenv
-        .env_with_engine(
-            "stack",
-            &format!("[network]\nnetwork_config_dir = \"{}\"", cni.display()),
-        )
-        .unwrap();
+    // The fixture's configuration keeps the workspace's network private
+    // (and removes it, with its bridge, if the scenario leaves it).
     let status = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD, root)
-        .envs(env.clone())
+        .envs(cenv.env())
         .status()
         .unwrap();
     if !status.success() {
         cenv.dump();
-    }
-    // What a failed scenario left: its pods (before the fixture removes
-    // the containers) and its networks (a bridge on the host each, and
-    // CNI's leases).
-    let leftover = |args: &[&str]| {
-        Command::new("podman")
-            .args(["--runtime", "runc"])
-            .args(args)
-            .envs(env.clone())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    leftover(&["pod", "rm", "-a", "-f", "-t", "0"]);
-    for net in leftover(&["network", "ls", "--format", "{{.Name}}"]).lines() {
-        if net.starts_with("devd-") {
-            let bridge = leftover(&[
-                "network",
-                "inspect",
-                "--format",
-                "{{.NetworkInterface}}",
-                net,
-            ]);
-            leftover(&["network", "rm", "-f", net]);
-            eprintln!("stack_local: removed the network {net} left behind (bridge {bridge:?})");
-            let _ = Command::new("ip")
-                .args(["link", "delete", bridge.trim()])
-                .output();
-            let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(net));
-        }
     }
     assert!(
         status.success(),

@@ -584,7 +584,13 @@ impl LocalBackend {
             }
         }
         let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("stack").join("played"));
+        if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("stack").join("played")) {
+            for e in rd.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(removed)
     }
 
