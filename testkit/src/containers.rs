@@ -3,9 +3,9 @@
 //!
 //! - [`ContainerEnv`]: a `storage.conf` and a `containers.conf` giving
 //!   buildah and podman (and every devd process started with
-//!   [`ContainerEnv::env`]) their own image storage, run directory and
-//!   podman state, so runs never see each other's images or containers,
-//!   nor the machine's. devd's processes get nothing else: no runtime, no
+//!   [`ContainerEnv::env`]) their own image storage, run directory,
+//!   podman state and network configuration, so runs never see each
+//!   other's images, containers or networks, nor the machine's. devd's processes get nothing else: no runtime, no
 //!   limits, so the tests prove that devd finds by itself what podman
 //!   needs on the machine. The fixture's own `podman run`s (tests that run
 //!   an image by hand) use a second file that also sets runc and lowered
@@ -171,8 +171,11 @@ impl ContainerEnv {
                 "# devd-testkit: private to one test or benchmark run; devd finds the\n\
                  # runtime and the limits podman needs by itself\n\
                  [engine]\n\
-                 tmp_dir = {}\n",
-                q("tmp")
+                 tmp_dir = {}\n\
+                 [network]\n\
+                 network_config_dir = {}\n",
+                q("tmp"),
+                q("cni")
             ),
         )?;
         // The fixture's own runs: runc (crun fails on hybrid cgroups) and
@@ -187,8 +190,11 @@ impl ContainerEnv {
                  default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
                  [engine]\n\
                  runtime = \"runc\"\n\
-                 tmp_dir = {}\n",
-                q("tmp")
+                 tmp_dir = {}\n\
+                 [network]\n\
+                 network_config_dir = {}\n",
+                q("tmp"),
+                q("cni")
             ),
         )?;
         let storage_conf = dir.join("storage.conf");
@@ -204,6 +210,10 @@ impl ContainerEnv {
                 q("run")
             ),
         )?;
+        // podman's networks (CNI configuration) are machine-wide unless
+        // configured: a test's (a devd stack's) stay private to it.
+        let cni = dir.join("cni");
+        std::fs::create_dir_all(&cni).with_context(|| format!("create {}", cni.display()))?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
         Ok(Self {
@@ -241,9 +251,15 @@ impl ContainerEnv {
     pub fn env_with_engine(&self, name: &str, engine: &str) -> Result<Vec<(String, String)>> {
         let path = self.dir.join(format!("{name}.conf"));
         let tmp = toml::Value::String(self.dir.join("tmp").display().to_string());
+        let network = if engine.contains("[network]") {
+            String::new()
+        } else {
+            let cni = toml::Value::String(self.dir.join("cni").display().to_string());
+            format!("[network]\nnetwork_config_dir = {cni}\n")
+        };
         write(
             &path,
-            &format!("# devd-testkit: {name}\n[engine]\ntmp_dir = {tmp}\n{engine}\n"),
+            &format!("# devd-testkit: {name}\n{network}[engine]\ntmp_dir = {tmp}\n{engine}\n"),
         )?;
         Ok(self.env_with_conf(&path))
     }
@@ -458,6 +474,42 @@ impl ContainerEnv {
             }
         }
         self.quiet("buildah", &["rm", "--all"]);
+        // Networks (a devd stack's): their bridges and address leases are
+        // the host's, outside this directory.
+        if let Some(nets) = self.quiet("podman", &["network", "ls", "--format", "{{.Name}}"]) {
+            for net in nets
+                .lines()
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && *n != "podman")
+            {
+                let bridge = self
+                    .quiet(
+                        "podman",
+                        &[
+                            "network",
+                            "inspect",
+                            "--format",
+                            "{{.NetworkInterface}}",
+                            net,
+                        ],
+                    )
+                    .unwrap_or_default();
+                self.quiet("podman", &["network", "rm", "-f", net]);
+                let bridge = bridge.trim();
+                if !bridge.is_empty() && Path::new("/sys/class/net").join(bridge).exists() {
+                    let _ = Command::new("ip")
+                        .args(["link", "delete", bridge])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                let leases = Path::new("/var/lib/cni/networks").join(net);
+                if leases.is_dir() {
+                    let _ = std::fs::remove_dir_all(leases);
+                }
+            }
+        }
         let dir = self.dir.display().to_string();
         let started = Instant::now();
         while !processes_mentioning(&dir).is_empty() && started.elapsed() < Duration::from_secs(10)

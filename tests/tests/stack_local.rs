@@ -8,8 +8,7 @@
 //!
 //! The backend runs podman with the environment of the process, so each
 //! scenario runs in a child process of this test binary that gets the
-//! test's private storage (`ContainerEnv::env`, with a CNI configuration
-//! directory of its own so that the workspace's network is private too):
+//! test's private storage and network configuration (`ContainerEnv::env`):
 //! the parent builds the images, starts the child on the same test with
 //! [`CHILD`] set, and asserts that it passed.
 
@@ -35,7 +34,7 @@ const WORKSPACE: &str = "ws";
 
 const WEB_DOCKERFILE: &str = r#"FROM docker.io/library/busybox:stable
 COPY version /version
-CMD ["sh", "-c", "echo web starting; mkdir -p /www && echo \"web $(cat /version) greeting=$GREETING pw=$PW user=$(cat /etc/creds/USER)\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
+CMD ["sh", "-c", "echo web starting; mkdir -p /www && echo \"web $(cat /version) greeting=$GREETING pw=$PW user=$(cat /etc/creds/USER) file=$(cat /etc/cfg/GREETING) env=$S_USER\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
 "#;
 const API_DOCKERFILE: &str = r#"FROM docker.io/library/busybox:stable
 CMD ["sh", "-c", "mkdir -p /www && echo api-ok > /www/index.html && exec httpd -f -p 9090 -h /www"]
@@ -79,52 +78,16 @@ fn in_child(test: &str, scenario: fn(&Path)) {
         )
         .assert_success();
     }
-    let cni = root.join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
-    let env = cenv
-        .env_with_engine(
-            "stack",
-            &format!("[network]\nnetwork_config_dir = \"{}\"", cni.display()),
-        )
-        .unwrap();
+    // The fixture's configuration keeps the workspace's network private
+    // (and removes it, with its bridge, if the scenario leaves it).
     let status = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD, root)
-        .envs(env.clone())
+        .envs(cenv.env())
         .status()
         .unwrap();
     if !status.success() {
         cenv.dump();
-    }
-    // What a failed scenario left: its pods (before the fixture removes
-    // the containers) and its networks (a bridge on the host each, and
-    // CNI's leases).
-    let leftover = |args: &[&str]| {
-        Command::new("podman")
-            .args(["--runtime", "runc"])
-            .args(args)
-            .envs(env.clone())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    leftover(&["pod", "rm", "-a", "-f", "-t", "0"]);
-    for net in leftover(&["network", "ls", "--format", "{{.Name}}"]).lines() {
-        if net.starts_with("devd-") {
-            let bridge = leftover(&[
-                "network",
-                "inspect",
-                "--format",
-                "{{.NetworkInterface}}",
-                net,
-            ]);
-            leftover(&["network", "rm", "-f", net]);
-            eprintln!("stack_local: removed the network {net} left behind (bridge {bridge:?})");
-            let _ = Command::new("ip")
-                .args(["link", "delete", bridge.trim()])
-                .output();
-            let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(net));
-        }
     }
     assert!(
         status.success(),
@@ -234,11 +197,11 @@ fn demo(dir: &Path, web: &str, greeting: &str) -> Stack {
             json!({
                 "container": {
                     "ports": [{"name": "http", "containerPort": 8080}],
-                    "envFrom": [{"configMapRef": {"name": "web-config"}}],
+                    "envFrom": [{"configMapRef": {"name": "web-config"}}, {"secretRef": {"name": "web-secret"}, "prefix": "S_"}],
                     "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "web-secret", "key": "PASSWORD"}}}],
-                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}],
+                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}, {"name": "cfg", "mountPath": "/etc/cfg"}],
                 },
-                "volumes": [{"name": "creds", "secret": {"secretName": "web-secret"}}],
+                "volumes": [{"name": "creds", "secret": {"secretName": "web-secret"}}, {"name": "cfg", "configMap": {"name": "web-config"}}],
             }),
         ),
         deployment("api", &by_digest("localhost/demo/api:v1"), json!({})),
@@ -268,7 +231,11 @@ fn demo(dir: &Path, web: &str, greeting: &str) -> Stack {
     Stack {
         objects,
         images: BTreeMap::new(),
-        runs: BTreeMap::new(),
+        runs: [
+            ("api".to_owned(), vec!["deployment/api".to_owned()]),
+            ("web".to_owned(), vec!["deployment/web".to_owned()]),
+        ]
+        .into(),
         log: dir.join("stack.log"),
     }
 }
@@ -415,7 +382,7 @@ fn scenario(root: &Path) {
         for u in urls.values() {
             assert!(u.starts_with("http://127.0.0.1:"), "{u}");
         }
-        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
         assert_eq!(get(&urls["api"]).trim(), "api-ok");
         assert_eq!(get(&urls["db"]).trim(), "db-ok");
         let pods = podman(&["pod", "ps", "--filter", &format!("label=dev.devd.workspace={WORKSPACE}"), "--format", "{{.Name}} {{.Status}}"]);
@@ -458,6 +425,24 @@ fn scenario(root: &Path) {
         assert_eq!(get(&format!("{}/live.html", urls["web"])).trim(), "live!");
 
         eprintln!("stack_local: {:>5.1}s same", t0.elapsed().as_secs_f64());
+        // A restart of a played container is told by its service's name
+        // (the pipeline applies the live changes again then).
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(8);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watch = b.watch_starts(WORKSPACE, started_tx, cancel.clone());
+        let restart = async {
+            // `podman events` needs a moment to start following.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let web = podman(&["ps", "--filter", "label=dev.devd.services=web", "--format", "{{.Names}}"]);
+            podman(&["restart", "-t", "0", web.trim()]);
+            let got = tokio::time::timeout(Duration::from_secs(30), started_rx.recv()).await;
+            cancel.cancel();
+            got
+        };
+        let ((), got) = tokio::join!(watch, restart);
+        assert_eq!(got.expect("no start seen within 30 s"), Some("web".to_owned()));
+        assert_eq!(get(&urls["web"]).trim(), "web v1 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
+
         // The same render again: nothing is played.
         let ids0 = container_ids();
         assert_eq!(ids0.keys().collect::<Vec<_>>(), ["api", "db", "web"], "{ids0:?}");
@@ -475,7 +460,7 @@ fn scenario(root: &Path) {
         assert_ne!(ids1["web"], ids0["web"]);
         assert_eq!((&ids1["api"], &ids1["db"]), (&ids0["api"], &ids0["db"]));
         assert_eq!(r.urls, urls, "the URLs are stable");
-        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v1 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v1 pw=s3cret user=app file=hello-v1 env=app");
 
         eprintln!("stack_local: {:>5.1}s configmap", t0.elapsed().as_secs_f64());
         // A ConfigMap edit replays the workload that reads it, no other.
@@ -485,7 +470,7 @@ fn scenario(root: &Path) {
         let ids2 = container_ids();
         assert_ne!(ids2["web"], ids1["web"]);
         assert_eq!((&ids2["api"], &ids2["db"]), (&ids0["api"], &ids0["db"]));
-        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app");
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app file=hello-v2 env=app");
 
         eprintln!("stack_local: {:>5.1}s restart", t0.elapsed().as_secs_f64());
         // A receiver restart (a new backend, same state): nothing replays,
@@ -543,6 +528,19 @@ fn scenario(root: &Path) {
         assert!(!hosts.contains("api"), "the running web pod still names api: {hosts}");
         let proxy_gone = http_get(&urls["api"]);
         assert!(proxy_gone.is_err(), "the api URL still answers: {proxy_gone:?}");
+
+        // A new version whose image cannot be had: the old one serves on.
+        let missing = "localhost/demo/web@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let mut m = s.clone();
+        for o in m.objects.iter_mut().filter(|o| o.kind == "Deployment" && o.name == "web") {
+            o.body["spec"]["template"]["spec"]["containers"][0]["image"] = json!(missing);
+        }
+        let r = b.apply_stack(WORKSPACE, &m).await.unwrap();
+        let web = state_of(&r, "deployment/web");
+        assert_eq!(web.state, WorkloadState::Failed, "{web:?}");
+        assert!(web.reason.as_deref().unwrap().ends_with("(the previous version keeps running)"), "{web:?}");
+        assert_eq!(container_ids()["web"], ids3["web"]);
+        assert_eq!(get(&urls["web"]).trim(), "web v2 greeting=hello-v2 pw=s3cret user=app file=hello-v2 env=app");
 
         eprintln!("stack_local: {:>5.1}s kinds", t0.elapsed().as_secs_f64());
         // The other workload kinds run as pods of their own: a Pod with an

@@ -13,7 +13,9 @@
 //! it accepts connections (its entrypoint runs before) and routes the
 //! service's stable port to it again.
 //!
-//! Container starts are followed with `podman events` ([`LocalBackend::follow_starts`]).
+//! Container starts are followed with `podman events` ([`LocalBackend::follow_starts`]),
+//! the service named by the container's label (a pod of the repository's
+//! manifests names every service whose image its workload runs).
 
 use super::super::{Failure, LiveError, LiveUpdate, archive};
 use super::{LABEL_SERVICE, LABEL_WORKSPACE, LocalBackend, key, run};
@@ -268,6 +270,13 @@ impl LocalBackend {
                     && started.send(s.clone()).await.is_err()
                 {
                     return;
+                }
+                // A container of a pod of the repository's manifests.
+                let services = e.attributes.get(super::stack::LABEL_SERVICES);
+                for s in services.into_iter().flat_map(|s| s.split(',')) {
+                    if started.send(s.to_owned()).await.is_err() {
+                        return;
+                    }
                 }
             }
             let _ = child.kill().await;

@@ -24,9 +24,23 @@
 //! - **Removal**: pods of workloads no longer in the render go, and
 //!   their ConfigMap/secret volumes and secrets; only pods carrying this
 //!   receiver's and this workspace's labels are ever removed.
+//! - **Status**: after an apply, every pod of the render is waited for
+//!   (at most a minute; those that did not change answer at once): Ready
+//!   when its containers run and answer on the ports its Services send
+//!   to (a Job's: when they exited 0), Failed with the reason (an image
+//!   that cannot be had, an exit code, a container podman keeps
+//!   restarting) and the container's last log lines.
+//! - **devd stop** removes the pods and closes the URLs (volumes, secrets
+//!   and the network stay, the next apply plays every pod again); **devd
+//!   down** removes every pod, volume, secret and the network devd made
+//!   for the workspace.
 //! - **podman here**: plays get the runtime of [`PodmanSetup`] and its
 //!   limits through a containers.conf ([`conf`]); pods need podman's
-//!   pause image, which podman builds from `catatonit`.
+//!   pause image, which podman builds from `catatonit`. Seen with podman
+//!   4.3.1: a pod with init containers takes about 20 s to start (podman
+//!   waits out conmon's timeout for each finished init container), and
+//!   podman sometimes fails to remove a finished init container (the pod
+//!   is played again, twice at most).
 
 use super::{LABEL_RECEIVER, LABEL_WORKSPACE, LocalBackend, PsEntry, run};
 use crate::build::backend::stack::{Stack, StackReport, WorkloadState, WorkloadStatus};
@@ -39,7 +53,10 @@ use std::time::Duration;
 
 mod conf;
 mod objects;
+mod pieces;
 mod plan;
+
+pub(super) use plan::LABEL_SERVICES;
 mod state;
 mod status;
 
@@ -567,7 +584,13 @@ impl LocalBackend {
             }
         }
         let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("stack").join("played"));
+        if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("stack").join("played")) {
+            for e in rd.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(removed)
     }
 

@@ -29,6 +29,10 @@
 //! its hash changes. When only the Services change, the running pods'
 //! /etc/hosts is rewritten in place instead.
 
+use super::pieces::{
+    canonical, containers, expand_prefixed, hash, named_port, secret_bytes, secret_files, selects,
+    target_port,
+};
 use crate::build::backend::stack::{Stack, StackObject, WorkloadState, WorkloadStatus};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -37,6 +41,10 @@ use std::net::Ipv4Addr;
 
 /// Label on every pod devd plays: the workload (`deployment.web`).
 pub(crate) const LABEL_WORKLOAD: &str = "dev.devd.workload";
+/// Label on the pods of workloads that run devd-built images: those
+/// services, comma-separated (a container start tells which to re-apply
+/// live changes to).
+pub(crate) const LABEL_SERVICES: &str = "dev.devd.services";
 
 /// Gives each pod name an address on the workspace's network (the same
 /// one every time).
@@ -177,7 +185,13 @@ pub(crate) fn plan(
             }
             k if PLAYED.contains(&k) => {
                 plan.workloads.push(obj.key());
-                for d in drafts_of(obj, prefix, labels)? {
+                let services: Vec<&str> = stack
+                    .runs
+                    .iter()
+                    .filter(|(_, workloads)| workloads.contains(&obj.key()))
+                    .map(|(service, _)| service.as_str())
+                    .collect();
+                for d in drafts_of(obj, prefix, labels, &services)? {
                     let ip = addresses.address(&d.0).ok_or_else(|| {
                         format!(
                             "the workspace's network has no address left for {} (pod {})",
@@ -274,6 +288,7 @@ fn drafts_of(
     obj: &StackObject,
     prefix: &str,
     labels: &[(String, String)],
+    services: &[&str],
 ) -> Result<Vec<DraftParts>, String> {
     let body = &obj.body;
     let (meta, spec, replicas) = if obj.kind == "Pod" {
@@ -308,6 +323,9 @@ fn drafts_of(
         LABEL_WORKLOAD.to_owned(),
         Value::String(format!("{}.{}", obj.kind.to_ascii_lowercase(), obj.name)),
     );
+    if !services.is_empty() {
+        pod_labels.insert(LABEL_SERVICES.to_owned(), Value::String(services.join(",")));
+    }
     let annotations = meta.and_then(|m| m.get("annotations")).cloned();
     let base = format!("{prefix}{}", obj.name);
     let hostname = |s: String| {
@@ -336,46 +354,6 @@ fn drafts_of(
             })
             .collect(),
     })
-}
-
-/// Whether `labels` has every `selector` pair (an empty selector selects
-/// nothing, as a Service without one routes to no pod).
-fn selects(selector: &Map<String, Value>, labels: &Map<String, Value>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// The number of a container port named `name` in `spec`.
-fn named_port(spec: &Value, name: &str) -> Option<u16> {
-    containers(spec)
-        .flat_map(|c| {
-            c.get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
-        .and_then(|n| u16::try_from(n).ok())
-}
-
-/// The regular and init containers of a pod spec.
-fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
-    ["initContainers", "containers"]
-        .into_iter()
-        .filter_map(|k| spec.get(k).and_then(Value::as_array))
-        .flatten()
-}
-
-/// A Service's `targetPort` in a pod: a number, a port name, or its `port`.
-fn target_port(port: &Value, spec: &Value) -> Option<u16> {
-    match port.get("targetPort") {
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Some(Value::String(s)) => s.parse().ok().or_else(|| named_port(spec, s)),
-        _ => port
-            .get("port")
-            .and_then(Value::as_u64)
-            .and_then(|n| u16::try_from(n).ok()),
-    }
 }
 
 fn route_service(
@@ -449,74 +427,6 @@ fn route_service(
     }
 }
 
-/// `obj`'s `.data` (base64) and `.stringData` (plain) as key → bytes.
-fn secret_bytes(obj: &StackObject) -> BTreeMap<String, Vec<u8>> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = BTreeMap::new();
-    if let Some(m) = obj.body.get("data").and_then(Value::as_object) {
-        for (k, v) in m {
-            let s: String = v
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            out.insert(k.clone(), b64.decode(s).unwrap_or_default());
-        }
-    }
-    if let Some(m) = obj.body.get("stringData").and_then(Value::as_object) {
-        for (k, v) in m {
-            out.insert(k.clone(), v.as_str().unwrap_or("").as_bytes().to_vec());
-        }
-    }
-    out
-}
-
-/// The value with its object keys sorted, as text: what hashes.
-pub(crate) fn canonical(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&m[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
-}
-
-fn hash(parts: &[&str]) -> String {
-    let mut h = blake3::Hasher::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update(b"\0");
-    }
-    h.finalize().to_hex()[..32].to_owned()
-}
-
 /// Renames and rewrites one pod spec and writes its document.
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -542,6 +452,7 @@ fn finish(
         };
         for c in list {
             let Some(c) = c.as_object_mut() else { continue };
+            expand_prefixed(c, configmaps, secrets);
             c.remove("ports");
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
                 for how in ["httpGet", "tcpSocket"] {
@@ -765,33 +676,6 @@ fn finish(
     }
 }
 
-/// The files of a secret volume: every key, or the `items` asked for.
-fn secret_files(obj: &StackObject, src: &Value) -> Vec<(String, Vec<u8>, u32)> {
-    let data = secret_bytes(obj);
-    let default_mode = src
-        .get("defaultMode")
-        .and_then(Value::as_u64)
-        .map_or(0o644, |m| m as u32 & 0o777);
-    match src.get("items").and_then(Value::as_array) {
-        Some(items) => items
-            .iter()
-            .filter_map(|it| {
-                let key = it.get("key")?.as_str()?;
-                let path = it.get("path").and_then(Value::as_str).unwrap_or(key);
-                let mode = it
-                    .get("mode")
-                    .and_then(Value::as_u64)
-                    .map_or(default_mode, |m| m as u32 & 0o777);
-                Some((path.to_owned(), data.get(key)?.clone(), mode))
-            })
-            .collect(),
-        None => data
-            .into_iter()
-            .map(|(k, v)| (k, v, default_mode))
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -856,7 +740,7 @@ mod tests {
         Stack {
             objects: objects.into_iter().map(obj).collect(),
             images: BTreeMap::new(),
-            runs: BTreeMap::new(),
+            runs: [("web".to_owned(), vec!["deployment/web".to_owned()])].into(),
             log: PathBuf::from("/dev/null"),
         }
     }
@@ -892,6 +776,12 @@ mod tests {
         assert_eq!(pod["metadata"]["labels"]["app"], "web");
         assert_eq!(pod["metadata"]["labels"]["dev.devd.workspace"], "ws");
         assert_eq!(pod["metadata"]["labels"][LABEL_WORKLOAD], "deployment.web");
+        assert_eq!(pod["metadata"]["labels"][LABEL_SERVICES], "web");
+        assert!(
+            docs(&p.pods[2])[0]["metadata"]["labels"]
+                .get(LABEL_SERVICES)
+                .is_none()
+        );
         let c = &pod["spec"]["containers"][0];
         assert!(
             c.get("ports").is_none(),
@@ -1011,6 +901,34 @@ mod tests {
         assert_ne!(d.aliases, full.aliases);
         assert!(!docs(&d.pods[0])[1].to_string().contains("\"db.ws\""));
         assert!(docs(&full.pods[0])[1].to_string().contains("\"db.ws\""));
+    }
+
+    #[test]
+    fn a_prefixed_env_from_becomes_env_entries() {
+        let mut s = stack("hi", "postgres:16");
+        let web = s.objects.iter_mut().find(|o| o.name == "web").unwrap();
+        web.body["spec"]["template"]["spec"]["containers"][0]["envFrom"] = json!([
+            {"configMapRef": {"name": "cfg"}, "prefix": "C_"},
+            {"secretRef": {"name": "pw"}},
+        ]);
+        let p = plan_of(&s);
+        let c = &docs(&p.pods[0])[1]["spec"]["containers"][0];
+        assert_eq!(
+            c["env"],
+            json!([
+                {"name": "C_GREETING", "valueFrom": {"configMapKeyRef": {"name": "devd-r-ws-cfg", "key": "GREETING"}}},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "devd-r-ws-pw", "key": "PASSWORD"}}},
+            ])
+        );
+        assert_eq!(
+            c["envFrom"],
+            json!([{"secretRef": {"name": "devd-r-ws-pw"}}])
+        );
+        assert_eq!(
+            docs(&p.pods[0])[0]["metadata"]["name"],
+            "devd-r-ws-cfg",
+            "still in the document"
+        );
     }
 
     #[test]
