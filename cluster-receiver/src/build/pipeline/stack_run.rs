@@ -288,7 +288,8 @@ impl Pipeline {
         let Some((generation, rendered)) = (self.render)(job).await else {
             return Err(Failure::new("the workspace is gone"));
         };
-        let Some(generation) = generation.or((trigger.generation > 0).then_some(trigger.generation))
+        let Some(generation) =
+            generation.or((trigger.generation > 0).then_some(trigger.generation))
         else {
             // Nothing synced yet (the receiver's start): the first
             // generation renders.

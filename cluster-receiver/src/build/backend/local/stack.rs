@@ -39,8 +39,11 @@
 //!   pause image, which podman builds from `catatonit`. Seen with podman
 //!   4.3.1: a pod with init containers takes about 20 s to start (podman
 //!   waits out conmon's timeout for each finished init container), and
-//!   podman sometimes fails to remove a finished init container (the pod
-//!   is played again, twice at most).
+//!   podman races with itself removing a finished "once" init container;
+//!   so pods with init containers are played with podman's init type
+//!   `always` (kept, run at each start of the pod, as Kubernetes runs them
+//!   for each new pod), and a play that still fails so is made again,
+//!   twice at most.
 
 use super::{LABEL_RECEIVER, LABEL_WORKSPACE, LocalBackend, PsEntry, run};
 use crate::build::backend::stack::{Stack, StackReport, WorkloadState, WorkloadStatus};

@@ -282,6 +282,9 @@ type DraftParts = (
     Value,
 );
 
+/// podman's annotation for what becomes of init containers once run.
+const INIT_TYPE_ANNOTATION: &str = "io.podman.annotations.init.container.type";
+
 /// (pod name, hostname, replica, labels, annotations, spec) of each pod
 /// of a workload.
 fn drafts_of(
@@ -612,6 +615,20 @@ fn finish(
     let mut metadata = json!({"name": d.name, "labels": Value::Object(d.labels)});
     if let Some(a) = d.annotations {
         metadata["annotations"] = a;
+    }
+    // Init containers that podman keeps ("always": they run at each start
+    // of the pod, as Kubernetes runs them for each new pod) rather than
+    // removes once run: podman 4.3 races with itself removing a finished
+    // "once" init container, and the play fails half made.
+    if spec
+        .get("initContainers")
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty())
+    {
+        if !metadata["annotations"].is_object() {
+            metadata["annotations"] = json!({});
+        }
+        metadata["annotations"][INIT_TYPE_ANNOTATION] = "always".into();
     }
     // The hash leaves devd's aliases out: when the Services change, the
     // running pods' /etc/hosts is rewritten instead of a replay.
