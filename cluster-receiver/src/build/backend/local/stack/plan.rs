@@ -475,6 +475,31 @@ fn finish(
             if c.get("imagePullPolicy").and_then(Value::as_str) != Some("Never") {
                 c.insert("imagePullPolicy".into(), "IfNotPresent".into());
             }
+            // An optional reference to what the render lacks is no
+            // variable at all, as in Kubernetes.
+            let missing_optional = |r: &Value, kind: &str| {
+                let lacks = |name: &str| match kind {
+                    "configMapKeyRef" | "configMapRef" => !configmaps.contains_key(name),
+                    _ => !secrets.contains_key(name),
+                };
+                r.get("optional").and_then(Value::as_bool) == Some(true)
+                    && r.get("name").and_then(Value::as_str).is_some_and(lacks)
+            };
+            if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+                env.retain(|e| {
+                    !["configMapKeyRef", "secretKeyRef"].iter().any(|k| {
+                        e.pointer(&format!("/valueFrom/{k}"))
+                            .is_some_and(|r| missing_optional(r, k))
+                    })
+                });
+            }
+            if let Some(from) = c.get_mut("envFrom").and_then(Value::as_array_mut) {
+                from.retain(|e| {
+                    !["configMapRef", "secretRef"]
+                        .iter()
+                        .any(|k| e.get(*k).is_some_and(|r| missing_optional(r, k)))
+                });
+            }
             if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
                 for e in env {
                     for (kind, used) in [
@@ -956,5 +981,46 @@ mod tests {
         let err = p.pods[0].error.as_deref().unwrap();
         assert!(err.contains("Secret pw"), "{err}");
         assert_eq!(p.pods[2].error, None);
+    }
+
+    #[test]
+    fn an_optional_reference_to_what_the_render_lacks_is_no_variable() {
+        let mut s = stack("hi", "postgres:16");
+        s.objects.push(obj(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "opt"},
+            "spec": {"template": {"metadata": {"labels": {"app": "opt"}}, "spec": {
+                "containers": [{"name": "c", "image": "busybox",
+                    "env": [
+                        {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": true}}},
+                        {"name": "MODE", "value": "dev"}],
+                    "envFrom": [{"configMapRef": {"name": "absent-cm", "optional": true}}]}]}}}})));
+        let p = plan_of(&s);
+        let pod = p
+            .pods
+            .iter()
+            .find(|p| p.workload == "deployment/opt")
+            .unwrap();
+        assert_eq!(
+            pod.error, None,
+            "an optional reference does not fail the pod"
+        );
+        let d = docs(pod);
+        let c = &d.last().unwrap()["spec"]["containers"][0];
+        assert_eq!(c["env"], json!([{"name": "MODE", "value": "dev"}]));
+        assert_eq!(c["envFrom"], json!([]));
+        // Not optional: the pod cannot be played, and says why.
+        s.objects.last_mut().unwrap().body["spec"]["template"]["spec"]["containers"][0]["env"][0]
+            ["valueFrom"]["secretKeyRef"]["optional"] = false.into();
+        let p = plan_of(&s);
+        let pod = p
+            .pods
+            .iter()
+            .find(|p| p.workload == "deployment/opt")
+            .unwrap();
+        assert!(
+            pod.error.as_deref().is_some_and(|e| e.contains("absent")),
+            "{:?}",
+            pod.error
+        );
     }
 }
