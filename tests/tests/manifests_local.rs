@@ -77,8 +77,9 @@ fn wait_served(url: &str, text: &str) -> String {
     last
 }
 
-/// The ids of the running app containers (not the infra ones) of the
-/// pods of workload `app` (pods carry their template's `app` label).
+/// The ids of the running containers named `app` (not the infra or init
+/// ones) of the pods of workload `app` (pods carry their template's `app`
+/// label; podman names a pod's containers `<pod>-<container>`).
 fn containers_of(cenv: &ContainerEnv, app: &str) -> Vec<String> {
     let pods = cenv
         .output(
@@ -103,13 +104,13 @@ fn containers_of(cenv: &ContainerEnv, app: &str) -> Vec<String> {
                     "--filter",
                     &format!("pod={pod}"),
                     "--format",
-                    "{{.ID}} {{.IsInfra}}",
+                    "{{.ID}} {{.Names}}",
                 ],
             )
             .unwrap();
         ids.extend(out.lines().filter_map(|l| {
-            let (id, infra) = l.split_once(' ')?;
-            (infra.trim() == "false").then(|| id.to_owned())
+            let (id, name) = l.split_once(' ')?;
+            (name.trim() == format!("{pod}-{app}")).then(|| id.to_owned())
         }));
     }
     ids.sort();
@@ -135,7 +136,7 @@ fn a_kustomization_runs_and_each_kind_of_edit_does_only_what_it_needs() {
     }
     assert_eq!(
         workload(&stack, "deployment/web").unwrap()["services"],
-        serde_json::json!(["api", "web"])
+        serde_json::json!(["web"])
     );
     let web = url(&stack, "web");
     let api = url(&stack, "api");
@@ -146,6 +147,11 @@ fn a_kustomization_runs_and_each_kind_of_edit_does_only_what_it_needs() {
     // The overlay's ConfigMap and the Secret from devd.local.toml reached
     // web's environment (the password's length only).
     wait_served(&format!("{web}/env.txt"), "mode=dev password_length=7");
+    // A pod reaches another by its Service name (`devd exec` finds web's
+    // container by its image).
+    let reach = devd.run(&["exec", "web", "--", "wget", "-qO-", "http://db:5432/"]);
+    reach.assert_success();
+    assert_eq!(reach.stdout.trim(), "db-ok");
     let human = devd.run(&["status"]);
     human.assert_success();
     assert!(human.stdout.contains("deployment/db"), "{}", human.stdout);

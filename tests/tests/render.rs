@@ -171,15 +171,7 @@ fn devd_render_is_kubectls_render_with_devd_images_in_the_workspace_namespace() 
         })
         .collect();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "Deployment/api",
-            "Deployment/web",
-            "Service/api",
-            "Service/web"
-        ]
-    );
+    assert_eq!(keys, ["Deployment/api", "Service/api"]);
 
     // Strict schema validation of the YAML output (unknown fields refused).
     let yaml = fx.devd().run(&["render", "--namespace", "devd-alice"]);

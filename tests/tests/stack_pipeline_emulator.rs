@@ -77,7 +77,7 @@ fn emulator_the_stack_deploys_by_digest_and_a_manifest_edit_applies_without_a_bu
         "{api_image}"
     );
     assert_eq!(
-        pod_spec(&web).init_containers.unwrap()[0].image.as_deref(),
+        pod_spec(&api).init_containers.unwrap()[0].image.as_deref(),
         Some(api_image.as_str())
     );
     assert_eq!(
@@ -91,7 +91,7 @@ fn emulator_the_stack_deploys_by_digest_and_a_manifest_edit_applies_without_a_bu
         .iter()
         .find(|w| w["key"] == "deployment/web")
         .unwrap();
-    assert_eq!(web_row["services"], serde_json::json!(["api", "web"]));
+    assert_eq!(web_row["services"], serde_json::json!(["web"]));
     assert_eq!(
         st.devd.status().service("web").unwrap().image.as_deref(),
         Some(web_image.as_str())
