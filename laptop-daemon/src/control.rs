@@ -330,11 +330,14 @@ pub async fn stream(path: &Path, req: &Request) -> std::io::Result<Option<UnixSt
     private_socket_dir(path, false)?;
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
+        // A daemon killed with `kill -9` a moment ago can reset the
+        // connection while it is being made (restarts.rs saw `devd start`
+        // fail so right after the kill).
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
+            ) || dead_daemon(&e) =>
         {
             return Ok(None);
         }
