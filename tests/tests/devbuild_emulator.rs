@@ -116,6 +116,20 @@ impl Setup<'_> {
     }
 
     /// The phases DevBuild `name` went through, repeats folded.
+    /// [`Self::phases`] once it ends in `last` (the recorder follows a
+    /// watch, which can deliver the last change after a GET has seen it),
+    /// or as it stands after 10 s.
+    fn phases_ending(&self, name: &str, last: Phase) -> Vec<Option<Phase>> {
+        let t = std::time::Instant::now();
+        loop {
+            let p = self.phases(name);
+            if p.last() == Some(&Some(last)) || t.elapsed() > std::time::Duration::from_secs(10) {
+                return p;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn phases(&self, name: &str) -> Vec<Option<Phase>> {
         let mut p = self
             .seen
@@ -224,7 +238,7 @@ fn emulator_devbuilds_go_pending_running_then_succeeded_failed_or_reused() {
         assert_eq!(status.duration_ms, s.last_build_ms, "{name}");
         assert!(status.error.is_none());
         assert_eq!(
-            st.phases(&name),
+            st.phases_ending(&name, Succeeded),
             [None, Some(Pending), Some(Running), Some(Succeeded)],
             "{name}"
         );
@@ -254,7 +268,7 @@ fn emulator_devbuilds_go_pending_running_then_succeeded_failed_or_reused() {
         "{status:?}"
     );
     assert_eq!(
-        st.phases(b.metadata.name.as_deref().unwrap()),
+        st.phases_ending(b.metadata.name.as_deref().unwrap(), Failed),
         [None, Some(Pending), Some(Running), Some(Failed)]
     );
     assert_eq!(st.devbuilds("web").len(), 2);
@@ -276,7 +290,7 @@ fn emulator_devbuilds_go_pending_running_then_succeeded_failed_or_reused() {
     assert!(status.completion_time.is_some() && status.duration_ms.is_some());
     assert_eq!(st.job_count(), jobs_before, "a reuse runs no Job");
     assert_eq!(
-        st.phases(b.metadata.name.as_deref().unwrap()),
+        st.phases_ending(b.metadata.name.as_deref().unwrap(), Reused),
         [None, Some(Pending), Some(Running), Some(Reused)]
     );
     let phases: Vec<_> = st.devbuilds("web").iter().map(phase).collect();
