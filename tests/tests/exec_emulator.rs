@@ -136,10 +136,20 @@ fn emulator_exec_runs_the_command_in_the_services_pod_through_the_exec_api() {
         |s| s.contains("in-pod-42") && s.contains("35 110"),
     );
     tmux.resize(90, 25);
-    tmux.send_line("stty size");
-    tmux.wait_for(Duration::from_secs(20), "the new size in the pod", |s| {
-        s.contains("25 90")
+    // The played pod's terminal is `podman exec`'s, which passes a resize
+    // on when its SIGWINCH handler runs: a `stty size` typed at once can
+    // still see the old size (it did in CI, about one run in four), so ask
+    // again until the new size shows, within the same 20 s.
+    let resized = devd_tests::poll_until(Duration::from_secs(20), || {
+        tmux.send_line("stty size");
+        std::thread::sleep(Duration::from_millis(500));
+        tmux.screen().contains("25 90")
     });
+    assert!(
+        resized.is_some(),
+        "the new size never reached the pod; the screen:\n{}",
+        tmux.screen()
+    );
     tmux.send_line("exit 6");
     tmux.wait_for(Duration::from_secs(20), "the laptop's prompt again", |s| {
         s.trim_end().ends_with("laptop$")
